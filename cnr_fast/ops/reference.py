@@ -1,0 +1,78 @@
+"""Pure-torch specification of every op: the CPU fallback, the test oracle and the bench baseline.
+
+Shapes: a "unit" is one spatial-channel coordinate (c, h, w) of a CNN tap or one (token, dim)
+coordinate of a ViT tap; feature maps are flattened to (N, U) before these ops see them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Inside the square root of TV, so its gradient stays finite on flat regions (where dx = dy = 0).
+TV_EPS = 1e-8
+
+
+def class_sums(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums (C, U) in float32 and counts (C,) int64 of one batch; eq. 1 is sums / counts.
+
+    feats: (N, U) any float dtype; labels: (N,) int64 in [0, num_classes).
+    """
+    feats = feats.reshape(feats.shape[0], -1)
+    sums = torch.zeros(num_classes, feats.shape[1], dtype=torch.float32, device=feats.device)
+    sums.index_add_(0, labels, feats.float())
+    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
+    return sums, counts
+
+
+def selectivity_topk(
+    means: torch.Tensor, forget: list[int], retain: list[int], k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Selectivity (eqs. 2-3) and TopK units for each forget class.
+
+    means: (C, U) per-class means. Returns S (F, U), forget-selective idx (F, k) = TopK(S),
+    retain-selective idx (F, k) = TopK(-S), both sorted by decreasing |S|.
+    """
+    means = means.float()
+    centroid = means[retain].mean(0)  # eq. 2: unweighted mean of the retain class means
+    s = means[forget] - centroid  # eq. 3
+    f_idx = torch.topk(s, k, dim=1).indices
+    r_idx = torch.topk(-s, k, dim=1).indices
+    return s, f_idx, r_idx
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of TV(x) = sum_{c,i,j} sqrt((x[i+1,j]-x[i,j])^2 + (x[i,j+1]-x[i,j])^2 + eps).
+
+    Summed over the (H-1) x (W-1) pixels that have both neighbours and over channels.
+    """
+    dx = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
+    dy = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+    return torch.sqrt(dx.float() ** 2 + dy.float() ** 2 + TV_EPS).sum(dim=(1, 2, 3)).mean()
+
+
+def selective_loss(
+    feats: list[torch.Tensor], f_idx: list[torch.Tensor], r_idx: list[torch.Tensor], alpha: float
+) -> torch.Tensor:
+    """Eq. 6: mean over taps of mean over the batch of A(U_f, x) - alpha * A(U_r, x), A of eq. 4.
+
+    feats[l]: (B, U_l) flattened tap activations; f_idx[l], r_idx[l]: (K_l,) unit indices.
+    """
+    total = feats[0].new_zeros((), dtype=torch.float32)
+    for f, fi, ri in zip(feats, f_idx, r_idx):
+        f = f.reshape(f.shape[0], -1).float()
+        a_f = f[:, fi].mean(1)
+        a_r = f[:, ri].mean(1)
+        total = total + (a_f - alpha * a_r).mean()
+    return total / len(feats)
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA (feature-space form) of two (N, D1), (N, D2) feature matrices, in float64."""
+    x = x.reshape(x.shape[0], -1).double()
+    y = y.reshape(y.shape[0], -1).double()
+    x = x - x.mean(0, keepdim=True)
+    y = y - y.mean(0, keepdim=True)
+    xy = (y.T @ x).square().sum()
+    xx = (x.T @ x).square().sum().sqrt()
+    yy = (y.T @ y).square().sum().sqrt()
+    return xy / (xx * yy)
