@@ -170,3 +170,23 @@ def load_model_state(model: nn.Module, state: dict, meta: dict, arch: str, num_c
             f"checkpoint {path!r} does not fit {arch} with {num_classes} classes ({detail}); "
             "pass the --arch, --width and dataset it was trained with"
         ) from None
+
+
+class LogitMask(nn.Module):
+    """Logit masking (LM baseline): forget-class logits set to -inf at inference.
+
+    Hidden states are the wrapped model's, untouched on purpose; taps delegate to it.
+    """
+
+    def __init__(self, model: nn.Module, forget):
+        super().__init__()
+        self.model = model
+        self.register_buffer("forget_mask", torch.zeros(model.fc.out_features if hasattr(model, "fc")
+                                                        else model.heads[-1].out_features, dtype=torch.bool))
+        self.forget_mask[list(forget)] = True
+
+    def tap_modules(self):
+        return self.model.tap_modules()
+
+    def forward(self, x):
+        return self.model(x).masked_fill(self.forget_mask, float("-inf"))

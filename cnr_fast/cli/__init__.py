@@ -1,0 +1,51 @@
+"""`cnr-fast <verb>`: one module per verb, each with `add_parser(subparsers)` and `run(args) -> int`.
+
+A UserError anywhere becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import UserError
+
+VERBS = ("train", "unlearn", "audit", "compare", "bench", "doctor", "ls")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cnr-fast",
+        description="Class-Specific Neuron Reset: remove a class from a trained classifier and audit that it is gone.",
+    )
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    for verb in VERBS:
+        try:
+            mod = importlib.import_module(f"{__name__}.{verb}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{verb}":
+                continue  # verb not built yet
+            raise
+        mod.add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"cnr-fast {args.verb}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cnr-fast {args.verb}: interrupted; no partial output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
