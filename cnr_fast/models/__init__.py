@@ -190,3 +190,42 @@ class LogitMask(nn.Module):
 
     def forward(self, x):
         return self.model(x).masked_fill(self.forget_mask, float("-inf"))
+
+
+def model_meta(arch: str, width: float, ds) -> dict:
+    """What a checkpoint records about its model and data (ds: cnr_fast.data.Dataset)."""
+    return {"arch": arch, "width": width, **ds.fingerprint()}
+
+
+def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None = None):
+    """Build the model a checkpoint holds and check it against the dataset `ds`.
+
+    Returns (model in eval mode, meta). cnr-fast checkpoints carry arch / width / class count in
+    their meta; a bare state_dict from another tool needs `arch` and `width` from the caller.
+    A `logit_mask` entry in meta (LM baseline) wraps the model in LogitMask.
+    """
+    from ..runs import load_checkpoint
+
+    state, meta = load_checkpoint(path)
+    arch = arch or meta.get("arch")
+    if arch is None:
+        raise UserError(f"checkpoint {str(path)!r} does not record its arch; pass --arch")
+    if meta.get("arch") and arch != meta["arch"]:
+        raise UserError(f"checkpoint {str(path)!r} is a {meta['arch']} model, not {arch}; pass --arch {meta['arch']}")
+    width = float(meta.get("width", width if width is not None else 1.0))
+    if meta.get("num_classes") is not None and int(meta["num_classes"]) != ds.num_classes:
+        raise UserError(
+            f"checkpoint {str(path)!r} has {meta['num_classes']} classes but dataset {ds.name!r} has "
+            f"{ds.num_classes}; pass the dataset the checkpoint was trained on"
+        )
+    for key in ("in_channels", "image_size"):
+        if meta.get(key) is not None and int(meta[key]) != getattr(ds, key):
+            raise UserError(
+                f"checkpoint {str(path)!r} expects {key}={meta[key]} but dataset {ds.name!r} gives "
+                f"{getattr(ds, key)}; pass the dataset (and --image-size) it was trained with"
+            )
+    model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width)
+    load_model_state(model, state, meta, arch, ds.num_classes, str(path))
+    if meta.get("logit_mask"):
+        model = LogitMask(model, meta["logit_mask"])
+    return model.eval(), meta
