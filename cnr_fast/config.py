@@ -80,6 +80,9 @@ class ResetConfig:
     weight_decay: float = 1e-4
     batch_size: int = 128
     synth_batch_size: int = 32
+    # "once": each synthetic image keeps the random retain label drawn for it (Algorithm 1 line 21);
+    # "step": labels drawn afresh every step, so the only thing to learn is "uniform over retain".
+    relabel: str = "once"
     # gamma of eq. 7. The paper does not give a value; 1e-2 keeps the weights near theta_0
     # without pinning them (the pull is summed over all parameters).
     gamma: float = 1e-2

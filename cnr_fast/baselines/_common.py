@@ -1,0 +1,47 @@
+"""Pieces the fine-tuning baselines share (not CNR's: baselines do not borrow from cnr)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+
+from ..data import batches
+from ..train import ce_loss, fit
+
+
+def paired_batches(retain, forget, batch_size, gen, device):
+    """Each epoch: one pass over retain batches, each paired with a forget batch (forget data cycled)."""
+
+    def make(epoch):
+        fb = itertools.cycle(list(batches(forget, batch_size, shuffle=True, generator=gen, device="cpu")))
+        for x, y in batches(retain, batch_size, shuffle=True, generator=gen, device=device):
+            xf, yf = next(fb)
+            yield x, y, xf.to(device), yf.to(device)
+
+    return make
+
+
+def stabilise(model, retain, cfg, gen, *, device, amp, quiet, desc):
+    steps = -(-len(retain) // cfg.batch_size)
+    return fit(model, cfg.stabilize_epochs,
+               lambda e: batches(retain, cfg.batch_size, shuffle=True, generator=gen, device=device), ce_loss,
+               lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp, desc=desc, quiet=quiet,
+               steps_per_epoch=steps) if cfg.stabilize_epochs else []
+
+
+def trainable_copy(original, device):
+    model = copy.deepcopy(original).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def split_classes(ds, forget):
+    retain = [c for c in range(ds.num_classes) if c not in forget]
+    return ds.train.of_classes(retain), ds.train.of_classes(forget), retain
+
+
+def generator(seed):
+    return torch.Generator().manual_seed(seed)

@@ -1,0 +1,46 @@
+"""KDU: distil the frozen original into a copy of itself with the forget classes suppressed.
+
+Teacher targets: softmax(teacher_logits / T) with the forget logits masked to -inf, i.e. the
+original's distribution renormalised over the retain classes. Applied to retain and forget batches
+(KL(teacher || student) * T^2, the usual scaling), plus CE on retain labels.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ..train import fit
+from ._common import generator, paired_batches, split_classes, stabilise, trainable_copy
+
+
+def run(original, ds, forget, cfg, *, device, quiet=False):
+    b = cfg.baseline
+    retain_train, forget_train, _ = split_classes(ds, forget)
+    teacher = copy.deepcopy(original).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    model = trainable_copy(original, device)
+    gen = generator(cfg.seed)
+    mask = torch.zeros(ds.num_classes, dtype=torch.bool, device=device)
+    mask[list(forget)] = True
+    t = b.kd_temperature
+
+    def kd(student_logits, x):
+        with torch.no_grad():
+            target = F.softmax(teacher(x).float().masked_fill(mask, float("-inf")) / t, dim=1)
+        logp = F.log_softmax(student_logits.float() / t, dim=1)
+        # forget columns have target 0: clamp so 0 * log 0 gives 0, not nan
+        return (target * (torch.log(target.clamp_min(1e-12)) - logp)).sum(1).mean() * t * t
+
+    def loss_fn(m, batch):
+        x, y, xf, _ = batch
+        logits = m(x)
+        return kd(logits, x) + kd(m(xf), xf) + F.cross_entropy(logits, y)
+
+    steps = -(-len(retain_train) // b.batch_size)
+    hist = fit(model, b.epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
+               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, desc="kdu", quiet=quiet,
+               steps_per_epoch=steps)
+    stab = stabilise(model, retain_train, b, gen, device=device, amp=cfg.amp, quiet=quiet, desc="kdu: stabilise")
+    return model.eval(), {"loss": hist, "stabilize_loss": stab}

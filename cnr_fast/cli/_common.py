@@ -1,0 +1,156 @@
+"""Arguments and steps that several verbs share: config from flags, the cached original model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from ..config import RunConfig, load_config_file, stable_hash
+from ..data import DATASETS, Dataset, load_dataset
+from ..errors import UserError
+from ..models import ARCHS, build_model, model_from_checkpoint, model_meta
+from ..runs import cache_dir, save_checkpoint
+from ..train import forget_retain_accuracy, resolve_device, train_classifier
+
+
+def parse_forget(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in str(text).split(",") if v.strip() != "")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--forget takes class indices like 2 or 2,5, not {text!r}") from None
+    return vals
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default mnist5k, embedded, no download)")
+    g.add_argument("--data-root", help="folder holding torchvision datasets")
+    g.add_argument("--download", action="store_true", default=None, help="let torchvision download into --data-root")
+    g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
+    g.add_argument("--forget", type=parse_forget, help="forget class(es): 2, or several as 2,5 (default 2)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default resnet18)")
+    g.add_argument("--width", type=float, help="ResNet channel multiplier (default 0.125 = 8..64 channels; 1 = torchvision)")
+    g.add_argument("--train-epochs", type=int, help="epochs for training the original / retrained model (default 6)")
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--config", help="JSON config file (a previous run's config.json works); flags override it")
+    g.add_argument("--seed", type=int, help="random seed (default 0)")
+    g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16, or fp16 + grad scaler)")
+    g.add_argument("--cache-dir", help="model cache (default $XDG_CACHE_HOME/cnr-fast or ~/.cache/cnr-fast)")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+# flag -> (section, key); section None = top level
+FLAG_MAP = {
+    "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "download": ("data", "download"),
+    "image_size": ("data", "image_size"), "forget": ("data", "forget"),
+    "arch": ("model", "arch"), "width": ("model", "width"), "checkpoint": ("model", "checkpoint"),
+    "train_epochs": ("train", "epochs"),
+    "method": (None, "method"), "seed": (None, "seed"), "device": (None, "device"), "amp": (None, "amp"),
+    "k": ("detect", "k"), "taps": ("detect", "taps"), "selection": ("detect", "selection"),
+    "alpha": ("synth", "alpha"), "lambda_real": ("synth", "lambda_real"), "lambda_smooth": ("synth", "lambda_smooth"),
+    "sign": ("synth", "sign"), "latent_opt": ("synth", "latent_opt"), "synth_steps": ("synth", "steps"),
+    "gan_epochs": ("synth", "gan_epochs"), "synth_batch": ("synth", "batch"),
+    "reset_epochs": ("reset", "epochs"), "stabilize_epochs": ("reset", "stabilize_epochs"), "gamma": ("reset", "gamma"),
+    "relabel": ("reset", "relabel"),
+    "baseline_epochs": ("baseline", "epochs"),
+}
+
+
+def config_from_args(args) -> RunConfig:
+    cfg = load_config_file(args.config) if getattr(args, "config", None) else RunConfig()
+    updates: dict = {}
+    for flag, (section, key) in FLAG_MAP.items():
+        val = getattr(args, flag, None)
+        if val is None:
+            continue
+        if isinstance(val, list):
+            val = tuple(val)
+        if section is None:
+            updates[key] = val
+        else:
+            updates.setdefault(section, {})[key] = val
+    # stabilisation epochs apply to the baselines' budget too, so one flag keeps them comparable
+    if getattr(args, "stabilize_epochs", None) is not None:
+        updates.setdefault("baseline", {})["stabilize_epochs"] = args.stabilize_epochs
+    if getattr(args, "reset_epochs", None) is not None and getattr(args, "baseline_epochs", None) is None:
+        updates.setdefault("baseline", {})["epochs"] = args.reset_epochs
+    return cfg.replace(**updates) if updates else cfg
+
+
+def log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def prepare_run(cfg: RunConfig, quiet=False) -> tuple[Dataset, torch.device]:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg.data)
+    log(f"data: {ds.name}: {len(ds.train)} train / {len(ds.test)} test, {ds.num_classes} classes, "
+        f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget {list(cfg.data.forget)}", quiet)
+    return ds, device
+
+
+def reference_key(kind: str, cfg: RunConfig, ds: Dataset) -> str:
+    """Cache key of a trained reference model: what it was trained on and how."""
+    forget = list(cfg.data.forget) if kind == "retrained" else []
+    return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
+                        "train": cfg.to_dict()["train"], "seed": cfg.seed, "forget": forget})
+
+
+def obtain_reference(kind: str, cfg: RunConfig, ds: Dataset, device, cache: str | None, quiet=False):
+    """The original model (all classes) or the retrained one (retain classes only), trained once and cached.
+
+    Returns (model, meta, path, cache_hit).
+    """
+    path = cache_dir(cache) / "models" / f"{kind}-{cfg.model.arch}-{ds.name.replace('/', '_')}-" \
+        f"{reference_key(kind, cfg, ds)}.pt"
+    if path.is_file():
+        model, meta = model_from_checkpoint(path, ds)
+        log(f"{kind}: cached model {path}", quiet)
+        return model.to(device), meta, path, True
+    classes = list(range(ds.num_classes))
+    if kind == "retrained":
+        classes = [c for c in classes if c not in cfg.data.forget]
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
+    log(f"{kind}: training {cfg.model.arch} (width {cfg.model.width}) on classes {classes} for "
+        f"{cfg.train.epochs} epochs ...", quiet)
+    t0 = time.perf_counter()
+    train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, amp=cfg.amp, seed=cfg.seed,
+                     desc=kind, quiet=quiet)
+    acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds), "kind": kind, "trained_classes": classes,
+            "forget_classes": list(cfg.data.forget) if kind == "retrained" else [], "seed": cfg.seed,
+            "train": cfg.to_dict()["train"], "test_accuracy": acc, "train_time_s": time.perf_counter() - t0}
+    save_checkpoint(path, model, meta)
+    log(f"{kind}: trained in {meta['train_time_s']:.1f}s, forget acc {acc['forget_acc']:.3f}, "
+        f"retain acc {acc['retain_acc']:.3f}; cached at {path}", quiet)
+    return model, meta, path, False
+
+
+def load_original(cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
+    """--checkpoint if given (checked against arch and classes; never modified), else the cached original."""
+    if cfg.model.checkpoint:
+        model, meta = model_from_checkpoint(cfg.model.checkpoint, ds, cfg.model.arch, cfg.model.width)
+        if meta.get("logit_mask"):
+            raise UserError(f"checkpoint {cfg.model.checkpoint!r} is a logit-masked model; pass the original model")
+        log(f"original: {cfg.model.checkpoint}", quiet)
+        return model.to(device), meta, cfg.model.checkpoint, True
+    return obtain_reference("original", cfg, ds, device, cache, quiet)
+
+
+def check_arch_known(cfg: RunConfig) -> None:
+    if cfg.model.arch not in ARCHS:
+        raise UserError(f"unknown arch {cfg.model.arch!r}; choose one of {', '.join(ARCHS)}")

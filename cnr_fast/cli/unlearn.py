@@ -1,0 +1,181 @@
+"""`cnr-fast unlearn`: remove class(es) from a classifier with CNR or a baseline; write a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..baselines import METHODS
+from ..baselines import get as get_baseline
+from ..errors import UserError
+from ..models import LogitMask, model_meta
+from ..runs import load_checkpoint, save_checkpoint, write_run_files
+from ..train import forget_retain_accuracy
+from ._common import (add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args, load_original,
+                      log, prepare_run)
+
+EXAMPLES = """examples:
+  cnr-fast unlearn                                   # CNR on mnist5k, forget digit 2, default CPU model
+  cnr-fast unlearn --out runs/cnr-2 --forget 2,5     # forget two classes at once
+  cnr-fast unlearn --method gau --out runs/gau       # a baseline, same schema
+  cnr-fast unlearn --sign paper --out runs/paper     # eq. 6 minimised as printed (see README)
+  cnr-fast unlearn --dataset cifar10 --data-root ~/data --arch resnet18 --width 1 --device cuda --amp
+  cnr-fast unlearn --checkpoint my_model.pt --arch resnet50 --width 1 --dataset cifar100 --data-root ~/data
+  cnr-fast unlearn --arch vit_b16 --amp --dataset imagefolder:~/data/cub --image-size 224 --device cuda
+
+results.json: metrics.{original,unlearned}.{forget_acc,retain_acc} are accuracies on the held-out
+test split of the forget / retain classes; timings_s holds wall seconds per stage (detect,
+synthesize, reset: 0 for baselines, whose whole time is "unlearn") and the total.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("unlearn", help="remove class(es) from a classifier and write a run directory",
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default cnr)")
+    p.add_argument("--checkpoint", help="the model to unlearn (default: train or reuse a cached original model)")
+    p.add_argument("--out", help="run directory (default runs/<method>-<dataset>-<time>)")
+    add_data_args(p)
+    add_model_args(p)
+    add_run_args(p)
+    g = p.add_argument_group("CNR (paper defaults; Table 3 ablations are these switches)")
+    g.add_argument("--k", type=int, help="units per tap and forget class (default 12; at most half a tap's units)")
+    g.add_argument("--taps", type=lambda s: tuple(s.split(",")), help="detection taps (default L1,L2,L3,L4)")
+    g.add_argument("--selection", choices=["activation", "gradient", "random"], help="unit selection (default activation)")
+    g.add_argument("--alpha", type=float, help="retain-unit weight of eq. 6 (default 1.5)")
+    g.add_argument("--lambda-real", type=float, help="realism weight (default 0.1; 0 = w/o realism)")
+    g.add_argument("--lambda-smooth", type=float, help="TV weight (default 0.01; 0 = w/o smoothness)")
+    g.add_argument("--sign", choices=["excite", "paper"], help="sign of eq. 6 (default excite; see README)")
+    g.add_argument("--no-latent-opt", dest="latent_opt", action="store_false", default=None,
+                   help="w/o synthesis ablation: raw generator samples, no latent optimisation")
+    g.add_argument("--synth-steps", type=int, help="latent optimisation steps (default 500)")
+    g.add_argument("--synth-batch", type=int, help="B, synthetic images per forget class (default 64)")
+    g.add_argument("--gan-epochs", type=int, help="DCGAN epochs (default 50)")
+    g.add_argument("--reset-epochs", type=int, help="reset epochs (default 10; baselines get the same budget)")
+    g.add_argument("--stabilize-epochs", type=int, help="retain-only epochs after reset (default 5)")
+    g.add_argument("--gamma", type=float, help="L2 pull to the original weights, eq. 7 (default 1e-2)")
+    g.add_argument("--relabel", choices=["once", "step"],
+                   help="random retain labels of the synthetic images: drawn once (default) or every step")
+    g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
+    p.set_defaults(func=run)
+
+
+def _adopt_checkpoint_arch(args) -> None:
+    """With --checkpoint and no --arch/--width, take them from the checkpoint's metadata."""
+    if args.checkpoint and (args.arch is None or args.width is None):
+        _, meta = load_checkpoint(args.checkpoint)
+        if args.arch is None and meta.get("arch"):
+            args.arch = meta["arch"]
+        if args.width is None and meta.get("width") is not None:
+            args.width = float(meta["width"])
+
+
+def run(args) -> int:
+    t_start = time.perf_counter()
+    _adopt_checkpoint_arch(args)
+    cfg = config_from_args(args)
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    check_arch_known(cfg)
+    quiet = args.quiet
+    ds, device = prepare_run(cfg, quiet)
+    forget = list(cfg.data.forget)
+    out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
+               f"{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
+
+    original, orig_meta, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
+    acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
+    log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
+
+    t0 = time.perf_counter()
+    files: dict[str, object] = {}
+    if cfg.method == "cnr":
+        from ..cnr.pipeline import run_cnr
+
+        model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet)
+        synth = info.pop("synthetic_images")
+        buf = io.BytesIO()
+        torch.save(synth, buf)
+        files["synthetic.pt"] = buf.getvalue()
+        png = _image_grid_png(synth)
+        if png:
+            files["synthetic.png"] = png
+        timings = dict(info.pop("timings_s"))
+    else:
+        model, info = get_baseline(cfg.method)(original, ds, forget, cfg, device=device, quiet=quiet)
+        timings = {"detect": 0.0, "synthesize": 0.0, "reset": 0.0}
+    timings["unlearn"] = time.perf_counter() - t0
+
+    acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
+    timings["total"] = time.perf_counter() - t_start
+    log(f"unlearned ({cfg.method}): forget acc {acc_new['forget_acc']:.3f}, retain acc {acc_new['retain_acc']:.3f}",
+        quiet)
+
+    inner = model.model if isinstance(model, LogitMask) else model
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds), "kind": "unlearned", "method": cfg.method,
+            "forget_classes": forget, "seed": cfg.seed, "original_checkpoint": str(orig_path),
+            "test_accuracy": acc_new}
+    if isinstance(model, LogitMask):
+        meta["logit_mask"] = forget
+    buf = io.BytesIO()
+    results = {
+        "method": cfg.method, "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width,
+        "forget_classes": forget, "seed": cfg.seed,
+        "metrics": {"original": acc_orig, "unlearned": acc_new},
+        "timings_s": timings,
+        "original_checkpoint": str(orig_path), "original_cache_hit": bool(cache_hit),
+        "unlearned_checkpoint": str(out / "model.pt"),
+        "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "details": _jsonable(info),
+    }
+    save_checkpoint(out / "model.pt", inner, meta)
+    files["config.json"] = cfg.to_dict()
+    files["results.json"] = results  # last, so its presence means the run finished
+    write_run_files(out, files)
+    _print_table(results, out, quiet=False)
+    del buf
+    return 0
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
+
+
+def _print_table(results: dict, out: Path, quiet: bool) -> None:
+    m = results["metrics"]
+    rows = [("model", "forget_acc", "retain_acc")]
+    for name in ("original", "unlearned"):
+        rows.append((name, f"{m[name]['forget_acc']:.4f}", f"{m[name]['retain_acc']:.4f}"))
+    t = results["timings_s"]
+    print(f"\n{results['method']} on {results['dataset']} / {results['arch']} (width {results['width']}), "
+          f"forget {results['forget_classes']}, seed {results['seed']}")
+    for r in rows:
+        print(f"  {r[0]:<10} {r[1]:>10} {r[2]:>10}")
+    print("  time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"  run directory: {out}")
+
+
+def _image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:
+    try:
+        from torchvision.utils import make_grid
+        from PIL import Image
+    except ImportError:
+        return None
+    grid = make_grid(x[:128].clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""CNR's three stages (detect, synthesize, reset) and the pipeline that chains them."""

@@ -1,0 +1,69 @@
+"""Stage 3: feature-extractor reset (Section 3.6, eq. 7; Algorithm 1 lines 20-23).
+
+    L = mean CE(f(x_syn), y~) + mean CE(f(x_r), y_r) + gamma/2 ||theta - theta_0||^2
+
+y~ drawn uniformly from the retain classes: once per synthetic image (relabel="once", Algorithm 1
+line 21) or afresh each time an image is used (relabel="step"; see README on which forgets). Each step
+takes one retain batch and one synthetic batch (each CE averaged on its own); an epoch is one pass
+over the retain data. Adam (lr 1e-4, weight decay 1e-4), 10 epochs; then 5 epochs of retain-only
+stabilisation (plain CE on retain data, same optimiser settings).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from ..data import Split, batches
+from ..errors import UserError
+
+RELABEL = ("once", "step")
+from ..train import ce_loss, fit
+
+
+def l2_pull(model, theta0: list[torch.Tensor]) -> torch.Tensor:
+    return sum((p.float() - p0).square().sum() for p, p0 in zip(model.parameters(), theta0))
+
+
+def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, cfg, *, device, amp=False, seed=0,
+          compile=False, quiet=False):
+    """Returns (unlearned model, log). cfg: ResetConfig. The original model is not modified."""
+    if cfg.relabel not in RELABEL:
+        raise UserError(f"unknown relabel mode {cfg.relabel!r}; choose one of {', '.join(RELABEL)}")
+    model = copy.deepcopy(original).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    theta0 = [p.detach().clone().float() for p in model.parameters()]
+    gen = torch.Generator().manual_seed(seed)
+    retain_classes = torch.as_tensor(sorted(retain_classes))
+    y_syn = retain_classes[torch.randint(len(retain_classes), (len(synth_x),), generator=gen)]
+    x_syn, y_syn = synth_x.to(device), y_syn.to(device)
+    steps = -(-len(retain_train) // cfg.batch_size)
+
+    def make(epoch):
+        for x, y in batches(retain_train, cfg.batch_size, shuffle=True, generator=gen, device=device):
+            idx = torch.randint(len(x_syn), (min(cfg.synth_batch_size, len(x_syn)),), generator=gen)
+            if cfg.relabel == "step":
+                ys = retain_classes[torch.randint(len(retain_classes), (len(idx),), generator=gen)].to(device)
+            else:
+                ys = y_syn[idx.to(device)]
+            yield x, y, x_syn[idx.to(device)], ys
+
+    def loss_fn(m, batch):
+        x, y, xs, ys = batch
+        loss = F.cross_entropy(m(xs), ys) + F.cross_entropy(m(x), y)
+        if cfg.gamma:
+            loss = loss + 0.5 * cfg.gamma * l2_pull(model, theta0)
+        return loss
+
+    hist = fit(model, cfg.epochs, make, loss_fn, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp,
+               compile=compile, desc="reset", quiet=quiet, steps_per_epoch=steps)
+    stab = []
+    if cfg.stabilize_epochs:
+        stab = fit(model, cfg.stabilize_epochs,
+                   lambda e: batches(retain_train, cfg.batch_size, shuffle=True, generator=gen, device=device),
+                   ce_loss, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp, compile=compile,
+                   desc="reset: stabilise", quiet=quiet, steps_per_epoch=steps)
+    return model.eval(), {"reset_loss": hist, "stabilize_loss": stab, "synthetic_labels": y_syn.cpu().tolist()}

@@ -1,0 +1,193 @@
+"""Stage 2: synthetic counterfactuals (Section 3.5, eqs. 4-6; Algorithm 1 lines 9-19).
+
+A DCGAN generator G and discriminator D are trained on the forget-class training images; then B
+latent codes are optimised with Adam so that G(z) minimises
+
+    sign * L_selective + lambda_real * L_realism + lambda_smooth * L_smooth
+
+with L_selective of eq. 6 (ops.selective_loss), L_realism = -mean log D(x) and L_smooth the total
+variation (ops.tv_loss). sign = +1 is eq. 6 as printed ("paper": forget units off); sign = -1
+("excite") makes images that drive the forget units on. The classifier is frozen throughout.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..data import Split, batches
+from ..errors import UserError
+from ..models import Taps
+from ..profiling import nvtx_range
+from ..train import amp_context, progress
+
+SIGNS = {"paper": 1.0, "excite": -1.0}
+
+
+def _levels(image_size: int) -> int:
+    """Number of 2x up-samplings from 4x4 to cover the image (32 px -> 3)."""
+    return max(1, math.ceil(math.log2(max(image_size, 8) / 4)))
+
+
+class Generator(nn.Module):
+    """DCGAN generator: z -> 4x4 -> ... -> 2^n * 4 px (tanh), resized to the dataset's image size."""
+
+    def __init__(self, latent_dim, channels, image_size, ngf=32):
+        super().__init__()
+        n = _levels(image_size)
+        self.image_size = image_size
+        widths = [ngf * 2 ** (n - 1 - i) for i in range(n)]
+        layers = [nn.ConvTranspose2d(latent_dim, widths[0], 4, 1, 0, bias=False), nn.BatchNorm2d(widths[0]),
+                  nn.ReLU(True)]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, z):
+        x = self.net(z.view(z.shape[0], -1, 1, 1))
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator; returns the logit of D(x) = P(real)."""
+
+    def __init__(self, channels, image_size, ndf=32):
+        super().__init__()
+        n = _levels(image_size)
+        self.size = 4 * 2**n
+        widths = [ndf * 2**i for i in range(n)]
+        layers = [nn.Conv2d(channels, widths[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for a, b in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Conv2d(widths[-1], 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+        self.apply(_dcgan_init)
+
+    def forward(self, x):
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self.net(x).view(-1)
+
+
+def _dcgan_init(m):
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", quiet=False):
+    """Standard DCGAN training (non-saturating BCE, Adam 2e-4, betas 0.5/0.999) on one class's images."""
+    torch.manual_seed(seed)
+    c, s = images.x.shape[1], images.x.shape[-1]
+    g = Generator(cfg.latent_dim, c, s, cfg.ngf).to(device)
+    d = Discriminator(c, s, cfg.ngf).to(device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
+    gen = torch.Generator().manual_seed(seed)
+    steps = -(-len(images) // cfg.gan_batch_size)
+    last = {}
+    for epoch in progress(range(cfg.gan_epochs), desc, cfg.gan_epochs, quiet):
+        for x, _ in batches(images, cfg.gan_batch_size, shuffle=True, generator=gen, device=device):
+            with nvtx_range("cnr/synthesize/gan_step"):
+                z = torch.randn(x.shape[0], cfg.latent_dim, device=device)
+                fake = g(z)
+                loss_d = F.softplus(-d(x)).mean() + F.softplus(d(fake.detach())).mean()
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
+                loss_g = F.softplus(-d(fake)).mean()
+                opt_g.zero_grad(set_to_none=True)
+                loss_g.backward()
+                opt_g.step()
+        last = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach())}
+        if not quiet and (epoch + 1) % 10 == 0:
+            print(f"  {desc} epoch {epoch + 1}/{cfg.gan_epochs}: D {last['loss_d']:.3f} G {last['loss_g']:.3f}"
+                  f" ({steps} steps/epoch)", file=sys.stderr)
+    return g.eval(), d.eval(), last
+
+
+def unit_activations(model, x, taps):
+    """Flattened tap activations (B, U_l) of x, keeping the graph."""
+    with Taps(model, taps) as t:
+        logits = model(x)
+    return [t[n].reshape(x.shape[0], -1) for n in taps], logits
+
+
+def optimise_latents(model, g, d, f_idx, r_idx, taps, cfg, *, device, amp=False, seed=0, desc="synthesize",
+                     quiet=False):
+    """Optimise B latent codes (Adam, cfg.lr, cfg.steps) for one forget class; returns images and a log."""
+    if cfg.sign not in SIGNS:
+        raise UserError(f"unknown selective-loss sign {cfg.sign!r}; choose one of {', '.join(SIGNS)}")
+    sign = SIGNS[cfg.sign]
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(cfg.batch, cfg.latent_dim, generator=gen).to(device).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=cfg.lr)
+    frozen = [p for p in list(model.parameters()) + list(g.parameters()) + list(d.parameters()) if p.requires_grad]
+    for p in frozen:  # gradients flow to z only; restored below
+        p.requires_grad_(False)
+    try:
+        return _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, desc, quiet)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, desc, quiet):
+    fi = [f_idx[t].to(device) for t in taps]
+    ri = [r_idx[t].to(device) for t in taps]
+
+    def terms(x):
+        with amp_context(device, amp):
+            feats, logits = unit_activations(model, x, taps)
+        sel = ops.selective_loss(feats, fi, ri, cfg.alpha)
+        real = F.softplus(-d(x).float()).mean()  # -log D(x) = -log sigmoid(logit)
+        tv = ops.tv_loss(x)
+        return sel, real, tv, logits
+
+    with torch.no_grad():
+        sel0, _, _, _ = terms(g(z))
+    steps = cfg.steps if cfg.latent_opt else 0
+    for step in progress(range(steps), f"{desc}: latent optimisation", steps, quiet):
+        with nvtx_range("cnr/synthesize/latent_step"):
+            x = g(z)
+            sel, real, tv, _ = terms(x)
+            loss = sign * sel + cfg.lambda_real * real + cfg.lambda_smooth * tv
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        x = g(z)
+        sel, real, tv, logits = terms(x)
+    log = {"selective_before": float(sel0), "selective_after": float(sel), "realism_after": float(real),
+           "tv_after": float(tv), "steps": steps,
+           "model_pred_hist": torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()}
+    return x.detach().float().cpu(), log
+
+
+def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False):
+    """For each forget class: train a GAN on its images, optimise B latents. Returns (images, labels, log)."""
+    model.eval()
+    images, owners, logs = [], [], {}
+    for i, c in enumerate(detection.forget):
+        own = train.of_classes([c])
+        g, d, gan_log = train_gan(own, cfg, device=device, seed=seed + i, desc=f"synthesize: GAN class {c}",
+                                  quiet=quiet)
+        fi = {t: detection.f_idx[t][i] for t in detection.taps}
+        ri = {t: detection.r_idx[t][i] for t in detection.taps}
+        x, log = optimise_latents(model, g, d, fi, ri, detection.taps, cfg, device=device, amp=amp, seed=seed + i,
+                                  desc=f"synthesize class {c}", quiet=quiet)
+        images.append(x)
+        owners.append(torch.full((len(x),), c, dtype=torch.long))
+        logs[str(c)] = {**gan_log, **log}
+    return torch.cat(images), torch.cat(owners), logs

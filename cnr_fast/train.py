@@ -1,0 +1,155 @@
+"""The one training loop (original model, RFS, ROFT, the other baselines, CNR reset) and evaluation.
+
+`fit` runs epochs of (batch -> loss) with Adam, optional AMP (bf16 where supported, fp16 with a
+grad scaler otherwise), channels_last on CUDA, optional torch.compile, and a progress bar.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data import Split, batches
+from .errors import UserError
+from .profiling import nvtx_range
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; pass --device cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available; pass --device cpu")
+    return dev
+
+
+def amp_context(device: torch.device, enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def needs_scaler(device: torch.device, amp: bool) -> bool:
+    return amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+
+
+def progress(it: Iterable, desc: str, total: int | None = None, quiet: bool = False):
+    return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=quiet, mininterval=1.0, leave=False,
+                dynamic_ncols=True)
+
+
+def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def fit(
+    model: nn.Module,
+    epochs: int,
+    make_batches: Callable[[int], Iterable],
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    *,
+    lr: float,
+    weight_decay: float,
+    device: torch.device,
+    amp: bool = False,
+    compile: bool = False,
+    desc: str = "train",
+    quiet: bool = False,
+    steps_per_epoch: int | None = None,
+    on_epoch_end: Callable[[int], bool] | None = None,
+) -> list[float]:
+    """Train in place; returns the mean loss of each epoch. on_epoch_end(epoch) -> True stops early."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler(device, amp) else None
+    step_model = torch.compile(model) if compile else model
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        total, n = 0.0, 0
+        bar = progress(make_batches(epoch), f"{desc} epoch {epoch + 1}/{epochs}", steps_per_epoch, quiet)
+        for batch in bar:
+            with nvtx_range(f"cnr/{desc}/step"), amp_context(device, amp):
+                loss = loss_fn(step_model, batch)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            total += float(loss.detach())
+            n += 1
+        history.append(total / max(n, 1))
+        if not quiet:
+            print(f"  {desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}", file=sys.stderr)
+        if on_epoch_end is not None and on_epoch_end(epoch):
+            break
+    model.eval()
+    return history
+
+
+def ce_loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
+
+
+def train_classifier(model: nn.Module, split: Split, cfg, *, device, amp=False, seed=0, desc="train",
+                     quiet=False) -> list[float]:
+    """Standard supervised training on `split` with a TrainConfig `cfg` (original model and RFS)."""
+    gen = torch.Generator().manual_seed(seed)
+    steps = -(-len(split) // cfg.batch_size)
+
+    def make(epoch):
+        for x, y in batches(split, cfg.batch_size, shuffle=True, generator=gen, device=device):
+            if cfg.augment:
+                x = random_shift(x, gen)
+            yield x, y
+
+    return fit(model, cfg.epochs, make, ce_loss, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp,
+               desc=desc, quiet=quiet, steps_per_epoch=steps)
+
+
+def random_shift(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (reflect padding), one shift per batch."""
+    dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))
+    xp = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    h, w = x.shape[-2:]
+    return xp[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, *, device, batch_size: int = 512, amp: bool = False) -> torch.Tensor:
+    model.eval()
+    out = []
+    for x, _ in batches(split, batch_size, device=device):
+        with amp_context(device, amp):
+            out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def forget_retain_accuracy(model, test: Split, forget, *, device, amp=False) -> dict[str, float]:
+    """Accuracy on the test examples of the forget classes and of the retain classes."""
+    logits = predict(model, test, device=device, amp=amp)
+    correct = logits.argmax(1) == test.y
+    is_f = torch.isin(test.y, torch.as_tensor(list(forget)))
+    return {
+        "forget_acc": float(correct[is_f].float().mean()) if is_f.any() else float("nan"),
+        "retain_acc": float(correct[~is_f].float().mean()) if (~is_f).any() else float("nan"),
+    }
