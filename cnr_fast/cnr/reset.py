@@ -53,7 +53,11 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
 
     def loss_fn(m, batch):
         x, y, xs, ys = batch
-        loss = F.cross_entropy(m(xs), ys) + F.cross_entropy(m(x), y)
+        # One forward pass over both parts: in train mode BatchNorm would otherwise normalise an
+        # all-synthetic batch with its own statistics, and the model could learn the synthetic
+        # images apart from real ones through that shortcut. Each CE is still averaged on its own.
+        logits = m(torch.cat([xs, x]))
+        loss = F.cross_entropy(logits[: len(xs)], ys) + F.cross_entropy(logits[len(xs) :], y)
         if cfg.gamma:
             loss = loss + 0.5 * cfg.gamma * l2_pull(model, theta0)
         return loss

@@ -87,4 +87,70 @@ def call(op: str, *args, **kwargs):
     return backend.fn(*args, **kwargs)
 
 
-__all__ = ["Backend", "BackendError", "REGISTRY", "register", "choose", "call", "reference"]
+def _triton_reasons(op: str) -> Callable[..., list[str]]:
+    def not_supported_reasons(*args, **kwargs) -> list[str]:
+        from ._triton import reasons  # triton-free; the op module (which imports triton) loads only if chosen
+
+        return reasons(op, *args, **kwargs)
+
+    not_supported_reasons.__name__ = f"triton_{op}_reasons"
+    return not_supported_reasons
+
+
+# Triton kernels, one op a file under _triton/: CUDA tensors automatically; CPU tensors only under
+# TRITON_INTERPRET=1 *and* CNR_FAST_BACKEND=triton (the interpreter is a test tool, never an automatic choice).
+for _op, _target in (
+    ("class_sums", "cnr_fast.ops._triton.class_sums:class_sums"),
+    ("selectivity_topk", "cnr_fast.ops._triton.selectivity:selectivity_topk"),
+    ("tv_loss", "cnr_fast.ops._triton.tv_loss:tv_loss"),
+    ("selective_loss", "cnr_fast.ops._triton.selective_loss:selective_loss"),
+):
+    register(_op, Backend("triton", _target, _triton_reasons(_op)))
+del _op, _target
+
+
+def _native_reasons(op: str) -> Callable[..., list[str]]:
+    def not_supported_reasons(*args, **kwargs) -> list[str]:
+        from .cka import native_reasons_for  # loads cnr_fast._C (once, via cnr_fast._native) only when asked
+
+        return native_reasons_for(op, *args, **kwargs)
+
+    not_supported_reasons.__name__ = f"native_{op}_reasons"
+    return not_supported_reasons
+
+
+# Native library cnr_fast._C (csrc/; C++/OpenMP on CPU, CUDA when built with it): batched CKA of
+# every tap pair at once (cka_matrix, reference = its pure-torch batched form in ops/cka.py) and
+# the single-pair linear_cka.
+REGISTRY["cka_matrix"] = [Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", _always)]
+register("cka_matrix", Backend("native", "cnr_fast.ops.cka:cka_matrix_native", _native_reasons("cka_matrix")))
+register("linear_cka", Backend("native", "cnr_fast.ops.cka:linear_cka_native", _native_reasons("linear_cka")))
+
+
+def describe() -> dict[str, dict]:
+    """Per op: the backend a call would get on this machine and why each other one would not run.
+
+    Checks the environment only (each backend's not_supported_reasons() with no arguments), so
+    "chosen" is the choice for tensors on the best device here (CUDA if present); CPU tensors still
+    get the reference unless CNR_FAST_BACKEND says otherwise. For `cnr-fast doctor`.
+    Returns {op: {"chosen": name or None, "requested": CNR_FAST_BACKEND or "auto",
+    "reasons": {backend: [reasons]}}}; "chosen" is None when the requested backend cannot run.
+    """
+    want = requested()
+    out: dict[str, dict] = {}
+    for op, backends in REGISTRY.items():
+        reasons: dict[str, list[str]] = {}
+        for b in backends:
+            try:
+                reasons[b.name] = list(b.not_supported_reasons())
+            except Exception as e:  # noqa: BLE001  (a plug-in whose check needs arguments)
+                reasons[b.name] = [f"cannot check without arguments ({type(e).__name__}: {e})"]
+        if want == "auto":
+            chosen = next((b.name for b in backends if not reasons[b.name]), None)
+        else:
+            chosen = want if want in reasons and not reasons[want] else None
+        out[op] = {"chosen": chosen, "requested": want, "reasons": reasons}
+    return out
+
+
+__all__ = ["REGISTRY", "Backend", "BackendError", "call", "choose", "describe", "reference", "register"]

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import numbers
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -38,11 +40,11 @@ def explicitly_requested() -> bool:
     return os.environ.get("CNR_FAST_BACKEND", "").strip().lower() == "triton"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_import_error() -> str | None:
     try:
         import triton  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install raising something else
+    except Exception as e:  # noqa: BLE001  (ImportError, or a broken install raising anything else)
         return f"triton is not importable ({type(e).__name__}: {e})"
     return None
 
@@ -77,8 +79,10 @@ def _device_reasons(named: dict[str, torch.Tensor]) -> list[str]:
             return [f"{what} is on cpu, not CUDA, and TRITON_INTERPRET != 1"]
         if not explicitly_requested():
             return [
-                f"{what} is on cpu: the Triton interpreter (TRITON_INTERPRET=1) is used only when asked for "
-                "explicitly with CNR_FAST_BACKEND=triton"
+                (
+                    f"{what} is on cpu: the Triton interpreter (TRITON_INTERPRET=1) is used only when asked for "
+                    "explicitly with CNR_FAST_BACKEND=triton"
+                )
             ]
     else:
         return [f"{what} is on {dev}: triton runs on CUDA (or on cpu under TRITON_INTERPRET=1)"]
@@ -108,7 +112,8 @@ def _bind(op: str, args, kwargs):
 def _is_index_seq(x) -> bool:
     if isinstance(x, torch.Tensor):
         return x.dtype in INDEX_DTYPES and x.dim() <= 1
-    return isinstance(x, (list, tuple)) and all(isinstance(i, int) for i in x)
+    # lists/tuples/ranges of ints (numpy integers too), as the reference's indexing accepts
+    return isinstance(x, Sequence) and not isinstance(x, str) and all(isinstance(i, numbers.Integral) for i in x)
 
 
 def reasons(op: str, *args, **kwargs) -> list[str]:
@@ -204,7 +209,7 @@ def interp_safe(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

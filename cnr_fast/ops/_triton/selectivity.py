@@ -33,13 +33,13 @@ def _selectivity_kernel(
     ok = u < U
     u_off = u.to(tl.int64) * sm1
     cen = tl.zeros((BLOCK_U,), dtype=tl.float32)
-    for r in range(0, R):
+    for r in range(R):
         row = tl.load(retain_ptr + r).to(tl.int64)
         cen += tl.load(m_ptr + row * sm0 + u_off, mask=ok, other=0.0).to(tl.float32)
     cen = cen / R
     s_out = s_ptr + u  # row f of S starts f * U further on: advance the pointers (64-bit) per row
     n_out = neg_ptr + u
-    for f in range(0, F):
+    for f in range(F):
         row = tl.load(forget_ptr + f).to(tl.int64)
         s = tl.load(m_ptr + row * sm0 + u_off, mask=ok, other=0.0).to(tl.float32) - cen
         tl.store(s_out, s, mask=ok)
@@ -78,8 +78,9 @@ def selectivity_topk(
     neg = torch.empty_like(s)
     BLOCK_U = 1024 if interpret() else 256
     with device_ctx(m):
-        _selectivity_kernel[(cdiv(U, BLOCK_U),)](m, f_rows, r_rows, s, neg, U, F, R, m.stride(0), m.stride(1),
-                                                 BLOCK_U=BLOCK_U)
+        _selectivity_kernel[(cdiv(U, BLOCK_U),)](
+            m, f_rows, r_rows, s, neg, U, F, R, m.stride(0), m.stride(1), BLOCK_U=BLOCK_U
+        )
     # TopK by torch.topk on the kernel output (see the module docstring for why it is not fused).
     f_idx = torch.topk(s, k, dim=1).indices
     r_idx = torch.topk(neg, k, dim=1).indices

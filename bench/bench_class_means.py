@@ -1,0 +1,115 @@
+"""Per-class means of a tap over a dataset (eq. 1), streamed in batches: three ways.
+
+  mask_loop            what people write today: per batch, per class, feats[labels == c].sum(0)
+  reference_index_add  cnr_fast.ops.reference.class_sums (one index_add_ + bincount per batch)
+  triton               cnr_fast.ops._triton.class_sums (one kernel per batch; CUDA only)
+
+Each workload accumulates sums and counts over N samples in batches and divides once; the timed
+call covers the whole pass. Ratios are speedups against mask_loop measured in the same run.
+
+    python -m bench.bench_class_means                      # CPU, writes bench/results/class_means_cpu.json
+    python -m bench.bench_class_means --device cuda --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from bench.harness import measure, write_results
+from cnr_fast.ops import reference
+
+
+def _mask_loop(batches, C, U, device):
+    sums = torch.zeros(C, U, dtype=torch.float32, device=device)
+    counts = torch.zeros(C, dtype=torch.int64, device=device)
+    for xb, yb in batches:
+        for c in range(C):
+            m = yb == c
+            sums[c] += xb[m].float().sum(0)
+            counts[c] += m.sum()
+    return sums / counts.clamp_min(1)[:, None]
+
+
+def _with(fn):
+    def run(batches, C, U, device):
+        sums = torch.zeros(C, U, dtype=torch.float32, device=device)
+        counts = torch.zeros(C, dtype=torch.int64, device=device)
+        for xb, yb in batches:
+            s, n = fn(xb, yb, C)
+            sums += s
+            counts += n
+        return sums / counts.clamp_min(1)[:, None]
+
+    return run
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="output folder (default bench/results or $CNR_FAST_BENCH_OUT)")
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--units", type=int, default=64 * 8 * 8, help="U = C*H*W of the tap (default 64x8x8)")
+    p.add_argument("--classes", type=int, nargs="+", default=[10, 100])
+    p.add_argument("--dtypes", nargs="+", default=None, help="feature dtypes (default float32; cuda: float32 bfloat16)")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = args.device
+    on_cuda = device.startswith("cuda")
+    dtypes = args.dtypes or (["float32", "bfloat16"] if on_cuda else ["float32"])
+    methods = {"mask_loop": _mask_loop, "reference_index_add": _with(reference.class_sums)}
+    if on_cuda:
+        from cnr_fast.ops._triton.class_sums import class_sums as triton_class_sums
+
+        methods["triton"] = _with(triton_class_sums)
+
+    workloads = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        for C in args.classes:
+            # setup (untimed): the tap's features for the whole pass, already on the device
+            g = torch.Generator().manual_seed(C)
+            x = torch.randn(args.samples, args.units, generator=g).to(device, dtype)
+            y = torch.randint(0, C, (args.samples,), generator=g).to(device)
+            batches = [(x[i : i + args.batch], y[i : i + args.batch]) for i in range(0, args.samples, args.batch)]
+            # verify (untimed, once): every method against float64 means
+            ref64 = torch.zeros(C, args.units, dtype=torch.float64, device=device).index_add_(0, y, x.double())
+            ref64 /= torch.bincount(y, minlength=C).clamp_min(1)[:, None].double()
+            w = {"name": f"C={C} {dtype_name}", "classes": C, "dtype": dtype_name, "results": {}, "max_abs_err": {}}
+            for name, fn in methods.items():
+                err = (fn(batches, C, args.units, device).double() - ref64).abs().max().item()
+                assert err < 1e-4, f"{name} C={C}: max abs err {err} vs float64"
+                w["max_abs_err"][name] = err
+                w["results"][name] = measure(
+                    lambda fn=fn, b=batches, c=C: fn(b, c, args.units, device), device=device, reps=args.reps
+                )
+            base = w["results"]["mask_loop"]["median_s"]
+            w["speedup_vs_mask_loop"] = {k: base / v["median_s"] for k, v in w["results"].items()}
+            workloads.append(w)
+            print(
+                f"{w['name']:>16}: "
+                + "  ".join(f"{k} {v['median_s'] * 1e3:.2f} ms (x{w['speedup_vs_mask_loop'][k]:.1f})"
+                            for k, v in w["results"].items())
+            )  # fmt: skip
+
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config["load_avg_1_5_15"] = list(os.getloadavg())  # CPU timings on a shared machine: say how busy it was
+    path = write_results(
+        f"class_means_{device.split(':')[0]}",
+        {"config": config, "speedup": "mask_loop median / method median (>1 = faster)", "workloads": workloads},
+        out_dir=args.out,
+        device=device,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""tv_loss and selective_loss, forward + backward: reference vs triton (triton on CUDA only).
+
+Workloads are the synthesis stage's: a batch of generated images for TV, and the ResNet-18 (CIFAR
+stem) taps L1..L4 with TopK = 1% of each tap's units for the selective loss. The timed call is one
+forward and one torch.autograd.grad; ratios are speedups against the reference in the same run.
+
+    python -m bench.bench_ops                      # CPU, writes bench/results/ops_cpu.json
+    python -m bench.bench_ops --device cuda --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from bench.harness import measure, write_results
+from cnr_fast.ops import reference
+
+TV_SHAPES = [(64, 3, 32, 32), (16, 3, 224, 224)]
+TAP_CHANNELS_HW = [(64, 32), (128, 16), (256, 8), (512, 4)]  # ResNet-18 CIFAR L1..L4
+
+
+def _fwd_bwd(loss_fn, make_inputs):
+    def run(state):
+        inputs = state["inputs"]
+        leaves = inputs[0] if isinstance(inputs[0], list) else [inputs[0]]
+        v = loss_fn(*inputs)
+        return v, torch.autograd.grad(v, leaves)
+
+    def setup():
+        return {"inputs": make_inputs()}
+
+    return setup, run
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None)
+    p.add_argument("--batch", type=int, default=64, help="batch of the selective-loss taps")
+    p.add_argument("--dtypes", nargs="+", default=None, help="default float32; cuda: float32 bfloat16")
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    on_cuda = device.startswith("cuda")
+    dtypes = args.dtypes or (["float32", "bfloat16"] if on_cuda else ["float32"])
+
+    impls = {"tv_loss": {"reference": reference.tv_loss}, "selective_loss": {"reference": reference.selective_loss}}
+    if on_cuda:
+        from cnr_fast.ops._triton.selective_loss import selective_loss as t_sel
+        from cnr_fast.ops._triton.tv_loss import tv_loss as t_tv
+
+        impls["tv_loss"]["triton"] = t_tv
+        impls["selective_loss"]["triton"] = t_sel
+
+    workloads = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        for shape in TV_SHAPES:
+            g = torch.Generator().manual_seed(0)
+            x0 = torch.randn(*shape, generator=g).to(device, dtype).to(memory_format=torch.channels_last)
+
+            def make(x0=x0):
+                return (x0.clone().requires_grad_(),)
+
+            workloads.append((f"tv_loss {tuple(shape)} channels_last {dtype_name}", "tv_loss", make, dtype))
+        g = torch.Generator().manual_seed(1)
+        taps = [torch.randn(args.batch, c, hw, hw, generator=g).to(device, dtype) for c, hw in TAP_CHANNELS_HW]
+        fi = [torch.randperm(t[0].numel(), generator=g)[: max(1, t[0].numel() // 100)].to(device) for t in taps]
+        ri = [torch.randperm(t[0].numel(), generator=g)[: max(1, t[0].numel() // 100)].to(device) for t in taps]
+
+        def make_sel(taps=taps, fi=fi, ri=ri):
+            return ([t.clone().requires_grad_() for t in taps], fi, ri, 0.5)
+
+        workloads.append((f"selective_loss resnet18 L1-L4 B={args.batch} K=1% {dtype_name}", "selective_loss",
+                          make_sel, dtype))  # fmt: skip
+
+    out = []
+    for name, op, make, dtype in workloads:
+        w = {"name": name, "op": op, "results": {}, "max_rel_err": {}}
+        outs = {}
+        for impl, fn in impls[op].items():
+            setup, run = _fwd_bwd(fn, make)
+            state = setup()
+            v, grads = run(state)  # verify once, untimed
+            outs[impl] = (v.detach().double(), [gr.double() for gr in grads])
+            w["results"][impl] = measure(lambda run=run, state=state: run(state), device=device, reps=args.reps)
+        rv, rg = outs["reference"]
+        tol = 1e-4 if dtype == torch.float32 else 5e-2  # relative to the largest reference value
+        for impl, (v, gs) in outs.items():
+            err = max(
+                [(v - rv).abs().item() / max(1e-12, rv.abs().item())]
+                + [(a - b).abs().max().item() / max(1e-12, b.abs().max().item()) for a, b in zip(gs, rg)]
+            )
+            w["max_rel_err"][impl] = err
+            assert err <= tol, f"{name}: {impl} differs from the reference by {err} (relative)"
+        base = w["results"]["reference"]["median_s"]
+        w["speedup_vs_reference"] = {k: base / r["median_s"] for k, r in w["results"].items()}
+        out.append(w)
+        print(
+            f"{name}: "
+            + "  ".join(f"{k} {r['median_s'] * 1e3:.2f} ms (x{w['speedup_vs_reference'][k]:.2f})"
+                        for k, r in w["results"].items())
+        )  # fmt: skip
+
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    config["load_avg_1_5_15"] = list(os.getloadavg())  # CPU timings on a shared machine: say how busy it was
+    path = write_results(
+        f"ops_{device.split(':')[0]}",
+        {"config": config, "speedup": "reference median / method median (>1 = faster)", "workloads": out},
+        out_dir=args.out,
+        device=device,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,321 @@
+"""Triton kernels against the reference (the spec), forward and gradients, plus the dispatch.
+
+Without a GPU the kernels run under the Triton interpreter (tests/ops/conftest.py sets
+TRITON_INTERPRET=1 before these modules import triton): fp32, small shapes, few programs.
+On a CUDA machine the same tests run the compiled kernels on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from cnr_fast import ops
+from cnr_fast.ops import backend, reference
+from cnr_fast.ops._triton import class_sums as cs_mod
+from cnr_fast.ops._triton import selective_loss as sl_mod
+from cnr_fast.ops._triton import selectivity as sel_mod
+from cnr_fast.ops._triton import tv_loss as tv_mod
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and TRITON_INTERPRET is not 1 (tests/ops/conftest.py sets it)", allow_module_level=True)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape, seed, channels_last=False, dtype=torch.float32):
+    x = torch.randn(*shape, generator=_gen(seed)).to(DEVICE, dtype)
+    return x.to(memory_format=torch.channels_last) if channels_last else x
+
+
+# ---------------------------------------------------------------- class_sums
+
+# (feature shape per sample, N, C, label pattern, channels_last)
+CLASS_SUMS_CASES = [
+    ((70,), 37, 5, "one_and_empty", False),  # U not a multiple of BLOCK_U=64; class 0 one sample, class 3 empty
+    ((17,), 40, 70, "random", False),  # two class blocks (BLOCK_C=64)
+    ((5,), 1, 1, "random", False),  # one sample, one class
+    ((33,), 130, 20, "random", False),  # several row chunks
+    ((3, 5, 7), 50, 4, "one_and_empty", True),  # channels_last tap map read through strides
+    ((4, 6), 29, 3, "random", False),  # 3-D (B, T, D)
+]
+
+
+def _labels(n, c, pattern, seed):
+    y = torch.randint(0, c, (n,), generator=_gen(seed))
+    if pattern == "one_and_empty" and c >= 4:
+        y[y == 0] = 1
+        y[0] = 0  # class 0: exactly one sample
+        y[y == 3] = 2  # class 3: no sample
+    return y.to(DEVICE)
+
+
+@pytest.mark.parametrize("fshape,n,c,pattern,cl", CLASS_SUMS_CASES)
+def test_class_sums_matches_reference(fshape, n, c, pattern, cl):
+    seed = n * 1000 + c
+    x = _randn(n, *fshape, seed=seed, channels_last=cl)
+    y = _labels(n, c, pattern, seed)
+    sums, counts = cs_mod.class_sums(x, y, c)
+    rs, rc = reference.class_sums(x, y, c)
+    assert sums.dtype == torch.float32 and counts.dtype == torch.int64
+    assert sums.shape == rs.shape and counts.shape == rc.shape
+    torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(counts, rc)
+    if pattern == "one_and_empty":
+        assert counts[3] == 0 and torch.all(sums[3] == 0)
+        assert counts[0] == 1
+        torch.testing.assert_close(sums[0], x.reshape(n, -1)[y == 0][0].float())
+
+
+def test_class_sums_split_rows_and_int32_labels_and_accumulation():
+    """The multi-program (atomic) path, int32 labels, and the per-batch accumulation it is used for."""
+    x = _randn(100, 40, seed=3)
+    y = torch.randint(0, 6, (100,), generator=_gen(3)).to(DEVICE)
+    s1, c1 = cs_mod.class_sums(x[:60], y[:60].int(), 6, _split=2)
+    s2, c2 = cs_mod.class_sums(x[60:], y[60:], 6, _split=3)
+    rs, rc = reference.class_sums(x, y, 6)
+    torch.testing.assert_close(s1 + s2, rs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(c1 + c2, rc)
+
+
+def test_class_sums_exact_split_dot_path():
+    """The GPU's fp32 path (x split into 3 low-precision parts, one-hot dots) on the interpreter,
+    with fp16 parts (the interpreter's bf16 is broken); values kept where fp16 parts stay normal."""
+    import triton.language as tl
+
+    x = (torch.rand(45, 50, generator=_gen(4)) + 0.5).to(DEVICE)
+    y = torch.randint(0, 3, (45,), generator=_gen(4)).to(DEVICE)
+    sums, counts = cs_mod.class_sums(x, y, 3, _fp32_mode=cs_mod._SPLIT3, _split_dtype=tl.float16)
+    rs, rc = reference.class_sums(x, y, 3)
+    torch.testing.assert_close(sums, rs, rtol=1e-6, atol=1e-6)
+    assert torch.equal(counts, rc)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_class_sums_low_precision_inputs(dtype):
+    x = _randn(31, 20, seed=5, dtype=dtype)
+    y = torch.randint(0, 4, (31,), generator=_gen(5)).to(DEVICE)
+    sums, counts = cs_mod.class_sums(x, y, 4)
+    rs, rc = reference.class_sums(x, y, 4)
+    torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5)  # exact inputs, fp32 accumulation in both
+    assert torch.equal(counts, rc)
+
+
+# ---------------------------------------------------------------- selectivity_topk
+
+# (C, U, forget, retain, k)
+SELECTIVITY_CASES = [
+    (10, 300, [3], [0, 1, 2, 4, 5, 6, 7, 8, 9], 7),
+    (5, 37, [0, 2, 4], [1], 1),  # one retain class, several forget classes, k=1
+    (12, 1500, [11, -1, 0], [1, 2, 3, 5], 64),  # U > BLOCK_U, negative index, repeated forget class
+    (3, 20, [2], [0, 1], 20),  # k = U
+]
+
+
+@pytest.mark.parametrize("c,u,forget,retain,k", SELECTIVITY_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_selectivity_topk_matches_reference(c, u, forget, retain, k, dtype):
+    means = _randn(c, u, seed=c * 10 + u, dtype=dtype)  # random floats: no ties
+    s, fi, ri = sel_mod.selectivity_topk(means, forget, retain, k)
+    rs, rf, rr = reference.selectivity_topk(means, forget, retain, k)
+    assert s.dtype == torch.float32 and s.shape == rs.shape
+    torch.testing.assert_close(s, rs, rtol=1e-6, atol=1e-6)
+    assert torch.equal(fi, rf) and torch.equal(ri, rr)
+
+
+def test_selectivity_topk_rejects_out_of_range_class():
+    with pytest.raises(IndexError, match="out of range"):
+        sel_mod.selectivity_topk(_randn(3, 8, seed=0), [3], [0], 1)
+
+
+# ---------------------------------------------------------------- tv_loss
+
+# (B, C, H, W, channels_last)
+TV_CASES = [
+    (2, 3, 5, 7, False),  # odd H x W
+    (1, 1, 2, 2, False),  # one pixel with both neighbours
+    (2, 3, 16, 17, True),  # channels_last
+    (1, 2, 33, 9, False),  # more pixels than one block in the backward
+    (3, 2, 1, 6, False),  # H = 1: no pixel has both neighbours (loss 0)
+]
+
+
+@pytest.mark.parametrize("b,c,h,w,cl", TV_CASES)
+def test_tv_loss_forward_and_grad(b, c, h, w, cl):
+    x = _randn(b, c, h, w, seed=b * 100 + h * 10 + w, channels_last=cl)
+    x1 = x.clone().requires_grad_()
+    x2 = x.clone().requires_grad_()
+    v1 = tv_mod.tv_loss(x1)
+    v2 = reference.tv_loss(x2)
+    assert v1.dtype == torch.float32 and v1.shape == ()
+    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
+    (g1,) = torch.autograd.grad(v1 * 1.7, x1)
+    (g2,) = torch.autograd.grad(v2 * 1.7, x2)
+    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-6)
+    assert g1.stride() == x.stride()
+
+
+def test_tv_loss_flat_image_eps_and_finite_grad():
+    x = torch.zeros(2, 1, 4, 4, device=DEVICE, requires_grad=True)
+    v = tv_mod.tv_loss(x)
+    assert float(v.detach()) == pytest.approx(float(reference.tv_loss(x.detach())), rel=1e-6)
+    (g,) = torch.autograd.grad(v, x)
+    assert torch.isfinite(g).all() and torch.all(g == 0)
+
+
+def test_tv_loss_bf16_keeps_dtype():
+    x = _randn(2, 3, 6, 5, seed=7, dtype=torch.bfloat16).requires_grad_()
+    v = tv_mod.tv_loss(x)
+    (g,) = torch.autograd.grad(v, x)
+    assert v.dtype == torch.float32 and g.dtype == torch.bfloat16
+    xf = x.detach().float().requires_grad_()
+    vf = reference.tv_loss(xf)
+    (gf,) = torch.autograd.grad(vf, xf)
+    torch.testing.assert_close(v, vf, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g, gf.bfloat16(), rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------- selective_loss
+
+# (tap shapes, channels_last per tap, Kf per tap, Kr per tap, alpha)
+SELECTIVE_CASES = [
+    ([(4, 70), (4, 3, 5, 7), (4, 6, 10)], [False, True, False], [9, 5, 1], [5, 7, 3], 0.5),
+    ([(1, 33)], [False], [1], [1], 2.0),  # one tap, one sample, k = 1
+    ([(3, 20), (5, 17)], [False, False], [4, 17], [2, 6], 0.0),  # taps with different batch sizes, K = U
+    ([(2, 300)], [False], [40], [70], 1.0),  # U and K beyond one block
+]
+
+
+def _indices(u, k, seed, allow_negative=False):
+    g = _gen(seed)
+    lo = -u if allow_negative else 0
+    ix = torch.randint(lo, u, (k,), generator=g)
+    if k > 2:
+        ix[1] = ix[0]  # a duplicate counts twice, as in the reference's gather
+    return ix.to(DEVICE)
+
+
+@pytest.mark.parametrize("shapes,cls,kf,kr,alpha", SELECTIVE_CASES)
+def test_selective_loss_forward_and_grad(shapes, cls, kf, kr, alpha):
+    feats = [_randn(*s, seed=i + 11, channels_last=cl) for i, (s, cl) in enumerate(zip(shapes, cls))]
+    fi = [_indices(f[0].numel(), k, seed=20 + i) for i, (f, k) in enumerate(zip(feats, kf))]
+    ri = [_indices(f[0].numel(), k, seed=40 + i, allow_negative=True) for i, (f, k) in enumerate(zip(feats, kr))]
+    x1 = [f.clone().requires_grad_() for f in feats]
+    x2 = [f.clone().requires_grad_() for f in feats]
+    v1 = sl_mod.selective_loss(x1, fi, ri, alpha)
+    v2 = reference.selective_loss(x2, fi, ri, alpha)
+    assert v1.dtype == torch.float32 and v1.shape == ()
+    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
+    g1 = torch.autograd.grad(v1 * 1.3, x1)
+    g2 = torch.autograd.grad(v2 * 1.3, x2)
+    for a, b, f in zip(g1, g2, feats):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        assert a.stride() == f.stride()
+
+
+def test_selective_loss_grad_only_where_required_and_list_indices():
+    a = _randn(3, 10, seed=1).requires_grad_()
+    b = _randn(3, 2, 4, seed=2)  # no grad wanted
+    v1 = sl_mod.selective_loss([a, b], [[0, 3], [1]], [[9], [7, -1]], 0.25)
+    v2 = reference.selective_loss([a, b], [[0, 3], [1]], [[9], [7, -1]], 0.25)
+    torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
+    (g1,) = torch.autograd.grad(v1, a)
+    (g2,) = torch.autograd.grad(v2, a)
+    torch.testing.assert_close(g1, g2)
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def _args(op):
+    x = _randn(6, 12, seed=0)
+    y = torch.tensor([0, 1, 2, 0, 1, 2], device=DEVICE)
+    return {
+        "class_sums": (x, y, 3),
+        "selectivity_topk": (x[:3], [0], [1, 2], 2),
+        "tv_loss": (_randn(1, 2, 4, 5, seed=1),),
+        "selective_loss": ([x], [torch.tensor([1, 2], device=DEVICE)], [torch.tensor([3], device=DEVICE)], 0.5),
+    }[op]
+
+
+OPS = ["class_sums", "selectivity_topk", "tv_loss", "selective_loss"]
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_explicit_triton_backend_dispatch(op, monkeypatch):
+    monkeypatch.setenv("CNR_FAST_BACKEND", "triton")
+    args = _args(op)
+    chosen, _ = backend.choose(op, *args)
+    assert chosen.name == "triton"
+    assert chosen.target.startswith("cnr_fast.ops._triton.")
+    got = getattr(ops, op)(*args)
+    want = getattr(reference, op)(*args)
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_reference_is_last_and_triton_registered(op):
+    names = [b.name for b in backend.REGISTRY[op]]
+    assert names[-1] == "reference" and "triton" in names
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="CPU-only behaviour of the automatic choice")
+def test_auto_choice_stays_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("CNR_FAST_BACKEND", raising=False)
+    for op in OPS:
+        chosen, why = backend.choose(op, *_args(op))
+        assert chosen.name == "reference"
+        assert why["triton"], "skipping triton must say why"
+    monkeypatch.delenv("TRITON_INTERPRET")
+    chosen, why = backend.choose("tv_loss", *_args("tv_loss"))
+    assert chosen.name == "reference" and "TRITON_INTERPRET" in why["triton"][0]
+
+
+def test_explicit_backend_that_cannot_run_raises_with_reason(monkeypatch):
+    monkeypatch.setenv("CNR_FAST_BACKEND", "triton")
+    x64 = torch.randn(2, 3, 4, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(backend.BackendError, match="float64 unsupported"):
+        ops.tv_loss(x64)
+    with pytest.raises(backend.BackendError, match="4-D"):
+        ops.tv_loss(torch.randn(3, 4, 4, device=DEVICE))
+    if DEVICE == "cpu":
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(backend.BackendError, match="TRITON_INTERPRET != 1"):
+            ops.class_sums(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), 2)
+
+
+def test_describe_reports_choice_and_reasons(monkeypatch):
+    monkeypatch.delenv("CNR_FAST_BACKEND", raising=False)
+    d = backend.describe()
+    for op in OPS:
+        assert set(d[op]["reasons"]) == {"triton", "reference"}
+        assert d[op]["reasons"]["reference"] == []
+        expected = "triton" if DEVICE == "cuda" else "reference"
+        assert d[op]["chosen"] == expected
+        if DEVICE == "cpu":
+            assert d[op]["reasons"]["triton"]
+    assert d["linear_cka"]["chosen"] is not None
+
+
+def test_import_is_lean_and_cpu_dispatch_does_not_import_triton():
+    code = (
+        "import sys, torch, cnr_fast, cnr_fast.ops as o\n"
+        "assert 'triton' not in sys.modules, 'import cnr_fast imported triton'\n"
+        "o.class_sums(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), 2)\n"
+        "o.tv_loss(torch.randn(1, 1, 3, 3))\n"
+        "assert 'triton' not in sys.modules, 'CPU dispatch imported triton'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "CNR_FAST_BACKEND")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
