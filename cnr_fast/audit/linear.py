@@ -37,7 +37,7 @@ class Standardizer:
     scale: torch.Tensor
 
     @classmethod
-    def fit(cls, x) -> "Standardizer":
+    def fit(cls, x) -> Standardizer:
         x = _t(x)
         mean = x.mean(0)
         std = x.std(0, unbiased=False)

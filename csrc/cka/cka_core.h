@@ -63,20 +63,16 @@ inline Staircase make_staircase(int64_t n, int64_t block_rows = kDefaultBlockRow
   return s;
 }
 
+// Below this many element operations a loop runs on one thread: waking a team costs more than it
+// saves, and on shared cores a team member that lost its core stalls the region (libgomp spins).
+constexpr int64_t kParallelGrain = int64_t(1) << 16;
+
 inline int resolve_threads(int nthreads) {
 #ifdef _OPENMP
   return nthreads > 0 ? nthreads : omp_get_max_threads();
 #else
   (void)nthreads;
   return 1;
-#endif
-}
-
-inline int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
 #endif
 }
 
@@ -89,7 +85,8 @@ void center_columns(const T* x, int64_t n, int64_t d, int64_t ld, T* out, int nt
   std::vector<double> mean(static_cast<size_t>(d), 0.0);
   const int64_t chunk = 1024;  // columns per task: row-major sweep, vectorisable inner loop
   const int64_t nchunks = (d + chunk - 1) / chunk;
-#pragma omp parallel for num_threads(nt) schedule(static)
+  const bool par = n * d >= kParallelGrain;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (par)
   for (int64_t ck = 0; ck < nchunks; ++ck) {
     const int64_t c0 = ck * chunk, c1 = std::min(d, c0 + chunk);
     double* m = mean.data();
@@ -101,7 +98,7 @@ void center_columns(const T* x, int64_t n, int64_t d, int64_t ld, T* out, int nt
   }
   std::vector<T> mean_t(mean.begin(), mean.end());
   const T* mt = mean_t.data();
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (par)
   for (int64_t r = 0; r < n; ++r) {
     const T* row = x + r * ld;
     T* o = out + r * d;
@@ -119,7 +116,7 @@ void gram_staircase(const T* x, int64_t n, int64_t d, const Staircase& s, T* out
   for (int64_t i = 0; i < s.blocks(); ++i) {
     const int64_t r0 = s.edges[i], rows = s.rows(i), cols = s.cols(i);
     T* panel = out + s.offsets[i];
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4) if (rows * cols * d >= kParallelGrain)
     for (int64_t rr = 0; rr < rows; ++rr) {
       const T* xr = x + (r0 + rr) * d;
       for (int64_t c = 0; c < cols; ++c) {
@@ -148,33 +145,38 @@ inline T dot(const T* a, const T* b, int64_t len) {
 //   off[p]  = sum_{r != c} K_u[r,c] K_v[r,c]       (tr(K~ L~))
 //   diag[p] = sum_r K_u[r,r] K_v[r,r]
 // and per tap: rowsum[u*n + r] = sum_{c != r} K_u[r,c], offsum[u] = sum_r rowsum[u*n + r].
-// Deterministic for a fixed thread count (static schedule, per-thread partials summed in order).
+//
+// Work is split into a fixed number of tasks (independent of the thread count) handed out
+// dynamically, each with its own partial sums, reduced in task order: the result is bitwise
+// reproducible for any thread count, and a thread that loses its core to a neighbour's process
+// (2 shared cores) does not hold the others at a barrier.
+constexpr int64_t kRowTasks = 64;
+constexpr int64_t kColBlock = 64;
+
 template <typename T>
 void staircase_terms(const std::vector<const T*>& g, const Staircase& s, const std::vector<std::pair<int64_t, int64_t>>& pairs,
                      bool want_rowsums, std::vector<double>& off, std::vector<double>& diag, std::vector<double>& rowsum,
                      std::vector<double>& offsum, int nthreads = 0) {
   const int64_t n = s.n, ntaps = static_cast<int64_t>(g.size()), np = static_cast<int64_t>(pairs.size());
   const int nt = resolve_threads(nthreads);
-  // Per-thread partials: [np off][np diag][ntaps*n rowsums]
-  const int64_t width = 2 * np + (want_rowsums ? ntaps * n : 0);
-  std::vector<double> part(static_cast<size_t>(nt) * width, 0.0);
-  // Row r -> panel index.
+  const int64_t ntasks = std::min<int64_t>(kRowTasks, std::max<int64_t>(n, 1));
+  std::vector<double> part(static_cast<size_t>(ntasks * 2 * np), 0.0);
   std::vector<int64_t> panel_of(static_cast<size_t>(n));
   for (int64_t i = 0; i < s.blocks(); ++i)
     for (int64_t r = s.edges[i]; r < s.edges[i + 1]; ++r) panel_of[r] = i;
+  if (want_rowsums) rowsum.assign(static_cast<size_t>(ntaps * n), 0.0);
 
-#pragma omp parallel num_threads(nt)
-  {
-    double* my = part.data() + static_cast<int64_t>(thread_id()) * width;
-    double* my_off = my;
-    double* my_diag = my + np;
-    double* my_rows = my + 2 * np;
-#pragma omp for schedule(static, 4)
-    for (int64_t r = 0; r < n; ++r) {
+  // 1. Row pass. Task k takes rows k, k + ntasks, ... (panels get wider down the staircase, so
+  //    interleaving balances the tasks). Row r of panel i = [off-diagonal blocks: columns 0..e_i),
+  //    weight 2 | square diagonal block: columns e_i..e_{i+1}, stored whole, weight 1].
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if ((np + ntaps) * s.size() >= kParallelGrain)
+  for (int64_t k = 0; k < ntasks; ++k) {
+    double* my_off = part.data() + k * 2 * np;
+    double* my_diag = my_off + np;
+    for (int64_t r = k; r < n; r += ntasks) {
       const int64_t i = panel_of[r];
       const int64_t e0 = s.edges[i], cols = s.cols(i);
       const int64_t base = s.offsets[i] + (r - e0) * cols;  // start of row r in the panel
-      // Row r of the panel = [off-diagonal blocks: columns 0..e0) (weight 2) | diagonal block e0..cols).
       for (int64_t p = 0; p < np; ++p) {
         const T* ku = g[pairs[p].first] + base;
         const T* kv = g[pairs[p].second] + base;
@@ -184,40 +186,51 @@ void staircase_terms(const std::vector<const T*>& g, const Staircase& s, const s
         my_off[p] += 2.0 * lower + blk - d_rr;
         my_diag[p] += d_rr;
       }
-      if (want_rowsums) {
+      if (want_rowsums)  // the stored part of row r, diagonal excluded; row r is this task's alone
         for (int64_t u = 0; u < ntaps; ++u) {
           const T* ku = g[u] + base;
-          double* rs = my_rows + u * n;
           double own = 0.0;
-          for (int64_t c = 0; c < e0; ++c) {  // (r, c) and its mirror (c, r)
-            own += static_cast<double>(ku[c]);
-            rs[c] += static_cast<double>(ku[c]);
-          }
-          for (int64_t c = e0; c < cols; ++c)  // diagonal block is stored whole: count row r only
-            if (c != r) own += static_cast<double>(ku[c]);
-          rs[r] += own;
+          for (int64_t c = 0; c < cols; ++c) own += static_cast<double>(ku[c]);
+          rowsum[u * n + r] += own - static_cast<double>(ku[r]);
+        }
+    }
+  }
+  // 2. Column pass (unbiased only): row c also owns the mirrored entries K[r, c], r >= e_i > c, of
+  //    the off-diagonal blocks below it. Task = (tap, block of kColBlock columns).
+  if (want_rowsums && s.blocks() > 1) {
+    const int64_t last = s.edges[s.blocks() - 1];  // columns >= this are never in an off-diagonal block
+    const int64_t nblk = (last + kColBlock - 1) / kColBlock;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (ntaps * s.size() >= kParallelGrain)
+    for (int64_t task = 0; task < ntaps * nblk; ++task) {
+      const int64_t u = task / nblk, c0 = (task % nblk) * kColBlock, c1 = std::min(last, c0 + kColBlock);
+      double acc[kColBlock] = {0.0};
+      for (int64_t i = 1; i < s.blocks(); ++i) {
+        const int64_t e0 = s.edges[i], cols = s.cols(i);
+        if (e0 <= c0) continue;  // columns c0.. are in panel i's diagonal block or beyond
+        const int64_t cend = std::min(c1, e0);
+        const T* panel = g[u] + s.offsets[i];
+        for (int64_t rr = 0; rr < s.rows(i); ++rr) {
+          const T* row = panel + rr * cols;
+          for (int64_t c = c0; c < cend; ++c) acc[c - c0] += static_cast<double>(row[c]);
         }
       }
+      for (int64_t c = c0; c < c1; ++c) rowsum[u * n + c] += acc[c - c0];
     }
   }
   off.assign(np, 0.0);
   diag.assign(np, 0.0);
-  if (want_rowsums) {
-    rowsum.assign(static_cast<size_t>(ntaps * n), 0.0);
-    offsum.assign(static_cast<size_t>(ntaps), 0.0);
-  }
-  for (int t = 0; t < nt; ++t) {
-    const double* p = part.data() + static_cast<int64_t>(t) * width;
+  for (int64_t k = 0; k < ntasks; ++k) {
+    const double* p = part.data() + k * 2 * np;
     for (int64_t q = 0; q < np; ++q) {
       off[q] += p[q];
       diag[q] += p[np + q];
     }
-    if (want_rowsums)
-      for (int64_t k = 0; k < ntaps * n; ++k) rowsum[k] += p[2 * np + k];
   }
-  if (want_rowsums)
+  if (want_rowsums) {
+    offsum.assign(static_cast<size_t>(ntaps), 0.0);
     for (int64_t u = 0; u < ntaps; ++u)
       for (int64_t r = 0; r < n; ++r) offsum[u] += rowsum[u * n + r];
+  }
 }
 
 // HSIC from the terms above. Biased: <Kc, Lc> / (n-1)^2. Unbiased: Song et al. U-statistic.

@@ -1,0 +1,288 @@
+"""The audit: does a model still carry the forgotten class, in its outputs and in its hidden states?
+
+`audit_models(models, ds, forget, device=...)` measures every model on the same splits with the same
+feature reduction and returns {"metrics", "references", "definitions", "settings", "timings_s"} (all
+JSON-able) plus "_figures" (arrays for the report, dropped from JSON). `write_report(out_dir, result,
+extra)` writes report.md, report.html (figures embedded) and figures/*.png.
+
+Splits, fixed for every model: probe-train = a seeded class-stratified subset of ds.train (at most
+`probe_train_size` examples); test = ds.test. Decoders are fitted on probe-train and scored on test.
+This package imports models, data, ops, train and runs only: it judges any checkpoint without
+knowing which method made it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Dataset, check_forget
+from ..models import TAP_NAMES, check_taps
+from ..train import forget_retain_accuracy, resolve_device
+from . import cka as _cka
+from . import mia as _mia
+from . import probes as _probes
+from . import relearn as _relearn
+from .features import DEFAULT_MAX_DIM, Reducer, extract
+from .neighbors import nn_purity
+from .selectivity import DEFAULT_K, selectivity_profile
+
+SHOTS = (1, 5, 25)
+PROBE_TRAIN_SIZE = 2000
+CKA_MAX = 1000  # retain (and forget) test examples CKA compares, at most
+GRADCAM_TAPS = ("L3", "L4")
+GRADCAM_N = 6
+
+PER_TAP = ("probe_acc", "probe_overall_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg",
+           "nn_purity_by_layer", "selectivity", "selectivity_delta")
+
+DEFINITIONS = {
+    "forget_acc": "Share of forget-class test examples the model classifies as their true class (train.forget_retain_accuracy).",
+    "retain_acc": "Share of retain-class test examples the model classifies correctly.",
+    "probe_acc": "Per tap: accuracy on forget-class test examples of a multinomial logistic-regression probe (C=1, standardised features) fitted on this model's probe-train features with all classes (recovery).",
+    "probe_overall_acc": "Per tap: the same recovery probe's accuracy on all test examples.",
+    "transfer_probe_acc": "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, applied unchanged (its standardisation included) to this model's test features.",
+    "knn_acc": "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train features as the neighbours).",
+    "svm_acc": "Per tap: forget-class test accuracy of a one-vs-rest linear SVM (squared hinge, C=1, standardised features) fitted on probe-train.",
+    "cka_pos": "Per tap: linear CKA between the original's and this model's unreduced activations on retain-class test examples (1 = same representation up to rotation and scale).",
+    "cka_neg": "Per tap: linear CKA between the original's and this model's unreduced activations on forget-class test examples.",
+    "fewshot_probe_acc": "Keyed by n: forget-class test accuracy of the recovery probe at the deepest audited tap, fitted on probe-train with only n examples per forget class (all retain examples kept).",
+    "relearn_acc": "Keyed by n: forget-class test accuracy after fine-tuning a copy of the model on n forget-train examples per forget class plus as many retain-train examples, 20 full-batch Adam steps (lr 1e-3, BatchNorm statistics frozen).",
+    "mia_acc": "Accuracy of a population membership-inference attack (logistic regression on loss, log-loss, entropy and max-confidence of the model's outputs, trained on retain-train members vs retain-test non-members) at telling forget-class probe-train examples from forget-class test examples, equal counts; 0.5 = no signal.",
+    "mia_attack_train_acc": "The membership attack's accuracy on its own training pairs (retain-train members vs retain-test non-members): how much membership signal the outputs carry at all.",
+    "mia_shadow_acc": "Shadow-model membership attack (paper Table 10): the same attack features, attack trained on shadow models (same architecture, fresh weights, the project's training recipe on a random half of the training split) telling their members from non-members, scored on this model's forget-class probe-train vs test examples; 0.5 = no signal.",
+    "nn_purity": "At the deepest audited tap: mean over forget-class test examples of the share of their 10 nearest probe-train neighbours (Euclidean) that carry the forget label; chance = the forget share of probe-train.",
+    "nn_purity_by_layer": "nn_purity at every tap.",
+    "selectivity": "Per tap: mean over the original's top-K forget-selective units (K=12, eqs. 1-3 on probe-train) of this model's selectivity S = mu(forget) - mean over retain classes of mu(c).",
+    "selectivity_delta": "Per tap: selectivity of this model minus that of the original on the same units (negative = forget selectivity reduced).",
+}
+
+
+def probe_train_indices(y: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Seeded class-stratified subset of at most `size` indices (every class keeps its share, >= 1)."""
+    n = len(y)
+    if n <= size:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for c in torch.unique(y):
+        idx = torch.nonzero(y == c).flatten()
+        take = max(1, len(idx) * size // n)
+        out.append(idx[torch.randperm(len(idx), generator=g)[:take]])
+    return torch.cat(out).sort().values
+
+
+def _say(quiet, msg):
+    if not quiet:
+        import sys
+
+        print(f"  audit: {msg}", flush=True, file=sys.stderr)
+
+
+def audit_models(
+    models: dict[str, nn.Module],
+    ds: Dataset,
+    forget: list[int],
+    *,
+    device="cpu",
+    original: str = "original",
+    retrained: str | None = None,
+    taps=TAP_NAMES,
+    seed: int = 0,
+    figures: bool = True,
+    quiet: bool = False,
+    probe_train_size: int = PROBE_TRAIN_SIZE,
+    reduce: str = "pool",
+    max_dim: int = DEFAULT_MAX_DIM,
+    shots=SHOTS,
+    relearn: bool = True,
+    relearn_steps: int = _relearn.RELEARN_STEPS,
+    selectivity_k: int = DEFAULT_K,
+    mia_shadows: int = 0,
+    shadow_train_cfg=None,
+    num_threads: int | None = None,
+) -> dict:
+    """Audit every model in `models` (the original included, first) on the same splits. See module doc.
+
+    mia_shadows > 0 adds "mia_shadow_acc" (shadow-model attack, paper Table 10; each shadow is trained with
+    train.train_classifier and `shadow_train_cfg` or TrainConfig defaults). num_threads sets torch's CPU
+    threads for the audit and restores them after (on a loaded 2-core machine 1 thread ran 6-25x faster).
+    """
+    if num_threads:
+        before = torch.get_num_threads()
+        torch.set_num_threads(int(num_threads))
+        try:
+            return audit_models(models, ds, forget, device=device, original=original, retrained=retrained,
+                                taps=taps, seed=seed, figures=figures, quiet=quiet,
+                                probe_train_size=probe_train_size, reduce=reduce, max_dim=max_dim, shots=shots,
+                                relearn=relearn, relearn_steps=relearn_steps, selectivity_k=selectivity_k,
+                                mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg)
+        finally:
+            torch.set_num_threads(before)
+    taps = [t for t in TAP_NAMES if t in list(taps)]  # depth order
+    check_taps(list(taps))
+    if not taps:
+        raise ValueError("no tap to audit")
+    check_forget(forget, ds)
+    if original not in models:
+        raise ValueError(f"the original model {original!r} is not among the models {list(models)}")
+    if retrained is not None and retrained not in models:
+        raise ValueError(f"the retrained model {retrained!r} is not among the models {list(models)}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    forget = sorted(int(c) for c in forget)
+    retain = [c for c in range(ds.num_classes) if c not in forget]
+    deepest = taps[-1]
+    reducer = Reducer(reduce, max_dim, seed)
+
+    pt_idx = probe_train_indices(ds.train.y, probe_train_size, seed)
+    probe_train = ds.train.subset(pt_idx)
+    test = ds.test
+    fmask_test = torch.isin(test.y, torch.as_tensor(forget))
+    g = torch.Generator().manual_seed(seed)
+    r_rows = torch.nonzero(~fmask_test).flatten()
+    r_rows = r_rows[torch.randperm(len(r_rows), generator=g)[:CKA_MAX]].sort().values
+    f_rows = torch.nonzero(fmask_test).flatten()
+    f_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:CKA_MAX]].sort().values
+    cam_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:GRADCAM_N]].sort().values
+    from .embedding import tsne_subsample
+
+    tsne_rows = tsne_subsample(test.y.numpy(), seed=seed)
+
+    metrics: dict[str, dict] = {}
+    timings: dict[str, float] = {}
+    shadows = None
+    if mia_shadows:
+        _say(quiet, f"training {mia_shadows} shadow model(s)")
+        t0 = time.perf_counter()
+        shadows = _mia.train_shadows(models[original], ds.train, mia_shadows, device=device, seed=seed,
+                                     train_cfg=shadow_train_cfg, quiet=quiet)
+        timings["mia_shadows"] = time.perf_counter() - t0
+    order = [original] + [n for n in models if n != original]
+    figs = {"tsne": {}, "gradcam": {}, "tsne_labels": test.y[tsne_rows].numpy(), "forget": forget,
+            "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
+    orig = {}
+    for name in order:
+        t0 = time.perf_counter()
+        model = models[name].to(device).eval()
+        _say(quiet, f"{name}: features")
+        tr = extract(model, probe_train, device=device, taps=taps, reducer=reducer, num_classes=ds.num_classes,
+                     class_sums=True)
+        te = extract(model, test, device=device, taps=taps, reducer=reducer, keep_full=True)
+        m: dict = {}
+        m.update(forget_retain_accuracy(model, test, forget, device=device))
+        for key in PER_TAP:
+            m[key] = {}
+        _say(quiet, f"{name}: probes")
+        for t in taps:
+            s, probe = _probes.linear_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget)
+            m["probe_acc"][t], m["probe_overall_acc"][t] = s["forget_acc"], s["overall_acc"]
+            if name == original:
+                orig.setdefault("probes", {})[t] = probe
+            m["transfer_probe_acc"][t] = _probes.transfer_probe(orig["probes"][t], te.vec[t], te.y, forget)["forget_acc"]
+            m["knn_acc"][t] = _probes.knn_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget, k=5)["forget_acc"]
+            m["svm_acc"][t] = _probes.svm_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget)["forget_acc"]
+            m["nn_purity_by_layer"][t] = nn_purity(tr.vec[t], tr.y, te.vec[t][fmask_test], te.y[fmask_test], k=10)
+        m["nn_purity"] = m["nn_purity_by_layer"][deepest]
+        m["fewshot_probe_acc"] = {
+            str(n): _probes.fewshot_probe(tr.vec[deepest], tr.y, te.vec[deepest], te.y, forget, n, seed=seed)["forget_acc"]
+            for n in shots
+        }
+        if name == original:
+            orig["full"] = te.full
+            orig["means"] = {t: tr.class_means(t) for t in taps}
+        m["cka_pos"] = _cka.cka_per_tap(orig["full"], te.full, r_rows)
+        m["cka_neg"] = _cka.cka_per_tap(orig["full"], te.full, f_rows)
+        sel = selectivity_profile(orig["means"], {t: tr.class_means(t) for t in taps}, forget, retain, selectivity_k)
+        m["selectivity"], m["selectivity_delta"] = sel["selectivity"], sel["selectivity_delta"]
+        _say(quiet, f"{name}: membership inference")
+        ftr = torch.isin(tr.y, torch.as_tensor(forget))
+        mia = _mia.population_attack(tr.logits[~ftr], tr.y[~ftr], te.logits[~fmask_test], te.y[~fmask_test],
+                                     tr.logits[ftr], tr.y[ftr], te.logits[fmask_test], te.y[fmask_test], seed=seed)
+        m["mia_acc"] = mia["mia_acc"]
+        m["mia_attack_train_acc"] = mia["attack_train_acc"]
+        if shadows is not None:
+            m["mia_shadow_acc"] = _mia.shadow_attack(shadows, tr.logits[ftr], tr.y[ftr], te.logits[fmask_test],
+                                                     te.y[fmask_test], seed=seed)
+        if relearn:
+            _say(quiet, f"{name}: relearn attack")
+            m["relearn_acc"] = {
+                str(n): _relearn.relearn(model, ds.train, test, forget, n, device=device, seed=seed,
+                                 steps=relearn_steps)["forget_acc"]
+                for n in shots
+            }
+        timings[name] = time.perf_counter() - t0
+        if figures:
+            _say(quiet, f"{name}: figures")
+            t1 = time.perf_counter()
+            from ..data import to_float
+            from .embedding import tsne
+            from .gradcam import gradcam
+
+            figs["tsne"][name] = {t: tsne(te.vec[t][tsne_rows], seed=seed) for t in taps}
+            x_cam = to_float(test.x[cam_rows]).to(device)
+            figs["gradcam"][name] = {
+                t: gradcam(model, x_cam, t, test.y[cam_rows].to(device)).numpy() for t in GRADCAM_TAPS if t in taps
+            }
+            timings[f"{name}:figures"] = time.perf_counter() - t1
+        metrics[name] = m
+        del tr, te
+
+    chance = {
+        "forget_acc": 1.0 / ds.num_classes,
+        "probe_acc": 1.0 / ds.num_classes,
+        "mia_acc": 0.5,
+        "nn_purity": float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()),
+    }
+    references = {"chance": chance, "original": original, "retrained": retrained}
+    if retrained is not None:
+        references["distance_to_retrained"] = {
+            name: distances(metrics[name], metrics[retrained]) for name in metrics
+        }
+    settings = {
+        "dataset": ds.name, "forget": forget, "taps": list(taps), "seed": seed,
+        "probe_train_size": len(probe_train), "test_size": len(test), "deepest_tap": deepest,
+        "reduction": reducer.describe(), "max_dim": max_dim, "shots": list(shots),
+        "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
+        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
+    }
+    out = {"metrics": metrics, "references": references, "definitions": dict(DEFINITIONS), "settings": settings,
+           "timings_s": timings}
+    if figures:
+        out["_figures"] = figs
+    return out
+
+
+def distances(a: dict, b: dict) -> dict:
+    """|a - b| per metric; for per-tap / per-n metrics the mean over the keys both hold."""
+    out = {}
+    for key, va in a.items():
+        vb = b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            common = [k for k in va if k in vb and _finite(va[k]) and _finite(vb[k])]
+            if common:
+                out[key] = float(np.mean([abs(va[k] - vb[k]) for k in common]))
+        elif _finite(va) and _finite(vb):
+            out[key] = abs(float(va) - float(vb))
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def json_view(result: dict) -> dict:
+    """The result without its figure arrays (what results.json holds)."""
+    return {k: v for k, v in result.items() if not k.startswith("_")}
+
+
+def write_report(out_dir, audit_result: dict, extra: dict | None = None) -> list[str]:
+    from .report import write_report as _w
+
+    return _w(out_dir, audit_result, extra or {})
+
+
+__all__ = ["DEFINITIONS", "audit_models", "distances", "json_view", "probe_train_indices", "write_report"]

@@ -1,0 +1,231 @@
+"""Audit report: report.md, a self-contained report.html (PNG figures base64-embedded) and figures/*.png.
+
+Every number printed comes from the audit result dict through `fmt` (4 decimals), so the report
+and results.json agree to the printed precision. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..runs import atomic_write_bytes, atomic_write_text
+
+SCALARS = ("forget_acc", "retain_acc", "mia_acc", "nn_purity")
+PER_TAP_TABLES = ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg",
+                  "nn_purity_by_layer", "selectivity_delta", "probe_overall_acc")
+PER_N_TABLES = ("fewshot_probe_acc", "relearn_acc")
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
+    return str(v)
+
+
+def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for every table of the report."""
+    metrics = result["metrics"]
+    names = list(metrics)
+    out = []
+    scalars = [k for k in SCALARS if any(k in metrics[n] for n in names)]
+    dicts = [k for k in PER_TAP_TABLES + PER_N_TABLES if any(isinstance(metrics[n].get(k), dict) for n in names)]
+    for n in names:  # every other metric too, so every number of the dict is in the report
+        for k, v in metrics[n].items():
+            if isinstance(v, dict) and k not in dicts:
+                dicts.append(k)
+            elif not isinstance(v, dict) and k not in scalars:
+                scalars.append(k)
+    head = ["metric"] + names
+    rows = [[k] + [fmt(metrics[n].get(k)) for n in names] for k in scalars]
+    refs = result.get("references", {})
+    if refs.get("chance"):
+        head = head + ["chance"]
+        rows = [r + [fmt(refs["chance"].get(r[0]))] for r in rows]
+    out.append(("Headline (forget-class numbers unless named otherwise)", head, rows))
+    for key in dicts:
+        keys = []
+        for n in names:
+            for k in metrics[n].get(key, {}) or {}:
+                if k not in keys:
+                    keys.append(k)
+        if not keys:
+            continue
+        rows = [[n] + [fmt(metrics[n].get(key, {}).get(k)) for k in keys] for n in names]
+        out.append((key, ["model"] + keys, rows))
+    dist = refs.get("distance_to_retrained")
+    if dist:
+        keys = [k for k in ("forget_acc", "retain_acc", "probe_acc", "transfer_probe_acc", "fewshot_probe_acc",
+                            "relearn_acc", "mia_acc", "nn_purity", "cka_neg", "cka_pos") if any(k in d for d in dist.values())]
+        rows = [[n] + [fmt(dist[n].get(k)) for k in keys] for n in dist]
+        out.append((f"Distance to the retrained model ({refs.get('retrained')}); per-tap / per-n metrics: mean |difference|",
+                    ["model"] + keys, rows))
+    return out
+
+
+# ----------------------------------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _figures(result: dict) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    metrics = result["metrics"]
+    names = list(metrics)
+    taps = result.get("settings", {}).get("taps") or list(next(iter(metrics.values()))["probe_acc"])
+    figs: dict[str, bytes] = {}
+    # probe / decoder / CKA curves over depth
+    panels = [k for k in ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg") if
+              all(k in metrics[n] for n in names)]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
+        for ax, key in zip(axes[0], panels):
+            for n in names:
+                ax.plot(taps, [metrics[n][key].get(t, np.nan) for t in taps], marker="o", label=n)
+            ax.set_title(key)
+            ax.set_ylim(-0.02, 1.02)
+        axes[0][0].legend(fontsize=7)
+        figs["depth_curves.png"] = _png(fig)
+    # selectivity depth profile
+    if all("selectivity_delta" in metrics[n] for n in names):
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for n in names:
+            ax.plot(taps, [metrics[n]["selectivity_delta"].get(t, np.nan) for t in taps], marker="o", label=n)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title("selectivity delta (model - original) on the original's top-K forget units")
+        ax.legend(fontsize=7)
+        figs["selectivity_profile.png"] = _png(fig)
+    fd = result.get("_figures") or {}
+    forget = set(fd.get("forget", []))
+    if fd.get("tsne"):
+        rows = [n for n in names if n in fd["tsne"]]
+        fig, axes = plt.subplots(len(rows), len(taps), figsize=(2.2 * len(taps), 2.2 * len(rows)), squeeze=False)
+        lab = np.asarray(fd["tsne_labels"])
+        is_f = np.isin(lab, list(forget))
+        for i, n in enumerate(rows):
+            for j, t in enumerate(taps):
+                ax = axes[i][j]
+                e = fd["tsne"][n].get(t)
+                if e is not None:
+                    ax.scatter(e[~is_f, 0], e[~is_f, 1], c=lab[~is_f], cmap="tab10", s=3, alpha=0.5, vmin=0, vmax=9)
+                    ax.scatter(e[is_f, 0], e[is_f, 1], c="black", s=8, marker="x", label="forget")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(t)
+                if j == 0:
+                    ax.set_ylabel(n)
+        figs["tsne.png"] = _png(fig)
+    if fd.get("gradcam"):
+        rows = [n for n in names if n in fd["gradcam"]]
+        cam_taps = [t for t in ("L3", "L4") if any(t in fd["gradcam"][n] for n in rows)]
+        imgs = np.asarray(fd["gradcam_images"])
+        k = len(imgs)
+        if k and cam_taps:
+            fig, axes = plt.subplots(len(rows) * len(cam_taps), k, figsize=(1.4 * k, 1.5 * len(rows) * len(cam_taps)),
+                                     squeeze=False)
+            for i, n in enumerate(rows):
+                for ti, t in enumerate(cam_taps):
+                    r = i * len(cam_taps) + ti
+                    cams = fd["gradcam"][n].get(t)
+                    for j in range(k):
+                        ax = axes[r][j]
+                        img = imgs[j].transpose(1, 2, 0).astype(np.float32) / 255.0
+                        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray")
+                        if cams is not None:
+                            ax.imshow(cams[j], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+                        ax.set_xticks([])
+                        ax.set_yticks([])
+                        if j == 0:
+                            ax.set_ylabel(f"{n}\n{t}", fontsize=7)
+            figs["gradcam.png"] = _png(fig)
+    return figs
+
+
+# ----------------------------------------------------------------------------------------- writers
+
+
+def _md_table(head, rows) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(head, rows) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(out_dir, result: dict, extra: dict) -> list[str]:
+    """Write report.md, report.html and figures/*.png under out_dir; returns the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = _tables(result)
+    try:
+        figs = _figures(result)
+    except ImportError:  # matplotlib missing: tables only
+        figs = {}
+    written = []
+    for name, data in figs.items():
+        atomic_write_bytes(out / "figures" / name, data)
+        written.append(str(out / "figures" / name))
+    settings = result.get("settings", {})
+    defs = result.get("definitions", {})
+    title = "cnr-fast audit"
+    intro = (f"Dataset {settings.get('dataset')}, forget classes {settings.get('forget')}, taps "
+             f"{', '.join(settings.get('taps', []))}; probe-train {settings.get('probe_train_size')} examples "
+             f"(class-stratified subset of the training split), test {settings.get('test_size')} examples. "
+             f"Features: {settings.get('reduction')}.")
+    # markdown
+    md = [f"# {title}", "", intro, ""]
+    if extra:
+        md += ["## Run", "", "```json", json.dumps(extra, indent=2, default=str), "```", ""]
+    for t, head, rows in tables:
+        md += [f"## {t}", "", _md_table(head, rows), ""]
+    if figs:
+        md += ["## Figures", ""] + [f"![{n}](figures/{n})" for n in figs] + [""]
+    md += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in defs.items()] + [""]
+    if result.get("timings_s"):
+        md += ["## Timings (s)", "", _md_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in
+                                                                      result["timings_s"].items()]), ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    written.append(str(out / "report.md"))
+    # html
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}img{max-width:100%}")
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
+              f"</head><body><h1>{title}</h1><p>{html.escape(intro)}</p>")]
+    if extra:
+        parts.append(f"<h2>Run</h2><pre>{html.escape(json.dumps(extra, indent=2, default=str))}</pre>")
+    for t, head, rows in tables:
+        parts.append(f"<h2>{html.escape(t)}</h2>{_html_table(head, rows)}")
+    for n, data in figs.items():
+        b64 = base64.b64encode(data).decode()
+        parts.append(f"<h2>{html.escape(n[:-4])}</h2><img alt='{html.escape(n)}' src='data:image/png;base64,{b64}'>")
+    parts.append("<h2>Definitions</h2><ul>" + "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in defs.items()) + "</ul>")
+    parts.append("</body></html>")
+    atomic_write_text(out / "report.html", "\n".join(parts))
+    written.append(str(out / "report.html"))
+    return written

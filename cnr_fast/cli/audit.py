@@ -1,0 +1,184 @@
+"""`cnr-fast audit`: judge any checkpoint for output suppression and representation erasure."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+EPILOG = """\
+examples:
+  # audit an unlearned model against its original, with the retrained-from-scratch reference
+  cnr-fast audit --checkpoint runs/cnr/model.pt --original runs/original.pt \\
+      --retrained runs/rfs/model.pt --out audit/cnr --dataset mnist5k --forget 2
+
+  # quick: two taps, no figures, on CPU; one torch thread (far faster on a shared, loaded machine)
+  cnr-fast audit --checkpoint runs/cnr/model.pt --original runs/original.pt --out audit/quick \\
+      --layers L3,L4 --no-figures --device cpu --threads 1
+
+  # a bare state_dict saved by another tool: say which architecture it is
+  cnr-fast audit --checkpoint other.pth --original runs/original.pt --out audit/other \\
+      --arch resnet18 --width 0.125 --forget 2
+
+outputs (in --out): results.json {"metrics": {model: {...}}, "references", "definitions", "settings"},
+report.md, report.html (figures embedded), figures/*.png. Models are named "original",
+"audited" and "retrained".
+
+what each number means (forget = the forgotten class(es); probe-train = a class-stratified subset of
+the training split, <= 2000 examples; test = the test split; decoders are fitted on probe-train
+features and scored on test; "forget accuracy" = share of forget-class test examples given their true
+label; per-tap numbers for each of L0..L4):
+  forget_acc / retain_acc  the model's own test accuracy on forget / retain classes
+  probe_acc[L]             forget accuracy of a logistic-regression probe on the model's tap features (recovery)
+  probe_overall_acc[L]     that probe's accuracy on all test examples
+  transfer_probe_acc[L]    forget accuracy of the ORIGINAL model's probe applied unchanged to this model's features
+  fewshot_probe_acc[n]     forget accuracy of the probe at the deepest tap fitted with only n forget examples
+  knn_acc[L] / svm_acc[L]  forget accuracy of a k=5 nearest-neighbour vote / a linear SVM
+  relearn_acc[n]           forget accuracy after 20 Adam steps on n forget + n retain training examples
+  mia_acc                  membership-inference accuracy on forget train vs forget test examples (0.5 = no signal)
+  mia_shadow_acc           the same with an attack trained on shadow models (--mia-shadows N)
+  nn_purity                share of the 10 nearest probe-train neighbours of forget test examples with the
+                           forget label, deepest tap (chance = the forget share of probe-train)
+  cka_pos[L] / cka_neg[L]  linear CKA with the original on retain / forget test examples (1 = unchanged)
+  selectivity_delta[L]     change in forget selectivity of the original's top-12 forget units (negative = erased)
+lower is better for every forget-side number; retain_acc and cka_pos should stay high.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="audit a checkpoint: outputs, linear/k-NN/SVM probes, MIA, relearning, CKA, selectivity, Grad-CAM, t-SNE",
+        description="Measure whether a model still carries the forgotten class(es), in its outputs and in its "
+        "hidden states, next to the original model (and the retrained-from-scratch reference if given).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="the model to audit (cnr-fast checkpoint or bare state_dict)")
+    p.add_argument("--original", required=True, help="the model before unlearning")
+    p.add_argument("--retrained", default=None, help="optional reference retrained without the forget classes")
+    p.add_argument("--out", required=True, help="output folder (results.json, report.md, report.html, figures/)")
+    p.add_argument("--dataset", default="mnist5k", help="mnist5k, digits, mnist, fashion_mnist, cifar10, cifar100 "
+                   "or imagefolder:PATH (default mnist5k)")
+    p.add_argument("--data-root", default=None, help="folder holding a torchvision dataset (nothing is downloaded)")
+    p.add_argument("--image-size", type=int, default=None, help="resize images to this side (as at training)")
+    p.add_argument("--forget", default=None,
+                   help="forget class(es), comma-separated; default: the forget_classes the checkpoint records")
+    p.add_argument("--arch", default=None, help="architecture of bare state_dicts (cnr-fast checkpoints record it)")
+    p.add_argument("--width", type=float, default=None, help="ResNet width of bare state_dicts (default 1.0)")
+    p.add_argument("--layers", default="L0,L1,L2,L3,L4", help="taps to audit, comma-separated (default all)")
+    p.add_argument("--no-figures", action="store_true", help="skip t-SNE and Grad-CAM (faster)")
+    p.add_argument("--no-relearn", action="store_true", help="skip the relearn attack")
+    p.add_argument("--probe-train-size", type=int, default=2000, help="probe-train examples, at most (default 2000)")
+    p.add_argument("--mia-shadows", type=int, default=0, metavar="N",
+                   help="also run the shadow-model membership attack with N shadow models trained here (slow)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads during the audit (default: torch's; 1 was far faster on a loaded machine)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=run)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, e.g. {flag} 2 or {flag} 2,5; got {text!r}") from None
+    if not vals:
+        raise UserError(f"{flag} is empty; pass e.g. {flag} 2")
+    return vals
+
+
+FINGERPRINT_KEYS = ("dataset", "n_train", "n_test", "train_label_sum", "num_classes", "image_size", "in_channels")
+
+
+def check_same_splits(meta: dict, ds, forget: list[int], path: str, role: str) -> None:
+    """A reference or audited checkpoint must come from the same data and forget classes."""
+    fp = ds.fingerprint()
+    diff = [k for k in FINGERPRINT_KEYS if meta.get(k) is not None and k in fp and meta[k] != fp[k]]
+    if diff:
+        k = diff[0]
+        raise UserError(
+            f"{role} checkpoint {path!r} was trained on other splits ({k}={meta[k]!r}, this data has {fp[k]!r}); "
+            "pass the --dataset / --image-size it was trained with, or a checkpoint trained on this data"
+        )
+    recorded = meta.get("forget_classes")
+    if recorded is not None and sorted(int(c) for c in recorded) != sorted(forget):
+        raise UserError(
+            f"{role} checkpoint {path!r} was trained on other splits (forget classes {sorted(recorded)}, "
+            f"auditing {sorted(forget)}); pass --forget {','.join(str(c) for c in sorted(recorded))} or the "
+            "matching checkpoint"
+        )
+
+
+def run(args) -> int:
+    from ..config import DataConfig
+    from ..data import load_dataset
+    from ..models import TAP_NAMES, check_taps, model_from_checkpoint
+    from ..runs import atomic_write_json, load_checkpoint
+    from ..train import resolve_device
+
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
+    if not layers:
+        raise UserError(f"--layers is empty; pass some of {','.join(TAP_NAMES)}")
+    check_taps(layers)
+    if args.mia_shadows < 0 or (args.threads is not None and args.threads < 1):
+        raise UserError("--mia-shadows must be >= 0 and --threads >= 1")
+    if args.probe_train_size < 20:
+        raise UserError("--probe-train-size must be at least 20")
+    device = resolve_device(args.device)
+    for flag, path in (("--checkpoint", args.checkpoint), ("--original", args.original),
+                       ("--retrained", args.retrained)):
+        if path is not None and not Path(path).is_file():
+            raise UserError(f"{flag} {path!r} does not exist; pass the path of a saved model")
+    _, ck_meta = load_checkpoint(args.checkpoint)
+    if args.forget is not None:
+        forget = _int_list(args.forget, "--forget")
+    else:
+        recorded = ck_meta.get("forget_classes")
+        if recorded is None and args.retrained:
+            recorded = load_checkpoint(args.retrained)[1].get("forget_classes")
+        if recorded is None:
+            raise UserError("the checkpoint does not record its forget classes; pass --forget C (e.g. --forget 2)")
+        forget = [int(c) for c in recorded]
+    ds = load_dataset(DataConfig(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
+                                 forget=tuple(forget)))
+    models, metas = {}, {}
+    for name, path in (("original", args.original), ("audited", args.checkpoint), ("retrained", args.retrained)):
+        if path is None:
+            continue
+        model, meta = model_from_checkpoint(path, ds, arch=args.arch, width=args.width)
+        if name != "original":
+            check_same_splits(meta, ds, forget, path, name)
+        models[name], metas[name] = model, meta
+
+    from ..audit import audit_models, json_view, write_report
+
+    t0 = time.perf_counter()
+    result = audit_models(models, ds, forget, device=device, original="original",
+                          retrained="retrained" if "retrained" in models else None, taps=layers, seed=args.seed,
+                          figures=not args.no_figures, quiet=args.quiet, probe_train_size=args.probe_train_size,
+                          relearn=not args.no_relearn, mia_shadows=args.mia_shadows, num_threads=args.threads)
+    out = Path(args.out)
+    extra = {
+        "checkpoint": str(args.checkpoint), "original": str(args.original),
+        "retrained": str(args.retrained) if args.retrained else None,
+        "methods": {n: m.get("method") for n, m in metas.items() if m.get("method")},
+        "audit_seconds": round(time.perf_counter() - t0, 1),
+    }
+    view = json_view(result)
+    view["run"] = extra
+    atomic_write_json(out / "results.json", view)
+    write_report(out, result, extra)
+    if not args.quiet:
+        a = result["metrics"]["audited"]
+        deep = result["settings"]["deepest_tap"]
+        print(f"audited: forget_acc {a['forget_acc']:.4f}  retain_acc {a['retain_acc']:.4f}  "
+              f"probe_acc[{deep}] {a['probe_acc'][deep]:.4f}  mia_acc {a['mia_acc']:.4f}  "
+              f"nn_purity {a['nn_purity']:.4f}", file=sys.stderr)
+        print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+
+from cnr_fast.audit.neighbors import knn_indices, knn_predict, nn_purity
+
+
+def test_knn_indices_match_sklearn(blobs):
+    xtr, _, xte, _ = blobs
+    ref = NearestNeighbors(n_neighbors=10).fit(xtr).kneighbors(xte, return_distance=False)
+    ours = knn_indices(torch.from_numpy(xte), torch.from_numpy(xtr), 10, chunk=37).numpy()
+    assert (ours == ref).mean() > 0.99
+
+
+def test_knn_faiss_backend_agrees(blobs):
+    pytest.importorskip("faiss")
+    xtr, _, xte, _ = blobs
+    a = knn_indices(xte, xtr, 5, backend="torch")
+    b = knn_indices(xte, xtr, 5, backend="faiss")
+    assert (a == b).float().mean() > 0.99
+
+
+def test_exclude_self(blobs):
+    xtr = torch.from_numpy(blobs[0])
+    idx = knn_indices(xtr, xtr, 3, exclude_self=True)
+    assert idx.shape == (len(xtr), 3) and not (idx == torch.arange(len(xtr)).unsqueeze(1)).any()
+
+
+def test_knn_predict_matches_sklearn(blobs):
+    xtr, ytr, xte, _ = blobs
+    ref = KNeighborsClassifier(5).fit(xtr, ytr).predict(xte)
+    assert (knn_predict(xtr, ytr, xte, 5).numpy() == ref).mean() > 0.99
+
+
+def test_knn_tie_goes_to_smallest_label():
+    base = torch.tensor([[0.0], [1.0], [-1.0], [2.0]])
+    y = torch.tensor([3, 1, 3, 1])
+    assert int(knn_predict(base, y, torch.tensor([[0.0]]), k=4)[0]) == 1
+
+
+def test_nn_purity_numpy(blobs):
+    xtr, ytr, xte, yte = blobs
+    f = yte == 2
+    d = ((xte[f][:, None, :] - xtr[None]) ** 2).sum(-1)
+    nn = np.argsort(d, 1)[:, :10]
+    expect = (ytr[nn] == 2).mean()
+    assert nn_purity(xtr, ytr, xte[f], yte[f], k=10) == pytest.approx(expect, abs=1e-6)
+    assert np.isnan(nn_purity(xtr, ytr, xte[:0], yte[:0]))

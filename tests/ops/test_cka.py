@@ -1,0 +1,323 @@
+"""Batched linear CKA (cnr_fast.ops.cka): native op and pure-torch fallback against float64 numpy,
+pytorch-cka / torch-cka, invariances, torch.library.opcheck, and the path without the extension."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from cnr_fast import _native
+from cnr_fast.ops import backend, reference
+from cnr_fast.ops.cka import cka_matrix, cka_matrix_native, cka_matrix_torch
+
+NATIVE = _native.available()
+needs_native = pytest.mark.skipif(not NATIVE, reason=f"cnr_fast._C unavailable: {_native.load_error()}")
+
+# Awkward sizes: odd N, a 1-feature tap, a tap wider than N, N just above the unbiased minimum.
+SHAPES = [
+    (7, [1, 5, 130], [5, 1]),
+    (33, [1, 5, 130], [130, 5, 1]),
+    (4, [3, 9], [2]),
+    (600, [40, 7], [300, 40]),  # several staircase panels in the native op
+]
+IMPLS = ["torch", pytest.param("native", marks=needs_native)]
+
+
+def _impl(name):
+    return {"torch": cka_matrix_torch, "native": cka_matrix_native}[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# float64 numpy oracles (the textbook formulas, written independently of the code under test)
+
+
+def np_cka_biased(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean(0)
+    y = y - y.mean(0)
+    return float(np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+def np_hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
+    n = k.shape[0]
+    k = k.copy()
+    l = l.copy()
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(l, 0)
+    one = np.ones(n)
+    tr_kl = float((k * l.T).sum())  # tr(K L) without the n^3 product
+    return float((tr_kl + one @ k @ one * (one @ l @ one) / ((n - 1) * (n - 2))
+                  - 2 / (n - 2) * (one @ k) @ (l @ one)) / (n * (n - 3)))
+
+
+def np_cka_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    k, l = x @ x.T, y @ y.T  # uncentred on purpose: the estimator is invariant to centring
+    return np_hsic_unbiased(k, l) / np.sqrt(np_hsic_unbiased(k, k) * np_hsic_unbiased(l, l))
+
+
+def np_matrix(fa, fb, unbiased):
+    f = np_cka_unbiased if unbiased else np_cka_biased
+    a = [t.reshape(t.shape[0], -1).double().numpy() for t in fa]
+    b = [t.reshape(t.shape[0], -1).double().numpy() for t in fb]
+    return torch.tensor([[f(x, y) for y in b] for x in a], dtype=torch.float64)
+
+
+def _taps(n, dims, gen, shift=0.5, base=None):
+    """ReLU-like taps with a non-zero mean; with `base`, correlated with it (values away from 0)."""
+    out = []
+    for i, d in enumerate(dims):
+        x = torch.randn(n, d, generator=gen, dtype=torch.float64).clamp_min(0) + shift
+        if base is not None and base[i % len(base)].shape[1] == d:
+            x = x + 2.0 * base[i % len(base)]
+        out.append(x)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("n,da,db", SHAPES)
+def test_matches_numpy(impl, dtype, unbiased, n, da, db):
+    gen = torch.Generator().manual_seed(n * 100 + len(da))
+    fa = _taps(n, da, gen)
+    fb = _taps(n, db, gen, base=fa)
+    want = np_matrix(fa, fb, unbiased)
+    got = _impl(impl)([t.to(dtype) for t in fa], [t.to(dtype) for t in fb], unbiased=unbiased)
+    assert got.dtype == torch.float64 and got.shape == (len(da), len(db))
+    tol = 1e-9 if dtype == torch.float64 else 2e-5
+    torch.testing.assert_close(got, want, atol=tol, rtol=0)
+    if len(da) == len(db):
+        d = _impl(impl)(fa, fb, unbiased=unbiased, pairs="diag")
+        torch.testing.assert_close(d, torch.diagonal(want), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_self_is_one_and_invariances(impl, unbiased):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(33, 20, generator=gen, dtype=torch.float64).clamp_min(0) + 1.0
+    y = torch.randn(33, 7, generator=gen, dtype=torch.float64) + x[:, :7]
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=gen, dtype=torch.float64))
+    f = _impl(impl)
+    base = f([x], [y], unbiased=unbiased)
+    torch.testing.assert_close(f([x], [x], unbiased=unbiased), torch.ones(1, 1, dtype=torch.float64))
+    variants = [x @ q, 3.7 * x, 0.01 * x @ q, x + 5.0]  # orthogonal, isotropic scale, both, translation
+    got = f(variants, [y], unbiased=unbiased)
+    torch.testing.assert_close(got, base.expand(len(variants), 1), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_biased_equals_reference_linear_cka(impl):
+    gen = torch.Generator().manual_seed(5)
+    fa = [torch.randn(31, 4, 3, 3, generator=gen), torch.randn(31, 17, generator=gen)]  # 4-d tap is flattened
+    fb = [torch.randn(31, 6, generator=gen) + fa[1][:, :6], torch.randn(31, 2, 5, generator=gen)]
+    got = _impl(impl)(fa, fb)
+    want = torch.stack([torch.stack([reference.linear_cka(a, b) for b in fb]) for a in fa])
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
+
+
+@needs_native
+def test_native_awkward_layouts():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(9, 4, 5, 6, generator=gen)
+    views = [
+        x.to(memory_format=torch.channels_last),  # non-contiguous after reshape -> copied
+        x.permute(0, 3, 2, 1),  # permuted
+        x[:, ::2],  # strided
+        x[:, 0, 0, :1],  # one feature, non-unit row stride
+        x.half(),  # computed in float32
+    ]
+    got = cka_matrix_native(views, [x], unbiased=True)
+    want = cka_matrix_torch([v.float() for v in views], [x], unbiased=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_pytorch_cka_unbiased(impl):
+    cka = pytest.importorskip("cka", reason="pytorch-cka (pip install pytorch-cka==1.1.3, in the dev extra) not installed")
+    if not hasattr(cka, "cka_from_features"):
+        pytest.skip("the installed `cka` module is not pytorch-cka 1.1.3")
+    gen = torch.Generator().manual_seed(1)
+    fa = _taps(64, [32, 130, 5], gen)
+    fb = _taps(64, [32, 130, 9, 1], gen, base=fa)
+    # pytorch-cka in float64: in float32 its uncentred U-statistic cancels badly on ReLU features
+    # (off by ~5e-3 at N=1000, D=6272 in bench/bench_cka.py); ours centres first.
+    theirs = cka.cka_from_features(fa, fb)
+    for dtype in (torch.float64, torch.float32):
+        ours = _impl(impl)([t.to(dtype) for t in fa], [t.to(dtype) for t in fb], unbiased=True)
+        # pytorch-cka clamps to [0, 1]; we report the raw estimate
+        torch.testing.assert_close(ours.clamp(0, 1), theirs, atol=1e-4, rtol=0)
+    assert (ours.clamp(0, 1) - ours).abs().max() < 0.2  # the clamp is not hiding large differences
+
+
+def test_matches_torch_cka_hsic():
+    torch_cka = pytest.importorskip("torch_cka", reason="torch-cka (pip install torch-cka==0.21) not installed")
+    gen = torch.Generator().manual_seed(2)
+    x, y = (t.float() for t in _taps(40, [12, 7], gen))  # its _HSIC builds float32 ones vectors
+    k, l = x @ x.T, y @ y.T
+    k.fill_diagonal_(0)
+    l.fill_diagonal_(0)
+    fake = SimpleNamespace(device="cpu")  # _HSIC only reads self.device
+    hsic = lambda a, b: torch_cka.CKA._HSIC(fake, a, b)
+    want = hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+    assert abs(cka_matrix([x], [y], unbiased=True).item() - want) < 1e-5
+
+
+def test_linear_cka_backends_agree():
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(50, 3, 4, generator=gen), torch.randn(50, 9, generator=gen)
+    want = reference.linear_cka(x, y)
+    for b in backend.REGISTRY["linear_cka"]:
+        if b.name in ("native", "reference") and not b.not_supported_reasons(x, y):
+            torch.testing.assert_close(b.fn(x, y), want, atol=1e-6, rtol=0)
+
+
+def test_dispatch_and_errors():
+    gen = torch.Generator().manual_seed(6)
+    a = [torch.randn(10, 3, generator=gen)]
+    chosen, reasons = backend.choose("cka_matrix", a, a, unbiased=False, pairs="all")
+    assert chosen.name == ("native" if NATIVE else "reference")
+    if not NATIVE:
+        assert "native" in reasons
+    with pytest.raises(ValueError, match="pairs"):
+        cka_matrix(a, a, pairs="upper")
+    with pytest.raises(ValueError, match="diag"):
+        cka_matrix(a, a + a, pairs="diag")
+    with pytest.raises(ValueError, match="N >= 4"):
+        cka_matrix([torch.randn(3, 2)], [torch.randn(3, 2)], unbiased=True)
+    with pytest.raises(ValueError, match="same N"):
+        cka_matrix(a, [torch.randn(9, 3)])
+    with pytest.raises(TypeError):
+        cka_matrix(a[0], a[0])
+
+
+def test_requires_grad_uses_the_differentiable_fallback():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(12, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(12, 4, generator=gen, dtype=torch.float64)
+    chosen, reasons = backend.choose("cka_matrix", [x], [y], unbiased=True, pairs="all")
+    assert chosen.name == "reference"
+    if NATIVE:
+        assert any("grad" in r for r in reasons["native"])
+    torch.autograd.gradcheck(lambda t: cka_matrix([t], [y], unbiased=True), (x,))
+
+
+@needs_native
+def test_opcheck():
+    gen = torch.Generator().manual_seed(9)
+    fa = [torch.randn(9, 7, generator=gen), torch.randn(9, 2, 3, generator=gen)]
+    fb = [torch.randn(9, 4, generator=gen), torch.randn(9, 5, generator=gen)]
+    for unbiased in (False, True):
+        for diag in (False, True):
+            torch.library.opcheck(torch.ops.cnr_fast.cka_matrix.default, (fa, fb, unbiased, diag))
+
+
+@pytest.fixture
+def no_native(monkeypatch):
+    """Pretend cnr_fast._C does not exist (import fails) for the length of a test."""
+    monkeypatch.setattr(_native, "_MODULE", "cnr_fast._C_not_built")
+    _native._reset_for_tests()
+    yield
+    monkeypatch.undo()
+    _native._reset_for_tests()
+
+
+def test_pure_python_path(no_native):
+    assert not _native.available()
+    assert "cannot import cnr_fast._C_not_built" in _native.load_error()
+    gen = torch.Generator().manual_seed(10)
+    fa = _taps(15, [3, 8], gen)
+    fb = _taps(15, [8], gen, base=fa)
+    chosen, reasons = backend.choose("cka_matrix", fa, fb, unbiased=False, pairs="all")
+    assert chosen.name == "reference" and "cannot import" in reasons["native"][0]
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert _native.lib() is None and _native.lib() is None
+    assert len([x for x in w if "native library unavailable" in str(x.message)]) == 1  # warned once
+    torch.testing.assert_close(cka_matrix(fa, fb), np_matrix(fa, fb, False), atol=1e-9, rtol=0)
+    assert backend.choose("linear_cka", fa[0], fb[0])[0].name != "native"
+    with pytest.raises(RuntimeError, match="unavailable"):
+        _native.require()
+
+
+def test_disable_switch(monkeypatch):
+    monkeypatch.setenv(_native.DISABLE_ENV, "1")
+    _native._reset_for_tests()
+    try:
+        assert not _native.available() and _native.state().disabled
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a deliberate switch does not warn
+            assert _native.lib() is None
+        monkeypatch.setenv("CNR_FAST_BACKEND", "native")
+        with pytest.raises(backend.BackendError, match="disabled"):
+            cka_matrix([torch.randn(5, 2)], [torch.randn(5, 2)])
+    finally:
+        monkeypatch.undo()
+        _native._reset_for_tests()
+
+
+def test_lean_import():
+    code = ("import sys, cnr_fast, cnr_fast.ops, cnr_fast.ops.cka, cnr_fast._native; "
+            "assert 'cnr_fast._C' not in sys.modules, 'native library loaded at import'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+@pytest.mark.skipif(os.environ.get("CNR_FAST_EXPECT_NATIVE") != "1", reason="set CNR_FAST_EXPECT_NATIVE=1 (CI) to require it")
+def test_native_was_built():
+    info = _native.info()
+    assert info["available"], info["error"]
+    if os.environ.get("CNR_FAST_EXPECT_NATIVE_CUDA") == "1":
+        assert info["has_cuda"], info
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU (run with -m gpu on a CUDA machine, extension built with CUDA)
+
+
+def _cuda_native_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if not _native.has_cuda():
+        return f"cnr_fast._C without CUDA ({_native.info()})"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_native_reason() is not None, reason=str(_cuda_native_reason()))
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_matches_cpu(unbiased, dtype):
+    gen = torch.Generator().manual_seed(12)
+    for n, da, db in SHAPES + [(1000, [8 * 28 * 28, 64], [16 * 14 * 14, 64])]:
+        fa = _taps(n, da, gen)
+        fb = _taps(n, db, gen, base=fa)
+        want = cka_matrix_torch(fa, fb, unbiased=unbiased)  # float64 CPU
+        ca, cb = [t.to("cuda", dtype) for t in fa], [t.to("cuda", dtype) for t in fb]
+        got = cka_matrix(ca, cb, unbiased=unbiased)
+        assert got.device.type == "cuda" and got.dtype == torch.float64
+        tol = 1e-9 if dtype == torch.float64 else 2e-5
+        torch.testing.assert_close(got.cpu(), want, atol=tol, rtol=0)
+        if len(da) == len(db):
+            d = cka_matrix(ca, cb, unbiased=unbiased, pairs="diag")
+            torch.testing.assert_close(d.cpu(), torch.diagonal(want), atol=tol, rtol=0)
+        assert backend.choose("cka_matrix", ca, cb, unbiased=unbiased, pairs="all")[0].name == "native"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_native_reason() is not None, reason=str(_cuda_native_reason()))
+def test_cuda_opcheck():
+    gen = torch.Generator().manual_seed(13)
+    fa = [torch.randn(9, 7, generator=gen).cuda(), torch.randn(9, 2, 3, generator=gen).cuda()]
+    fb = [torch.randn(9, 4, generator=gen).cuda()]
+    for unbiased in (False, True):
+        torch.library.opcheck(torch.ops.cnr_fast.cka_matrix.default, (fa, fb, unbiased, False))
