@@ -8,7 +8,7 @@ import pytest
 from cnr_fast.cli import main
 
 TINY = ["--train-epochs", "1", "--gan-epochs", "1", "--synth-steps", "3", "--synth-batch", "8",
-        "--reset-epochs", "1", "--stabilize-epochs", "0", "--quiet"]
+        "--reset-epochs", "1", "--stabilize-epochs", "0", "--quiet", "--audit", "off"]
 DIGITS = ["--dataset", "digits", "--image-size", "16"]
 
 
@@ -47,6 +47,23 @@ def test_unlearn_cnr_default_dataset(tmp_path, cache):
     r2 = json.loads((out2 / "results.json").read_text())
     assert r2["original_cache_hit"] is True
     assert r2["metrics"]["original"] == r["metrics"]["original"]
+
+
+def test_unlearn_with_audit_contract(tmp_path, cache):
+    out = tmp_path / "audited"
+    assert _run(["--out", str(out), *DIGITS, *TINY, "--audit", "fast", "--retrained", "auto"], cache) == 0
+    r = json.loads((out / "results.json").read_text())
+    _check_schema(r, "cnr", "digits")
+    assert set(r["metrics"]) == {"original", "unlearned", "retrained"}
+    for name, m in r["metrics"].items():
+        for key in ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg"):
+            assert set(m[key]) == {"L0", "L1", "L2", "L3", "L4"}, (name, key)
+        assert set(m["fewshot_probe_acc"]) == {"1", "5", "25"} and set(m["relearn_acc"]) == {"1", "5", "25"}
+        assert 0 <= m["mia_acc"] <= 1 and 0 <= m["nn_purity"] <= 1
+    assert r["metrics"]["original"]["cka_pos"]["L4"] == pytest.approx(1.0)
+    assert r["metrics"]["retrained"]["forget_acc"] == 0.0  # never saw the class
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    assert r["timings_s"]["audit"] > 0
 
 
 @pytest.mark.parametrize("method", ["rfs", "roft", "gau", "kdu", "lm"])

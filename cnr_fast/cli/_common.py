@@ -154,3 +154,32 @@ def load_original(cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
 def check_arch_known(cfg: RunConfig) -> None:
     if cfg.model.arch not in ARCHS:
         raise UserError(f"unknown arch {cfg.model.arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def add_audit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
+    g.add_argument("--audit", choices=["full", "fast", "off"], default="fast",
+                   help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; off: accuracies only")
+    g.add_argument("--retrained", default="auto",
+                   help="retrain-from-scratch reference for the audit: auto (default; trained once and cached), "
+                        "off, or a checkpoint path")
+
+
+def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
+    if spec == "auto":
+        return obtain_reference("retrained", cfg, ds, device, cache, quiet)[0]
+    model, meta = model_from_checkpoint(spec, ds, cfg.model.arch, cfg.model.width)
+    recorded = meta.get("forget_classes")
+    if recorded is not None and sorted(recorded) != sorted(cfg.data.forget):
+        raise UserError(f"--retrained {spec!r} was trained without classes {recorded}, not {list(cfg.data.forget)}; "
+                        "pass a reference retrained on the same splits, or --retrained auto")
+    return model.to(device)
+
+
+def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False):
+    from ..audit import audit_models
+
+    log(f"audit: {', '.join(models)} ...", quiet)
+    return audit_models(models, ds, list(forget), device=device, original="original",
+                        retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
+                        quiet=quiet)

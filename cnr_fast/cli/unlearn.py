@@ -16,8 +16,8 @@ from ..errors import UserError
 from ..models import LogitMask, model_meta
 from ..runs import load_checkpoint, save_checkpoint, write_run_files
 from ..train import forget_retain_accuracy
-from ._common import (add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args, load_original,
-                      log, prepare_run)
+from ._common import (add_audit_args, add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args,
+                      load_original, load_retrained, log, prepare_run, run_audit)
 
 EXAMPLES = """examples:
   cnr-fast unlearn                                   # CNR on mnist5k, forget digit 2, default CPU model
@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
     add_data_args(p)
     add_model_args(p)
     add_run_args(p)
+    add_audit_args(p)
     g = p.add_argument_group("CNR (paper defaults; Table 3 ablations are these switches)")
     g.add_argument("--k", type=int, help="units per tap and forget class (default 12; at most half a tap's units)")
     g.add_argument("--taps", type=lambda s: tuple(s.split(",")), help="detection taps (default L1,L2,L3,L4)")
@@ -75,28 +76,12 @@ def _adopt_checkpoint_arch(args) -> None:
             args.width = float(meta["width"])
 
 
-def run(args) -> int:
-    t_start = time.perf_counter()
-    _adopt_checkpoint_arch(args)
-    cfg = config_from_args(args)
-    if cfg.method not in METHODS:
-        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
-    check_arch_known(cfg)
-    quiet = args.quiet
-    ds, device = prepare_run(cfg, quiet)
+def unlearn_model(method: str, original, ds, cfg, *, device, quiet=False):
+    """Run one method on `original`. Returns (model, info, timings, extra run files)."""
     forget = list(cfg.data.forget)
-    out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
-               f"{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
-
-    original, orig_meta, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
-    acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
-    log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
-
     t0 = time.perf_counter()
     files: dict[str, object] = {}
-    if cfg.method == "cnr":
+    if method == "cnr":
         from ..cnr.pipeline import run_cnr
 
         model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet)
@@ -109,12 +94,35 @@ def run(args) -> int:
             files["synthetic.png"] = png
         timings = dict(info.pop("timings_s"))
     else:
-        model, info = get_baseline(cfg.method)(original, ds, forget, cfg, device=device, quiet=quiet)
+        model, info = get_baseline(method)(original, ds, forget, cfg, device=device, quiet=quiet)
         timings = {"detect": 0.0, "synthesize": 0.0, "reset": 0.0}
     timings["unlearn"] = time.perf_counter() - t0
+    return model, info, timings, files
 
+
+def run(args) -> int:
+    t_start = time.perf_counter()
+    _adopt_checkpoint_arch(args)
+    cfg = config_from_args(args)
+    if cfg.method not in METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    check_arch_known(cfg)
+    if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
+        raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
+    quiet = args.quiet
+    ds, device = prepare_run(cfg, quiet)
+    forget = list(cfg.data.forget)
+    out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
+               f"{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
+
+    original, orig_meta, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
+    acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
+    log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
+
+    model, info, timings, files = unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet)
     acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
-    timings["total"] = time.perf_counter() - t_start
     log(f"unlearned ({cfg.method}): forget acc {acc_new['forget_acc']:.3f}, retain acc {acc_new['retain_acc']:.3f}",
         quiet)
 
@@ -124,23 +132,45 @@ def run(args) -> int:
             "test_accuracy": acc_new}
     if isinstance(model, LogitMask):
         meta["logit_mask"] = forget
-    buf = io.BytesIO()
+    metrics = {"original": dict(acc_orig), "unlearned": dict(acc_new)}
+    audit_view = None
+    if args.audit != "off":
+        models = {"original": original, "unlearned": model}
+        if args.retrained not in (None, "off"):
+            models["retrained"] = load_retrained(args.retrained, cfg, ds, device, args.cache_dir, quiet)
+        t0 = time.perf_counter()
+        audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed, figures=args.audit == "full",
+                                 quiet=quiet)
+        timings["audit"] = time.perf_counter() - t0
+        from ..audit import json_view
+
+        audit_view = json_view(audit_result)
+        for name, m in audit_view["metrics"].items():
+            metrics[name] = {**m, **metrics.get(name, {})}
+    timings["total"] = time.perf_counter() - t_start
+
     results = {
         "method": cfg.method, "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width,
         "forget_classes": forget, "seed": cfg.seed,
-        "metrics": {"original": acc_orig, "unlearned": acc_new},
+        "metrics": metrics,
         "timings_s": timings,
         "original_checkpoint": str(orig_path), "original_cache_hit": bool(cache_hit),
         "unlearned_checkpoint": str(out / "model.pt"),
         "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "details": _jsonable(info),
     }
+    if audit_view is not None:
+        results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
     save_checkpoint(out / "model.pt", inner, meta)
     files["config.json"] = cfg.to_dict()
+    if audit_view is not None:
+        from ..audit import write_report
+
+        write_report(out, audit_result, {"method": cfg.method, "checkpoint": str(out / "model.pt"),
+                                         "original": str(orig_path)})
     files["results.json"] = results  # last, so its presence means the run finished
     write_run_files(out, files)
     _print_table(results, out, quiet=False)
-    del buf
     return 0
 
 
@@ -156,16 +186,26 @@ def _jsonable(obj):
 
 def _print_table(results: dict, out: Path, quiet: bool) -> None:
     m = results["metrics"]
-    rows = [("model", "forget_acc", "retain_acc")]
-    for name in ("original", "unlearned"):
-        rows.append((name, f"{m[name]['forget_acc']:.4f}", f"{m[name]['retain_acc']:.4f}"))
+    deep = (results.get("audit") or {}).get("settings", {}).get("deepest_tap")
+    rows = [("model", "forget_acc", "retain_acc") + ((f"probe[{deep}]", "mia_acc", "nn_purity") if deep else ())]
+    for name in ("original", "unlearned", "retrained"):
+        if name not in m:
+            continue
+        row = (name, _f(m[name].get("forget_acc")), _f(m[name].get("retain_acc")))
+        if deep:
+            row += (_f(m[name].get("probe_acc", {}).get(deep)), _f(m[name].get("mia_acc")), _f(m[name].get("nn_purity")))
+        rows.append(row)
     t = results["timings_s"]
     print(f"\n{results['method']} on {results['dataset']} / {results['arch']} (width {results['width']}), "
           f"forget {results['forget_classes']}, seed {results['seed']}")
     for r in rows:
-        print(f"  {r[0]:<10} {r[1]:>10} {r[2]:>10}")
+        print(f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]))
     print("  time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     print(f"  run directory: {out}")
+
+
+def _f(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
 
 
 def _image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:

@@ -30,8 +30,8 @@ import torch
 from .. import _native
 from .backend import call
 
-# Beyond this many examples the N x N Grams (T of them per model) stop fitting comfortably in
-# memory; the feature-space `reference.linear_cka` (O(D1 D2) memory) is the better tool there.
+# linear_cka: beyond this many examples the native op's N x N Grams stop fitting comfortably in
+# memory and the feature-space `reference.linear_cka` (O(D1 D2) memory) is the better tool.
 MAX_NATIVE_N = 32768
 
 
@@ -87,8 +87,6 @@ def native_reasons(feats_a, feats_b, unbiased: bool = False, pairs: str = "all")
     why = list(_native.reasons(feats_a[0].device)) if len(feats_a) else ["no taps"]
     if torch.is_grad_enabled() and any(t.requires_grad for t in list(feats_a) + list(feats_b)):
         why.append("inputs require grad and the native op has no backward")
-    if len(feats_a) and feats_a[0].dim() and feats_a[0].shape[0] > MAX_NATIVE_N:
-        why.append(f"N={feats_a[0].shape[0]} > {MAX_NATIVE_N}: N x N Grams too large")
     return why
 
 
@@ -171,6 +169,8 @@ def linear_cka_native_reasons(x, y) -> list[str]:
         why.append("needs (N, ...) inputs with the same N >= 2")
     if not (x.is_floating_point() and y.is_floating_point()):
         why.append("needs floating-point inputs")
+    if x.dim() >= 1 and x.shape[0] > MAX_NATIVE_N:
+        why.append(f"N={x.shape[0]} > {MAX_NATIVE_N}: N x N Grams too large, the reference's feature-space form is better")
     return why
 
 

@@ -13,12 +13,6 @@
 #include <c10/core/GradMode.h>
 
 #include <algorithm>
-#include <cstdio>
-#include <ctime>
-#include <chrono>
-static double cpu_now(){timespec t; clock_gettime(CLOCK_PROCESS_CPUTIME_ID,&t); return t.tv_sec+1e-9*t.tv_nsec;}
-static double wall_now(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
-#define PH(name) do{double w=wall_now(),c=cpu_now(); std::fprintf(stderr,"%s wall %.3f cpu %.3f\n",name,w-w0,c-c0); w0=w;c0=c;}while(0)
 #include <vector>
 
 #include "cka/cka_core.h"
@@ -46,7 +40,6 @@ template <typename T>
 at::Tensor run(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b, const TapsInfo& info, bool unbiased,
                bool diag) {
   c10::NoGradGuard no_grad;
-  double w0=wall_now(), c0=cpu_now();
   const int nthreads = std::max(1, at::get_num_threads());
   const int64_t n = info.n, ta = static_cast<int64_t>(a.size()), tb = static_cast<int64_t>(b.size());
   const Staircase s = make_staircase(n);
@@ -75,7 +68,6 @@ at::Tensor run(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& 
   std::stable_sort(tasks.begin(), tasks.end(), [](const GemmTask& x, const GemmTask& y) { return x.cost > y.cost; });
 
   const at::ThreadLocalState tls;  // grad mode, dispatch keys ... of the calling thread, for the workers
-  PH("setup");
   // 1. Centre every tap (one task per tap).
 #pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) if (nthreads > 1 && ntaps > 1)
   for (int64_t k = 0; k < ntaps; ++k) {
@@ -83,7 +75,6 @@ at::Tensor run(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& 
     center_columns<T>(taps[u].const_data_ptr<T>(), n, taps[u].size(1), taps[u].stride(0), xc[u].mutable_data_ptr<T>(),
                       /*nthreads=*/ntaps > 1 ? 1 : nthreads);
   }
-  PH("center");
   // 2. Staircase panels: rows [e_i, e_{i+1}) of Xc times the first e_{i+1} rows of Xc, transposed
   //    (handed to BLAS as a "T" operand, no copy). Inside the parallel region BLAS runs on one thread.
   const bool task_parallel = nthreads > 1 && tasks.size() > 1;
@@ -98,7 +89,6 @@ at::Tensor run(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& 
       at::mm_out(out, xc[t.tap].narrow(0, s.edges[t.panel] + t.row0, t.rows), xc[t.tap].narrow(0, 0, cols).t());
     }
   }
-  PH("gemm");
   xc.clear();
   // 3. HSIC terms and CKA.
   std::vector<const T*> ga, gb;
@@ -106,7 +96,6 @@ at::Tensor run(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& 
   for (int64_t u = 0; u < tb; ++u) gb.push_back(grams[ta + u].template const_data_ptr<T>());
   at::Tensor out = diag ? at::empty({ta}, at::kDouble) : at::empty({ta, tb}, at::kDouble);
   cka_from_grams<T>(ga, gb, s, unbiased, diag, out.mutable_data_ptr<double>(), nthreads);
-  PH("terms");
   return out;
 }
 

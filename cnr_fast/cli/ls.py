@@ -1,0 +1,24 @@
+"""`cnr-fast ls`: the methods, archs, datasets, taps and ops this install knows."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("ls", help="list methods, archs, datasets, taps and ops", description=__doc__,
+                       epilog="example:\n  cnr-fast ls")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..baselines import METHODS
+    from ..data import DATASETS
+    from ..models import ARCHS, TAP_NAMES
+    from ..ops.backend import REGISTRY
+
+    print("methods:  " + ", ".join(METHODS))
+    print("archs:    " + ", ".join(ARCHS))
+    print("datasets: " + ", ".join(DATASETS))
+    print("taps:     " + ", ".join(TAP_NAMES))
+    for op, backends in REGISTRY.items():
+        print(f"op {op}: " + ", ".join(b.name for b in backends))
+    return 0
