@@ -128,3 +128,31 @@ def test_bad_checkpoints(tmp_path, cache, capsys):
                  "--image-size", "20", *TINY], cache) == 2
     assert "image_size" in capsys.readouterr().err
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_compare_two_methods_two_seeds(tmp_path, cache):
+    out = tmp_path / "cmp"
+    tiny = [a for a in TINY if a not in ("--audit", "off")]
+    assert main(["compare", "--methods", "cnr,lm", "--seeds", "2", "--out", str(out), "--cache-dir", cache,
+                 *DIGITS, *tiny]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    for m in ("cnr", "lm"):
+        s = r["methods"][m]["forget_acc"]
+        assert len(s["values"]) == 2 and s["ci_low"] <= s["mean"] <= s["ci_high"]
+    assert r["methods"]["lm"]["forget_acc"]["mean"] == 0.0
+    p = r["methods"]["lm"]["probe_acc.L4"]["p_vs_cnr"]
+    assert p is None or 0.0 <= p <= 1.0
+    text = (out / "report.md").read_text()
+    assert "separate" in text and "| metric | original | retrained | cnr | lm |" in text
+
+
+def test_compare_summary_matches_scipy():
+    from scipy import stats
+
+    from cnr_fast.cli.compare import summarise
+
+    vals, cnr = [0.2, 0.4, 0.3], [0.1, 0.15, 0.35]
+    s = summarise(vals, cnr)
+    half = stats.t.ppf(0.975, 2) * stats.tstd(vals) / 3**0.5
+    assert s["mean"] == pytest.approx(0.3) and s["ci_high"] == pytest.approx(0.3 + half)
+    assert s["p_vs_cnr"] == pytest.approx(stats.ttest_rel(cnr, vals).pvalue)
