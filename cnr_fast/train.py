@@ -47,7 +47,9 @@ def needs_scaler(device: torch.device, amp: bool) -> bool:
 
 
 def progress(it: Iterable, desc: str, total: int | None = None, quiet: bool = False):
-    return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=quiet, mininterval=1.0, leave=False,
+    # Bars only on a terminal; logs (CI, nohup) get the one-line-per-epoch messages instead.
+    return tqdm(it, desc=desc, total=total, file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
+                mininterval=1.0, leave=False,
                 dynamic_ncols=True)
 
 

@@ -27,6 +27,8 @@ def knn_indices(query, base, k: int, *, backend: str = "torch", chunk: int = 102
         if faiss is None:
             raise RuntimeError("backend='faiss' but faiss is not importable; use backend='torch'")
         index = faiss.IndexFlatL2(base.shape[1])
+        if query.is_cuda and hasattr(faiss, "StandardGpuResources"):  # faiss-gpu
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), query.device.index or 0, index)
         index.add(base.cpu().numpy())
         _, idx = index.search(query.cpu().numpy(), kk)
         idx = torch.from_numpy(idx).long()

@@ -18,7 +18,7 @@ import numpy as np
 from ..baselines import METHODS
 from ..errors import UserError
 from ..runs import write_run_files
-from ._common import (add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args, load_original,
+from ._common import (add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args, load_original,
                       log, obtain_reference, prepare_run, run_audit)
 
 EXAMPLES = """examples:
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
     add_data_args(p)
     add_model_args(p)
     add_run_args(p)
+    add_method_args(p)
     p.set_defaults(func=run, checkpoint=None)
 
 

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..models import LogitMask, model_meta
 from ..runs import load_checkpoint, save_checkpoint, write_run_files
 from ..train import forget_retain_accuracy
-from ._common import (add_audit_args, add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args,
+from ._common import (add_audit_args, add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args,
                       load_original, load_retrained, log, prepare_run, run_audit)
 
 EXAMPLES = """examples:
@@ -44,25 +44,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_run_args(p)
     add_audit_args(p)
-    g = p.add_argument_group("CNR (paper defaults; Table 3 ablations are these switches)")
-    g.add_argument("--k", type=int, help="units per tap and forget class (default 12; at most half a tap's units)")
-    g.add_argument("--taps", type=lambda s: tuple(s.split(",")), help="detection taps (default L1,L2,L3,L4)")
-    g.add_argument("--selection", choices=["activation", "gradient", "random"], help="unit selection (default activation)")
-    g.add_argument("--alpha", type=float, help="retain-unit weight of eq. 6 (default 1.5)")
-    g.add_argument("--lambda-real", type=float, help="realism weight (default 0.1; 0 = w/o realism)")
-    g.add_argument("--lambda-smooth", type=float, help="TV weight (default 0.01; 0 = w/o smoothness)")
-    g.add_argument("--sign", choices=["excite", "paper"], help="sign of eq. 6 (default excite; see README)")
-    g.add_argument("--no-latent-opt", dest="latent_opt", action="store_false", default=None,
-                   help="w/o synthesis ablation: raw generator samples, no latent optimisation")
-    g.add_argument("--synth-steps", type=int, help="latent optimisation steps (default 500)")
-    g.add_argument("--synth-batch", type=int, help="B, synthetic images per forget class (default 64)")
-    g.add_argument("--gan-epochs", type=int, help="DCGAN epochs (default 50)")
-    g.add_argument("--reset-epochs", type=int, help="reset epochs (default 10; baselines get the same budget)")
-    g.add_argument("--stabilize-epochs", type=int, help="retain-only epochs after reset (default 5)")
-    g.add_argument("--gamma", type=float, help="L2 pull to the original weights, eq. 7 (default 1e-2)")
-    g.add_argument("--relabel", choices=["once", "step"],
-                   help="random retain labels of the synthetic images: drawn once (default) or every step")
-    g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
+    add_method_args(p)
     p.set_defaults(func=run)
 
 

@@ -86,6 +86,13 @@ def _dcgan_init(m):
         nn.init.zeros_(m.bias)
 
 
+def gan_batch_size(n_images: int, requested: int | None) -> int:
+    """cfg.gan_batch_size, or auto: 64 unless that gives fewer than 25 updates an epoch (then >= 8)."""
+    if requested:
+        return int(requested)
+    return int(min(64, max(8, n_images // 25)))
+
+
 def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", quiet=False):
     """Standard DCGAN training (non-saturating BCE, Adam 2e-4, betas 0.5/0.999) on one class's images."""
     torch.manual_seed(seed)
@@ -95,10 +102,11 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
     opt_g = torch.optim.Adam(g.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=cfg.gan_lr, betas=(0.5, 0.999))
     gen = torch.Generator().manual_seed(seed)
-    steps = -(-len(images) // cfg.gan_batch_size)
+    bs = gan_batch_size(len(images), cfg.gan_batch_size)
+    steps = -(-len(images) // bs)
     last = {}
     for epoch in progress(range(cfg.gan_epochs), desc, cfg.gan_epochs, quiet):
-        for x, _ in batches(images, cfg.gan_batch_size, shuffle=True, generator=gen, device=device):
+        for x, _ in batches(images, bs, shuffle=True, generator=gen, device=device):
             with nvtx_range("cnr/synthesize/gan_step"):
                 z = torch.randn(x.shape[0], cfg.latent_dim, device=device)
                 fake = g(z)
@@ -110,7 +118,8 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
-        last = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach())}
+        last = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "batch_size": bs,
+                "updates": steps * (epoch + 1)}
         if not quiet and (epoch + 1) % 10 == 0:
             print(f"  {desc} epoch {epoch + 1}/{cfg.gan_epochs}: D {last['loss_d']:.3f} G {last['loss_g']:.3f}"
                   f" ({steps} steps/epoch)", file=sys.stderr)
