@@ -1,6 +1,18 @@
-"""Test-session hooks shared by every test directory."""
+"""Test-session hooks shared by every test directory.
+
+TRITON_INTERPRET must be in the environment before triton is first imported, and torchvision
+imports triton: so it is set here, in the root conftest, before any test module imports
+cnr_fast.models. The dispatch never picks the interpreter automatically (only with
+CNR_FAST_BACKEND=triton), so other tests keep the torch reference on CPU.
+"""
+
+import os
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

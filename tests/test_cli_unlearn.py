@@ -43,7 +43,7 @@ def test_unlearn_cnr_default_dataset(tmp_path, cache):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
     # the config file reproduces the run's settings, and the cached original is reused
     out2 = tmp_path / "run2"
-    assert _run(["--out", str(out2), "--config", str(out / "config.json"), "--quiet"], cache) == 0
+    assert _run(["--out", str(out2), "--config", str(out / "config.json"), "--quiet", "--audit", "off"], cache) == 0
     r2 = json.loads((out2 / "results.json").read_text())
     assert r2["original_cache_hit"] is True
     assert r2["metrics"]["original"] == r["metrics"]["original"]

@@ -1,6 +1,6 @@
 """Build checks of csrc/ that need no GPU: the torch-free core through CMake + ctest, and (slow) the
 CUDA sources through nvcc, compile only. The Python extension itself is built by setup.py; its
-behaviour is tested in tests/ops/test_cka.py."""
+behaviour is tested in tests/ops/test_cka_native.py."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 from ..config import RunConfig, load_config_file, stable_hash
 from ..data import DATASETS, Dataset, load_dataset
 from ..errors import UserError
-from ..models import ARCHS, build_model, model_from_checkpoint, model_meta
+from ..models import ARCHS, build_model, model_from_checkpoint, model_meta, vit_patch
 from ..runs import cache_dir, save_checkpoint
 from ..train import forget_retain_accuracy, resolve_device, train_classifier
 
@@ -93,13 +93,21 @@ def log(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def prepare_run(cfg: RunConfig, quiet=False) -> tuple[Dataset, torch.device]:
+def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
+    """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch."""
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.data)
+    patch = vit_patch(cfg.model.arch)
+    if patch and cfg.data.image_size is None and ds.image_size % patch:
+        size = -(-ds.image_size // patch) * patch
+        log(f"data: {cfg.model.arch} needs a multiple of {patch} px; resizing {ds.image_size} -> {size} "
+            "(pass --image-size to choose)", quiet)
+        cfg = cfg.replace(data={"image_size": size})
+        ds = load_dataset(cfg.data)
     log(f"data: {ds.name}: {len(ds.train)} train / {len(ds.test)} test, {ds.num_classes} classes, "
         f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget {list(cfg.data.forget)}", quiet)
-    return ds, device
+    return cfg, ds, device
 
 
 def reference_key(kind: str, cfg: RunConfig, ds: Dataset) -> str:

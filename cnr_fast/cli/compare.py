@@ -95,7 +95,7 @@ def run(args) -> int:
     from .unlearn import unlearn_model
 
     t_start = time.perf_counter()
-    ds, device = prepare_run(cfg, args.quiet)
+    cfg, ds, device = prepare_run(cfg, args.quiet)
     forget = list(cfg.data.forget)
     original, _, orig_path, _ = load_original(cfg, ds, device, args.cache_dir, args.quiet)
     retrained = obtain_reference("retrained", cfg, ds, device, args.cache_dir, args.quiet)[0]

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     cfg = config_from_args(args)
     check_arch_known(cfg)
-    ds, device = prepare_run(cfg, args.quiet)
+    cfg, ds, device = prepare_run(cfg, args.quiet)
     out = Path(args.out)
     summary = {}
     for kind in ("original", "retrained") if args.retrained else ("original",):

@@ -92,7 +92,7 @@ def run(args) -> int:
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
     quiet = args.quiet
-    ds, device = prepare_run(cfg, quiet)
+    cfg, ds, device = prepare_run(cfg, quiet)
     forget = list(cfg.data.forget)
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")

@@ -104,6 +104,11 @@ class ViT(VisionTransformer):
         return dict(self._taps)
 
 
+def vit_patch(arch: str) -> int | None:
+    """Patch size of a ViT arch, None for other archs."""
+    return _VITS[arch][0] if arch in _VITS else None
+
+
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
     if arch in _RESNETS:
         block, layers = _RESNETS[arch]
