@@ -113,7 +113,7 @@ def ce_loss(model, batch):
 
 
 def train_classifier(model: nn.Module, split: Split, cfg, *, device, amp=False, seed=0, desc="train",
-                     quiet=False) -> list[float]:
+                     quiet=False, compile=False) -> list[float]:
     """Standard supervised training on `split` with a TrainConfig `cfg` (original model and RFS)."""
     gen = torch.Generator().manual_seed(seed)
     steps = -(-len(split) // cfg.batch_size)
@@ -125,7 +125,7 @@ def train_classifier(model: nn.Module, split: Split, cfg, *, device, amp=False, 
             yield x, y
 
     return fit(model, cfg.epochs, make, ce_loss, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp,
-               desc=desc, quiet=quiet, steps_per_epoch=steps)
+               compile=compile, desc=desc, quiet=quiet, steps_per_epoch=steps)
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:

@@ -77,8 +77,8 @@ def test_audit_end_to_end(ckpts, tmp_path):
     out = tmp_path / "audit"
     assert main(_args(ckpts, out, "--layers", "L3,L4")) == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["metrics"]) == {"original", "audited", "retrained"}
-    a, o = res["metrics"]["audited"], res["metrics"]["original"]
+    assert set(res["metrics"]) == {"original", "unlearned", "retrained"}
+    a, o = res["metrics"]["unlearned"], res["metrics"]["original"]
     for key in ("forget_acc", "retain_acc", "probe_acc", "probe_overall_acc", "transfer_probe_acc", "knn_acc",
                 "svm_acc", "cka_pos", "cka_neg", "fewshot_probe_acc", "relearn_acc", "mia_acc", "nn_purity",
                 "selectivity_delta"):
@@ -87,7 +87,7 @@ def test_audit_end_to_end(ckpts, tmp_path):
     assert a["probe_acc"] == o["probe_acc"]  # same hidden states: the mask hides nothing from a probe
     assert a["cka_neg"]["L4"] == pytest.approx(1.0, abs=1e-6)
     assert res["references"]["retrained"] == "retrained" and "distance_to_retrained" in res["references"]
-    assert res["run"]["methods"] == {"audited": "lm"}
+    assert res["run"]["methods"] == {"unlearned": "lm"}
     md = (out / "report.md").read_text()
     assert f"{a['probe_acc']['L4']:.4f}" in md and (out / "report.html").stat().st_size > 1000
     assert (out / "figures" / "tsne.png").is_file()

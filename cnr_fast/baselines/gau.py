@@ -27,7 +27,7 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     steps = -(-len(retain_train) // b.batch_size)
     hist = fit(model, b.epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
-               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, desc="gau", quiet=quiet,
+               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="gau", quiet=quiet,
                steps_per_epoch=steps)
     stab = stabilise(model, retain_train, b, gen, device=device, amp=cfg.amp, quiet=quiet, desc="gau: stabilise")
     return model.eval(), {"loss": hist, "stabilize_loss": stab, "ascent_bound": bound}

@@ -11,6 +11,6 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
-    hist = train_classifier(model, retain_train, cfg.train, device=device, amp=cfg.amp, seed=cfg.seed,
+    hist = train_classifier(model, retain_train, cfg.train, device=device, amp=cfg.amp, seed=cfg.seed, compile=cfg.compile,
                             desc="rfs", quiet=quiet)
     return model.eval(), {"loss": hist}

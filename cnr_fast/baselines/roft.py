@@ -13,6 +13,6 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
     steps = -(-len(retain_train) // b.batch_size)
     hist = fit(model, b.epochs + b.stabilize_epochs,
                lambda e: batches(retain_train, b.batch_size, shuffle=True, generator=gen, device=device), ce_loss,
-               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, desc="roft", quiet=quiet,
+               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="roft", quiet=quiet,
                steps_per_epoch=steps)
     return model.eval(), {"loss": hist}

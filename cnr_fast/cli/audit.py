@@ -25,7 +25,7 @@ examples:
 
 outputs (in --out): results.json {"metrics": {model: {...}}, "references", "definitions", "settings"},
 report.md, report.html (figures embedded), figures/*.png. Models are named "original",
-"audited" and "retrained".
+"unlearned" (the --checkpoint) and "retrained".
 
 what each number means (forget = the forgotten class(es); probe-train = a class-stratified subset of
 the training split, <= 2000 examples; test = the test split; decoders are fitted on probe-train
@@ -148,7 +148,7 @@ def run(args) -> int:
     ds = load_dataset(DataConfig(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
                                  forget=tuple(forget)))
     models, metas = {}, {}
-    for name, path in (("original", args.original), ("audited", args.checkpoint), ("retrained", args.retrained)):
+    for name, path in (("original", args.original), ("unlearned", args.checkpoint), ("retrained", args.retrained)):
         if path is None:
             continue
         model, meta = model_from_checkpoint(path, ds, arch=args.arch, width=args.width)
@@ -175,9 +175,9 @@ def run(args) -> int:
     atomic_write_json(out / "results.json", view)
     write_report(out, result, extra)
     if not args.quiet:
-        a = result["metrics"]["audited"]
+        a = result["metrics"]["unlearned"]
         deep = result["settings"]["deepest_tap"]
-        print(f"audited: forget_acc {a['forget_acc']:.4f}  retain_acc {a['retain_acc']:.4f}  "
+        print(f"unlearned (audited): forget_acc {a['forget_acc']:.4f}  retain_acc {a['retain_acc']:.4f}  "
               f"probe_acc[{deep}] {a['probe_acc'][deep]:.4f}  mia_acc {a['mia_acc']:.4f}  "
               f"nn_purity {a['nn_purity']:.4f}", file=sys.stderr)
         print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)

@@ -40,7 +40,7 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False):
     t0 = time.perf_counter()
     with nvtx_range("cnr/reset"):
         model, reset_log = reset(original, ds.train.of_classes(retain), synth_x, retain, cfg.reset, device=device,
-                                 amp=cfg.amp, seed=cfg.seed, quiet=quiet)
+                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet)
     _sync(device)
     timings["reset"] = time.perf_counter() - t0
 

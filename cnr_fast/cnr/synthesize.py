@@ -178,6 +178,8 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
     with torch.no_grad():
         x = g(z)
         sel, real, tv, logits = terms(x)
+    if not quiet:
+        print(f"  {desc}: {steps} latent steps, eq. 6 value {float(sel0):.3f} -> {float(sel):.3f}", file=sys.stderr)
     log = {"selective_before": float(sel0), "selective_after": float(sel), "realism_after": float(real),
            "tv_after": float(tv), "steps": steps,
            "model_pred_hist": torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()}

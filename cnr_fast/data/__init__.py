@@ -52,6 +52,17 @@ class Dataset:
     def image_size(self) -> int:
         return int(self.train.x.shape[-1])
 
+    def to_device_if_fits(self, device, share: float = 0.25) -> "Dataset":
+        """Keep the uint8 images on the GPU when they take under `share` of its free memory."""
+        import torch.cuda
+
+        nbytes = self.train.x.numel() + self.test.x.numel()
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes < share * free:
+            self.train = Split(self.train.x.to(device), self.train.y.to(device))
+            self.test = Split(self.test.x.to(device), self.test.y.to(device))
+        return self
+
     def fingerprint(self) -> dict:
         """What a model trained on this data must agree with (checked when checkpoints are reused)."""
         return {
@@ -61,7 +72,7 @@ class Dataset:
             "image_size": self.image_size,
             "n_train": len(self.train),
             "n_test": len(self.test),
-            "train_label_sum": int(self.train.y.sum()),
+            "train_label_sum": int(self.train.y.sum().item()),
         }
 
 
@@ -215,6 +226,7 @@ def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator=N
     """Yield (float images in [-1, 1], labels) on `device`."""
     n = len(split)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(split.x.device)
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
         yield to_float(split.x[idx].to(device, non_blocking=True)), split.y[idx].to(device, non_blocking=True)
