@@ -1,9 +1,12 @@
 """k-nearest-neighbour search, the k-NN decoder (k=5) and nearest-neighbour purity (k=10).
 
-Search is exact Euclidean. Default backend: chunked torch (`||q||^2 - 2 q.b + ||b||^2` then topk),
-which was measured faster than faiss-cpu and sklearn for 10k x 512 on these 2 cores; `backend=
-"faiss"` uses faiss (IndexFlatL2) when it imports, `"auto"` takes faiss only for CUDA tensors
-(faiss-gpu) and torch otherwise. faiss is imported lazily, never at package import.
+Search is exact Euclidean, by chunked torch (`||q||^2 - 2 q.b + ||b||^2` then topk) or faiss
+(IndexFlatL2; a GPU index with faiss-gpu). `backend="auto"` (the default) chooses from
+bench/results/knn_cpu.json (2-core CPU, 2026-11-28): torch is faster for small searches
+(1000 x 2000 x 64: 3.5 ms vs faiss 4.2 ms, sklearn 5.2 ms), faiss-cpu for large ones
+(10k x 10k x 512: 0.43 s vs torch 0.79 s, sklearn 0.92 s; crossover near 1000 x 2000 x 1024), so
+faiss is taken when n_query * n_base * d >= FAISS_MIN_WORK, and always for CUDA tensors when
+faiss-gpu is there. faiss is imported lazily, never at package import.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ def _t(x) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
 
 
-def knn_indices(query, base, k: int, *, backend: str = "torch", chunk: int = 1024, exclude_self: bool = False):
+FAISS_MIN_WORK = 2e9  # n_query * n_base * d above which faiss-cpu beat torch here (knn_cpu.json)
+
+
+def knn_indices(query, base, k: int, *, backend: str = "auto", chunk: int = 1024, exclude_self: bool = False):
     """Indices (Q, k) of the k nearest rows of `base` for every row of `query`, nearest first."""
     query, base = _t(query).float(), _t(base).float()
     kk = min(k + int(exclude_self), base.shape[0])
     if backend == "auto":
-        backend = "faiss" if query.is_cuda and _faiss() is not None else "torch"
+        big = query.shape[0] * base.shape[0] * base.shape[1] >= FAISS_MIN_WORK
+        gpu_faiss = query.is_cuda and hasattr(_faiss(), "StandardGpuResources")
+        backend = "faiss" if _faiss() is not None and (gpu_faiss or (big and not query.is_cuda)) else "torch"
     if backend == "faiss":
         faiss = _faiss()
         if faiss is None:
