@@ -14,11 +14,10 @@ call covers the whole pass. Ratios are speedups against mask_loop measured in th
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from bench.harness import measure, write_results
+from bench.harness import finish, measure, speedups, summary_line
 from cnr_fast.ops import reference
 
 
@@ -90,24 +89,12 @@ def main(argv=None) -> int:
                 w["results"][name] = measure(
                     lambda fn=fn, b=batches, c=C: fn(b, c, args.units, device), device=device, reps=args.reps
                 )
-            base = w["results"]["mask_loop"]["median_s"]
-            w["speedup_vs_mask_loop"] = {k: base / v["median_s"] for k, v in w["results"].items()}
+            w["speedup_vs_mask_loop"] = speedups(w["results"], "mask_loop")
             workloads.append(w)
-            print(
-                f"{w['name']:>16}: "
-                + "  ".join(f"{k} {v['median_s'] * 1e3:.2f} ms (x{w['speedup_vs_mask_loop'][k]:.1f})"
-                            for k, v in w["results"].items())
-            )  # fmt: skip
+            print(summary_line(w["name"], w["results"], w["speedup_vs_mask_loop"]))
 
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    config["load_avg_1_5_15"] = list(os.getloadavg())  # CPU timings on a shared machine: say how busy it was
-    path = write_results(
-        f"class_means_{device.split(':')[0]}",
-        {"config": config, "speedup": "mask_loop median / method median (>1 = faster)", "workloads": workloads},
-        out_dir=args.out,
-        device=device,
-    )
-    print(f"wrote {path}")
+    finish(f"class_means_{device.split(':')[0]}", args,
+           {"speedup": "mask_loop median / method median (>1 = faster)", "workloads": workloads}, device)
     return 0
 
 

@@ -11,11 +11,10 @@ forward and one torch.autograd.grad; ratios are speedups against the reference i
 from __future__ import annotations
 
 import argparse
-import os
 
 import torch
 
-from bench.harness import measure, write_results
+from bench.harness import finish, measure, speedups, summary_line
 from cnr_fast.ops import reference
 
 TV_SHAPES = [(64, 3, 32, 32), (16, 3, 224, 224)]
@@ -99,24 +98,12 @@ def main(argv=None) -> int:
             )
             w["max_rel_err"][impl] = err
             assert err <= tol, f"{name}: {impl} differs from the reference by {err} (relative)"
-        base = w["results"]["reference"]["median_s"]
-        w["speedup_vs_reference"] = {k: base / r["median_s"] for k, r in w["results"].items()}
+        w["speedup_vs_reference"] = speedups(w["results"], "reference")
         out.append(w)
-        print(
-            f"{name}: "
-            + "  ".join(f"{k} {r['median_s'] * 1e3:.2f} ms (x{w['speedup_vs_reference'][k]:.2f})"
-                        for k, r in w["results"].items())
-        )  # fmt: skip
+        print(summary_line(name, w["results"], w["speedup_vs_reference"]))
 
-    config = {k: v for k, v in vars(args).items() if k != "out"}
-    config["load_avg_1_5_15"] = list(os.getloadavg())  # CPU timings on a shared machine: say how busy it was
-    path = write_results(
-        f"ops_{device.split(':')[0]}",
-        {"config": config, "speedup": "reference median / method median (>1 = faster)", "workloads": out},
-        out_dir=args.out,
-        device=device,
-    )
-    print(f"wrote {path}")
+    finish(f"ops_{device.split(':')[0]}", args,
+           {"speedup": "reference median / method median (>1 = faster)", "workloads": out}, device)
     return 0
 
 

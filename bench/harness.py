@@ -51,7 +51,9 @@ def measure(fn, *, device: str = "cpu", warmup: int = 2, reps: int = 7, min_time
 
 
 def machine_info(device: str = "cpu") -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count()}
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            # CPU timings on a shared machine: say how busy it was
+            "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     try:
         import torch
 
@@ -80,4 +82,22 @@ def write_results(name: str, results: dict, out_dir: str | os.PathLike | None = 
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+    return path
+
+
+def speedups(results: dict[str, dict], base: str) -> dict[str, float]:
+    """base median / each method's median (> 1 = faster than the baseline), same run."""
+    ref = results[base]["median_s"]
+    return {k: ref / v["median_s"] for k, v in results.items()}
+
+
+def summary_line(name: str, results: dict[str, dict], ratios: dict[str, float]) -> str:
+    return f"{name}: " + "  ".join(f"{k} {v['median_s'] * 1e3:.2f} ms (x{ratios[k]:.2f})" for k, v in results.items())
+
+
+def finish(name: str, args, payload: dict, device: str) -> Path:
+    """Write the JSON (the run's arguments included) and say where."""
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    path = write_results(name, {"config": config, **payload}, out_dir=args.out, device=device)
+    print(f"wrote {path}")
     return path
