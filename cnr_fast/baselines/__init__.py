@@ -1,13 +1,15 @@
 """Baseline registry. Every method: fn(original, ds, forget, cfg: RunConfig, *, device, quiet) -> (model, info).
 
-Recipes (all share CNR's reset budget: BaselineConfig, Adam lr 1e-4, weight decay 1e-4, 10 epochs
-of the method's own loss + 5 epochs of retain-only stabilisation, except RFS and LM):
+Recipes (all share CNR's reset budget: BaselineConfig, Adam lr 1e-4, weight decay 1e-4, 15 epochs;
+KDU spends them as 10 epochs of its own loss + 5 retain-only like CNR, ROFT and GAU as 15 of their
+own loss; RFS retrains with the original's recipe and LM trains nothing):
 
 - rfs:  retrain from scratch on the retain classes with the original model's training recipe.
 - roft: retain-only fine-tuning for the whole 15-epoch budget.
 - gau:  gradient ascent on forget batches + descent on retain batches; the ascent term is
-        min(CE_forget, ln C), so its gradient vanishes once forget predictions are at chance
-        (uniform-prediction CE = ln C): ascent stops by itself instead of wrecking the model.
+        mean_i min(CE_i, ln C), so each forget example stops contributing once its prediction is
+        at chance (uniform-prediction CE = ln C): ascent stops by itself instead of wrecking the model.
+        No retain-only phase: it undid the forgetting (0.36 -> 0.84 forget accuracy on mnist5k).
 - kdu:  distillation from the frozen original on retain and forget batches, with the teacher's
         forget-class logits masked out (its renormalised retain distribution), temperature T.
 - lm:   logit masking: forget logits set to -inf at inference; weights and hidden states untouched.

@@ -1,15 +1,17 @@
 """GAU: gradient ascent on forget data + descent on retain data, ascent bounded at chance.
 
-loss = CE(retain) - min(CE(forget), ln C). Once the forget batch's CE exceeds ln C (the CE of a
-uniform prediction over C classes) the ascent term is constant and gives no gradient, so Adam cannot
-keep pushing the forget logits into a collapse that drags retain accuracy down.
+loss = CE(retain) - mean_i min(CE_i(forget), ln C), the bound per example: once an example's CE
+exceeds ln C (the CE of a uniform prediction over C classes) it gives no more gradient, so Adam
+cannot keep pushing the forget logits into a collapse that drags retain accuracy down. (Bounding
+the batch mean instead stopped the ascent as soon as a few examples had a huge loss, while most
+forget examples were still classified correctly: forget accuracy 0.88 over 3 seeds.)
 """
 
 import math
 
 import torch.nn.functional as F
 
-from ._common import generator, paired_batches, split_classes, stabilise, trainable_copy
+from ._common import generator, paired_batches, split_classes, trainable_copy
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
@@ -21,13 +23,15 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     def loss_fn(m, batch):
         x, y, xf, yf = batch
-        return F.cross_entropy(m(x), y) - F.cross_entropy(m(xf), yf).clamp(max=bound)
+        return F.cross_entropy(m(x), y) - F.cross_entropy(m(xf), yf, reduction="none").clamp(max=bound).mean()
 
     from ..train import fit
 
     steps = -(-len(retain_train) // b.batch_size)
-    hist = fit(model, b.epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
+    # The whole budget (epochs + stabilize_epochs) is ascent + descent: the descent term already keeps
+    # retain accuracy, and a retain-only phase afterwards undid the forgetting (forget accuracy
+    # 0.36 after 10 GAU epochs, 0.84 after 5 more retain-only ones, mnist5k seed 0).
+    hist = fit(model, b.epochs + b.stabilize_epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
                lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="gau", quiet=quiet,
                steps_per_epoch=steps)
-    stab = stabilise(model, retain_train, b, gen, device=device, amp=cfg.amp, quiet=quiet, desc="gau: stabilise")
-    return model.eval(), {"loss": hist, "stabilize_loss": stab, "ascent_bound": bound}
+    return model.eval(), {"loss": hist, "ascent_bound": bound}
