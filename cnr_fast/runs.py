@@ -21,6 +21,16 @@ from .errors import UserError
 CHECKPOINT_FORMAT = 1
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; outputs get the usual 0666 & ~umask, like any file the user writes.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def cache_dir(override: str | None = None) -> Path:
     if override:
         return Path(override)
@@ -37,6 +47,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
