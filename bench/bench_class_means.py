@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from bench.harness import finish, measure, speedups, summary_line
+from bench.harness import add_common_args, apply_common_args, finish, measure, speedups, summary_line
 from cnr_fast.ops import reference
 
 
@@ -47,22 +47,15 @@ def _with(fn):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="output folder (default bench/results or $CNR_FAST_BENCH_OUT)")
+    add_common_args(p)
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--units", type=int, default=64 * 8 * 8, help="U = C*H*W of the tap (default 64x8x8)")
     p.add_argument("--classes", type=int, nargs="+", default=[10, 100])
-    p.add_argument("--dtypes", nargs="+", default=None, help="feature dtypes (default float32; cuda: float32 bfloat16)")
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    dtypes = apply_common_args(args)
     device = args.device
     on_cuda = device.startswith("cuda")
-    dtypes = args.dtypes or (["float32", "bfloat16"] if on_cuda else ["float32"])
     methods = {"mask_loop": _mask_loop, "reference_index_add": _with(reference.class_sums)}
     if on_cuda:
         from cnr_fast.ops._triton.class_sums import class_sums as triton_class_sums

@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from bench.harness import finish, measure, speedups, summary_line
+from bench.harness import add_common_args, apply_common_args, finish, measure, speedups, summary_line
 from cnr_fast.ops import reference
 
 TV_SHAPES = [(64, 3, 32, 32), (16, 3, 224, 224)]
@@ -36,18 +36,12 @@ def _fwd_bwd(loss_fn, make_inputs):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None)
+    add_common_args(p)
     p.add_argument("--batch", type=int, default=64, help="batch of the selective-loss taps")
-    p.add_argument("--dtypes", nargs="+", default=None, help="default float32; cuda: float32 bfloat16")
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    dtypes = apply_common_args(args)
     device = args.device
     on_cuda = device.startswith("cuda")
-    dtypes = args.dtypes or (["float32", "bfloat16"] if on_cuda else ["float32"])
 
     impls = {"tv_loss": {"reference": reference.tv_loss}, "selective_loss": {"reference": reference.selective_loss}}
     if on_cuda:

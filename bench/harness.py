@@ -101,3 +101,21 @@ def finish(name: str, args, payload: dict, device: str) -> Path:
     path = write_results(name, {"config": config, **payload}, out_dir=args.out, device=device)
     print(f"wrote {path}")
     return path
+
+
+def add_common_args(p, default_reps: int = 7) -> None:
+    """--device, --out, --dtypes, --reps, --threads: the flags every op benchmark takes."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="output folder (default bench/results or $CNR_FAST_BENCH_OUT)")
+    p.add_argument("--dtypes", nargs="+", default=None, help="default float32; cuda: float32 bfloat16")
+    p.add_argument("--reps", type=int, default=default_reps)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def apply_common_args(args) -> list[str]:
+    """Set the thread count; return the dtypes to run."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args.dtypes or (["float32", "bfloat16"] if args.device.startswith("cuda") else ["float32"])

@@ -69,13 +69,19 @@ def _lbfgs(params, closure, max_iter: int, tol: float) -> None:
     opt.step(closure)
 
 
-def fit_logreg(x, y, *, C: float = 1.0, max_iter: int = 300, tol: float = 1e-6, standardize: bool = True,
-               dtype=torch.float32) -> LinearModel:
-    """Multinomial logistic regression (see the module docstring for the exact objective)."""
+def _prepare(x, y, standardize: bool, dtype):
+    """Shared by both fits: (scaler or None, scaled features, sorted classes, labels as class indices)."""
     scaler = Standardizer.fit(x) if standardize else None
     xs = (scaler(x) if scaler else _t(x)).to(dtype)
     y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long()
     classes, yi = torch.unique(y, return_inverse=True)
+    return scaler, xs, classes, yi
+
+
+def fit_logreg(x, y, *, C: float = 1.0, max_iter: int = 300, tol: float = 1e-6, standardize: bool = True,
+               dtype=torch.float32) -> LinearModel:
+    """Multinomial logistic regression (see the module docstring for the exact objective)."""
+    scaler, xs, classes, yi = _prepare(x, y, standardize, dtype)
     n, d = xs.shape
     k = len(classes)
     w = torch.zeros(k, d, dtype=dtype, requires_grad=True)
@@ -98,10 +104,7 @@ def fit_logreg(x, y, *, C: float = 1.0, max_iter: int = 300, tol: float = 1e-6, 
 def fit_linear_svm(x, y, *, C: float = 1.0, max_iter: int = 500, tol: float = 1e-6, standardize: bool = True,
                    dtype=torch.float32) -> LinearModel:
     """One-vs-rest linear SVM with the squared hinge (see the module docstring)."""
-    scaler = Standardizer.fit(x) if standardize else None
-    xs = (scaler(x) if scaler else _t(x)).to(dtype)
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long()
-    classes, yi = torch.unique(y, return_inverse=True)
+    scaler, xs, classes, yi = _prepare(x, y, standardize, dtype)
     n, d = xs.shape
     k = len(classes)
     binary = k == 2  # sklearn fits one hyperplane for two classes (positive = classes[1])
