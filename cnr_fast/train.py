@@ -128,6 +128,17 @@ def train_classifier(model: nn.Module, split: Split, cfg, *, device, amp=False, 
                compile=compile, desc=desc, quiet=quiet, steps_per_epoch=steps)
 
 
+def finetune(model: nn.Module, split: Split, epochs: int, *, batch_size: int, lr: float, weight_decay: float,
+             gen: torch.Generator, device, amp=False, compile=False, desc="finetune", quiet=False) -> list[float]:
+    """Plain cross-entropy fine-tuning on `split` (CNR's stabilisation, ROFT, KDU's retain-only phase)."""
+    if epochs <= 0:
+        return []
+    steps = -(-len(split) // batch_size)
+    return fit(model, epochs, lambda e: batches(split, batch_size, shuffle=True, generator=gen, device=device),
+               ce_loss, lr=lr, weight_decay=weight_decay, device=device, amp=amp, compile=compile, desc=desc,
+               quiet=quiet, steps_per_epoch=steps)
+
+
 def random_shift(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:
     """Random translation by up to `pad` pixels (reflect padding), one shift per batch."""
     dx, dy = (int(v) for v in torch.randint(-pad, pad + 1, (2,), generator=gen))

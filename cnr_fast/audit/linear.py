@@ -63,10 +63,22 @@ class LinearModel:
         return self.classes[self.decision(x).argmax(1)]
 
 
-def _lbfgs(params, closure, max_iter: int, tol: float) -> None:
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
-    opt.step(closure)
+def _minimise(xs, out_dim: int, loss_of, max_iter: int, tol: float, solve: bool = True):
+    """L-BFGS from zero weights (out_dim, d) and bias (out_dim,) on loss_of(w, b); returns them detached."""
+    w = torch.zeros(out_dim, xs.shape[1], dtype=xs.dtype, requires_grad=True)
+    b = torch.zeros(out_dim, dtype=xs.dtype, requires_grad=True)
+
+    def closure():
+        w.grad = b.grad = None
+        loss = loss_of(w, b)
+        loss.backward()
+        return loss
+
+    if solve:
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=tol, tolerance_change=1e-12,
+                                history_size=20, line_search_fn="strong_wolfe")
+        opt.step(closure)
+    return w.detach(), b.detach()
 
 
 def _prepare(x, y, standardize: bool, dtype):
@@ -82,51 +94,31 @@ def fit_logreg(x, y, *, C: float = 1.0, max_iter: int = 300, tol: float = 1e-6, 
                dtype=torch.float32) -> LinearModel:
     """Multinomial logistic regression (see the module docstring for the exact objective)."""
     scaler, xs, classes, yi = _prepare(x, y, standardize, dtype)
-    n, d = xs.shape
+    n = xs.shape[0]
     k = len(classes)
-    w = torch.zeros(k, d, dtype=dtype, requires_grad=True)
-    b = torch.zeros(k, dtype=dtype, requires_grad=True)
     lam = 1.0 / (2.0 * C * n)
-
-    def closure():
-        if w.grad is not None:
-            w.grad = None
-            b.grad = None
-        loss = F.cross_entropy(xs @ w.T + b, yi) + lam * w.square().sum()
-        loss.backward()
-        return loss
-
-    if k > 1:
-        _lbfgs([w, b], closure, max_iter, tol)
-    return LinearModel(w.detach(), b.detach(), classes, scaler)
+    w, b = _minimise(xs, k, lambda w, b: F.cross_entropy(xs @ w.T + b, yi) + lam * w.square().sum(),
+                     max_iter, tol, solve=k > 1)
+    return LinearModel(w, b, classes, scaler)
 
 
 def fit_linear_svm(x, y, *, C: float = 1.0, max_iter: int = 500, tol: float = 1e-6, standardize: bool = True,
                    dtype=torch.float32) -> LinearModel:
     """One-vs-rest linear SVM with the squared hinge (see the module docstring)."""
     scaler, xs, classes, yi = _prepare(x, y, standardize, dtype)
-    n, d = xs.shape
+    n = xs.shape[0]
     k = len(classes)
     binary = k == 2  # sklearn fits one hyperplane for two classes (positive = classes[1])
     kk = 1 if binary else k
     sign = (F.one_hot(yi, k).to(dtype) * 2 - 1)
     sign = sign[:, 1:] if binary else sign
-    w = torch.zeros(kk, d, dtype=dtype, requires_grad=True)
-    b = torch.zeros(kk, dtype=dtype, requires_grad=True)
     lam = 1.0 / (2.0 * C * n)
 
-    def closure():
-        if w.grad is not None:
-            w.grad = None
-            b.grad = None
+    def loss(w, b):
         margin = 1 - sign * (xs @ w.T + b)
-        loss = margin.clamp(min=0).square().sum(1).mean() + lam * (w.square().sum() + b.square().sum())
-        loss.backward()
-        return loss
+        return margin.clamp(min=0).square().sum(1).mean() + lam * (w.square().sum() + b.square().sum())
 
-    if k > 1:
-        _lbfgs([w, b], closure, max_iter, tol)
-    w, b = w.detach(), b.detach()
+    w, b = _minimise(xs, kk, loss, max_iter, tol, solve=k > 1)
     if binary:  # two outputs whose argmax is the sign of the one hyperplane
         w = torch.cat([torch.zeros_like(w), w])
         b = torch.cat([torch.zeros_like(b), b])

@@ -8,7 +8,6 @@ import itertools
 import torch
 
 from ..data import batches
-from ..train import ce_loss, fit
 
 
 def paired_batches(retain, forget, batch_size, gen, device):
@@ -21,14 +20,6 @@ def paired_batches(retain, forget, batch_size, gen, device):
             yield x, y, xf.to(device), yf.to(device)
 
     return make
-
-
-def stabilise(model, retain, cfg, gen, *, device, amp, quiet, desc):
-    steps = -(-len(retain) // cfg.batch_size)
-    return fit(model, cfg.stabilize_epochs,
-               lambda e: batches(retain, cfg.batch_size, shuffle=True, generator=gen, device=device), ce_loss,
-               lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp, desc=desc, quiet=quiet,
-               steps_per_epoch=steps) if cfg.stabilize_epochs else []
 
 
 def trainable_copy(original, device):

@@ -10,8 +10,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from ..train import fit
-from ._common import generator, paired_batches, split_classes, stabilise, trainable_copy
+from ..train import finetune, fit
+from ._common import generator, paired_batches, split_classes, trainable_copy
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
@@ -42,5 +42,7 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
     hist = fit(model, b.epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
                lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="kdu", quiet=quiet,
                steps_per_epoch=steps)
-    stab = stabilise(model, retain_train, b, gen, device=device, amp=cfg.amp, quiet=quiet, desc="kdu: stabilise")
+    stab = finetune(model, retain_train, b.stabilize_epochs, batch_size=b.batch_size, lr=b.lr,
+                    weight_decay=b.weight_decay, gen=gen, device=device, amp=cfg.amp, compile=cfg.compile,
+                    desc="kdu: stabilise", quiet=quiet)
     return model.eval(), {"loss": hist, "stabilize_loss": stab}

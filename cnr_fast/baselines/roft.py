@@ -1,7 +1,6 @@
 """ROFT: retain-only fine-tuning of the original for the whole budget (epochs + stabilize_epochs)."""
 
-from ..data import batches
-from ..train import ce_loss, fit
+from ..train import finetune
 from ._common import generator, split_classes, trainable_copy
 
 
@@ -9,10 +8,7 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
     b = cfg.baseline
     retain_train, _, _ = split_classes(ds, forget)
     model = trainable_copy(original, device)
-    gen = generator(cfg.seed)
-    steps = -(-len(retain_train) // b.batch_size)
-    hist = fit(model, b.epochs + b.stabilize_epochs,
-               lambda e: batches(retain_train, b.batch_size, shuffle=True, generator=gen, device=device), ce_loss,
-               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="roft", quiet=quiet,
-               steps_per_epoch=steps)
+    hist = finetune(model, retain_train, b.epochs + b.stabilize_epochs, batch_size=b.batch_size, lr=b.lr,
+                    weight_decay=b.weight_decay, gen=generator(cfg.seed), device=device, amp=cfg.amp,
+                    compile=cfg.compile, desc="roft", quiet=quiet)
     return model.eval(), {"loss": hist}

@@ -20,7 +20,7 @@ from ..data import Split, batches
 from ..errors import UserError
 
 RELABEL = ("once", "step")
-from ..train import ce_loss, fit
+from ..train import fit, finetune
 
 
 def l2_pull(model, theta0: list[torch.Tensor]) -> torch.Tensor:
@@ -47,9 +47,8 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
             idx = torch.randint(len(x_syn), (min(cfg.synth_batch_size, len(x_syn)),), generator=gen)
             if cfg.relabel == "step":
                 ys = retain_classes[torch.randint(len(retain_classes), (len(idx),), generator=gen)].to(device)
-            else:
-                ys = y_syn[idx.to(device)]
-            yield x, y, x_syn[idx.to(device)], ys
+            idx = idx.to(device)
+            yield x, y, x_syn[idx], ys if cfg.relabel == "step" else y_syn[idx]
 
     def loss_fn(m, batch):
         x, y, xs, ys = batch
@@ -64,10 +63,7 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
 
     hist = fit(model, cfg.epochs, make, loss_fn, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp,
                compile=compile, desc="reset", quiet=quiet, steps_per_epoch=steps)
-    stab = []
-    if cfg.stabilize_epochs:
-        stab = fit(model, cfg.stabilize_epochs,
-                   lambda e: batches(retain_train, cfg.batch_size, shuffle=True, generator=gen, device=device),
-                   ce_loss, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp, compile=compile,
-                   desc="reset: stabilise", quiet=quiet, steps_per_epoch=steps)
+    stab = finetune(model, retain_train, cfg.stabilize_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                    weight_decay=cfg.weight_decay, gen=gen, device=device, amp=amp, compile=compile,
+                    desc="reset: stabilise", quiet=quiet)
     return model.eval(), {"reset_loss": hist, "stabilize_loss": stab, "synthetic_labels": y_syn.cpu().tolist()}
