@@ -21,6 +21,9 @@ class DataConfig:
     download: bool = False
     image_size: int | None = None  # None: the dataset's native size (28 for MNIST, 32 for CIFAR, ...)
     test_fraction: float = 0.2  # embedded sets only; torchvision sets use their own test split
+    # Validation split carved from the training split (seeded, class-stratified): every choice is
+    # made on it; every table reports the test split. 0 turns it off (no choice can then be made).
+    val_fraction: float = 0.1
     forget: tuple[int, ...] = (2,)  # the paper forgets digit 2 on MNIST
 
 
@@ -42,6 +45,11 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 5e-4
     augment: bool = False
+    # Initialisation of the retrained-from-scratch reference (and of RFS) relative to the original:
+    # "independent" (default): its own seed, so "close to retrained" cannot mean "close to the shared
+    # initial weights"; "shared": the original's initial weights (what the paper's setup implies).
+    # RFS never shares the reference's seed: it would be the reference weight for weight.
+    reference_init: str = "independent"
 
 
 @dataclass(frozen=True)
@@ -102,6 +110,27 @@ class BaselineConfig:
     weight_decay: float = 1e-4
     batch_size: int = 128
     kd_temperature: float = 4.0
+    # SSD (Foster et al. AAAI 2024; if-loops/selective-synaptic-dampening, forget_full_class_main.py):
+    # no training. Importances = squared gradient of each batch's mean CE, averaged over batches, in
+    # eval mode, on the forget data and on the whole training set; batch 64.
+    ssd_alpha: float = 10.0  # selection weighting (ResNet-18; the authors use 5 for ViT)
+    ssd_lambda: float = 1.0  # dampening constant
+    ssd_batch_size: int = 64
+    # SCRUB (Kurmanji et al. NeurIPS 2023; meghdadk/SCRUB large_scale_unlearning.ipynb, CIFAR-10 full class)
+    scrub_epochs: int = 3
+    scrub_max_epochs: int = 2  # msteps: epochs 1..msteps start with a max pass over the forget data
+    scrub_lr: float = 5e-4  # SGD, momentum 0.9, weight decay 5e-4
+    scrub_gamma: float = 0.99  # CE weight of the min step
+    scrub_alpha: float = 0.001  # KL weight of the min step
+    scrub_temperature: float = 4.0
+    scrub_forget_batch: int = 512
+    scrub_retain_batch: int = 256
+    # SalUn (Fan et al. ICLR 2024; OPTML-Group/Unlearn-Saliency, Classification/): saliency mask = top
+    # share of |grad of -CE on forget| over all parameters; random labelling (RL) on the masked weights.
+    salun_ratio: float = 0.5
+    salun_epochs: int = 10
+    salun_lr: float = 0.01  # SGD, momentum 0.9, weight decay 5e-4 (arg_parser.py defaults)
+    salun_batch_size: int = 256
 
 
 @dataclass(frozen=True)

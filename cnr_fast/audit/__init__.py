@@ -45,11 +45,12 @@ DEFINITIONS = {
     "retain_acc": "Share of retain-class test examples the model classifies correctly.",
     "probe_acc": "Per tap: accuracy on forget-class test examples of a multinomial logistic-regression probe (C=1, standardised features) fitted on this model's probe-train features with all classes (recovery).",
     "probe_overall_acc": "Per tap: the same recovery probe's accuracy on all test examples.",
-    "transfer_probe_acc": "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, applied unchanged (its standardisation included) to this model's test features.",
+    "transfer_probe_acc": "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, applied unchanged (its standardisation included) to this model's test features. Coordinate-bound: reported only for models derived from the original.",
     "knn_acc": "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train features as the neighbours).",
     "svm_acc": "Per tap: forget-class test accuracy of a one-vs-rest linear SVM (squared hinge, C=1, standardised features) fitted on probe-train.",
-    "cka_pos": "Per tap: linear CKA between the original's and this model's unreduced activations on retain-class test examples (1 = same representation up to rotation and scale).",
-    "cka_neg": "Per tap: linear CKA between the original's and this model's unreduced activations on forget-class test examples.",
+    "cka_pos": "Per tap: linear CKA, unbiased (debiased HSIC) estimator, between the original's and this model's unreduced activations on retain-class test examples, as many as cka_neg uses (1 = same representation up to rotation and scale; ~0 = unrelated). Compare with references.cka_null.",
+    "cka_neg": "Per tap: the same unbiased linear CKA on forget-class test examples (same N as cka_pos).",
+    "cka_null": "references.cka_null.{pos,neg}: the same CKA between the retrained reference and a second, independently trained retrained model: the level two unrelated networks of this recipe reach at each tap.",
     "fewshot_probe_acc": "Keyed by n: forget-class test accuracy of the recovery probe at the deepest audited tap, fitted on probe-train with only n examples per forget class (all retain examples kept).",
     "relearn_acc": "Keyed by n: forget-class test accuracy after fine-tuning a copy of the model on n forget-train examples per forget class plus as many retain-train examples, 20 full-batch Adam steps (lr 1e-3, BatchNorm statistics frozen).",
     "mia_acc": "Accuracy of a population membership-inference attack (logistic regression on loss, log-loss, entropy and max-confidence of the model's outputs, trained on retain-train members vs retain-test non-members) at telling forget-class probe-train examples from forget-class test examples, equal counts; 0.5 = no signal.",
@@ -58,7 +59,7 @@ DEFINITIONS = {
     "nn_purity": "At the deepest audited tap: mean over forget-class test examples of the share of their 10 nearest probe-train neighbours (Euclidean) that carry the forget label; chance = the forget share of probe-train.",
     "nn_purity_by_layer": "nn_purity at every tap.",
     "selectivity": "Per tap: mean over the original's top-K forget-selective units (K=12, eqs. 1-3 on probe-train) of this model's selectivity S = mu(forget) - mean over retain classes of mu(c).",
-    "selectivity_delta": "Per tap: selectivity of this model minus that of the original on the same units (negative = forget selectivity reduced).",
+    "selectivity_delta": "Per tap: selectivity of this model minus that of the original on the same units (negative = forget selectivity reduced). Coordinate-bound, like selectivity: reported only for models derived from the original.",
 }
 
 
@@ -105,12 +106,19 @@ def audit_models(
     mia_shadows: int = 0,
     shadow_train_cfg=None,
     num_threads: int | None = None,
+    independent=None,
+    null_model: nn.Module | None = None,
+    cka_unbiased: bool = True,
 ) -> dict:
     """Audit every model in `models` (the original included, first) on the same splits. See module doc.
 
     mia_shadows > 0 adds "mia_shadow_acc" (shadow-model attack, paper Table 10; each shadow is trained with
     train.train_classifier and `shadow_train_cfg` or TrainConfig defaults). num_threads sets torch's CPU
     threads for the audit and restores them after (on a loaded 2-core machine 1 thread ran 6-25x faster).
+    independent: names of models NOT derived from the original (trained from scratch); default
+    [retrained]. Their coordinate-bound metrics (transfer probe, selectivity) are left out: units of
+    independently trained networks do not correspond. null_model: a second independently trained
+    retrained model; with `retrained` it gives references["cka_null"], CKA(retrained, null_model).
     """
     if num_threads:
         before = torch.get_num_threads()
@@ -120,7 +128,8 @@ def audit_models(
                                 taps=taps, seed=seed, figures=figures, quiet=quiet,
                                 probe_train_size=probe_train_size, reduce=reduce, max_dim=max_dim, shots=shots,
                                 relearn=relearn, relearn_steps=relearn_steps, selectivity_k=selectivity_k,
-                                mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg)
+                                mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg,
+                                independent=independent, null_model=null_model, cka_unbiased=cka_unbiased)
         finally:
             torch.set_num_threads(before)
     taps = [t for t in TAP_NAMES if t in list(taps)]  # depth order
@@ -143,10 +152,16 @@ def audit_models(
     test = ds.test
     fmask_test = torch.isin(test.y, torch.as_tensor(forget))
     g = torch.Generator().manual_seed(seed)
+    # CKA_pos and CKA_neg on the same number of examples: CKA estimates depend on N (the biased one
+    # strongly: ~0.98 at N=100 vs ~0.87 at N=900 for unrelated ReLU features), so unequal N is unequal footing.
     r_rows = torch.nonzero(~fmask_test).flatten()
-    r_rows = r_rows[torch.randperm(len(r_rows), generator=g)[:CKA_MAX]].sort().values
     f_rows = torch.nonzero(fmask_test).flatten()
-    f_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:CKA_MAX]].sort().values
+    n_cka = min(len(r_rows), len(f_rows), CKA_MAX)
+    r_rows = r_rows[torch.randperm(len(r_rows), generator=g)[:n_cka]].sort().values
+    f_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:n_cka]].sort().values
+    if independent is None:
+        independent = [retrained] if retrained is not None else []
+    independent = set(independent) - {original}
     cam_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:GRADCAM_N]].sort().values
     from .embedding import tsne_subsample
 
@@ -182,7 +197,9 @@ def audit_models(
             m["probe_acc"][t], m["probe_overall_acc"][t] = s["forget_acc"], s["overall_acc"]
             if name == original:
                 orig.setdefault("probes", {})[t] = probe
-            m["transfer_probe_acc"][t] = _probes.transfer_probe(orig["probes"][t], te.vec[t], te.y, forget)["forget_acc"]
+            if name not in independent:
+                m["transfer_probe_acc"][t] = _probes.transfer_probe(orig["probes"][t], te.vec[t], te.y,
+                                                                    forget)["forget_acc"]
             m["knn_acc"][t] = _probes.knn_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget, k=5)["forget_acc"]
             m["svm_acc"][t] = _probes.svm_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget)["forget_acc"]
             m["nn_purity_by_layer"][t] = nn_purity(tr.vec[t], tr.y, te.vec[t][fmask_test], te.y[fmask_test], k=10)
@@ -194,10 +211,17 @@ def audit_models(
         if name == original:
             orig["full"] = te.full
             orig["means"] = {t: tr.class_means(t) for t in taps}
-        m["cka_pos"] = _cka.cka_per_tap(orig["full"], te.full, r_rows)
-        m["cka_neg"] = _cka.cka_per_tap(orig["full"], te.full, f_rows)
-        sel = selectivity_profile(orig["means"], {t: tr.class_means(t) for t in taps}, forget, retain, selectivity_k)
-        m["selectivity"], m["selectivity_delta"] = sel["selectivity"], sel["selectivity_delta"]
+        m["cka_pos"] = _cka.cka_per_tap(orig["full"], te.full, r_rows, unbiased=cka_unbiased)
+        m["cka_neg"] = _cka.cka_per_tap(orig["full"], te.full, f_rows, unbiased=cka_unbiased)
+        if name == retrained:
+            orig["retrained_full"] = te.full
+        if name in independent:
+            for key in ("transfer_probe_acc", "selectivity", "selectivity_delta"):
+                m.pop(key, None)
+        else:
+            sel = selectivity_profile(orig["means"], {t: tr.class_means(t) for t in taps}, forget, retain,
+                                      selectivity_k)
+            m["selectivity"], m["selectivity_delta"] = sel["selectivity"], sel["selectivity_delta"]
         _say(quiet, f"{name}: membership inference")
         ftr = torch.isin(tr.y, torch.as_tensor(forget))
         mia = _mia.population_attack(tr.logits[~ftr], tr.y[~ftr], te.logits[~fmask_test], te.y[~fmask_test],
@@ -237,7 +261,16 @@ def audit_models(
         "mia_acc": 0.5,
         "nn_purity": float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()),
     }
-    references = {"chance": chance, "original": original, "retrained": retrained}
+    references = {"chance": chance, "original": original, "retrained": retrained,
+                  "independent": sorted(independent)}
+    if null_model is not None and "retrained_full" in orig:
+        _say(quiet, "null model: features (CKA null reference)")
+        nf = extract(null_model.to(device).eval(), test, device=device, taps=taps, reducer=reducer, keep_full=True)
+        references["cka_null"] = {
+            "pos": _cka.cka_per_tap(orig["retrained_full"], nf.full, r_rows, unbiased=cka_unbiased),
+            "neg": _cka.cka_per_tap(orig["retrained_full"], nf.full, f_rows, unbiased=cka_unbiased),
+        }
+        del nf
     if retrained is not None:
         references["distance_to_retrained"] = {
             name: distances(metrics[name], metrics[retrained]) for name in metrics
@@ -247,6 +280,7 @@ def audit_models(
         "probe_train_size": len(probe_train), "test_size": len(test), "deepest_tap": deepest,
         "reduction": reducer.describe(), "max_dim": max_dim, "shots": list(shots),
         "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
+        "cka_estimator": "unbiased" if cka_unbiased else "biased",
         "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
     out = {"metrics": metrics, "references": references, "definitions": dict(DEFINITIONS), "settings": settings,

@@ -39,18 +39,30 @@ def _native():
         return None
 
 
-def cka_per_tap(feats_a: dict[str, torch.Tensor], feats_b: dict[str, torch.Tensor], rows=None) -> dict[str, float]:
-    """{tap: CKA(feats_a[tap][rows], feats_b[tap][rows])} for the taps both hold."""
+def cka_per_tap(feats_a: dict[str, torch.Tensor], feats_b: dict[str, torch.Tensor], rows=None,
+                unbiased: bool = False) -> dict[str, float]:
+    """{tap: CKA(feats_a[tap][rows], feats_b[tap][rows])} for the taps both hold.
+
+    unbiased=True: the debiased-HSIC estimator (ops.cka, Song et al. 2012), which unlike the biased
+    one does not drift towards 1 as N shrinks relative to the feature count; needs N >= 4.
+    """
     taps = [t for t in feats_a if t in feats_b]
     xs = [feats_a[t] if rows is None else feats_a[t][rows] for t in taps]
     ys = [feats_b[t] if rows is None else feats_b[t][rows] for t in taps]
     native = _native()
     if native is not None:
         try:
-            vals = native(xs, ys, unbiased=False, pairs="diag")
+            vals = native(xs, ys, unbiased=unbiased, pairs="diag")
             vals = [float(v) for v in torch.as_tensor(vals).reshape(-1)]
             if len(vals) == len(taps):
                 return dict(zip(taps, vals))
         except (TypeError, ValueError, RuntimeError, NotImplementedError):
             pass  # a different calling convention or an unsupported input: the reference below
+    if unbiased:
+        from ..ops.cka import cka_matrix_torch
+
+        if not xs or xs[0].shape[0] < 4:
+            return {t: float("nan") for t in taps}
+        vals = cka_matrix_torch([x.double() for x in xs], [y.double() for y in ys], unbiased=True, pairs="diag")
+        return {t: float(v) for t, v in zip(taps, vals.reshape(-1))}
     return {t: linear_cka(x, y) for t, x, y in zip(taps, xs, ys)}

@@ -37,6 +37,7 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     names = list(metrics)
     out = []
     scalars = [k for k in SCALARS if any(k in metrics[n] for n in names)]
+    refs = result.get("references", {})
     dicts = [k for k in PER_TAP_TABLES + PER_N_TABLES if any(isinstance(metrics[n].get(k), dict) for n in names)]
     for n in names:  # every other metric too, so every number of the dict is in the report
         for k, v in metrics[n].items():
@@ -60,6 +61,9 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         if not keys:
             continue
         rows = [[n] + [fmt(metrics[n].get(key, {}).get(k)) for k in keys] for n in names]
+        null = (refs.get("cka_null") or {}).get({"cka_pos": "pos", "cka_neg": "neg"}.get(key, ""), None)
+        if null:  # what two independently trained networks score: "unrelated" at each tap
+            rows.append(["null (retrained vs 2nd retrained)"] + [fmt(null.get(k)) for k in keys])
         out.append((key, ["model"] + keys, rows))
     dist = refs.get("distance_to_retrained")
     if dist:

@@ -13,6 +13,13 @@ own loss; RFS retrains with the original's recipe and LM trains nothing):
 - kdu:  distillation from the frozen original on retain and forget batches, with the teacher's
         forget-class logits masked out (its renormalised retain distribution), temperature T.
 - lm:   logit masking: forget logits set to -inf at inference; weights and hidden states untouched.
+- ssd:  selective synaptic dampening (Foster et al. AAAI 2024), no training; see ssd.py.
+- scrub: teacher-student max/min steps (Kurmanji et al. NeurIPS 2023), the authors' schedule; see scrub.py.
+- salun: saliency-masked random labelling (Fan et al. ICLR 2024), the authors' defaults; see salun.py.
+
+GAU and KDU put forget and retain batches through one forward pass (BatchNorm shortcut; see gau.py).
+SSD, SCRUB and SalUn follow their own papers' recipes and spend at most CNR's budget (SSD: two
+gradient passes; SCRUB: 3 epochs; SalUn: 10 epochs). `rl` and the CNR controls live in cnr/.
 """
 
 from __future__ import annotations
@@ -21,13 +28,14 @@ from typing import Callable
 
 from ..errors import UserError
 
-METHODS = ("cnr", "rfs", "roft", "gau", "kdu", "lm")
+METHODS = ("rfs", "roft", "gau", "kdu", "lm", "ssd", "scrub", "salun")
 
 
 def get(method: str) -> Callable:
-    from . import gau, kdu, lm, rfs, roft
+    from . import gau, kdu, lm, rfs, roft, salun, scrub, ssd
 
-    table = {"rfs": rfs.run, "roft": roft.run, "gau": gau.run, "kdu": kdu.run, "lm": lm.run}
+    table = {"rfs": rfs.run, "roft": roft.run, "gau": gau.run, "kdu": kdu.run, "lm": lm.run, "ssd": ssd.run,
+             "scrub": scrub.run, "salun": salun.run}
     if method not in table:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return table[method]

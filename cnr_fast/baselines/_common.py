@@ -29,6 +29,14 @@ def trainable_copy(original, device):
     return model
 
 
+def frozen_copy(original, device):
+    """A teacher: an eval-mode copy of the original with no gradients."""
+    model = copy.deepcopy(original).to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
 def split_classes(ds, forget):
     retain = [c for c in range(ds.num_classes) if c not in forget]
     return ds.train.of_classes(retain), ds.train.of_classes(forget), retain

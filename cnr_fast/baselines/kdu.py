@@ -5,21 +5,18 @@ original's distribution renormalised over the retain classes. Applied to retain 
 (KL(teacher || student) * T^2, the usual scaling), plus CE on retain labels.
 """
 
-import copy
 
 import torch
 import torch.nn.functional as F
 
 from ..train import finetune, fit
-from ._common import generator, paired_batches, split_classes, trainable_copy
+from ._common import frozen_copy, generator, paired_batches, split_classes, trainable_copy
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
     b = cfg.baseline
     retain_train, forget_train, _ = split_classes(ds, forget)
-    teacher = copy.deepcopy(original).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    teacher = frozen_copy(original, device)
     model = trainable_copy(original, device)
     gen = generator(cfg.seed)
     mask = torch.zeros(ds.num_classes, dtype=torch.bool, device=device)
@@ -35,8 +32,10 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     def loss_fn(m, batch):
         x, y, xf, _ = batch
-        logits = m(x)
-        return kd(logits, x) + kd(m(xf), xf) + F.cross_entropy(logits, y)
+        # One forward pass over forget + retain (the BatchNorm shortcut, as in CNR's reset and GAU).
+        logits = m(torch.cat([xf, x]))
+        lf, lr_ = logits[: len(xf)], logits[len(xf) :]
+        return kd(lr_, x) + kd(lf, xf) + F.cross_entropy(lr_, y)
 
     steps = -(-len(retain_train) // b.batch_size)
     hist = fit(model, b.epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,

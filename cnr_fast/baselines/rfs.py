@@ -1,16 +1,13 @@
-"""RFS: retrain from scratch on the retain classes, same recipe as the original model."""
+"""RFS: retrain from scratch on the retain classes, same recipe as the original model.
 
-from ..models import build_model
-from ..train import train_classifier
-from ._common import split_classes
+Its initial weights and data order come from `experiments.reference_seeds("rfs", cfg)`: never the
+retrained reference's (RFS would be the reference weight for weight), and independent of the
+original's unless `train.reference_init = "shared"` (then the original's initial weights).
+"""
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
-    retain_train, _, _ = split_classes(ds, forget)
-    import torch
+    from ..experiments import train_reference
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
-    hist = train_classifier(model, retain_train, cfg.train, device=device, amp=cfg.amp, seed=cfg.seed, compile=cfg.compile,
-                            desc="rfs", quiet=quiet)
-    return model.eval(), {"loss": hist}
+    model, meta = train_reference("rfs", cfg, ds, device, quiet=quiet, desc="rfs")
+    return model.eval(), {"init_seed": meta["init_seed"], "data_order_seed": meta["data_order_seed"]}

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 
-from ..config import RunConfig, load_config_file, stable_hash
+from ..config import RunConfig, load_config_file
 from ..data import DATASETS, Dataset, load_dataset
 from ..errors import UserError
-from ..models import ARCHS, build_model, model_from_checkpoint, model_meta, vit_patch
-from ..runs import cache_dir, save_checkpoint
-from ..train import forget_retain_accuracy, resolve_device, train_classifier
+from ..experiments import load_original, obtain_reference  # noqa: F401  (re-exported for the verbs)
+from ..models import ARCHS, model_from_checkpoint, vit_patch
+from ..train import resolve_device
 
 
 def parse_forget(text: str) -> tuple[int, ...]:
@@ -31,6 +30,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--download", action="store_true", default=None, help="let torchvision download into --data-root")
     g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
     g.add_argument("--forget", type=parse_forget, help="forget class(es): 2, or several as 2,5 (default 2)")
+    g.add_argument("--val-fraction", type=float,
+                   help="share of the training split held out for validation (default 0.1; choices are made on it)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -38,6 +39,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default resnet18)")
     g.add_argument("--width", type=float, help="ResNet channel multiplier (default 0.125 = 8..64 channels; 1 = torchvision)")
     g.add_argument("--train-epochs", type=int, help="epochs for training the original / retrained model (default 6)")
+    g.add_argument("--reference-init", choices=["independent", "shared"],
+                   help="initial weights of the retrained reference and RFS: independent of the original's "
+                        "(default) or shared with it (see README)")
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +61,8 @@ FLAG_MAP = {
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "download": ("data", "download"),
     "image_size": ("data", "image_size"), "forget": ("data", "forget"),
     "arch": ("model", "arch"), "width": ("model", "width"), "checkpoint": ("model", "checkpoint"),
-    "train_epochs": ("train", "epochs"),
+    "train_epochs": ("train", "epochs"), "reference_init": ("train", "reference_init"),
+    "val_fraction": ("data", "val_fraction"),
     "method": (None, "method"), "seed": (None, "seed"), "device": (None, "device"), "amp": (None, "amp"), "compile": (None, "compile"),
     "k": ("detect", "k"), "taps": ("detect", "taps"), "selection": ("detect", "selection"),
     "alpha": ("synth", "alpha"), "lambda_real": ("synth", "lambda_real"), "lambda_smooth": ("synth", "lambda_smooth"),
@@ -109,59 +114,10 @@ def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.
         ds = load_dataset(cfg.data)
     if device.type == "cuda":
         ds = ds.to_device_if_fits(device)
-    log(f"data: {ds.name}: {len(ds.train)} train / {len(ds.test)} test, {ds.num_classes} classes, "
+    n_val = len(ds.val) if ds.val is not None else 0
+    log(f"data: {ds.name}: {len(ds.train)} train / {n_val} validation / {len(ds.test)} test, {ds.num_classes} classes, "
         f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget {list(cfg.data.forget)}", quiet)
     return cfg, ds, device
-
-
-def reference_key(kind: str, cfg: RunConfig, ds: Dataset) -> str:
-    """Cache key of a trained reference model: what it was trained on and how."""
-    forget = list(cfg.data.forget) if kind == "retrained" else []
-    return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
-                        "train": cfg.to_dict()["train"], "seed": cfg.seed, "forget": forget})
-
-
-def obtain_reference(kind: str, cfg: RunConfig, ds: Dataset, device, cache: str | None, quiet=False):
-    """The original model (all classes) or the retrained one (retain classes only), trained once and cached.
-
-    Returns (model, meta, path, cache_hit).
-    """
-    path = cache_dir(cache) / "models" / f"{kind}-{cfg.model.arch}-{ds.name.replace('/', '_')}-" \
-        f"{reference_key(kind, cfg, ds)}.pt"
-    if path.is_file():
-        model, meta = model_from_checkpoint(path, ds)
-        log(f"{kind}: cached model {path}", quiet)
-        return model.to(device), meta, path, True
-    classes = list(range(ds.num_classes))
-    if kind == "retrained":
-        classes = [c for c in classes if c not in cfg.data.forget]
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
-    log(f"{kind}: training {cfg.model.arch} (width {cfg.model.width}) on classes {classes} for "
-        f"{cfg.train.epochs} epochs ...", quiet)
-    t0 = time.perf_counter()
-    train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, amp=cfg.amp, seed=cfg.seed,
-                     compile=cfg.compile,
-                     desc=kind, quiet=quiet)
-    acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)
-    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds), "kind": kind, "trained_classes": classes,
-            "forget_classes": list(cfg.data.forget) if kind == "retrained" else [], "seed": cfg.seed,
-            "train": cfg.to_dict()["train"], "test_accuracy": acc, "train_time_s": time.perf_counter() - t0}
-    save_checkpoint(path, model, meta)
-    log(f"{kind}: trained in {meta['train_time_s']:.1f}s, forget acc {acc['forget_acc']:.3f}, "
-        f"retain acc {acc['retain_acc']:.3f}; cached at {path}", quiet)
-    return model, meta, path, False
-
-
-def load_original(cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
-    """--checkpoint if given (checked against arch and classes; never modified), else the cached original."""
-    if cfg.model.checkpoint:
-        model, meta = model_from_checkpoint(cfg.model.checkpoint, ds, cfg.model.arch, cfg.model.width)
-        if meta.get("logit_mask"):
-            raise UserError(f"checkpoint {cfg.model.checkpoint!r} is a logit-masked model; pass the original model")
-        log(f"original: {cfg.model.checkpoint}", quiet)
-        return model.to(device), meta, cfg.model.checkpoint, True
-    return obtain_reference("original", cfg, ds, device, cache, quiet)
 
 
 def check_arch_known(cfg: RunConfig) -> None:
@@ -189,13 +145,14 @@ def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=
     return model.to(device)
 
 
-def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False):
+def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
+              independent=None):
     from ..audit import audit_models
 
     log(f"audit: {', '.join(models)} ...", quiet)
     return audit_models(models, ds, list(forget), device=device, original="original",
                         retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
-                        quiet=quiet)
+                        quiet=quiet, null_model=null_model, independent=independent)
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

@@ -10,12 +10,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..baselines import METHODS
+    from ..experiments import METHODS, VARIANTS
     from ..data import DATASETS
     from ..models import ARCHS, TAP_NAMES
     from ..ops.backend import REGISTRY
 
     print("methods:  " + ", ".join(METHODS))
+    print("controls: " + ", ".join(f"{k} (cnr with {v[1]})" for k, v in VARIANTS.items()))
     print("archs:    " + ", ".join(ARCHS))
     print("datasets: " + ", ".join(DATASETS))
     print("taps:     " + ", ".join(TAP_NAMES))

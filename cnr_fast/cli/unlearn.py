@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import time
 from pathlib import Path
 
 import torch
 
-from ..baselines import METHODS
-from ..baselines import get as get_baseline
 from ..errors import UserError
+from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model
 from ..models import LogitMask, model_meta
 from ..runs import load_checkpoint, save_checkpoint, write_run_files
 from ..train import forget_retain_accuracy
@@ -37,7 +35,8 @@ synthesize, reset: 0 for baselines, whose whole time is "unlearn") and the total
 def add_parser(sub) -> None:
     p = sub.add_parser("unlearn", help="remove class(es) from a classifier and write a run directory",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", help=f"one of {', '.join(METHODS)} (default cnr)")
+    p.add_argument("--method", help=f"one of {', '.join(ALL_METHODS)} (default cnr; cnr-raw and cnr-paper are "
+                                    "CNR controls: raw GAN samples, eq. 6 sign as printed)")
     p.add_argument("--checkpoint", help="the model to unlearn (default: train or reuse a cached original model)")
     p.add_argument("--out", help="run directory (default runs/<method>-<dataset>-<time>)")
     add_data_args(p)
@@ -58,36 +57,12 @@ def _adopt_checkpoint_arch(args) -> None:
             args.width = float(meta["width"])
 
 
-def unlearn_model(method: str, original, ds, cfg, *, device, quiet=False):
-    """Run one method on `original`. Returns (model, info, timings, extra run files)."""
-    forget = list(cfg.data.forget)
-    t0 = time.perf_counter()
-    files: dict[str, object] = {}
-    if method == "cnr":
-        from ..cnr.pipeline import run_cnr
-
-        model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet)
-        synth = info.pop("synthetic_images")
-        buf = io.BytesIO()
-        torch.save(synth, buf)
-        files["synthetic.pt"] = buf.getvalue()
-        png = _image_grid_png(synth)
-        if png:
-            files["synthetic.png"] = png
-        timings = dict(info.pop("timings_s"))
-    else:
-        model, info = get_baseline(method)(original, ds, forget, cfg, device=device, quiet=quiet)
-        timings = {"detect": 0.0, "synthesize": 0.0, "reset": 0.0}
-    timings["unlearn"] = time.perf_counter() - t0
-    return model, info, timings, files
-
-
 def run(args) -> int:
     t_start = time.perf_counter()
     _adopt_checkpoint_arch(args)
     cfg = config_from_args(args)
-    if cfg.method not in METHODS:
-        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method not in ALL_METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
     check_arch_known(cfg)
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
@@ -105,6 +80,11 @@ def run(args) -> int:
 
     model, info, timings, files = unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet)
     acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
+    if ds.val is not None and len(ds.val):
+        for name, m in (("original", original), ("unlearned", model)):
+            v = forget_retain_accuracy(m, ds.val, forget, device=device, amp=cfg.amp)
+            (acc_orig if name == "original" else acc_new).update(val_forget_acc=v["forget_acc"],
+                                                                  val_retain_acc=v["retain_acc"])
     log(f"unlearned ({cfg.method}): forget acc {acc_new['forget_acc']:.3f}, retain acc {acc_new['retain_acc']:.3f}",
         quiet)
 
@@ -118,11 +98,17 @@ def run(args) -> int:
     audit_view = None
     if args.audit != "off":
         models = {"original": original, "unlearned": model}
+        null = None
         if args.retrained not in (None, "off"):
             models["retrained"] = load_retrained(args.retrained, cfg, ds, device, args.cache_dir, quiet)
+            if args.retrained == "auto":  # the CKA null reference: a second, independent retrained model
+                null = obtain_reference("retrained_null", cfg, ds, device, args.cache_dir, quiet)[0]
+        independent = [n for n in ("retrained",) if n in models]
+        if resolve_method(cfg.method, cfg)[0] == "rfs":
+            independent.append("unlearned")
         t0 = time.perf_counter()
         audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed, figures=args.audit == "full",
-                                 quiet=quiet)
+                                 quiet=quiet, null_model=null, independent=independent)
         timings["audit"] = time.perf_counter() - t0
         from ..audit import json_view
 
@@ -144,7 +130,7 @@ def run(args) -> int:
     if audit_view is not None:
         results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
     save_checkpoint(out / "model.pt", inner, meta)
-    files["config.json"] = cfg.to_dict()
+    files["config.json"] = resolve_method(cfg.method, cfg)[1].to_dict()  # a control's changes spelled out
     if audit_view is not None:
         from ..audit import write_report
 
@@ -188,16 +174,3 @@ def _print_table(results: dict, out: Path, quiet: bool) -> None:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.4f}"
-
-
-def _image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:
-    try:
-        from torchvision.utils import make_grid
-        from PIL import Image
-    except ImportError:
-        return None
-    grid = make_grid(x[:128].clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1)
-    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-    buf = io.BytesIO()
-    Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).save(buf, format="PNG")
-    return buf.getvalue()

@@ -29,6 +29,11 @@ from ..train import amp_context, progress
 SIGNS = {"paper": 1.0, "excite": -1.0}
 
 
+def _say(msg, quiet):
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
 def _levels(image_size: int) -> int:
     """Number of 2x up-samplings from 4x4 to cover the image (32 px -> 3)."""
     return max(1, math.ceil(math.log2(max(image_size, 8) / 4)))
@@ -186,14 +191,35 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
     return x.detach().float().cpu(), log
 
 
-def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False):
-    """For each forget class: train a GAN on its images, optimise B latents. Returns (images, labels, log)."""
+GAN_FIELDS = ("gan_epochs", "gan_batch_size", "gan_lr", "latent_dim", "ngf")
+
+
+def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False, gan_cache=None):
+    """For each forget class: train a GAN on its images, optimise B latents. Returns (images, labels, log).
+
+    gan_cache: optional dict shared by runs on the same data and seed (CNR variants in compare /
+    ablate): a GAN with the same class, seed and GAN settings is trained once. The GAN does not depend
+    on the classifier, so reuse changes nothing but time; log[class]["gan_reused_s"] is the training
+    time of a reused GAN, which the caller charges to the run.
+    """
+    import time
+
     model.eval()
     images, owners, logs = [], [], {}
     for i, c in enumerate(detection.forget):
         own = train.of_classes([c])
-        g, d, gan_log = train_gan(own, cfg, device=device, seed=seed + i, desc=f"synthesize: GAN class {c}",
-                                  quiet=quiet)
+        key = ("gan", int(c), seed + i, len(own), tuple(getattr(cfg, f) for f in GAN_FIELDS))
+        reused = 0.0
+        if gan_cache is not None and key in gan_cache:
+            g, d, gan_log, reused = gan_cache[key]
+            _say(f"  synthesize: GAN class {c} reused (trained in {reused:.1f}s, charged to this run)", quiet)
+        else:
+            t0 = time.perf_counter()
+            g, d, gan_log = train_gan(own, cfg, device=device, seed=seed + i, desc=f"synthesize: GAN class {c}",
+                                      quiet=quiet)
+            if gan_cache is not None:
+                gan_cache[key] = (g, d, gan_log, time.perf_counter() - t0)
+        gan_log = {**gan_log, "gan_reused_s": reused}
         fi = {t: detection.f_idx[t][i] for t in detection.taps}
         ri = {t: detection.r_idx[t][i] for t in detection.taps}
         x, log = optimise_latents(model, g, d, fi, ri, detection.taps, cfg, device=device, amp=amp, seed=seed + i,

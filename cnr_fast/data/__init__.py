@@ -43,6 +43,7 @@ class Dataset:
     test: Split
     num_classes: int
     class_names: list[str]
+    val: Split | None = None  # carved from train by load_dataset (DataConfig.val_fraction)
 
     @property
     def in_channels(self) -> int:
@@ -56,11 +57,13 @@ class Dataset:
         """Keep the uint8 images on the GPU when they take under `share` of its free memory."""
         import torch.cuda
 
-        nbytes = self.train.x.numel() + self.test.x.numel()
+        nbytes = self.train.x.numel() + self.test.x.numel() + (self.val.x.numel() if self.val is not None else 0)
         free, _ = torch.cuda.mem_get_info(device)
         if nbytes < share * free:
             self.train = Split(self.train.x.to(device), self.train.y.to(device))
             self.test = Split(self.test.x.to(device), self.test.y.to(device))
+            if self.val is not None:
+                self.val = Split(self.val.x.to(device), self.val.y.to(device))
         return self
 
     def fingerprint(self) -> dict:
@@ -71,6 +74,7 @@ class Dataset:
             "in_channels": self.in_channels,
             "image_size": self.image_size,
             "n_train": len(self.train),
+            "n_val": len(self.val) if self.val is not None else 0,
             "n_test": len(self.test),
             "train_label_sum": int(self.train.y.sum().item()),
         }
@@ -142,8 +146,24 @@ def load_dataset(cfg) -> Dataset:
         ds = _load_imagefolder(name[len("imagefolder:"):], cfg)
     else:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    frac = getattr(cfg, "val_fraction", 0.0) or 0.0
+    if not 0.0 <= frac < 0.5:
+        raise UserError(f"val_fraction {frac} is outside [0, 0.5); pass a share of the training split such as 0.1")
+    if frac > 0:
+        ds.train, ds.val = carve_validation(ds.train, frac)
     check_forget(cfg.forget, ds)
     return ds
+
+
+def carve_validation(train: Split, fraction: float, seed: int = 1) -> tuple[Split, Split]:
+    """(train without validation, validation): a seeded class-stratified share of `train`.
+
+    The seed is fixed (not the run's seed), so every run and every model of a comparison sees the
+    same train / validation / test partition; seed 1 keeps it distinct from the test split's draw.
+    """
+    tr, va = stratified_split(train.y.cpu().numpy(), fraction, seed)
+    tr_t, va_t = torch.as_tensor(tr), torch.as_tensor(va)
+    return Split(train.x[tr_t], train.y[tr_t]), Split(train.x[va_t], train.y[va_t])
 
 
 def check_forget(forget, ds: Dataset) -> None:

@@ -1,0 +1,77 @@
+"""SalUn (Fan, Liu, Zhang, Wei, Wong, Liu, ICLR 2024): saliency-masked random labelling.
+
+As in the authors' code (OPTML-Group/Unlearn-Saliency, Classification/generate_mask.py, unlearn/RL.py):
+1. Mask: with the model in eval mode, sum over forget batches the gradient of -CE(true labels);
+   the top `ratio` (0.5) of all parameters by |summed gradient|, one global threshold, get 1.
+2. RL: each epoch one pass over the forget data with labels drawn uniformly over all classes
+   (afresh each batch), then one pass over the retain data with their labels; CE, train mode.
+   After backward the gradients are multiplied by the mask; after each step the unmasked (mask 0)
+   parameters are put back to their starting values (the authors' current RL.py, so weight decay and
+   momentum cannot move them either). SGD lr 0.01, momentum 0.9, weight decay 5e-4, 10 epochs,
+   batch 256 (arg_parser.py defaults; the README gives no class-wise values).
+"""
+
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from ..data import batches
+from ._common import generator, split_classes, trainable_copy
+
+
+def saliency_mask(model, forget_split, ratio: float, batch_size: int, device) -> list[torch.Tensor]:
+    model.eval()
+    params = list(model.parameters())
+    grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    for x, y in batches(forget_split, batch_size, device=device):
+        model.zero_grad(set_to_none=True)
+        (-F.cross_entropy(model(x), y)).backward()
+        for g, p in zip(grads, params):
+            if p.grad is not None:
+                g += p.grad.detach().float()
+    model.zero_grad(set_to_none=True)
+    flat = torch.cat([g.abs().flatten() for g in grads])
+    k = int(round(ratio * flat.numel()))
+    if k <= 0:
+        return [torch.zeros_like(g, dtype=torch.bool) for g in grads]
+    thresh = torch.topk(flat, k, sorted=True).values[-1]
+    return [g.abs() >= thresh for g in grads]
+
+
+def run(original, ds, forget, cfg, *, device, quiet=False):
+    b = cfg.baseline
+    retain_train, forget_train, _ = split_classes(ds, forget)
+    model = trainable_copy(original, device)
+    gen = generator(cfg.seed)
+    mask = saliency_mask(model, forget_train, b.salun_ratio, b.salun_batch_size, device)
+    params = list(model.parameters())
+    start = [p.detach().clone() for p in params]
+    opt = torch.optim.SGD(params, lr=b.salun_lr, momentum=0.9, weight_decay=5e-4)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p, m in zip(params, mask):
+            if p.grad is not None:
+                p.grad.mul_(m)
+        opt.step()
+        with torch.no_grad():
+            for p, m, p0 in zip(params, mask, start):
+                p.copy_(torch.where(m, p, p0))
+        return float(loss.detach())
+
+    hist = []
+    for epoch in range(b.salun_epochs):
+        model.train()
+        fl = [step(x, torch.randint(ds.num_classes, (len(x),), generator=gen).to(device))
+              for x, _ in batches(forget_train, b.salun_batch_size, shuffle=True, generator=gen, device=device)]
+        rl = [step(x, y) for x, y in batches(retain_train, b.salun_batch_size, shuffle=True, generator=gen,
+                                            device=device)]
+        hist.append({"forget_loss": sum(fl) / max(len(fl), 1), "retain_loss": sum(rl) / max(len(rl), 1)})
+        if not quiet:
+            print(f"  salun epoch {epoch + 1}/{b.salun_epochs}: forget {hist[-1]['forget_loss']:.4f} "
+                  f"retain {hist[-1]['retain_loss']:.4f}", file=sys.stderr)
+    masked = int(sum(int(m.sum()) for m in mask))
+    return model.eval(), {"loss": hist, "mask_params": masked, "total_params": sum(m.numel() for m in mask)}

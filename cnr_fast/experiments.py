@@ -1,0 +1,465 @@
+"""Drivers a Python user can call without the CLI: reference models, one method, a comparison.
+
+    from cnr_fast import experiments
+    from cnr_fast.config import RunConfig
+    result = experiments.compare(RunConfig(), ["cnr", "rl", "ssd"], seeds=3, device="cpu")
+    print(experiments.compare_report_md(result))
+
+Reference models (all trained with the one recipe, `TrainConfig`, and cached by what they were
+trained on and how):
+
+- original: all classes, initial weights from `seed`.
+- retrained: the retrain-from-scratch reference, retain classes only. With
+  `train.reference_init = "independent"` (default) its initial weights and data order come from
+  a seed derived from `seed`, so nothing but the recipe and the data ties it to the original;
+  "shared" gives it the original's initial weights and data order (what the paper's setup implies).
+- retrained_null: a second retrained model, always independent of both. CKA(retrained,
+  retrained_null) is the "unrelated model" level printed beside every CKA number.
+
+RFS (a method, not a reference) never takes the reference's seed: it would be the reference weight
+for weight. Every unlearning method unlearns the per-seed original and is audited on the test split;
+the validation split (`data.val_fraction`) is where anything is chosen.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .config import RunConfig, stable_hash
+from .errors import UserError
+
+# The methods (`cnr-fast ls`) and the CNR controls: each control is CNR with one part removed,
+# with CNR's budget, L2 pull and stabilisation unchanged.
+METHODS = ("cnr", "rl", "ssd", "scrub", "salun", "rfs", "roft", "gau", "kdu", "lm")
+VARIANTS = {
+    "cnr-raw": ("cnr", {"synth": {"latent_opt": False}}),  # raw GAN samples: is latent optimisation needed?
+    "cnr-paper": ("cnr", {"synth": {"sign": "paper"}}),  # eq. 6 minimised as printed
+}
+ALL_METHODS = METHODS + tuple(VARIANTS)
+REFERENCE_INIT = ("independent", "shared")
+
+# Metrics that compare unit coordinates (a probe or unit set of the original applied to another
+# model). Between independently trained networks units do not correspond, so they are reported only
+# for models derived from the original and never used to judge separation.
+COORDINATE_BOUND = ("transfer_probe_acc", "selectivity", "selectivity_delta")
+
+
+def log(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def derive_seed(seed: int, tag: str) -> int:
+    """A seed for `tag` that is a fixed function of `seed` and independent of it in practice."""
+    return int(stable_hash({"seed": int(seed), "tag": tag}), 16) % (2**31 - 1)
+
+
+def resolve_method(name: str, cfg: RunConfig) -> tuple[str, RunConfig]:
+    """(base method, config) for a method or a named CNR control such as "cnr-raw"."""
+    if name in VARIANTS:
+        base, changes = VARIANTS[name]
+        return base, cfg.replace(**changes)
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(ALL_METHODS)}")
+    return name, cfg
+
+
+def reference_seeds(kind: str, cfg: RunConfig) -> tuple[int, int]:
+    """(init seed, data-order seed) of a reference model or of RFS."""
+    mode = cfg.train.reference_init
+    if mode not in REFERENCE_INIT:
+        raise UserError(f"unknown reference_init {mode!r}; choose one of {', '.join(REFERENCE_INIT)}")
+    if kind == "original":
+        return cfg.seed, cfg.seed
+    if kind == "retrained":
+        if mode == "shared":
+            return cfg.seed, cfg.seed
+        s = derive_seed(cfg.seed, "retrained")
+        return s, s
+    if kind == "retrained_null":
+        s = derive_seed(cfg.seed, "retrained_null")
+        return s, s
+    if kind == "rfs":
+        order = derive_seed(cfg.seed, "rfs")
+        return (cfg.seed if mode == "shared" else order), order
+    raise ValueError(f"unknown reference kind {kind!r}")
+
+
+def reference_key(kind: str, cfg: RunConfig, ds) -> str:
+    """Cache key of a trained reference model: what it was trained on and how."""
+    forget = [] if kind == "original" else list(cfg.data.forget)
+    return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
+                        "train": cfg.to_dict()["train"], "seed": cfg.seed, "seeds": reference_seeds(kind, cfg),
+                        "forget": forget})
+
+
+def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):
+    """Train a fresh original / retrained / retrained_null / RFS model. Returns (model, meta)."""
+    from .models import build_model, model_meta
+    from .train import forget_retain_accuracy, train_classifier
+
+    classes = list(range(ds.num_classes))
+    if kind != "original":
+        classes = [c for c in classes if c not in cfg.data.forget]
+    init_seed, order_seed = reference_seeds(kind, cfg)
+    torch.manual_seed(init_seed)
+    model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
+    desc = desc or kind
+    log(f"{desc}: training {cfg.model.arch} (width {cfg.model.width}) on classes {classes} for "
+        f"{cfg.train.epochs} epochs ...", quiet)
+    t0 = time.perf_counter()
+    train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, amp=cfg.amp, seed=order_seed,
+                     compile=cfg.compile, desc=desc, quiet=quiet)
+    acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds), "kind": kind, "trained_classes": classes,
+            "forget_classes": [] if kind == "original" else list(cfg.data.forget), "seed": cfg.seed,
+            "init_seed": init_seed, "data_order_seed": order_seed, "reference_init": cfg.train.reference_init,
+            "train": cfg.to_dict()["train"], "test_accuracy": acc, "train_time_s": time.perf_counter() - t0}
+    return model.eval(), meta
+
+
+def obtain_reference(kind: str, cfg: RunConfig, ds, device, cache: str | None, quiet=False):
+    """The original, retrained or retrained_null model, trained once and cached.
+
+    Returns (model, meta, path, cache_hit).
+    """
+    from .models import model_from_checkpoint
+    from .runs import cache_dir, save_checkpoint
+
+    path = cache_dir(cache) / "models" / f"{kind}-{cfg.model.arch}-{ds.name.replace('/', '_').replace(':', '_')}-" \
+        f"{reference_key(kind, cfg, ds)}.pt"
+    if path.is_file():
+        model, meta = model_from_checkpoint(path, ds)
+        log(f"{kind}: cached model {path}", quiet)
+        return model.to(device).eval(), meta, path, True
+    model, meta = train_reference(kind, cfg, ds, device, quiet)
+    save_checkpoint(path, model, meta)
+    acc = meta["test_accuracy"]
+    log(f"{kind}: trained in {meta['train_time_s']:.1f}s, forget acc {acc['forget_acc']:.3f}, "
+        f"retain acc {acc['retain_acc']:.3f}; cached at {path}", quiet)
+    return model, meta, path, False
+
+
+def load_original(cfg: RunConfig, ds, device, cache, quiet=False):
+    """--checkpoint if given (checked against arch and classes; never modified), else the cached original."""
+    from .models import model_from_checkpoint
+
+    if cfg.model.checkpoint:
+        model, meta = model_from_checkpoint(cfg.model.checkpoint, ds, cfg.model.arch, cfg.model.width)
+        if meta.get("logit_mask"):
+            raise UserError(f"checkpoint {cfg.model.checkpoint!r} is a logit-masked model; pass the original model")
+        log(f"original: {cfg.model.checkpoint}", quiet)
+        return model.to(device), meta, cfg.model.checkpoint, True
+    return obtain_reference("original", cfg, ds, device, cache, quiet)
+
+
+def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=False, shared: dict | None = None):
+    """Run one method (or CNR control) on `original`. Returns (model, info, timings, extra run files).
+
+    shared: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
+    variants reuse one GAN per forget class; the reused GAN's training time is still charged.
+    """
+    base, cfg = resolve_method(method, cfg)
+    forget = list(cfg.data.forget)
+    t0 = time.perf_counter()
+    files: dict[str, object] = {}
+    if base in ("cnr", "rl"):
+        from .cnr.pipeline import run_cnr, run_rl
+
+        if base == "cnr":
+            model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet, gan_cache=shared)
+        else:
+            model, info = run_rl(original, ds, forget, cfg, device=device, quiet=quiet)
+        synth = info.pop("synthetic_images")
+        buf = io.BytesIO()
+        torch.save(synth, buf)
+        files["synthetic.pt"] = buf.getvalue()
+        png = image_grid_png(synth)
+        if png:
+            files["synthetic.png"] = png
+        timings = dict(info.pop("timings_s"))
+    else:
+        from .baselines import get as get_baseline
+
+        model, info = get_baseline(base)(original, ds, forget, cfg, device=device, quiet=quiet)
+        timings = {"detect": 0.0, "synthesize": 0.0, "reset": 0.0}
+    timings["unlearn"] = time.perf_counter() - t0 + timings.pop("charged_reused_s", 0.0)
+    return model, info, timings, files
+
+
+def image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:
+    try:
+        from PIL import Image
+        from torchvision.utils import make_grid
+    except ImportError:
+        return None
+    grid = make_grid(x[:128].clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------
+# compare
+
+
+SEPARATION = 0.10
+HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
+            "svm_acc.L4", "fewshot_probe_acc.5", "relearn_acc.5", "mia_acc", "nn_purity", "cka_pos.L4",
+            "cka_neg.L4", "cka_pos.L2", "cka_neg.L2", "transfer_probe_acc.L4", "selectivity_delta.L4")
+
+
+def is_coordinate_bound(key: str) -> bool:
+    return key.split(".")[0] in COORDINATE_BOUND
+
+
+def flatten(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                if isinstance(vv, (int, float)) and not isinstance(vv, bool):
+                    out[f"{k}.{kk}"] = float(vv)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t 95% interval; NaN bounds for fewer than 2 finite values."""
+    from scipy import stats
+
+    a = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(a) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(a.mean())
+    if len(a) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return mean, mean - half, mean + half
+
+
+def summarise(values: list[float], cnr_values: list[float] | None) -> dict:
+    """Mean, 95% t-interval over seeds and the paired t-test p-value against CNR (pairs = seeds)."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=np.float64)
+    mean, lo, hi = t_interval(values)
+    if len(a) >= 2 and not np.isfinite(a).all():
+        lo = hi = float("nan")
+    p = None
+    if cnr_values is not None and len(a) >= 2:
+        b = np.asarray(cnr_values, dtype=np.float64)
+        d = a - b
+        if not np.isfinite(d).all():
+            p = None
+        elif np.allclose(d, d[0]):  # constant differences: t undefined; identical -> no evidence either way
+            p = 1.0 if np.allclose(d, 0) else 0.0
+        else:
+            p = float(stats.ttest_rel(b, a).pvalue)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "p_vs_cnr": p, "values": a.tolist()}
+
+
+def separation(per_seed: list[dict], key: str) -> dict | None:
+    """Does `key` tell the retrained model from the original? Paired over seeds (original - retrained)."""
+    d = [ps["original"].get(key, float("nan")) - ps["retrained"].get(key, float("nan")) for ps in per_seed]
+    if not all(math.isfinite(v) for v in d):
+        return None
+    mean, lo, hi = t_interval(d)
+    excludes_zero = (lo > 0 or hi < 0) if math.isfinite(lo) else abs(mean) > 0
+    return {"difference": mean, "ci_low": lo, "ci_high": hi,
+            "separates": bool(abs(mean) >= SEPARATION and excludes_zero)}
+
+
+def judge(per_seed: list[dict], table: dict, methods: list[str], keys: list[str]) -> dict:
+    """Per coordinate-free metric: does it separate retrained from original (paired interval), and on
+    those, each method's distance to retrained (mean over seeds of |method - retrained|)."""
+    out = {}
+    for k in keys:
+        if is_coordinate_bound(k) or k.startswith("val_"):
+            continue
+        sep = separation(per_seed, k)
+        if sep is None:
+            continue
+        entry = {"original": table["original"][k]["mean"], "retrained": table["retrained"][k]["mean"], **sep}
+        if sep["separates"]:
+            dist = {}
+            for m in methods:
+                vals = [abs(ps[m].get(k, float("nan")) - ps["retrained"][k]) for ps in per_seed]
+                dist[m] = t_interval(vals)[0]
+            entry["distance_to_retrained"] = dist
+            finite = {m: v for m, v in dist.items() if math.isfinite(v)}
+            entry["closest"] = min(finite, key=finite.get) if finite else None
+        out[k] = entry
+    return out
+
+
+def _val_accuracy(model, ds, forget, device) -> dict:
+    from .train import forget_retain_accuracy
+
+    if ds.val is None or len(ds.val) == 0:
+        return {}
+    acc = forget_retain_accuracy(model, ds.val, forget, device=device)
+    return {"val_forget_acc": acc["forget_acc"], "val_retain_acc": acc["retain_acc"]}
+
+
+def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
+            fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None) -> dict:
+    """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
+
+    By default each seed trains (or takes from the cache) its own original, retrained reference and
+    null model, so the intervals cover the randomness of training as well as of unlearning.
+    fixed_original=True keeps one original / reference / null (seed cfg.seed) for every seed.
+    """
+    from .audit import audit_models, json_view
+    from .data import load_dataset
+    from .train import resolve_device
+
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad or not methods:
+        raise UserError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods lists a method twice: {methods}")
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    if cfg.model.checkpoint and not fixed_original:
+        raise UserError("compare with --checkpoint keeps that one original for every seed; add --fixed-original")
+    device = resolve_device(device) if isinstance(device, str) else device
+    ds = ds if ds is not None else load_dataset(cfg.data)
+    forget = list(cfg.data.forget)
+    t_start = time.perf_counter()
+    per_seed: list[dict] = []
+    timings: dict[str, list[float]] = {m: [] for m in methods}
+    ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
+    cka_null: list[dict] = []
+    audit_settings = None
+    for s in range(seeds):
+        seed = cfg.seed + s
+        ref_cfg = cfg.replace(seed=cfg.seed if fixed_original else seed)
+        original, ometa, _, _ = load_original(ref_cfg, ds, device, cache, quiet)
+        retrained, rmeta, _, _ = obtain_reference("retrained", ref_cfg, ds, device, cache, quiet)
+        null, _, _, _ = obtain_reference("retrained_null", ref_cfg, ds, device, cache, quiet)
+        for name, meta in (("original", ometa), ("retrained", rmeta)):
+            if meta.get("train_time_s") is not None:
+                ref_times[name].append(float(meta["train_time_s"]))
+        models = {"original": original, "retrained": retrained}
+        independent = ["retrained"]
+        shared: dict = {}
+        val = {"original": _val_accuracy(original, ds, forget, device),
+               "retrained": _val_accuracy(retrained, ds, forget, device)}
+        for m in methods:
+            log(f"compare: seed {seed}, method {m}", quiet)
+            model, _, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=resolve_method(m, cfg)[0]),
+                                           device=device, quiet=quiet, shared=shared)
+            models[m] = model
+            timings[m].append(t["unlearn"])
+            val[m] = _val_accuracy(model, ds, forget, device)
+            if resolve_method(m, cfg)[0] == "rfs":
+                independent.append(m)
+        audit = audit_models(models, ds, forget, device=device, original="original", retrained="retrained",
+                             seed=seed, figures=figures, quiet=quiet, independent=independent, null_model=null)
+        view = json_view(audit)
+        audit_settings = view["settings"]
+        cka_null.append(view["references"].get("cka_null", {}))
+        per_seed.append({name: {**flatten(v), **val.get(name, {})} for name, v in view["metrics"].items()})
+    names = ["original", "retrained", *methods]
+    keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names]))
+    table: dict[str, dict] = {}
+    for n in names:
+        table[n] = {}
+        for k in keys:
+            vals = [ps[n].get(k, float("nan")) for ps in per_seed]
+            if not any(math.isfinite(v) for v in vals):
+                continue  # e.g. a coordinate-bound metric of an independently trained model
+            cnr_vals = [ps["cnr"].get(k, float("nan")) for ps in per_seed] if "cnr" in methods and n != "cnr" else None
+            table[n][k] = summarise(vals, cnr_vals if n in methods else None)
+    null_table = {}
+    for part in ("pos", "neg"):
+        taps = sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))
+        null_table[part] = {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None) for t in taps}
+    return {
+        "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
+        "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
+        "reference_init": cfg.train.reference_init,
+        "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
+        "methods": {m: table[m] for m in methods},
+        "references": {"original": table["original"], "retrained": table["retrained"],
+                       "chance_acc": 1.0 / ds.num_classes, "cka_null": null_table},
+        "coordinate_bound_metrics": list(COORDINATE_BOUND),
+        "separation_threshold": SEPARATION, "verdicts": judge(per_seed, table, methods, keys),
+        "unlearn_time_s": {m: summarise(v, None) for m, v in timings.items()},
+        "reference_train_time_s": {k: summarise(v, None) for k, v in ref_times.items() if v},
+        "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
+    }
+
+
+def _cell(s: dict | None) -> str:
+    if s is None or not math.isfinite(s.get("mean", float("nan"))):
+        return "-"
+    if not math.isfinite(s["ci_high"]):
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+
+def compare_report_md(result: dict, short: bool = False) -> str:
+    methods = list(result["methods"])
+    refs = result["references"]
+    keys = [k for k in HEADLINE if k in refs["original"]]
+    if not short:
+        keys += sorted(k for k in refs["original"] if k not in keys)
+    seeds_note = ("one original, retrained and null model (seed %d) for every seed" % result["seeds"][0]
+                  if result.get("fixed_original") else "a fresh original, retrained and null model per seed")
+    lines = [f"# compare: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
+             f"{result['forget_classes']}, seeds {result['seeds']}", "",
+             f"Splits: {result['splits']['train']} train / {result['splits']['val']} validation / "
+             f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
+             f"reference initialisation: {result['reference_init']}.", ""]
+    head = ["metric", "original", "retrained", "null", *methods]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    null = refs.get("cka_null", {})
+    for k in keys:
+        nul = "-"
+        if k.startswith("cka_pos.") or k.startswith("cka_neg."):
+            part, tap = k[4:7], k.split(".")[1]
+            nul = _cell(null.get(part, {}).get(tap))
+        row = [k + (" (coord.)" if is_coordinate_bound(k) else ""), _cell(refs["original"].get(k)),
+               _cell(refs["retrained"].get(k)), nul]
+        for m in methods:
+            s = result["methods"][m].get(k)
+            cell = _cell(s)
+            if s is not None and s.get("p_vs_cnr") is not None:
+                cell += f" (p={s['p_vs_cnr']:.2g})"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Cells: mean [95% t-interval over seeds] (paired t-test p against CNR). Chance accuracy "
+              f"{refs['chance_acc']:.3f}; MIA chance 0.5. `null` = unbiased CKA between the retrained model and a "
+              "second, independently trained one: what an unrelated model scores at that tap. (coord.) = compares "
+              "unit coordinates with the original's, reported only for models derived from the original.", ""]
+    t = result["unlearn_time_s"]
+    rt = result.get("reference_train_time_s", {}).get("retrained")
+    lines.append("Wall time per method (s, mean over seeds): " + ", ".join(
+        f"{m} {t[m]['mean']:.1f}" for m in methods) + (f"; retraining from scratch (reference) {rt['mean']:.1f}"
+                                                       if rt else "") + ".")
+    lines += ["", f"## Which metrics tell the retrained model from the original",
+              "", f"Separates = |original - retrained| >= {result['separation_threshold']} with the paired 95% "
+              "interval over seeds excluding 0. Coordinate-bound metrics are not judged.", ""]
+    for k in keys:
+        v = result["verdicts"].get(k)
+        if v is None:
+            continue
+        diff = f"difference {v['difference']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+        if not v["separates"]:
+            lines.append(f"- {k}: does NOT separate them ({diff}); closeness to retrained on it says nothing.")
+            continue
+        dist = v["distance_to_retrained"]
+        order = sorted(dist, key=lambda m: dist[m] if math.isfinite(dist[m]) else 9e9)
+        lines.append(f"- {k}: separates them ({diff}). Distance to retrained, closest first: "
+                     + ", ".join(f"{m} {dist[m]:.3f}" for m in order) + ".")
+    return "\n".join(lines) + "\n"
