@@ -56,22 +56,32 @@ def test_unlearn_with_audit_contract(tmp_path, cache):
     _check_schema(r, "cnr", "digits")
     assert set(r["metrics"]) == {"original", "unlearned", "retrained"}
     for name, m in r["metrics"].items():
-        for key in ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg"):
+        keys = ("probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg")
+        if name != "retrained":  # coordinate-bound metrics only for models derived from the original
+            keys += ("transfer_probe_acc", "selectivity_delta")
+        else:
+            assert "transfer_probe_acc" not in m
+        for key in keys:
             assert set(m[key]) == {"L0", "L1", "L2", "L3", "L4"}, (name, key)
         assert set(m["fewshot_probe_acc"]) == {"1", "5", "25"} and set(m["relearn_acc"]) == {"1", "5", "25"}
         assert 0 <= m["mia_acc"] <= 1 and 0 <= m["nn_purity"] <= 1
     assert r["metrics"]["original"]["cka_pos"]["L4"] == pytest.approx(1.0)
+    assert set(r["audit"]["references"]["cka_null"]["neg"]) == {"L0", "L1", "L2", "L3", "L4"}
+    assert 0 < r["metrics"]["original"]["val_forget_acc"] <= 1
     assert r["metrics"]["retrained"]["forget_acc"] == 0.0  # never saw the class
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert r["timings_s"]["audit"] > 0
 
 
-@pytest.mark.parametrize("method", ["rfs", "roft", "gau", "kdu", "lm"])
+@pytest.mark.parametrize("method", ["rfs", "roft", "gau", "kdu", "lm", "rl", "ssd", "cnr-raw"])
 def test_every_method_same_schema(tmp_path, cache, method):
     out = tmp_path / method
     assert _run(["--out", str(out), "--method", method, *DIGITS, *TINY], cache) == 0
     r = json.loads((out / "results.json").read_text())
     _check_schema(r, method, "digits")
+    if method == "cnr-raw":
+        cfg = json.loads((out / "config.json").read_text())
+        assert cfg["method"] == "cnr-raw" and cfg["synth"]["latent_opt"] is False
     if method == "lm":
         assert r["metrics"]["unlearned"]["forget_acc"] == 0.0
         assert r["metrics"]["unlearned"]["retain_acc"] >= r["metrics"]["original"]["retain_acc"]
@@ -143,13 +153,13 @@ def test_compare_two_methods_two_seeds(tmp_path, cache):
     p = r["methods"]["lm"]["probe_acc.L4"]["p_vs_cnr"]
     assert p is None or 0.0 <= p <= 1.0
     text = (out / "report.md").read_text()
-    assert "separate" in text and "| metric | original | retrained | cnr | lm |" in text
+    assert "separate" in text and "| metric | original | retrained | null | cnr | lm |" in text
 
 
 def test_compare_summary_matches_scipy():
     from scipy import stats
 
-    from cnr_fast.cli.compare import summarise
+    from cnr_fast.experiments import summarise
 
     vals, cnr = [0.2, 0.4, 0.3], [0.1, 0.15, 0.35]
     s = summarise(vals, cnr)

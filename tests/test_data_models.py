@@ -27,7 +27,8 @@ def mnist():
 
 
 def test_mnist5k_embedded(mnist):
-    assert (len(mnist.train), len(mnist.test)) == (4000, 1000)
+    assert (len(mnist.train), len(mnist.val), len(mnist.test)) == (3600, 400, 1000)
+    assert torch.bincount(mnist.val.y).tolist() == [40] * 10  # 10% of each class's training share
     assert mnist.train.x.dtype == torch.uint8 and mnist.train.x.shape[1:] == (1, 28, 28)
     assert torch.bincount(mnist.test.y).tolist() == [100] * 10  # 500 a class, 20% test
     assert len(set(mnist.train.y[:20].tolist())) > 3  # shuffled, not sorted by class

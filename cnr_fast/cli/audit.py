@@ -42,8 +42,12 @@ label; per-tap numbers for each of L0..L4):
   mia_shadow_acc           the same with an attack trained on shadow models (--mia-shadows N)
   nn_purity                share of the 10 nearest probe-train neighbours of forget test examples with the
                            forget label, deepest tap (chance = the forget share of probe-train)
-  cka_pos[L] / cka_neg[L]  linear CKA with the original on retain / forget test examples (1 = unchanged)
+  cka_pos[L] / cka_neg[L]  unbiased linear CKA with the original on retain / forget test examples, equal N
+                           (1 = unchanged, ~0 = unrelated); references.cka_null (with --null) = the CKA of
+                           the retrained model with a second, independently trained one: "unrelated" at L
   selectivity_delta[L]     change in forget selectivity of the original's top-12 forget units (negative = erased)
+  transfer_probe_acc and selectivity* compare unit coordinates: left out for independently trained models
+  (the retrained reference, and a checkpoint whose metadata says it was retrained from scratch)
 lower is better for every forget-side number; retain_acc and cka_pos should stay high.
 """
 
@@ -60,6 +64,9 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="the model to audit (cnr-fast checkpoint or bare state_dict)")
     p.add_argument("--original", required=True, help="the model before unlearning")
     p.add_argument("--retrained", default=None, help="optional reference retrained without the forget classes")
+    p.add_argument("--null", default=None,
+                   help="optional second retrained model, trained independently of --retrained: gives the CKA null "
+                        "reference (what an unrelated model scores at each tap)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, report.html, figures/)")
     p.add_argument("--dataset", default="mnist5k", help="mnist5k, digits, mnist, fashion_mnist, cifar10, cifar100 "
                    "or imagefolder:PATH (default mnist5k)")
@@ -132,7 +139,7 @@ def run(args) -> int:
         raise UserError("--probe-train-size must be at least 20")
     device = resolve_device(args.device)
     for flag, path in (("--checkpoint", args.checkpoint), ("--original", args.original),
-                       ("--retrained", args.retrained)):
+                       ("--retrained", args.retrained), ("--null", args.null)):
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path!r} does not exist; pass the path of a saved model")
     _, ck_meta = load_checkpoint(args.checkpoint)
@@ -158,11 +165,21 @@ def run(args) -> int:
 
     from ..audit import audit_models, json_view, write_report
 
+    null = None
+    if args.null:
+        if "retrained" not in models:
+            raise UserError("--null needs --retrained: the null reference is CKA(retrained, null)")
+        null, null_meta = model_from_checkpoint(args.null, ds, arch=args.arch, width=args.width)
+        check_same_splits(null_meta, ds, forget, args.null, "null")
+    independent = [n for n in ("retrained",) if n in models]
+    if metas["unlearned"].get("method") == "rfs" or metas["unlearned"].get("kind") in ("retrained", "retrained_null"):
+        independent.append("unlearned")
     t0 = time.perf_counter()
     result = audit_models(models, ds, forget, device=device, original="original",
                           retrained="retrained" if "retrained" in models else None, taps=layers, seed=args.seed,
                           figures=not args.no_figures, quiet=args.quiet, probe_train_size=args.probe_train_size,
-                          relearn=not args.no_relearn, mia_shadows=args.mia_shadows, num_threads=args.threads)
+                          relearn=not args.no_relearn, mia_shadows=args.mia_shadows, num_threads=args.threads,
+                          independent=independent, null_model=null)
     out = Path(args.out)
     extra = {
         "checkpoint": str(args.checkpoint), "original": str(args.original),

@@ -1,0 +1,280 @@
+"""The fair comparison: splits, reference initialisation, one forward pass, unbiased CKA with a null,
+coordinate-bound metrics, and the new baselines against independent computations."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnr_fast import experiments as E
+from cnr_fast.config import DataConfig, RunConfig
+from cnr_fast.data import Split, carve_validation, load_dataset
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_validation_split_is_disjoint_stratified_and_fixed():
+    a = load_dataset(DataConfig(dataset="digits", image_size=8, val_fraction=0.2))
+    b = load_dataset(DataConfig(dataset="digits", image_size=8, val_fraction=0.2))
+    none = load_dataset(DataConfig(dataset="digits", image_size=8, val_fraction=0.0))
+    assert none.val is None and len(none.train) == len(a.train) + len(a.val)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)  # seeded, run-independent
+    # disjoint: no image row of validation is among train's or test's rows (digits has few duplicates,
+    # so compare (image, label) pairs by hash, counting multiplicity)
+    def keys(s):
+        return {(bytes(x.numpy().tobytes()), int(y)) for x, y in zip(s.x, s.y)}
+
+    assert len(keys(a.val) & keys(a.test)) <= 2 and len(a.val) + len(a.train) + len(a.test) == 1797
+    counts_val = torch.bincount(a.val.y, minlength=10).float()
+    counts_all = torch.bincount(none.train.y, minlength=10).float()
+    assert torch.allclose(counts_val / counts_all, torch.full((10,), 0.2), atol=0.02)
+    tr, va = carve_validation(Split(torch.zeros(10, 1, 2, 2, dtype=torch.uint8), torch.arange(10) % 2), 0.2)
+    assert len(tr) == 8 and len(va) == 2 and sorted(va.y.tolist()) == [0, 1]
+
+
+def test_reference_seeds_independent_by_default_and_rfs_never_the_reference():
+    cfg = RunConfig(seed=3)
+    o, r, n, f = (E.reference_seeds(k, cfg) for k in ("original", "retrained", "retrained_null", "rfs"))
+    assert o == (3, 3)
+    assert len({o[0], r[0], n[0], f[0]}) == 4  # four different initialisations
+    shared = cfg.replace(train={"reference_init": "shared"})
+    assert E.reference_seeds("retrained", shared) == (3, 3)  # the original's init and data order
+    rfs_init, rfs_order = E.reference_seeds("rfs", shared)
+    assert rfs_init == 3 and rfs_order != 3  # shared init, but never the reference's run
+    assert E.reference_key("retrained", cfg, _fake_ds()) != E.reference_key("retrained", shared, _fake_ds())
+
+
+def _fake_ds():
+    class D:
+        def fingerprint(self):
+            return {"dataset": "x"}
+
+    return D()
+
+
+class CountingModel(torch.nn.Module):
+    """Records the batch size of every forward call of a tiny classifier (BatchNorm included)."""
+
+    def __init__(self, classes=3):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                       torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, classes))
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(len(x))
+        return self.net(x)
+
+
+def _tiny_ds(n=48, classes=3, size=8, seed=0):
+    from cnr_fast.data import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
+    y = torch.arange(n) % classes
+    return Dataset("tiny", Split(x, y), Split(x[:12], y[:12]), classes, [str(c) for c in range(classes)],
+                   val=Split(x[12:24], y[12:24]))
+
+
+@pytest.mark.parametrize("method", ["gau", "kdu"])
+def test_gau_kdu_one_forward_pass_over_forget_and_retain(method):
+    from cnr_fast.baselines import get
+
+    ds = _tiny_ds()
+    model = CountingModel()
+    cfg = RunConfig().replace(baseline={"epochs": 1, "stabilize_epochs": 0, "batch_size": 8})
+    out, _ = get(method)(model, ds, [1], cfg, device=CPU, quiet=True)
+    calls = out.calls  # the trained copy's record: the copy was made before training
+    n_retain, n_forget = 32, 16
+    steps = -(-n_retain // 8)
+    train_calls = [c for c in calls[len(model.calls):]]
+    # every training step is ONE call on forget (8) + retain (8) examples together
+    student = [c for c in train_calls if c == 16]
+    assert len(student) == steps, calls
+    assert all(c in (8, 16) for c in train_calls)  # 8 = KDU's teacher on a retain or forget batch alone
+    assert n_forget == 16
+
+
+def test_unbiased_cka_of_unrelated_features_is_near_zero_where_biased_is_not():
+    g = torch.Generator().manual_seed(0)
+    from cnr_fast.audit.cka import cka_per_tap
+
+    def relu_feats(n, d):
+        return torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64))
+
+    for n in (100, 400):
+        x, y = {"L0": relu_feats(n, 3000)}, {"L0": relu_feats(n, 3000)}
+        biased = cka_per_tap(x, y, unbiased=False)["L0"]
+        unbiased = cka_per_tap(x, y, unbiased=True)["L0"]
+        assert biased > 0.5  # the bias the audit used to carry
+        assert abs(unbiased) < 0.05
+    same = cka_per_tap(x, {"L0": 2.0 * x["L0"]}, unbiased=True)["L0"]
+    assert same == pytest.approx(1.0, abs=1e-9)
+
+
+def test_unbiased_cka_matches_float64_numpy_formula():
+    from cnr_fast.audit.cka import cka_per_tap
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(37, 11))
+    y = x @ rng.normal(size=(11, 9)) + rng.normal(size=(37, 9))
+
+    def hsic1(k, l_):
+        n = len(k)
+        k, l_ = k.copy(), l_.copy()
+        np.fill_diagonal(k, 0)
+        np.fill_diagonal(l_, 0)
+        one = np.ones(n)
+        return (np.trace(k @ l_) + (one @ k @ one) * (one @ l_ @ one) / ((n - 1) * (n - 2))
+                - 2 / (n - 2) * (one @ k @ l_ @ one)) / (n * (n - 3))
+
+    k, l_ = x @ x.T, y @ y.T
+    expected = hsic1(k, l_) / np.sqrt(hsic1(k, k) * hsic1(l_, l_))
+    ours = cka_per_tap({"a": torch.from_numpy(x).float()}, {"a": torch.from_numpy(y).float()}, unbiased=True)["a"]
+    assert ours == pytest.approx(expected, abs=1e-5)
+
+
+def test_audit_equal_n_null_reference_and_no_coordinate_metrics_for_independent_models():
+    from cnr_fast.audit import audit_models
+    from cnr_fast.models import build_model
+
+    ds = load_dataset(DataConfig(dataset="digits", image_size=8))
+
+    def m(seed):
+        torch.manual_seed(seed)
+        return build_model("resnet18", 10, 1, 8, 0.0625).eval()
+
+    original = m(0)
+    models = {"original": original, "unlearned": copy.deepcopy(original), "retrained": m(1)}
+    out = audit_models(models, ds, [2], device=CPU, retrained="retrained", figures=False, quiet=True, relearn=False,
+                       shots=(1,), null_model=m(2))
+    s = out["settings"]
+    assert s["cka_examples"]["retain"] == s["cka_examples"]["forget"] == int((ds.test.y == 2).sum())
+    assert s["cka_estimator"] == "unbiased"
+    assert set(out["references"]["cka_null"]["pos"]) == {"L0", "L1", "L2", "L3", "L4"}
+    assert "transfer_probe_acc" not in out["metrics"]["retrained"]
+    assert "selectivity_delta" not in out["metrics"]["retrained"]
+    assert set(out["metrics"]["unlearned"]["transfer_probe_acc"]) == {"L0", "L1", "L2", "L3", "L4"}
+    assert out["metrics"]["unlearned"]["cka_neg"]["L4"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_ssd_dampening_matches_the_published_rule():
+    from cnr_fast.baselines.ssd import dampen
+
+    lin = torch.nn.Linear(3, 2)
+    w0 = lin.weight.detach().clone().numpy().astype(np.float64)
+    b0 = lin.bias.detach().clone().numpy().astype(np.float64)
+    i_d = [torch.tensor([[1.0, 0.1, 2.0], [0.0, 1.0, 1.0]]), torch.tensor([1.0, 1.0])]
+    i_f = [torch.tensor([[20.0, 0.5, 10.0], [3.0, 11.0, 5.0]]), torch.tensor([5.0, 30.0])]
+    info = dampen(lin, i_d, i_f, alpha=10.0, lam=1.0)
+    exp_w = w0.copy()
+    for (r, c) in [(0, 0), (1, 0), (1, 1)]:  # i_f > 10 * i_d
+        exp_w[r, c] *= min(1.0 * float(i_d[0][r, c]) / float(i_f[0][r, c]), 1.0)
+    exp_b = b0.copy()
+    exp_b[1] *= 1.0 / 30.0
+    np.testing.assert_allclose(lin.weight.detach().numpy(), exp_w, rtol=1e-6)
+    np.testing.assert_allclose(lin.bias.detach().numpy(), exp_b, rtol=1e-6)
+    assert info["dampened_params"] == 4
+
+
+def test_ssd_importance_is_mean_of_batch_squared_gradients():
+    from cnr_fast.baselines.ssd import importances
+    from cnr_fast.data import batches
+
+    ds = _tiny_ds()
+    model = CountingModel().eval()
+    imp = importances(model, ds.train, 20, CPU)
+    expected = [torch.zeros_like(p) for p in model.parameters()]
+    nb = 0
+    for x, y in batches(ds.train, 20):
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+        for e, g in zip(expected, grads):
+            e += g.square()
+        nb += 1
+    for a, e in zip(imp, expected):
+        torch.testing.assert_close(a, e / nb)
+
+
+def test_salun_mask_is_global_top_share_and_unmasked_weights_do_not_move():
+    from cnr_fast.baselines.salun import random_labelling, saliency_mask
+
+    ds = _tiny_ds()
+    model = CountingModel()
+    mask = saliency_mask(model, ds.train.of_classes([1]), 0.5, 16, CPU)
+    total = sum(m.numel() for m in mask)
+    assert abs(sum(int(m.sum()) for m in mask) - total / 2) <= 2
+    cfg = RunConfig().replace(baseline={"salun_epochs": 2, "salun_batch_size": 8})
+    out, info = random_labelling(model, ds, [1], cfg, mask, 0.05, device=CPU, quiet=True)
+    for p0, p1, m in zip(model.parameters(), out.parameters(), mask):
+        assert torch.equal(p1.detach()[~m], p0.detach()[~m])
+    assert any(not torch.equal(p1.detach()[m], p0.detach()[m]) for p0, p1, m in zip(model.parameters(),
+                                                                                    out.parameters(), mask))
+
+
+def test_select_on_validation_keeps_the_best_validation_score():
+    from cnr_fast.baselines._common import select_on_validation
+    from cnr_fast.errors import UserError
+
+    ds = _tiny_ds()
+
+    class Const(torch.nn.Module):
+        def __init__(self, cls):
+            super().__init__()
+            self.cls = cls
+
+        def forward(self, x):
+            out = torch.zeros(len(x), 3)
+            out[:, self.cls] = 1
+            return out
+
+    # predicting class 0 everywhere: val retain acc 0.5 (classes 0, 2), forget acc 0 -> score 0.5
+    model, info = select_on_validation({"a": 1, "b": 0}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True)
+    assert info["chosen_on_validation"] == "b" and info["validation"]["b"]["score"] == pytest.approx(0.5)
+    ds.val = None
+    with pytest.raises(UserError, match="validation split"):
+        select_on_validation({"a": 1}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True)
+
+
+def test_scrub_max_step_moves_away_from_the_teacher_on_forget_data():
+    from cnr_fast.baselines.scrub import distill_kl, scrub
+
+    ds = _tiny_ds()
+    model = CountingModel()
+    hp = {"optim": "sgd", "lr": 0.05, "weight_decay": 0.0, "epochs": 2, "msteps": 2, "gamma": 0.0, "alpha": 0.0,
+          "T": 4.0, "milestones": ()}
+    cfg = RunConfig().replace(baseline={"scrub_forget_batch": 8, "scrub_retain_batch": 8})
+    out, info = scrub(model, ds, [1], cfg, hp, device=CPU, quiet=True)
+    x = ds.train.of_classes([1]).x.float() / 127.5 - 1
+    with torch.no_grad():
+        kl = float(distill_kl(out.eval()(x), model.eval()(x), 4.0))
+    assert kl > 1e-4 and all(h["max_loss"] <= 0 for h in info["loss"])
+
+
+def test_compare_library_call_fresh_originals_and_schema(tmp_path):
+    cfg = RunConfig().replace(data={"dataset": "digits", "image_size": 8}, train={"epochs": 1},
+                              baseline={"epochs": 1, "stabilize_epochs": 0})
+    r = E.compare(cfg, ["ssd", "rfs", "lm"], seeds=2, device="cpu", cache=str(tmp_path), quiet=True)
+    assert r["fixed_original"] is False and r["splits"]["val"] > 0
+    orig = r["references"]["original"]["forget_acc"]["values"]
+    assert len(orig) == 2
+    assert "transfer_probe_acc.L4" not in r["methods"]["rfs"] and "transfer_probe_acc.L4" in r["methods"]["ssd"]
+    assert set(r["references"]["cka_null"]["pos"]) == {"L0", "L1", "L2", "L3", "L4"}
+    assert all(not E.is_coordinate_bound(k) for k in r["verdicts"])
+    # two seeds trained two different originals (fresh per seed); --fixed-original keeps one
+    files = sorted(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith("original-"))
+    assert len(files) == 2
+    r2 = E.compare(cfg, ["lm"], seeds=2, device="cpu", cache=str(tmp_path), quiet=True, fixed_original=True)
+    v = r2["references"]["original"]["forget_acc"]["values"]
+    assert v[0] == v[1]
+    md = E.compare_report_md(r)
+    assert "| metric | original | retrained | null | ssd | rfs | lm |" in md
