@@ -463,3 +463,274 @@ def compare_report_md(result: dict, short: bool = False) -> str:
         lines.append(f"- {k}: separates them ({diff}). Distance to retrained, closest first: "
                      + ", ".join(f"{m} {dist[m]:.3f}" for m in order) + ".")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# ablate: what each part of CNR buys (paper Table 3 and its robustness sweeps)
+
+ABLATIONS = {
+    "full": {},
+    "no-synthesis": {"synth": {"latent_opt": False}},  # raw GAN samples (Table 3 "w/o synthesis")
+    "no-realism": {"synth": {"lambda_real": 0.0}},
+    "no-tv": {"synth": {"lambda_smooth": 0.0}},
+    "random-units": {"detect": {"selection": "random"}},
+    "gradient-units": {"detect": {"selection": "gradient"}},
+    "k3": {"detect": {"k": 3}},
+    "k48": {"detect": {"k": 48}},
+    "sign-paper": {"synth": {"sign": "paper"}},
+    "relabel-step": {"reset": {"relabel": "step"}},
+    "b32": {"synth": {"batch": 32}},
+    "b256": {"synth": {"batch": 256}},
+    "b1024": {"synth": {"batch": 1024}},
+}
+# sweeps plotted against their knob; "full" is the default point of each
+SWEEPS = {"k": {"k3": 3, "full": 12, "k48": 48}, "B": {"b32": 32, "full": 64, "b256": 256, "b1024": 1024}}
+ABLATE_METRICS = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
+                  "fewshot_probe_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4",
+                  "selectivity_delta.L4")
+
+
+def _summarise_runs(per_seed: list[dict], names: list[str], baseline: str) -> dict:
+    keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names if n in ps]))
+    table: dict[str, dict] = {}
+    for n in names:
+        table[n] = {}
+        for k in keys:
+            vals = [ps.get(n, {}).get(k, float("nan")) for ps in per_seed]
+            if not any(math.isfinite(v) for v in vals):
+                continue
+            base = [ps.get(baseline, {}).get(k, float("nan")) for ps in per_seed] if n != baseline else None
+            s = summarise(vals, base)
+            s["p_vs_full"] = s.pop("p_vs_cnr")
+            table[n][k] = s
+    return table
+
+
+def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *, device="cpu",
+           cache: str | None = None, relearn: bool = False, quiet: bool = False, ds=None) -> dict:
+    """Every CNR variant on one original per seed; returns the ablate.json dict.
+
+    Per seed: one original, retrained reference and null model, shared by every variant; a GAN, and the
+    synthetic images of variants that do not change detection or synthesis, are made once and reused
+    (their time charged to each run that uses them). One audit per seed measures every variant
+    (relearn attack off by default: it is the slowest metric and not part of Table 3).
+    """
+    from .audit import audit_models, json_view
+    from .data import load_dataset
+    from .train import resolve_device
+
+    variants = list(variants or ABLATIONS)
+    bad = [v for v in variants if v not in ABLATIONS]
+    if bad:
+        raise UserError(f"unknown ablation(s) {bad}; choose from {', '.join(ABLATIONS)}")
+    if "full" not in variants:
+        variants = ["full", *variants]
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1")
+    device = resolve_device(device) if isinstance(device, str) else device
+    ds = ds if ds is not None else load_dataset(cfg.data)
+    forget = list(cfg.data.forget)
+    t_start = time.perf_counter()
+    per_seed, timings, cka_null = [], {v: [] for v in variants}, []
+    for s in range(seeds):
+        scfg = cfg.replace(seed=cfg.seed + s, method="cnr")
+        original = load_original(scfg, ds, device, cache, quiet)[0]
+        retrained = obtain_reference("retrained", scfg, ds, device, cache, quiet)[0]
+        null = obtain_reference("retrained_null", scfg, ds, device, cache, quiet)[0]
+        models = {"original": original, "retrained": retrained}
+        val = {"original": _val_accuracy(original, ds, forget, device),
+               "retrained": _val_accuracy(retrained, ds, forget, device)}
+        shared: dict = {}
+        for v in variants:
+            log(f"ablate: seed {scfg.seed}, variant {v}", quiet)
+            model, _, t, _ = unlearn_model("cnr", original, ds, scfg.replace(**ABLATIONS[v]), device=device,
+                                           quiet=quiet, shared=shared)
+            models[v] = model
+            timings[v].append(t["unlearn"])
+            val[v] = _val_accuracy(model, ds, forget, device)
+        audit = json_view(audit_models(models, ds, forget, device=device, retrained="retrained", seed=scfg.seed,
+                                       figures=False, quiet=quiet, null_model=null, relearn=relearn))
+        cka_null.append(audit["references"].get("cka_null", {}))
+        per_seed.append({n: {**flatten(m), **val.get(n, {})} for n, m in audit["metrics"].items()})
+    names = ["original", "retrained", *variants]
+    table = _summarise_runs(per_seed, names, "full")
+    null_table = {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
+                         for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
+                  for part in ("pos", "neg")}
+    return {"dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
+            "seeds": [cfg.seed + s for s in range(seeds)], "variants": {v: ABLATIONS[v] for v in variants},
+            "sweeps": {k: {v: x for v, x in sw.items() if v in variants} for k, sw in SWEEPS.items()},
+            "table": table, "cka_null": null_table, "chance_acc": 1.0 / ds.num_classes,
+            "unlearn_time_s": {v: summarise(t, None) for v, t in timings.items()},
+            "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
+                       "test": len(ds.test)},
+            "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start}
+
+
+def ablate_report_md(result: dict, figures: dict | None = None) -> str:
+    t = result["table"]
+    variants = list(result["variants"])
+    keys = [k for k in ABLATE_METRICS if k in t["full"]]
+    lines = [f"# ablate: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
+             f"{result['forget_classes']}, seeds {result['seeds']}", "",
+             "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
+             "Cells: mean [95% t-interval over seeds] (paired t-test p against full CNR); test split except `val_*`.",
+             ""]
+    head = ["variant", *keys, "time (s)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in ["original", "retrained", *variants]:
+        row = [n]
+        for k in keys:
+            s = t[n].get(k)
+            cell = _cell(s)
+            if s is not None and s.get("p_vs_full") is not None:
+                cell += f" (p={s['p_vs_full']:.2g})"
+            row.append(cell)
+        tm = result["unlearn_time_s"].get(n)
+        row.append(f"{tm['mean']:.0f}" if tm else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    null = result.get("cka_null", {}).get("neg", {})
+    if null:
+        lines += ["", "CKA null (retrained vs an independently trained second retrained model), forget examples: "
+                  + ", ".join(f"{tap} {_cell(s)}" for tap, s in null.items()) + "."]
+    for name in (figures or {}):
+        lines += ["", f"![{name}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+def ablate_figures(result: dict) -> dict[str, bytes]:
+    """One PNG per sweep: forget accuracy, retain accuracy and CKA_neg (L4) against the knob."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = {}
+    t = result["table"]
+    for knob, points in result["sweeps"].items():
+        pts = sorted((x, v) for v, x in points.items() if v in t)
+        if len(pts) < 2:
+            continue
+        fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+        for ax, key in zip(axes, ("forget_acc", "retain_acc", "cka_neg.L4")):
+            xs = [x for x, _ in pts]
+            ys = [t[v].get(key, {}).get("mean", float("nan")) for _, v in pts]
+            lo = [t[v].get(key, {}).get("ci_low", float("nan")) for _, v in pts]
+            hi = [t[v].get(key, {}).get("ci_high", float("nan")) for _, v in pts]
+            ax.plot(xs, ys, marker="o", label="CNR")
+            if all(math.isfinite(v) for v in lo + hi):
+                ax.fill_between(xs, lo, hi, alpha=0.2)
+            ref = t["retrained"].get(key, {}).get("mean")
+            if ref is not None:
+                ax.axhline(ref, color="k", ls="--", lw=1, label="retrained")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(knob)
+            ax.set_title(key)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        import io as _io
+
+        buf = _io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        out[f"ablate_{knob}.png"] = buf.getvalue()
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# scenarios (paper Tables 7 and 12): several classes at once, and continual forgetting
+
+MULTICLASS_SETS = ((2, 5), (2, 5, 7, 1, 9))  # 2 and 5 classes; the first is the paper's digit 2
+CONTINUAL_ORDER = (2, 5, 7, 1, 9)  # one more class each round
+
+
+def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets=MULTICLASS_SETS, device="cpu",
+               cache: str | None = None, quiet: bool = False, ds=None) -> dict:
+    """`compare` once per forget set (all its classes forgotten at once), same budget per method."""
+    from .data import check_forget, load_dataset
+
+    ds = ds if ds is not None else load_dataset(cfg.data)
+    out = {"scenario": "multiclass", "dataset": ds.name, "class_sets": [list(c) for c in class_sets], "runs": {}}
+    t0 = time.perf_counter()
+    for classes in class_sets:
+        check_forget(classes, ds)
+        key = ",".join(str(c) for c in classes)
+        log(f"multiclass: forget {key}", quiet)
+        out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
+                                   cache=cache, quiet=quiet, ds=ds)
+    out["total_time_s"] = time.perf_counter() - t0
+    return out
+
+
+def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTINUAL_ORDER, device="cpu",
+              cache: str | None = None, quiet: bool = False, ds=None) -> dict:
+    """Round r forgets the first r classes of `order`, each method starting from ITS model of round r-1
+    (round 1 from the original), with the same per-round budget. Each round is audited against a model
+    retrained without those r classes (and its null). Returns per round and method mean / CI over seeds."""
+    from .audit import audit_models, json_view
+    from .data import check_forget, load_dataset
+    from .train import resolve_device
+
+    bad = [m for m in methods if m not in ALL_METHODS]
+    if bad or not methods:
+        raise UserError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
+    device = resolve_device(device) if isinstance(device, str) else device
+    ds = ds if ds is not None else load_dataset(cfg.data)
+    check_forget(list(order), ds)
+    t0 = time.perf_counter()
+    rounds: list[list[dict]] = [[] for _ in order]
+    times: list[dict[str, list[float]]] = [{m: [] for m in methods} for _ in order]
+    for s in range(seeds):
+        scfg = cfg.replace(seed=cfg.seed + s)
+        original = load_original(scfg, ds, device, cache, quiet)[0]
+        current = {m: original for m in methods}
+        shared = {m: {} for m in methods}
+        for r in range(len(order)):
+            forget = tuple(order[: r + 1])
+            rcfg = scfg.replace(data={"forget": forget})
+            retrained = obtain_reference("retrained", rcfg, ds, device, cache, quiet)[0]
+            null = obtain_reference("retrained_null", rcfg, ds, device, cache, quiet)[0]
+            models = {"original": original, "retrained": retrained}
+            independent = ["retrained"]
+            for m in methods:
+                log(f"continual: seed {scfg.seed}, round {r + 1} (forget {list(forget)}), method {m}", quiet)
+                base = resolve_method(m, cfg)[0]
+                model, _, t, _ = unlearn_model(m, current[m], ds, rcfg.replace(method=base), device=device,
+                                               quiet=quiet, shared=shared[m])
+                current[m] = model
+                models[m] = model
+                times[r][m].append(t["unlearn"])
+                if base == "rfs":
+                    independent.append(m)
+            audit = json_view(audit_models(models, ds, list(forget), device=device, retrained="retrained",
+                                           seed=scfg.seed, figures=False, quiet=quiet, relearn=False,
+                                           independent=independent, null_model=null))
+            rounds[r].append({n: flatten(v) for n, v in audit["metrics"].items()})
+    result = {"scenario": "continual", "dataset": ds.name, "order": list(order),
+              "seeds": [cfg.seed + s for s in range(seeds)], "rounds": []}
+    for r, per_seed in enumerate(rounds):
+        names = ["original", "retrained", *methods]
+        table = _summarise_runs(per_seed, names, "cnr" if "cnr" in methods else names[2])
+        result["rounds"].append({"forget": list(order[: r + 1]), "table": table,
+                                 "unlearn_time_s": {m: summarise(v, None) for m, v in times[r].items()}})
+    result["total_time_s"] = time.perf_counter() - t0
+    return result
+
+
+def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_acc.L4", "cka_neg.L4")) -> str:
+    lines = [f"# {result['scenario']}: {result['dataset']}", ""]
+    if result["scenario"] == "multiclass":
+        for key, run in result["runs"].items():
+            lines += [f"## forget {{{key}}}", "", compare_report_md(run, short=True), ""]
+        return "\n".join(lines) + "\n"
+    lines += [f"Round r forgets the first r classes of {result['order']}, each method from its own previous "
+              f"model; seeds {result['seeds']}. Cells: mean [95% t-interval]; test split.", ""]
+    for key in keys:
+        methods = [n for n in result["rounds"][0]["table"] if n not in ("original",)]
+        lines += [f"### {key}", "", "| round (forget) | " + " | ".join(methods) + " |",
+                  "|" + "---|" * (len(methods) + 1)]
+        for rd in result["rounds"]:
+            lines.append(f"| {len(rd['forget'])} ({','.join(map(str, rd['forget']))}) | "
+                         + " | ".join(_cell(rd["table"][m].get(key)) for m in methods) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ import sys
 
 from ..errors import UserError
 
-VERBS = ("train", "unlearn", "audit", "compare", "bench", "doctor", "ls")
+VERBS = ("train", "unlearn", "audit", "compare", "ablate", "bench", "doctor", "ls")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..experiments import ALL_METHODS, METHODS, compare, compare_report_md
+from ..experiments import (ALL_METHODS, METHODS, compare, compare_report_md, continual, multiclass,
+                           scenario_report_md)
 from ..runs import write_run_files
 from ._common import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args, prepare_run
 
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   cnr-fast compare --out runs/compare                          # every method and control, 3 seeds, mnist5k
   cnr-fast compare --methods cnr,rl,ssd --seeds 2 --out runs/c2
   cnr-fast compare --fixed-original --out runs/fixed           # one original for all seeds (unlearning noise only)
+  cnr-fast compare --scenario multiclass --out runs/multi      # forget {2,5} and {2,5,7,1,9} at once (Table 7)
+  cnr-fast compare --scenario continual --out runs/continual   # 5 rounds, one more class each (Table 12)
   cnr-fast compare --dataset cifar10 --data-root ~/data --width 1 --device cuda --amp --out runs/c10
 
 A metric "separates" the retrained model from the original when |original - retrained| >= 0.10
@@ -39,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fixed-original", action="store_true",
                    help="one original / retrained / null model (seed --seed) for every seed, as before: the "
                         "intervals then cover only the randomness of unlearning")
+    p.add_argument("--scenario", choices=["single", "multiclass", "continual"], default="single",
+                   help="single (default: --forget as given), multiclass (2 and 5 classes at once), continual "
+                        "(5 rounds, each method from its previous round's model)")
     p.add_argument("--out", required=True, help="output directory (compare.json, report.md)")
     p.add_argument("--figures", action="store_true", help="also t-SNE / Grad-CAM figures per seed (slow)")
     add_data_args(p)
@@ -63,6 +69,14 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
     cfg, ds, device = prepare_run(cfg, args.quiet)
+    if args.scenario != "single":
+        fn = multiclass if args.scenario == "multiclass" else continual
+        result = fn(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds)
+        md = scenario_report_md(result)
+        write_run_files(out, {f"{args.scenario}.md": md, f"{args.scenario}.json": result})
+        print(md)
+        print(f"wrote {out / (args.scenario + '.json')} and {out / (args.scenario + '.md')}")
+        return 0
     result = compare(cfg, methods, args.seeds, device=device, cache=args.cache_dir,
                      fixed_original=args.fixed_original, figures=args.figures, quiet=args.quiet, ds=ds)
     write_run_files(out, {"report.md": compare_report_md(result), "compare.json": result})

@@ -1,0 +1,72 @@
+"""The ablate and scenario drivers on a tiny configuration: shapes of the results, reuse, reports."""
+
+import json
+
+import pytest
+import torch
+
+from cnr_fast import experiments as E
+from cnr_fast.cli import main
+from cnr_fast.config import RunConfig
+
+TINY = RunConfig().replace(data={"dataset": "digits", "image_size": 8}, train={"epochs": 1},
+                           synth={"gan_epochs": 1, "steps": 2, "batch": 4},
+                           reset={"epochs": 1, "stabilize_epochs": 0}, baseline={"epochs": 1, "stabilize_epochs": 0})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_ablate_reuses_synthesis_and_reports_against_full(tmp_path):
+    out = tmp_path / "ab"
+    argv = ["ablate", "--variants", "relabel-step,b32", "--seeds", "2", "--out", str(out), "--cache-dir",
+            str(tmp_path / "cache"), "--dataset", "digits", "--image-size", "8", "--train-epochs", "1",
+            "--gan-epochs", "1", "--synth-steps", "2", "--synth-batch", "4", "--reset-epochs", "1",
+            "--stabilize-epochs", "0", "--quiet"]
+    assert main(argv) == 0
+    r = json.loads((out / "ablate.json").read_text())
+    assert list(r["variants"]) == ["full", "relabel-step", "b32"]
+    t = r["table"]
+    assert len(t["full"]["forget_acc"]["values"]) == 2
+    assert t["b32"]["forget_acc"]["p_vs_full"] is None or 0 <= t["b32"]["forget_acc"]["p_vs_full"] <= 1
+    # relabel-step changes only the reset: it reused full's images, and was charged their time
+    assert r["unlearn_time_s"]["relabel-step"]["mean"] > 0
+    assert r["sweeps"]["B"] == {"b32": 32, "full": 64} and (out / "ablate_B.png").is_file()
+    assert "| variant |" in (out / "ablate.md").read_text()
+
+
+def test_synthetic_images_reused_only_for_identical_detection_and_synthesis():
+    from cnr_fast.data import load_dataset
+
+    ds = load_dataset(TINY.data)
+    original, _ = E.train_reference("original", TINY, ds, "cpu", quiet=True)
+    shared: dict = {}
+    _, info_a, t_a, files_a = E.unlearn_model("cnr", original, ds, TINY, device="cpu", quiet=True, shared=shared)
+    _, info_b, t_b, files_b = E.unlearn_model("cnr", original, ds, TINY.replace(reset={"relabel": "step"}),
+                                              device="cpu", quiet=True, shared=shared)
+    assert files_a["synthetic.pt"] == files_b["synthetic.pt"]  # same images
+    assert t_b["synthesize"] == pytest.approx(t_a["synthesize"])  # and their time charged again
+    _, _, _, files_c = E.unlearn_model("cnr", original, ds, TINY.replace(synth={"sign": "paper"}), device="cpu",
+                                       quiet=True, shared=shared)
+    assert files_c["synthetic.pt"] != files_a["synthetic.pt"]
+
+
+def test_continual_rounds_start_from_the_previous_model(tmp_path):
+    r = E.continual(TINY, ["lm", "ssd"], seeds=1, order=(2, 5), device="cpu", cache=str(tmp_path), quiet=True)
+    assert [rd["forget"] for rd in r["rounds"]] == [[2], [2, 5]]
+    # logit masking of round 2 masks both classes: its forget accuracy over {2, 5} is exactly 0
+    assert r["rounds"][1]["table"]["lm"]["forget_acc"]["mean"] == 0.0
+    assert r["rounds"][1]["table"]["retrained"]["forget_acc"]["mean"] == 0.0
+    md = E.scenario_report_md(r)
+    assert "| 2 (2,5) |" in md
+
+
+def test_multiclass_runs_one_compare_per_set(tmp_path):
+    r = E.multiclass(TINY, ["lm"], seeds=1, class_sets=((2, 5),), device="cpu", cache=str(tmp_path), quiet=True)
+    run = r["runs"]["2,5"]
+    assert run["forget_classes"] == [2, 5] and run["methods"]["lm"]["forget_acc"]["mean"] == 0.0
