@@ -50,8 +50,21 @@ def measure(fn, *, device: str = "cpu", warmup: int = 2, reps: int = 7, min_time
     return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "reps": len(times)}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (numbers differ several-fold between the project's machines)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine_info(device: str = "cpu") -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(),
             # CPU timings on a shared machine: say how busy it was
             "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     try:

@@ -55,6 +55,24 @@ def log(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def machine_info() -> dict:
+    """Where a result was measured: CPU model (times differ several-fold between machines), threads, versions."""
+    import os
+    import platform
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu_model": cpu or platform.processor() or None, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(),
+            "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+
+
 def derive_seed(seed: int, tag: str) -> int:
     """A seed for `tag` that is a fixed function of `seed` and independent of it in practice."""
     return int(stable_hash({"seed": int(seed), "tag": tag}), 16) % (2**31 - 1)
@@ -397,6 +415,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         "unlearn_time_s": {m: summarise(v, None) for m, v in timings.items()},
         "reference_train_time_s": {k: summarise(v, None) for k, v in ref_times.items() if v},
         "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
+        "machine": machine_info(),
     }
 
 
@@ -564,7 +583,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
             "unlearn_time_s": {v: summarise(t, None) for v, t in timings.items()},
             "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
                        "test": len(ds.test)},
-            "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start}
+            "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info()}
 
 
 def ablate_report_md(result: dict, figures: dict | None = None) -> str:
@@ -659,6 +678,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
         out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
                                    cache=cache, quiet=quiet, ds=ds)
     out["total_time_s"] = time.perf_counter() - t0
+    out["machine"] = machine_info()
     return out
 
 
@@ -714,6 +734,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
         result["rounds"].append({"forget": list(order[: r + 1]), "table": table,
                                  "unlearn_time_s": {m: summarise(v, None) for m, v in times[r].items()}})
     result["total_time_s"] = time.perf_counter() - t0
+    result["machine"] = machine_info()
     return result
 
 
