@@ -571,19 +571,44 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
                                        figures=False, quiet=quiet, null_model=null, relearn=relearn))
         cka_null.append(audit["references"].get("cka_null", {}))
         per_seed.append({n: {**flatten(m), **val.get(n, {})} for n, m in audit["metrics"].items()})
-    names = ["original", "retrained", *variants]
-    table = _summarise_runs(per_seed, names, "full")
-    null_table = {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
-                         for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
-                  for part in ("pos", "neg")}
-    return {"dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
-            "seeds": [cfg.seed + s for s in range(seeds)], "variants": {v: ABLATIONS[v] for v in variants},
-            "sweeps": {k: {v: x for v, x in sw.items() if v in variants} for k, sw in SWEEPS.items()},
-            "table": table, "cka_null": null_table, "chance_acc": 1.0 / ds.num_classes,
-            "unlearn_time_s": {v: summarise(t, None) for v, t in timings.items()},
-            "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
-                       "test": len(ds.test)},
-            "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info()}
+    result = {"dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
+              "seeds": [cfg.seed + s for s in range(seeds)], "variants": {v: ABLATIONS[v] for v in variants},
+              "sweeps": {k: {v: x for v, x in sw.items() if v in variants} for k, sw in SWEEPS.items()},
+              "chance_acc": 1.0 / ds.num_classes,
+              "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
+                         "test": len(ds.test)},
+              "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(),
+              "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings}
+    return _ablate_tables(result)
+
+
+def _ablate_tables(result: dict) -> dict:
+    """(Re)compute the summary tables of an ablate result from its per-seed values."""
+    per_seed, cka_null = result["per_seed"], result["per_seed_cka_null"]
+    names = ["original", "retrained", *result["variants"]]
+    result["table"] = _summarise_runs(per_seed, names, "full")
+    result["cka_null"] = {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
+                                 for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
+                          for part in ("pos", "neg")}
+    result["unlearn_time_s"] = {v: summarise(t, None) for v, t in result["per_seed_times"].items()}
+    return result
+
+
+def merge_ablate(results: list[dict]) -> dict:
+    """One ablate result from several runs over disjoint seeds with the same variants and config."""
+    first = results[0]
+    for r in results[1:]:
+        if list(r["variants"]) != list(first["variants"]) or \
+                {**r["config"], "seed": 0} != {**first["config"], "seed": 0}:
+            raise UserError("ablate results to merge must have the same variants and configuration")
+    merged = {**first, "seeds": [s for r in results for s in r["seeds"]],
+              "per_seed": [ps for r in results for ps in r["per_seed"]],
+              "per_seed_cka_null": [c for r in results for c in r["per_seed_cka_null"]],
+              "per_seed_times": {v: [t for r in results for t in r["per_seed_times"][v]] for v in first["variants"]},
+              "total_time_s": sum(r["total_time_s"] for r in results),
+              "merged_from": [{"seeds": r["seeds"], "total_time_s": r["total_time_s"], "machine": r.get("machine")}
+                              for r in results]}
+    return _ablate_tables(merged)
 
 
 def ablate_report_md(result: dict, figures: dict | None = None) -> str:

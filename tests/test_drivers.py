@@ -70,3 +70,17 @@ def test_multiclass_runs_one_compare_per_set(tmp_path):
     r = E.multiclass(TINY, ["lm"], seeds=1, class_sets=((2, 5),), device="cpu", cache=str(tmp_path), quiet=True)
     run = r["runs"]["2,5"]
     assert run["forget_classes"] == [2, 5] and run["methods"]["lm"]["forget_acc"]["mean"] == 0.0
+
+
+def test_merge_ablate_equals_one_run_over_both_seeds():
+    def fake(seeds, vals):
+        per_seed = [{"original": {"forget_acc": 1.0}, "retrained": {"forget_acc": 0.0},
+                     "full": {"forget_acc": v}} for v in vals]
+        return E._ablate_tables({"seeds": seeds, "variants": {"full": {}}, "config": {"seed": seeds[0]},
+                                 "per_seed": per_seed, "per_seed_cka_null": [{} for _ in vals],
+                                 "per_seed_times": {"full": [1.0] * len(vals)}, "total_time_s": 1.0})
+
+    both = fake([0, 1], [0.2, 0.4])
+    merged = E.merge_ablate([fake([0], [0.2]), fake([1], [0.4])])
+    assert merged["table"]["full"]["forget_acc"] == both["table"]["full"]["forget_acc"]
+    assert merged["seeds"] == [0, 1]

@@ -14,13 +14,15 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from ..experiments import ABLATIONS, ablate, ablate_figures, ablate_report_md
+from ..experiments import ABLATIONS, ablate, ablate_figures, ablate_report_md, merge_ablate
 from ..runs import write_run_files
 from ._common import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args, prepare_run
 
 EXAMPLES = """examples:
   cnr-fast ablate --seeds 3 --out runs/ablate                       # every variant below
   cnr-fast ablate --variants no-synthesis,sign-paper --seeds 2 --out runs/a2
+  cnr-fast ablate --seed 1 --seeds 1 --out runs/s1              # seeds in separate processes / machines, then
+  cnr-fast ablate --merge runs/s0/ablate.json,runs/s1/ablate.json --out runs/ablate
 
 variants: """ + ", ".join(f"{k} {v or '(the default CNR)'}" for k, v in ABLATIONS.items())
 
@@ -31,6 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--variants", default=",".join(ABLATIONS), help="comma list (default: all)")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--relearn", action="store_true", help="also run the relearn attack in the audit (slow)")
+    p.add_argument("--merge", help="comma list of ablate.json files over disjoint seeds: write their union, run nothing")
     p.add_argument("--out", required=True, help="output directory")
     add_data_args(p)
     add_model_args(p)
@@ -40,6 +43,17 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.merge:
+        import json
+
+        results = []
+        for path in [p for p in args.merge.split(",") if p]:
+            try:
+                results.append(json.loads(Path(path).read_text()))
+            except (OSError, ValueError) as e:
+                raise UserError(f"--merge: cannot read {path!r} ({e}); pass ablate.json files") from None
+        _write(Path(args.out), merge_ablate(results))
+        return 0
     cfg = config_from_args(args)
     check_arch_known(cfg)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -52,9 +66,13 @@ def run(args) -> int:
     cfg, ds, device = prepare_run(cfg, args.quiet)
     result = ablate(cfg, variants, args.seeds, device=device, cache=args.cache_dir, relearn=args.relearn,
                     quiet=args.quiet, ds=ds)
+    _write(out, result)
+    return 0
+
+
+def _write(out: Path, result: dict) -> None:
     figs = ablate_figures(result)
     md = ablate_report_md(result, figs)
     write_run_files(out, {**figs, "ablate.md": md, "ablate.json": result})
     print(md)
     print(f"wrote {out / 'ablate.json'} and {out / 'ablate.md'}")
-    return 0
