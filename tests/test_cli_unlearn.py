@@ -143,9 +143,13 @@ def test_bad_checkpoints(tmp_path, cache, capsys):
 def test_compare_two_methods_two_seeds(tmp_path, cache):
     out = tmp_path / "cmp"
     tiny = [a for a in TINY if a not in ("--audit", "off")]
-    assert main(["compare", "--methods", "cnr,lm", "--seeds", "2", "--out", str(out), "--cache-dir", cache,
-                 *DIGITS, *tiny]) == 0
+    assert main(["compare", "--methods", "cnr,lm", "--seeds", "2", "--fixed-original", "--out", str(out),
+                 "--cache-dir", cache, *DIGITS, *tiny]) == 0
     r = json.loads((out / "compare.json").read_text())
+    assert r["fixed_original"] is True
+    v = r["references"]["original"]["forget_acc"]["values"]
+    assert v[0] == v[1]  # one original for both seeds
+    assert "one original, retrained and null model" in (out / "report.md").read_text()
     for m in ("cnr", "lm"):
         s = r["methods"][m]["forget_acc"]
         assert len(s["values"]) == 2 and s["ci_low"] <= s["mean"] <= s["ci_high"]

@@ -273,8 +273,5 @@ def test_compare_library_call_fresh_originals_and_schema(tmp_path):
     # two seeds trained two different originals (fresh per seed); --fixed-original keeps one
     files = sorted(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith("original-"))
     assert len(files) == 2
-    r2 = E.compare(cfg, ["lm"], seeds=2, device="cpu", cache=str(tmp_path), quiet=True, fixed_original=True)
-    v = r2["references"]["original"]["forget_acc"]["values"]
-    assert v[0] == v[1]
     md = E.compare_report_md(r)
     assert "| metric | original | retrained | null | ssd | rfs | lm |" in md
