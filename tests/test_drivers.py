@@ -14,12 +14,7 @@ TINY = RunConfig().replace(data={"dataset": "digits", "image_size": 8}, train={"
                            reset={"epochs": 1, "stabilize_epochs": 0}, baseline={"epochs": 1, "stabilize_epochs": 0})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ablate_reuses_synthesis_and_reports_against_full(tmp_path):

@@ -15,12 +15,7 @@ from cnr_fast.data import Split, carve_validation, load_dataset
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_validation_split_is_disjoint_stratified_and_fixed():

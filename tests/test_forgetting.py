@@ -6,6 +6,8 @@ Budgets are cut so the suite stays in minutes; the recipes are the methods' own 
 class, so it runs on mnist5k with a 3-epoch original.
 """
 
+import contextlib
+
 import pytest
 import torch
 
@@ -17,29 +19,33 @@ from cnr_fast.train import forget_retain_accuracy
 FORGET = [2]
 
 
+@contextlib.contextmanager
+def threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def digits():
     cfg = RunConfig().replace(data={"dataset": "digits", "image_size": 16}, train={"epochs": 8, "lr": 3e-3},
                               synth={"batch": 32}, reset={"epochs": 3, "stabilize_epochs": 1},
                               baseline={"epochs": 3, "stabilize_epochs": 1})
     ds = load_dataset(cfg.data)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    original, _ = E.train_reference("original", cfg, ds, "cpu", quiet=True)
-    torch.set_num_threads(before)
+    with threads(1):
+        original, _ = E.train_reference("original", cfg, ds, "cpu", quiet=True)
     return cfg, ds, original
 
 
 def _check_forgets(method, cfg, ds, original):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):
         a0 = forget_retain_accuracy(original, ds.test, FORGET, device="cpu")
         assert a0["forget_acc"] >= 0.9, a0  # an original that knows the class
         model, info, _, _ = E.unlearn_model(method, original, ds, cfg.replace(method=method), device="cpu", quiet=True)
         a = forget_retain_accuracy(model, ds.test, FORGET, device="cpu")
-    finally:
-        torch.set_num_threads(before)
     assert a0["forget_acc"] - a["forget_acc"] >= 0.5, (method, a0, a)
     assert a0["retain_acc"] - a["retain_acc"] <= 0.05, (method, a0, a)
     return info
@@ -65,10 +71,8 @@ def test_cnr_forgets_on_mnist5k():
     cfg = RunConfig().replace(train={"epochs": 3}, synth={"gan_epochs": 15, "steps": 100},
                               reset={"epochs": 6, "stabilize_epochs": 1})
     ds = load_dataset(cfg.data)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    original, _ = E.train_reference("original", cfg, ds, "cpu", quiet=True)
-    torch.set_num_threads(before)
+    with threads(1):
+        original, _ = E.train_reference("original", cfg, ds, "cpu", quiet=True)
     info = _check_forgets("cnr", cfg, ds, original)
     hist = info["synthesize"]["2"]["model_pred_hist"]
     assert hist[2] == max(hist)  # the synthetic images drive the forget class ("excite" sign)
