@@ -319,13 +319,21 @@ def judge(per_seed: list[dict], table: dict, methods: list[str], keys: list[str]
     return out
 
 
-def _val_accuracy(model, ds, forget, device) -> dict:
+def val_accuracy(model, ds, forget, device, amp: bool = False) -> dict:
+    """{"val_forget_acc", "val_retain_acc"} on the validation split; {} when there is none."""
     from .train import forget_retain_accuracy
 
     if ds.val is None or len(ds.val) == 0:
         return {}
-    acc = forget_retain_accuracy(model, ds.val, forget, device=device)
+    acc = forget_retain_accuracy(model, ds.val, forget, device=device, amp=amp)
     return {"val_forget_acc": acc["forget_acc"], "val_retain_acc": acc["retain_acc"]}
+
+
+def _null_table(cka_null: list[dict]) -> dict:
+    """Per part (pos / neg) and tap: the summary over seeds of CKA(retrained, null)."""
+    return {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
+                   for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
+            for part in ("pos", "neg")}
 
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
@@ -370,16 +378,17 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         models = {"original": original, "retrained": retrained}
         independent = ["retrained"]
         shared: dict = {}
-        val = {"original": _val_accuracy(original, ds, forget, device),
-               "retrained": _val_accuracy(retrained, ds, forget, device)}
+        val = {"original": val_accuracy(original, ds, forget, device),
+               "retrained": val_accuracy(retrained, ds, forget, device)}
         for m in methods:
             log(f"compare: seed {seed}, method {m}", quiet)
-            model, _, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=resolve_method(m, cfg)[0]),
+            base = resolve_method(m, cfg)[0]
+            model, _, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
                                            device=device, quiet=quiet, shared=shared)
             models[m] = model
             timings[m].append(t["unlearn"])
-            val[m] = _val_accuracy(model, ds, forget, device)
-            if resolve_method(m, cfg)[0] == "rfs":
+            val[m] = val_accuracy(model, ds, forget, device)
+            if base == "rfs":
                 independent.append(m)
         audit = audit_models(models, ds, forget, device=device, original="original", retrained="retrained",
                              seed=seed, figures=figures, quiet=quiet, independent=independent, null_model=null)
@@ -398,10 +407,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
                 continue  # e.g. a coordinate-bound metric of an independently trained model
             cnr_vals = [ps["cnr"].get(k, float("nan")) for ps in per_seed] if "cnr" in methods and n != "cnr" else None
             table[n][k] = summarise(vals, cnr_vals if n in methods else None)
-    null_table = {}
-    for part in ("pos", "neg"):
-        taps = sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))
-        null_table[part] = {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None) for t in taps}
+    null_table = _null_table(cka_null)
     return {
         "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
@@ -557,8 +563,8 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
         retrained = obtain_reference("retrained", scfg, ds, device, cache, quiet)[0]
         null = obtain_reference("retrained_null", scfg, ds, device, cache, quiet)[0]
         models = {"original": original, "retrained": retrained}
-        val = {"original": _val_accuracy(original, ds, forget, device),
-               "retrained": _val_accuracy(retrained, ds, forget, device)}
+        val = {"original": val_accuracy(original, ds, forget, device),
+               "retrained": val_accuracy(retrained, ds, forget, device)}
         shared: dict = {}
         for v in variants:
             log(f"ablate: seed {scfg.seed}, variant {v}", quiet)
@@ -566,7 +572,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
                                            quiet=quiet, shared=shared)
             models[v] = model
             timings[v].append(t["unlearn"])
-            val[v] = _val_accuracy(model, ds, forget, device)
+            val[v] = val_accuracy(model, ds, forget, device)
         audit = json_view(audit_models(models, ds, forget, device=device, retrained="retrained", seed=scfg.seed,
                                        figures=False, quiet=quiet, null_model=null, relearn=relearn))
         cka_null.append(audit["references"].get("cka_null", {}))
@@ -587,9 +593,7 @@ def _ablate_tables(result: dict) -> dict:
     per_seed, cka_null = result["per_seed"], result["per_seed_cka_null"]
     names = ["original", "retrained", *result["variants"]]
     result["table"] = _summarise_runs(per_seed, names, "full")
-    result["cka_null"] = {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
-                                 for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
-                          for part in ("pos", "neg")}
+    result["cka_null"] = _null_table(cka_null)
     result["unlearn_time_s"] = {v: summarise(t, None) for v, t in result["per_seed_times"].items()}
     return result
 

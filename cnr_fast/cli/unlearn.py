@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model
+from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model, val_accuracy
 from ..models import LogitMask, model_meta
 from ..runs import load_checkpoint, save_checkpoint, write_run_files
 from ..train import forget_retain_accuracy
@@ -80,11 +80,8 @@ def run(args) -> int:
 
     model, info, timings, files = unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet)
     acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
-    if ds.val is not None and len(ds.val):
-        for name, m in (("original", original), ("unlearned", model)):
-            v = forget_retain_accuracy(m, ds.val, forget, device=device, amp=cfg.amp)
-            (acc_orig if name == "original" else acc_new).update(val_forget_acc=v["forget_acc"],
-                                                                  val_retain_acc=v["retain_acc"])
+    acc_orig.update(val_accuracy(original, ds, forget, device, amp=cfg.amp))
+    acc_new.update(val_accuracy(model, ds, forget, device, amp=cfg.amp))
     log(f"unlearned ({cfg.method}): forget acc {acc_new['forget_acc']:.3f}, retain acc {acc_new['retain_acc']:.3f}",
         quiet)
 
