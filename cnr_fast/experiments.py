@@ -472,7 +472,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     lines.append("Wall time per method (s, mean over seeds): " + ", ".join(
         f"{m} {t[m]['mean']:.1f}" for m in methods) + (f"; retraining from scratch (reference) {rt['mean']:.1f}"
                                                        if rt else "") + ".")
-    lines += ["", f"## Which metrics tell the retrained model from the original",
+    lines += ["", "## Which metrics tell the retrained model from the original",
               "", f"Separates = |original - retrained| >= {result['separation_threshold']} with the paired 95% "
               "interval over seeds excluding 0. Coordinate-bound metrics are not judged.", ""]
     for k in keys:

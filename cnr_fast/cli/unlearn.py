@@ -14,8 +14,20 @@ from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn
 from ..models import LogitMask, model_meta
 from ..runs import load_checkpoint, save_checkpoint, write_run_files
 from ..train import forget_retain_accuracy
-from ._common import (add_audit_args, add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args,
-                      load_original, load_retrained, log, prepare_run, run_audit)
+from ._common import (
+    add_audit_args,
+    add_data_args,
+    add_method_args,
+    add_model_args,
+    add_run_args,
+    check_arch_known,
+    config_from_args,
+    load_original,
+    load_retrained,
+    log,
+    prepare_run,
+    run_audit,
+)
 
 EXAMPLES = """examples:
   cnr-fast unlearn                                   # CNR on mnist5k, forget digit 2, default CPU model
