@@ -396,33 +396,37 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         audit_settings = view["settings"]
         cka_null.append(view["references"].get("cka_null", {}))
         per_seed.append({name: {**flatten(v), **val.get(name, {})} for name, v in view["metrics"].items()})
-    names = ["original", "retrained", *methods]
-    keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names]))
-    table: dict[str, dict] = {}
-    for n in names:
-        table[n] = {}
-        for k in keys:
-            vals = [ps[n].get(k, float("nan")) for ps in per_seed]
-            if not any(math.isfinite(v) for v in vals):
-                continue  # e.g. a coordinate-bound metric of an independently trained model
-            cnr_vals = [ps["cnr"].get(k, float("nan")) for ps in per_seed] if "cnr" in methods and n != "cnr" else None
-            table[n][k] = summarise(vals, cnr_vals if n in methods else None)
-    null_table = _null_table(cka_null)
-    return {
+    result = {
         "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
         "reference_init": cfg.train.reference_init,
         "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
-        "methods": {m: table[m] for m in methods},
-        "references": {"original": table["original"], "retrained": table["retrained"],
-                       "chance_acc": 1.0 / ds.num_classes, "cka_null": null_table},
-        "coordinate_bound_metrics": list(COORDINATE_BOUND),
-        "separation_threshold": SEPARATION, "verdicts": judge(per_seed, table, methods, keys),
-        "unlearn_time_s": {m: summarise(v, None) for m, v in timings.items()},
-        "reference_train_time_s": {k: summarise(v, None) for k, v in ref_times.items() if v},
+        "coordinate_bound_metrics": list(COORDINATE_BOUND), "separation_threshold": SEPARATION,
+        "chance_acc": 1.0 / ds.num_classes,
         "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
         "machine": machine_info(),
+        "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
+        "per_seed_reference_times": ref_times,
     }
+    return _compare_tables(result)
+
+
+def _compare_tables(result: dict) -> dict:
+    """(Re)compute a compare result's tables and verdicts from its per-seed values."""
+    per_seed, methods = result["per_seed"], list(result["per_seed_times"])
+    names = ["original", "retrained", *methods]
+    keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names]))
+    table = _summarise_runs(per_seed, names, "cnr" if "cnr" in methods else None, paired=methods, p_key="p_vs_cnr")
+    result.update({
+        "methods": {m: table[m] for m in methods},
+        "references": {"original": table["original"], "retrained": table["retrained"],
+                       "chance_acc": result["chance_acc"], "cka_null": _null_table(result["per_seed_cka_null"])},
+        "verdicts": judge(per_seed, table, methods, keys),
+        "unlearn_time_s": {m: summarise(v, None) for m, v in result["per_seed_times"].items()},
+        "reference_train_time_s": {k: summarise(v, None) for k, v in result["per_seed_reference_times"].items()
+                                   if v},
+    })
+    return result
 
 
 def _cell(s: dict | None) -> str:
@@ -515,18 +519,23 @@ ABLATE_METRICS = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc"
                   "selectivity_delta.L4")
 
 
-def _summarise_runs(per_seed: list[dict], names: list[str], baseline: str) -> dict:
+def _summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None, paired=None,
+                    p_key: str = "p_vs_full") -> dict:
+    """Per name and metric: mean, 95% interval over seeds and, for names in `paired` (default: all but
+    the baseline), the paired test against `baseline`. Metrics with no finite value are left out."""
     keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names if n in ps]))
+    paired = set(names if paired is None else paired) - {baseline}
     table: dict[str, dict] = {}
     for n in names:
         table[n] = {}
         for k in keys:
             vals = [ps.get(n, {}).get(k, float("nan")) for ps in per_seed]
             if not any(math.isfinite(v) for v in vals):
-                continue
-            base = [ps.get(baseline, {}).get(k, float("nan")) for ps in per_seed] if n != baseline else None
+                continue  # e.g. a coordinate-bound metric of an independently trained model
+            base = [ps.get(baseline, {}).get(k, float("nan")) for ps in per_seed] \
+                if baseline is not None and n in paired else None
             s = summarise(vals, base)
-            s["p_vs_full"] = s.pop("p_vs_cnr")
+            s[p_key] = s.pop("p_vs_cnr")
             table[n][k] = s
     return table
 
@@ -598,21 +607,66 @@ def _ablate_tables(result: dict) -> dict:
     return result
 
 
-def merge_ablate(results: list[dict]) -> dict:
-    """One ablate result from several runs over disjoint seeds with the same variants and config."""
+def _check_mergeable(results: list[dict], what: str, same: str, key=None) -> None:
+    """Same `same` (read by `key`, default r[same]) and the same config up to the seed; disjoint seeds."""
+    if not results:
+        raise UserError("--merge: no result files given")
+    key = key or (lambda r: r.get(same))
     first = results[0]
     for r in results[1:]:
-        if list(r["variants"]) != list(first["variants"]) or \
-                {**r["config"], "seed": 0} != {**first["config"], "seed": 0}:
-            raise UserError("ablate results to merge must have the same variants and configuration")
+        if key(r) != key(first) or {**r["config"], "seed": 0} != {**first["config"], "seed": 0}:
+            raise UserError(f"{what} results to merge must have the same {same} and configuration")
+    seeds = [s for r in results for s in r["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"{what} results to merge must cover disjoint seeds; got seeds {seeds}")
+
+
+def _concat_seeds(results: list[dict], lists: tuple[str, ...], dicts: tuple[str, ...]) -> dict:
+    """The first result with its per-seed lists (and dicts of lists) extended by the others'."""
+    first = results[0]
     merged = {**first, "seeds": [s for r in results for s in r["seeds"]],
-              "per_seed": [ps for r in results for ps in r["per_seed"]],
-              "per_seed_cka_null": [c for r in results for c in r["per_seed_cka_null"]],
-              "per_seed_times": {v: [t for r in results for t in r["per_seed_times"][v]] for v in first["variants"]},
               "total_time_s": sum(r["total_time_s"] for r in results),
               "merged_from": [{"seeds": r["seeds"], "total_time_s": r["total_time_s"], "machine": r.get("machine")}
                               for r in results]}
-    return _ablate_tables(merged)
+    for key in lists:
+        merged[key] = [x for r in results for x in r[key]]
+    for key in dicts:
+        merged[key] = {k: [x for r in results for x in r[key][k]] for k in first[key]}
+    return merged
+
+
+def merge_ablate(results: list[dict]) -> dict:
+    """One ablate result from several runs over disjoint seeds with the same variants and config."""
+    _check_mergeable(results, "ablate", "variants")
+    return _ablate_tables(_concat_seeds(results, ("per_seed", "per_seed_cka_null"), ("per_seed_times",)))
+
+
+def merge_compare(results: list[dict]) -> dict:
+    """One compare / multiclass / continual result from runs over disjoint seeds with the same methods,
+    scenario and config (run them with --seed s --seeds 1, then `cnr-fast compare --merge`)."""
+    scenario = results[0].get("scenario") if results else None
+    if any(r.get("scenario") != scenario for r in results):
+        raise UserError("--merge: the results come from different scenarios; merge one scenario at a time")
+    if scenario == "multiclass":
+        keys = list(results[0]["runs"])
+        if any(list(r["runs"]) != keys for r in results):
+            raise UserError("multiclass results to merge must have the same class sets")
+        merged = {**results[0], "runs": {k: merge_compare([r["runs"][k] for r in results]) for k in keys},
+                  "seeds": [s for r in results for s in r["runs"][keys[0]]["seeds"]],
+                  "total_time_s": sum(r["total_time_s"] for r in results)}
+        return merged
+    if scenario == "continual":
+        _check_mergeable(results, "continual", "methods")
+        merged = _concat_seeds(results, (), ())
+        merged["rounds"] = [{"forget": rd["forget"],
+                             "per_seed": [x for r in results for x in r["rounds"][i]["per_seed"]],
+                             "per_seed_times": {m: [x for r in results for x in r["rounds"][i]["per_seed_times"][m]]
+                                                for m in rd["per_seed_times"]}}
+                            for i, rd in enumerate(results[0]["rounds"])]
+        return _continual_tables(merged)
+    _check_mergeable(results, "compare", "methods", key=lambda r: list(r["per_seed_times"]))
+    merged = _concat_seeds(results, ("per_seed", "per_seed_cka_null"), ("per_seed_times", "per_seed_reference_times"))
+    return _compare_tables(merged)
 
 
 def ablate_report_md(result: dict, figures: dict | None = None) -> str:
@@ -755,15 +809,21 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
                                            seed=scfg.seed, figures=False, quiet=quiet, relearn=False,
                                            independent=independent, null_model=null))
             rounds[r].append({n: flatten(v) for n, v in audit["metrics"].items()})
-    result = {"scenario": "continual", "dataset": ds.name, "order": list(order),
-              "seeds": [cfg.seed + s for s in range(seeds)], "rounds": []}
-    for r, per_seed in enumerate(rounds):
-        names = ["original", "retrained", *methods]
-        table = _summarise_runs(per_seed, names, "cnr" if "cnr" in methods else names[2])
-        result["rounds"].append({"forget": list(order[: r + 1]), "table": table,
-                                 "unlearn_time_s": {m: summarise(v, None) for m, v in times[r].items()}})
-    result["total_time_s"] = time.perf_counter() - t0
-    result["machine"] = machine_info()
+    result = {"scenario": "continual", "dataset": ds.name, "order": list(order), "methods": list(methods),
+              "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
+              "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r]}
+                         for r, per_seed in enumerate(rounds)],
+              "total_time_s": time.perf_counter() - t0, "machine": machine_info()}
+    return _continual_tables(result)
+
+
+def _continual_tables(result: dict) -> dict:
+    """(Re)compute each round's table and times from its per-seed values."""
+    methods = result["methods"]
+    names = ["original", "retrained", *methods]
+    for rd in result["rounds"]:
+        rd["table"] = _summarise_runs(rd["per_seed"], names, "cnr" if "cnr" in methods else names[2])
+        rd["unlearn_time_s"] = {m: summarise(v, None) for m, v in rd["per_seed_times"].items()}
     return result
 
 

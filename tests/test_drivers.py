@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from cnr_fast import experiments as E
 from cnr_fast.cli import main
@@ -51,14 +50,29 @@ def test_synthetic_images_reused_only_for_identical_detection_and_synthesis():
     assert files_c["synthetic.pt"] != files_a["synthetic.pt"]
 
 
-def test_continual_rounds_start_from_the_previous_model(tmp_path):
-    r = E.continual(TINY, ["lm", "ssd"], seeds=1, order=(2, 5), device="cpu", cache=str(tmp_path), quiet=True)
+def test_continual_rounds_start_from_the_previous_model_and_seeds_merge(tmp_path):
+    # two seeds run one at a time (as separate processes would), then merged
+    parts = [E.continual(TINY.replace(seed=s), ["lm", "ssd"], seeds=1, order=(2, 5), device="cpu",
+                         cache=str(tmp_path), quiet=True) for s in (0, 1)]
+    r = parts[0]
     assert [rd["forget"] for rd in r["rounds"]] == [[2], [2, 5]]
     # logit masking of round 2 masks both classes: its forget accuracy over {2, 5} is exactly 0
     assert r["rounds"][1]["table"]["lm"]["forget_acc"]["mean"] == 0.0
     assert r["rounds"][1]["table"]["retrained"]["forget_acc"]["mean"] == 0.0
-    md = E.scenario_report_md(r)
-    assert "| 2 (2,5) |" in md
+    for i, p in enumerate(parts):
+        (tmp_path / f"c{i}.json").write_text(json.dumps(p))
+    out = tmp_path / "merged"
+    assert main(["compare", "--merge", f"{tmp_path / 'c0.json'},{tmp_path / 'c1.json'}", "--out", str(out)]) == 0
+    merged = json.loads((out / "continual.json").read_text())
+    assert merged["seeds"] == [0, 1] and "| 2 (2,5) |" in (out / "continual.md").read_text()
+    for i, rm in enumerate(merged["rounds"]):
+        for name in ("retrained", "lm", "ssd"):
+            for key in ("forget_acc", "retain_acc", "cka_neg.L4"):
+                want = [p["rounds"][i]["table"][name][key]["values"][0] for p in parts]
+                assert rm["table"][name][key]["values"] == pytest.approx(want)
+                assert rm["table"][name][key]["mean"] == pytest.approx(sum(want) / 2)
+    with pytest.raises(E.UserError, match="disjoint seeds"):
+        E.merge_compare([parts[0], parts[0]])
 
 
 def test_multiclass_runs_one_compare_per_set(tmp_path):
@@ -79,3 +93,35 @@ def test_merge_ablate_equals_one_run_over_both_seeds():
     merged = E.merge_ablate([fake([0], [0.2]), fake([1], [0.4])])
     assert merged["table"]["full"]["forget_acc"] == both["table"]["full"]["forget_acc"]
     assert merged["seeds"] == [0, 1]
+
+
+def _fake_compare(seeds, vals):
+    per_seed = [{"original": {"forget_acc": 1.0}, "retrained": {"forget_acc": 0.0},
+                 "cnr": {"forget_acc": v}, "lm": {"forget_acc": 0.0}} for v in vals]
+    return E._compare_tables({"seeds": seeds, "config": {"seed": seeds[0]}, "chance_acc": 0.1, "per_seed": per_seed,
+                              "per_seed_cka_null": [{} for _ in vals],
+                              "per_seed_times": {"cnr": [2.0] * len(vals), "lm": [0.1] * len(vals)},
+                              "per_seed_reference_times": {"original": [], "retrained": []}, "total_time_s": 1.0})
+
+
+def test_merge_compare_and_multiclass_equal_one_run_over_all_seeds():
+    both = _fake_compare([0, 1, 2], [0.2, 0.4, 0.3])
+    merged = E.merge_compare([_fake_compare([0], [0.2]), _fake_compare([1, 2], [0.4, 0.3])])
+    assert merged["methods"] == both["methods"] and merged["verdicts"] == both["verdicts"]
+    assert merged["methods"]["lm"]["forget_acc"]["p_vs_cnr"] == pytest.approx(
+        __import__("scipy").stats.ttest_rel([0.2, 0.4, 0.3], [0.0, 0.0, 0.0]).pvalue)
+    multi = [{"scenario": "multiclass", "runs": {"2,5": _fake_compare([s], [v])}, "total_time_s": 1.0}
+             for s, v in ((0, 0.2), (1, 0.4), (2, 0.3))]
+    m = E.merge_compare(multi)
+    assert m["runs"]["2,5"]["methods"] == both["methods"] and m["seeds"] == [0, 1, 2]
+
+
+def test_merge_rejects_old_or_mismatched_files(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"seeds": [0], "config": {}, "methods": {}}))  # no per-seed values
+    assert main(["compare", "--merge", f"{old},{old}", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
+    a, b = _fake_compare([0], [0.2]), _fake_compare([1], [0.3])
+    b["per_seed_times"].pop("lm")
+    with pytest.raises(E.UserError, match="same methods"):
+        E.merge_compare([a, b])

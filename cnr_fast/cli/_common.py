@@ -175,3 +175,21 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--relabel", choices=["once", "step"],
                    help="random retain labels of the synthetic images: drawn once (default) or every step")
     g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
+
+
+def merge_files(arg: str, what: str, merge) -> dict:
+    """Read the comma list of JSON result files in `arg` and merge them with `merge` (a driver's merge)."""
+    import json
+    from pathlib import Path
+
+    results = []
+    for path in [p.strip() for p in arg.split(",") if p.strip()]:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--merge: cannot read {path!r} ({e}); pass {what} files") from None
+    try:
+        return merge(results)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"--merge: a file lacks the per-seed values ({e}); pass {what} files written by this "
+                        "version of cnr-fast") from None

@@ -16,7 +16,16 @@ from pathlib import Path
 from ..errors import UserError
 from ..experiments import ABLATIONS, ablate, ablate_figures, ablate_report_md, merge_ablate
 from ..runs import write_run_files
-from ._common import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args, prepare_run
+from ._common import (
+    add_data_args,
+    add_method_args,
+    add_model_args,
+    add_run_args,
+    check_arch_known,
+    config_from_args,
+    merge_files,
+    prepare_run,
+)
 
 EXAMPLES = """examples:
   cnr-fast ablate --seeds 3 --out runs/ablate                       # every variant below
@@ -44,15 +53,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     if args.merge:
-        import json
-
-        results = []
-        for path in [p for p in args.merge.split(",") if p]:
-            try:
-                results.append(json.loads(Path(path).read_text()))
-            except (OSError, ValueError) as e:
-                raise UserError(f"--merge: cannot read {path!r} ({e}); pass ablate.json files") from None
-        _write(Path(args.out), merge_ablate(results))
+        _write(Path(args.out), merge_files(args.merge, "ablate.json", merge_ablate))
         return 0
     cfg = config_from_args(args)
     check_arch_known(cfg)

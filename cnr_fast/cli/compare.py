@@ -12,10 +12,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..experiments import (ALL_METHODS, METHODS, compare, compare_report_md, continual, multiclass,
-                           scenario_report_md)
+from ..experiments import (
+    ALL_METHODS,
+    METHODS,
+    compare,
+    compare_report_md,
+    continual,
+    merge_compare,
+    multiclass,
+    scenario_report_md,
+)
 from ..runs import write_run_files
-from ._common import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args, prepare_run
+from ._common import (
+    add_data_args,
+    add_method_args,
+    add_model_args,
+    add_run_args,
+    check_arch_known,
+    config_from_args,
+    merge_files,
+    prepare_run,
+)
 
 EXAMPLES = """examples:
   cnr-fast compare --out runs/compare                          # every method and control, 3 seeds, mnist5k
@@ -23,6 +40,8 @@ EXAMPLES = """examples:
   cnr-fast compare --fixed-original --out runs/fixed           # one original for all seeds (unlearning noise only)
   cnr-fast compare --scenario multiclass --out runs/multi      # forget {2,5} and {2,5,7,1,9} at once (Table 7)
   cnr-fast compare --scenario continual --out runs/continual   # 5 rounds, one more class each (Table 12)
+  cnr-fast compare --scenario continual --seed 1 --seeds 1 --out runs/c1   # seeds in separate processes, then
+  cnr-fast compare --merge runs/c0/continual.json,runs/c1/continual.json --out runs/continual
   cnr-fast compare --dataset cifar10 --data-root ~/data --width 1 --device cuda --amp --out runs/c10
 
 A metric "separates" the retrained model from the original when |original - retrained| >= 0.10
@@ -45,6 +64,8 @@ def add_parser(sub) -> None:
     p.add_argument("--scenario", choices=["single", "multiclass", "continual"], default="single",
                    help="single (default: --forget as given), multiclass (2 and 5 classes at once), continual "
                         "(5 rounds, each method from its previous round's model)")
+    p.add_argument("--merge", help="comma list of compare.json / multiclass.json / continual.json files of one "
+                        "scenario over disjoint seeds (run with --seed S --seeds 1): write their union, run nothing")
     p.add_argument("--out", required=True, help="output directory (compare.json, report.md)")
     p.add_argument("--figures", action="store_true", help="also t-SNE / Grad-CAM figures per seed (slow)")
     add_data_args(p)
@@ -55,6 +76,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.merge:
+        result = merge_files(args.merge, "compare.json, multiclass.json or continual.json", merge_compare)
+        _write(Path(args.out), result, result.get("scenario", "single"))
+        return 0
     cfg = config_from_args(args)
     check_arch_known(cfg)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -72,14 +97,20 @@ def run(args) -> int:
     if args.scenario != "single":
         fn = multiclass if args.scenario == "multiclass" else continual
         result = fn(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds)
+    else:
+        result = compare(cfg, methods, args.seeds, device=device, cache=args.cache_dir,
+                         fixed_original=args.fixed_original, figures=args.figures, quiet=args.quiet, ds=ds)
+    _write(out, result, args.scenario)
+    return 0
+
+
+def _write(out: Path, result: dict, scenario: str) -> None:
+    if scenario != "single":
         md = scenario_report_md(result)
-        write_run_files(out, {f"{args.scenario}.md": md, f"{args.scenario}.json": result})
+        write_run_files(out, {f"{scenario}.md": md, f"{scenario}.json": result})
         print(md)
-        print(f"wrote {out / (args.scenario + '.json')} and {out / (args.scenario + '.md')}")
-        return 0
-    result = compare(cfg, methods, args.seeds, device=device, cache=args.cache_dir,
-                     fixed_original=args.fixed_original, figures=args.figures, quiet=args.quiet, ds=ds)
+        print(f"wrote {out / (scenario + '.json')} and {out / (scenario + '.md')}")
+        return
     write_run_files(out, {"report.md": compare_report_md(result), "compare.json": result})
     print(compare_report_md(result, short=True))
     print(f"wrote {out / 'compare.json'} and {out / 'report.md'}")
-    return 0
