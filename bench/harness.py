@@ -62,9 +62,17 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _vector_flags() -> list[str] | None:
+    try:
+        from cnr_fast.hardware import cpu_info
+    except ImportError:
+        return None
+    return cpu_info()["vector_flags"]
+
+
 def machine_info(device: str = "cpu") -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "cpu_model": cpu_model(),
+            "cpu_model": cpu_model(), "cpu_vector_flags": _vector_flags(),
             # CPU timings on a shared machine: say how busy it was
             "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     try:

@@ -60,14 +60,11 @@ def machine_info() -> dict:
     import os
     import platform
 
-    cpu = None
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), None)
-    except OSError:
-        pass
+    from .hardware import cpu_info
+
+    cpu = cpu_info()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu_model": cpu or platform.processor() or None, "cpu_count": os.cpu_count(),
+    return {"cpu_model": cpu["model"], "cpu_vector_flags": cpu["vector_flags"], "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__,
             "python": platform.python_version(),
             "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -38,6 +38,10 @@ def amp_context(device: torch.device, enabled: bool):
     if device.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     else:
+        from .hardware import cpu_amp_allowed
+
+        if not cpu_amp_allowed():  # no bf16 instructions: emulated bf16 is several times slower than fp32
+            return contextlib.nullcontext()
         dtype = torch.bfloat16
     return torch.autocast(device.type, dtype=dtype)
 

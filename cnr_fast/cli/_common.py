@@ -49,7 +49,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="JSON config file (a previous run's config.json works); flags override it")
     g.add_argument("--seed", type=int, help="random seed (default 0)")
     g.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (bf16, or fp16 + grad scaler)")
+    g.add_argument("--amp", action="store_true", default=None, help="mixed precision (GPU: bf16, or fp16 + grad scaler; CPU: bf16 only where the CPU has "
+                   "bf16 instructions, fp32 elsewhere with a warning; `cnr-fast doctor` says which)")
     g.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the training loops (pays off on a GPU; not on a 2-core CPU)")
     g.add_argument("--cache-dir", help="model cache (default $XDG_CACHE_HOME/cnr-fast or ~/.cache/cnr-fast)")
@@ -103,6 +104,11 @@ def log(msg: str, quiet: bool = False) -> None:
 def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
     """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch."""
     device = resolve_device(cfg.device)
+    if cfg.amp and device.type == "cpu":
+        from ..hardware import cpu_amp_allowed
+
+        if not cpu_amp_allowed():  # warns once, says why; the run's config then records amp: false
+            cfg = cfg.replace(amp=False)
     torch.manual_seed(cfg.seed)
     ds = load_dataset(cfg.data)
     patch = vit_patch(cfg.model.arch)

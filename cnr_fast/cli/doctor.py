@@ -19,10 +19,12 @@ def collect() -> dict:
     import torch
 
     from .. import _native
+    from ..hardware import cpu_amp_policy, cpu_info
     from ..ops import backend
 
     info = {
         "python": platform.python_version(),
+        "cpu": {**cpu_info(), "amp_bf16": cpu_amp_policy()},
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
@@ -60,6 +62,9 @@ def run(args) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"python {info['python']}, torch {info['torch']} (CUDA build {info['torch_cuda']})")
+    cpu = info["cpu"]
+    print(f"CPU: {cpu['model']}; vector flags: {' '.join(cpu['vector_flags']) or 'unknown'}")
+    print(f"CPU --amp: {'bf16 autocast' if cpu['amp_bf16']['bf16'] else 'fp32'} ({cpu['amp_bf16']['reason']})")
     print(f"CUDA device: {info['gpu'] or 'none'}")
     print(f"triton: {info['triton'] or 'not installed'}; faiss: {info['faiss'] or 'not installed'}"
           f" (GPU index: {'yes' if info['faiss_gpu'] else 'no'})")
