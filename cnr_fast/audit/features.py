@@ -158,19 +158,27 @@ def extract(
             for x, y in batches(split, batch_size, device=device):
                 logits.append(model(x).float().cpu())
                 for t in taps:
-                    a = rec[t].float()
+                    raw = rec[t]
+                    a = raw.float()
                     vec[t].append(reducer(a, t).cpu())
-                    if keep_full or class_sums:
-                        u = full_units(a, full_max_dim)
-                        if keep_full:
-                            full[t].append(u.cpu())
-                        if class_sums:
-                            s, cnt = ops.class_sums(u, y, num_classes)
-                            sums[t] = sums[t] + s.cpu() if t in sums else s.cpu()
-                            if t == taps[0]:
-                                counts = counts + cnt.cpu() if counts is not None else cnt.cpu()
+                    # a CNN map within full_max_dim is its own full_units (flattened in (C, H, W) order):
+                    # class sums read it as the model wrote it (dtype, channels_last), without copies
+                    fits = raw.ndim == 4 and raw[0].numel() <= full_max_dim
+                    fu = full_units(a, full_max_dim) if keep_full or (class_sums and not fits) else None
+                    if keep_full:
+                        full[t].append(fu.cpu())
+                    if class_sums:
+                        u = raw if fits else fu
+                        if t not in sums:
+                            sums[t] = ops.class_sums_buffer(u, num_classes)  # on the device, fp32
+                            if counts is None:
+                                counts = torch.zeros(num_classes, dtype=torch.int64, device=u.device)
+                        # accumulates in place on the device: no per-batch host copy or sync
+                        ops.class_sums_add(u, y, sums[t], counts if t == taps[0] else None)
     finally:
         model.train(was_training)
+    sums = {t: s.reshape(s.shape[0], -1).cpu() for t, s in sums.items()}
+    counts = counts.cpu() if counts is not None else None
     cat = lambda xs: torch.cat(xs) if xs else torch.empty(0)
     return Features(
         vec={t: cat(v) for t, v in vec.items()},

@@ -78,13 +78,16 @@ def class_means(model, split: Split, taps, num_classes, *, device, batch_size=25
                 model(x)
             with nvtx_range("cnr/detect/class_sums"):
                 for name in taps:
-                    f = t[name]
-                    shapes[name] = tuple(f.shape[1:])
-                    s, c = ops.class_sums(f.reshape(f.shape[0], -1), y, num_classes)
-                    sums[name] = s if name not in sums else sums[name] + s
-                    if name == taps[0]:
-                        counts = c if counts is None else counts + c
-    means = {name: sums[name] / counts.clamp_min(1).unsqueeze(1).to(sums[name]) for name in taps}
+                    f = t[name]  # as the model wrote it (e.g. channels_last): no flattening copy
+                    if name not in sums:
+                        shapes[name] = tuple(f.shape[1:])
+                        sums[name] = ops.class_sums_buffer(f, num_classes)  # one fp32 accumulator per tap
+                        if counts is None:
+                            counts = torch.zeros(num_classes, dtype=torch.int64, device=f.device)
+                    # adds in place on the device: no per-batch zero-fill, temporary or host sync
+                    ops.class_sums_add(f, y, sums[name], counts if name == taps[0] else None)
+    # (C, U) in the usual unit order ((C, H, W) / (tokens, dim)) whatever the taps' memory layout
+    means = {name: sums[name].reshape(num_classes, -1) / counts.clamp_min(1).unsqueeze(1).float() for name in taps}
     return means, shapes, counts
 
 

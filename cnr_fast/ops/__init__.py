@@ -10,6 +10,15 @@ def class_sums(feats, labels, num_classes):
     return call("class_sums", feats, labels, num_classes)
 
 
+def class_sums_add(feats, labels, sums, counts=None):
+    """Add one batch's per-class sums into `sums` (from `class_sums_buffer`) and counts, in place."""
+    return call("class_sums_add", feats, labels, sums, counts)
+
+
+def class_sums_buffer(feats, num_classes):
+    return reference.class_sums_buffer(feats, num_classes)
+
+
 def selectivity_topk(means, forget, retain, k):
     return call("selectivity_topk", means, forget, retain, k)
 
@@ -26,4 +35,13 @@ def linear_cka(x, y):
     return call("linear_cka", x, y)
 
 
-__all__ = ["class_sums", "selectivity_topk", "tv_loss", "selective_loss", "linear_cka", "reference"]
+__all__ = [
+    "class_sums",
+    "class_sums_add",
+    "class_sums_buffer",
+    "linear_cka",
+    "reference",
+    "selective_loss",
+    "selectivity_topk",
+    "tv_loss",
+]

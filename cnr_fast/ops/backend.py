@@ -44,7 +44,7 @@ def _always(*_a, **_k) -> list[str]:
 # op name -> backends in order of preference (fastest first, reference last)
 REGISTRY: dict[str, list[Backend]] = {
     op: [Backend("reference", f"cnr_fast.ops.reference:{op}", _always)]
-    for op in ("class_sums", "selectivity_topk", "tv_loss", "selective_loss", "linear_cka")
+    for op in ("class_sums", "class_sums_add", "selectivity_topk", "tv_loss", "selective_loss", "linear_cka")
 }
 
 
@@ -101,6 +101,7 @@ def _triton_reasons(op: str) -> Callable[..., list[str]]:
 # TRITON_INTERPRET=1 *and* CNR_FAST_BACKEND=triton (the interpreter is a test tool, never an automatic choice).
 for _op, _target in (
     ("class_sums", "cnr_fast.ops._triton.class_sums:class_sums"),
+    ("class_sums_add", "cnr_fast.ops._triton.class_sums:class_sums_add"),
     ("selectivity_topk", "cnr_fast.ops._triton.selectivity:selectivity_topk"),
     ("tv_loss", "cnr_fast.ops._triton.tv_loss:tv_loss"),
     ("selective_loss", "cnr_fast.ops._triton.selective_loss:selective_loss"),

@@ -24,6 +24,34 @@ def class_sums(feats: torch.Tensor, labels: torch.Tensor, num_classes: int) -> t
     return sums, counts
 
 
+def class_sums_buffer(feats: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Zeroed float32 accumulator (num_classes, *feats.shape[1:]) for `class_sums_add`, laid out per
+    class like feats is per sample (e.g. channels_last for a channels_last map), so that a kernel can
+    add into it contiguously. `sums.reshape(num_classes, -1)` is the (C, U) sums in the usual unit order.
+    """
+    shape = tuple(feats.shape[1:])
+    # dims of one sample in memory order (outermost first); dims of equal stride keep their order
+    order = sorted(range(len(shape)), key=lambda d: (-feats.stride(d + 1), d))
+    buf = torch.zeros((num_classes, *(shape[d] for d in order)), dtype=torch.float32, device=feats.device)
+    inv = [0] * len(order)
+    for i, d in enumerate(order):
+        inv[d] = i + 1
+    return buf.permute(0, *inv)
+
+
+def class_sums_add(
+    feats: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor | None = None
+) -> None:
+    """Streaming form of `class_sums`: add one batch into a persistent accumulator, in place.
+
+    sums: float32 (C, *feats.shape[1:]) or (C, U) (e.g. from `class_sums_buffer`); counts: int64 (C,)
+    or None (not counted). No host sync (no bincount, whose CUDA form reads the labels' maximum).
+    """
+    sums.index_add_(0, labels, feats.reshape(feats.shape[0], *sums.shape[1:]).float())
+    if counts is not None:
+        counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
+
+
 def selectivity_topk(
     means: torch.Tensor, forget: list[int], retain: list[int], k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -151,3 +151,66 @@ def test_auto_dispatch_picks_triton_on_cuda(monkeypatch):
     assert chosen.name == "triton"
     torch.testing.assert_close(ops.tv_loss(x), reference.tv_loss(x), rtol=1e-5, atol=1e-5)
     assert backend.describe()["class_sums"]["chosen"] == "triton"
+
+
+# ---------------------------------------------------------------- class_sums accuracy / non-finite / streaming
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("c", [10, 100])
+def test_class_sums_relu_accuracy_vs_index_add(c, dtype):
+    """ReLU-like (non-negative) features at the paper's N=50k: one-sided (truncating) accumulation would
+    drift; the kernel's error vs float64 must stay within 2x torch index_add_'s."""
+    n, u = 50_000, 512
+    g = torch.Generator(device="cuda").manual_seed(c)
+    x = torch.relu(torch.randn(n, u, generator=g, device="cuda") + 0.5).to(dtype)
+    y = torch.randint(0, c, (n,), device="cuda", generator=g)
+    sums, counts = cs_mod.class_sums(x, y, c)
+    rs, rc = reference.class_sums(x, y, c)
+    ref64 = torch.zeros(c, u, dtype=torch.float64, device="cuda").index_add_(0, y, x.double())
+    assert torch.equal(counts, rc)
+    ek, et = _err(sums, ref64), _err(rs, ref64)
+    assert ek <= 2 * et + 1e-6 * ref64.abs().max().item(), f"err(kernel)={ek:.3g} > 2 x err(index_add_)={et:.3g}"
+    # streamed in batches into one accumulator: same bound
+    acc = reference.class_sums_buffer(x, c)
+    cnt = torch.zeros(c, dtype=torch.int64, device="cuda")
+    for i in range(0, n, 256):
+        cs_mod.class_sums_add(x[i : i + 256], y[i : i + 256], acc, cnt)
+    assert torch.equal(cnt, rc)
+    ea = _err(acc, ref64)
+    assert ea <= 2 * et + 1e-6 * ref64.abs().max().item(), f"streamed err={ea:.3g} > 2 x {et:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_class_sums_non_finite_rows_gpu(dtype):
+    n, c, u = 4096, 10, 64 * 8 * 8
+    x = _randn(n, 64, 8, 8, seed=5, dtype=dtype, channels_last=True)
+    y = torch.randint(0, c, (n,), device="cuda", generator=torch.Generator(device="cuda").manual_seed(5))
+    y[:3] = torch.tensor([0, 1, 1], device="cuda")
+    x[0, 1, 2, 3] = float("inf")
+    x[1, 0, 0, 0] = float("nan")
+    x[2, 1, 2, 3] = -float("inf")
+    sums, counts = cs_mod.class_sums(x, y, c)
+    rs, rc = reference.class_sums(x, y, c)
+    assert torch.equal(counts, rc)
+    assert torch.equal(torch.isnan(sums), torch.isnan(rs)) and torch.equal(torch.isinf(sums), torch.isinf(rs))
+    fin = torch.isfinite(rs)
+    assert fin[2:].all() and fin.sum() == c * u - 3  # class 0: +inf at one unit; class 1: NaN and -inf
+    ref64 = torch.zeros(c, u, dtype=torch.float64, device="cuda").index_add_(0, y, x.reshape(n, -1).double())
+    _check(sums[fin], rs[fin], ref64[fin], atol=1e-4 * (1 + ref64[fin].abs().max().item()), what="finite part")
+
+
+def test_class_sums_add_channels_last_streaming_gpu():
+    c = 100
+    xs = [_randn(b, 128, 16, 16, seed=b, dtype=torch.bfloat16, channels_last=True) for b in (256, 256, 17)]
+    ys = [torch.randint(0, c, (x.shape[0],), device="cuda") for x in xs]
+    acc = reference.class_sums_buffer(xs[0], c)
+    cnt = torch.zeros(c, dtype=torch.int64, device="cuda")
+    for x, y in zip(xs, ys):
+        ops.class_sums_add(x, y, acc, cnt)
+    flat = torch.cat([x.reshape(x.shape[0], -1) for x in xs])
+    yall = torch.cat(ys)
+    rs, rc = reference.class_sums(flat, yall, c)
+    ref64 = torch.zeros(c, flat.shape[1], dtype=torch.float64, device="cuda").index_add_(0, yall, flat.double())
+    assert torch.equal(cnt, rc)
+    _check(acc.reshape(c, -1), rs, ref64, atol=1e-4 * (1 + ref64.abs().max().item()), what="streamed channels_last")

@@ -110,6 +110,70 @@ def test_class_sums_low_precision_inputs(dtype):
     assert torch.equal(counts, rc)
 
 
+def _fresh(seed_name: str) -> int:
+    """A fresh seed per run (printed on failure through the test's assertion message)."""
+    return int(torch.randint(0, 2**31 - 1, (1,)).item()) ^ hash(seed_name) & 0x7FFFFFFF
+
+
+@pytest.mark.parametrize(
+    "fshape,cl",
+    [((3, 7, 5), True), ((5, 3, 3), False), ((2, 4, 4), True), ((13, 9), False)],
+)
+def test_class_sums_add_streams_batches_in_own_layout(fshape, cl):
+    """Several batches of odd shapes accumulated into one persistent buffer (channels_last kept as is,
+    no flattening copy); the means come out in (C, H, W) unit order; fresh random inputs each run."""
+    seed = _fresh(str(fshape))
+    g = _gen(seed)
+    C = 6
+    xs = [torch.randn(n, *fshape, generator=g) for n in (7, 1, 12)]
+    if cl:
+        xs = [x.to(memory_format=torch.channels_last) for x in xs]
+    ys = [torch.randint(0, C, (x.shape[0],), generator=g) for x in xs]
+    xs, ys = [x.to(DEVICE) for x in xs], [y.to(DEVICE) for y in ys]
+    sums = reference.class_sums_buffer(xs[0], C)
+    assert sums.shape == (C, *fshape) and sums.stride()[1:] == torch.empty_like(xs[0][:1]).stride()[1:]
+    counts = torch.zeros(C, dtype=torch.int64, device=DEVICE)
+    rs = torch.zeros(C, xs[0][0].numel(), dtype=torch.float32, device=DEVICE)
+    rc = torch.zeros(C, dtype=torch.int64, device=DEVICE)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        cs_mod.class_sums_add(x, y, sums, counts, _split=2 if i == 2 else None)
+        reference.class_sums_add(x, y, rs, rc)
+    torch.testing.assert_close(sums.reshape(C, -1), rs, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
+    assert torch.equal(counts, rc), f"seed {seed}"
+    flat = torch.cat([x.reshape(x.shape[0], -1) for x in xs])
+    yall = torch.cat(ys)
+    torch.testing.assert_close(rs, reference.class_sums(flat, yall, C)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_class_sums_add_into_flat_buffer_and_without_counts():
+    """A (C, U) accumulator for a channels_last map (feats copied once into its layout), counts=None."""
+    x = _randn(9, 3, 2, 5, seed=8, channels_last=True)
+    y = torch.randint(0, 4, (9,), generator=_gen(8)).to(DEVICE)
+    sums = torch.full((4, 30), 1.5, device=DEVICE)
+    cs_mod.class_sums_add(x, y, sums)
+    torch.testing.assert_close(sums, 1.5 + reference.class_sums(x, y, 4)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_class_sums_non_finite_rows_poison_only_their_class(split):
+    """inf / -inf / NaN rows reach only their own class (no 0 * inf = NaN in the other classes)."""
+    g = _gen(_fresh("nonfinite") + split)
+    n, C, U = 45, 5, 21
+    x = torch.rand(n, U, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    y[:4] = torch.tensor([0, 1, 2, 2])
+    x[0, 3] = float("inf")  # class 0: +inf at unit 3
+    x[1, 3] = float("nan")  # class 1: NaN at unit 3
+    x[2, 5] = float("inf")
+    x[3, 5] = -float("inf")  # class 2: inf + -inf = NaN at unit 5
+    x, y = x.to(DEVICE), y.to(DEVICE)
+    sums, counts = cs_mod.class_sums(x, y, C, _split=split)
+    rs, rc = reference.class_sums(x, y, C)
+    torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert torch.equal(counts, rc)
+    assert torch.isfinite(sums[3:]).all() and torch.isfinite(sums[:, [u for u in range(U) if u not in (3, 5)]]).all()
+
+
 # ---------------------------------------------------------------- selectivity_topk
 
 # (C, U, forget, retain, k)
@@ -241,13 +305,14 @@ def _args(op):
     y = torch.tensor([0, 1, 2, 0, 1, 2], device=DEVICE)
     return {
         "class_sums": (x, y, 3),
+        "class_sums_add": (x, y, torch.zeros(3, 12, device=DEVICE), torch.zeros(3, dtype=torch.int64, device=DEVICE)),
         "selectivity_topk": (x[:3], [0], [1, 2], 2),
         "tv_loss": (_randn(1, 2, 4, 5, seed=1),),
         "selective_loss": ([x], [torch.tensor([1, 2], device=DEVICE)], [torch.tensor([3], device=DEVICE)], 0.5),
     }[op]
 
 
-OPS = ["class_sums", "selectivity_topk", "tv_loss", "selective_loss"]
+OPS = ["class_sums", "class_sums_add", "selectivity_topk", "tv_loss", "selective_loss"]
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -257,8 +322,15 @@ def test_explicit_triton_backend_dispatch(op, monkeypatch):
     chosen, _ = backend.choose(op, *args)
     assert chosen.name == "triton"
     assert chosen.target.startswith("cnr_fast.ops._triton.")
-    got = getattr(ops, op)(*args)
-    want = getattr(reference, op)(*args)
+    if op == "class_sums_add":  # in place: compare the accumulators each one filled
+        x, y, s, c = args
+        s2, c2 = s.clone(), c.clone()
+        ops.class_sums_add(x, y, s, c)
+        reference.class_sums_add(x, y, s2, c2)
+        got, want = (s, c), (s2, c2)
+    else:
+        got = getattr(ops, op)(*args)
+        want = getattr(reference, op)(*args)
     for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 

@@ -25,8 +25,10 @@ import torch
 # The dtypes every triton op here loads natively (it computes in fp32 and stores in the input's dtype).
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 INDEX_DTYPES = (torch.int32, torch.int64)
-# Flattened element indices are int32 inside the kernels (pointer offsets are int64).
-MAX_ELEMENTS = 2**31 - 1
+# Flattened element indices are int32 inside the kernels (pointer offsets are int64): a grid-stride
+# block of BLOCK (<= MAX_BLOCK) indices starting below numel must stay below 2**31 too.
+MAX_BLOCK = 2**16
+MAX_ELEMENTS = 2**31 - MAX_BLOCK
 
 _TRUE = ("1", "true", "yes", "on", "y")
 
@@ -99,7 +101,7 @@ def _dtype_reasons(name: str, t: torch.Tensor, dtypes=FLOAT_DTYPES) -> list[str]
 
 def _size_reasons(name: str, t: torch.Tensor) -> list[str]:
     if t.numel() > MAX_ELEMENTS:
-        return [f"{name} has {t.numel()} elements; the kernels index elements in int32 (at most 2**31 - 1)"]
+        return [f"{name} has {t.numel()} elements; the kernels index elements in int32 (at most 2**31 - 2**16)"]
     return []
 
 
@@ -140,6 +142,27 @@ def reasons(op: str, *args, **kwargs) -> list[str]:
         if why:
             return why
         return _device_reasons({"feats": feats, "labels": labels})
+    if op == "class_sums_add":
+        feats, labels, sums, counts = a["feats"], a["labels"], a["sums"], a.get("counts")
+        if not all(isinstance(t, torch.Tensor) for t in (feats, labels, sums)):
+            return ["feats, labels and sums must be tensors"]
+        if feats.dim() < 1 or sums.dim() < 1:
+            why.append("feats and sums must have a leading dimension (N, ...) / (C, ...)")
+        elif feats.shape[0] and sums[0].numel() != feats[0].numel():
+            why.append(f"sums {tuple(sums.shape)} does not have the {feats[0].numel()} units of feats")
+        why += _dtype_reasons("feats", feats) + _size_reasons("feats", feats) + _size_reasons("sums", sums)
+        why += _dtype_reasons("labels", labels, INDEX_DTYPES) + _dtype_reasons("sums", sums, (torch.float32,))
+        named = {"feats": feats, "labels": labels, "sums": sums}
+        if counts is not None:
+            if not isinstance(counts, torch.Tensor):
+                return ["counts must be a tensor or None"]
+            why += _dtype_reasons("counts", counts, (torch.int64,))
+            if counts.dim() != 1 or not counts.is_contiguous() or counts.shape[0] != sums.shape[0]:
+                why.append(f"counts must be a contiguous ({sums.shape[0]},) tensor")
+            named["counts"] = counts
+        if why:
+            return why
+        return _device_reasons(named)
     if op == "selectivity_topk":
         means = a["means"]
         if not isinstance(means, torch.Tensor):
@@ -181,6 +204,8 @@ def reasons(op: str, *args, **kwargs) -> list[str]:
             for i, ix in enumerate(idx):
                 if not _is_index_seq(ix):
                     why.append(f"{name}[{i}] must be a 1-D integer tensor or a list of ints")
+                elif feats[i].dim() >= 1 and feats[i].shape[0] * len(ix) > MAX_ELEMENTS:
+                    why.append(f"{name}[{i}]: batch x indices exceeds {MAX_ELEMENTS} (int32 gather index)")
         if why:
             return why
         return _device_reasons(named)

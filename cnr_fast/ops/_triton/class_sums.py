@@ -1,12 +1,36 @@
-"""Triton `class_sums`: per-class sums (C, U) fp32 and counts (C,) int64 in one pass over feats.
+"""Triton `class_sums` / `class_sums_add`: per-class sums (C, U) fp32 and counts (C,) in one pass over feats.
 
-Spec: `reference.class_sums`. Each program owns a (BLOCK_C classes x BLOCK_U units) fp32 tile and
-streams its rows of feats once: per chunk of BLOCK_N rows it builds the one-hot (BLOCK_C, BLOCK_N)
-matrix of the labels and adds onehot @ x to the tile with `tl.dot` (tensor cores for 16-bit feats).
-A one-hot times x product is exact, so all rounding comes from the fp32 accumulation, as in the
-reference's fp32 `index_add_`. More than BLOCK_C_MAX classes re-read feats once per class block.
-When the (units x class-block) grid alone would leave SMs idle, the rows are split across programs
-that `atomic_add` their tiles (fp32 addition order then varies run to run, as `index_add_` on CUDA).
+Spec: `reference.class_sums` (one batch, fresh sums) and `reference.class_sums_add` (streaming: add one
+batch into a persistent fp32 accumulator, no host sync). `class_sums` is `class_sums_add` into a
+zeroed buffer.
+
+Layout. The kernel reads every row of feats as one dense run of U elements in the row's own memory
+order ("physical" unit order): a channels_last (N, Ch, H, W) map is read as (N, H*W*Ch) contiguous
+rows, an NCHW map as (N, Ch*H*W), whatever H and W, so the loads are 16-byte vectors and no flattening
+copy is made. The accumulator has the same per-row layout (`reference.class_sums_buffer` allocates it
+like that, e.g. (C, Ch, H, W) channels_last), so the kernel adds into it contiguously too; reading it
+as `sums.reshape(C, -1)` gives the usual (C, H, W) unit order. Feats whose rows are not dense, or
+whose layout differs from the accumulator's, are copied once into the accumulator's layout.
+
+Kernel. Each program owns a (BLOCK_C classes x BLOCK_U units) tile and a range of rows. Per chunk of
+BLOCK_N rows it builds the one-hot (BLOCK_C, BLOCK_N) matrix of the labels and computes the chunk's
+partial sums onehot @ x with `tl.dot` (tensor cores), starting from zero; the partial is added to the
+program's fp32 tile with an ordinary (round-to-nearest) fp32 add. A one-hot product is exact and the
+tensor core's own (truncating) accumulation only ever spans one chunk, so the rounding is that of an
+fp32 sum over chunks, not a one-sided drift over the whole pass. fp32 feats are split exactly into
+three bf16 parts (x = x1 + x2 + x3) and the three one-hot dots are exact.
+After its rows, the program adds its tile into the accumulator: load + add + store when it is the
+only program on that tile, relaxed `atomic_add` when the rows were split across programs to fill the
+GPU (fp32 addition order then varies run to run, as `index_add_` on CUDA).
+
+Non-finite rows. A one-hot dot multiplies 0 * inf = NaN into every class of the tile. So after its
+rows each program checks its tile once (one reduction); if any entry is inf/NaN it recomputes the
+tile row by row with selects (no multiplication by 0), exactly as the reference's sequential adds:
+only the classes of the non-finite rows get inf/NaN. The check costs nothing inside the loop.
+
+Counts. The class counts are accumulated in an int32 (BLOCK_C, BLOCK_N) tile by one program per
+(class block, row range) only (pid_u == 0), in a separate pass over the labels after the main loop,
+reduced across threads once, and added into the int64 counts; the other programs never count.
 
 Differences from the reference, on invalid input only: labels outside [0, num_classes) are dropped
 (neither summed nor counted) where the reference raises (CPU) or asserts (CUDA); checking would cost
@@ -20,7 +44,7 @@ import triton
 import triton.language as tl
 
 from .. import reference
-from . import cdiv, device_ctx, interp_safe, interpret, max_programs, next_pow2, view4d
+from . import cdiv, device_ctx, interp_safe, interpret, max_programs, next_pow2
 
 BLOCK_C_MAX = 128
 
@@ -33,38 +57,31 @@ _SPLIT3 = 2  # x = x1 + x2 + x3 exactly with x_i in SPLIT_DT (bf16: 3 x 8 bits >
 @triton.jit
 def _class_sums_kernel(
     x_ptr, lab_ptr, sums_ptr, counts_ptr,
-    N, U, C, D2, D3,
-    sx0, sx1, sx2, sx3,
+    N, U, C, sx0, ss0,
     rows_per_split,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
-    FP32_MODE: tl.constexpr, SPLIT_DT: tl.constexpr, ATOMIC: tl.constexpr,
+    FP32_MODE: tl.constexpr, SPLIT_DT: tl.constexpr, ATOMIC: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
     pid_u = tl.program_id(0)
     pid_c = tl.program_id(1)
     pid_s = tl.program_id(2)
-    u = pid_u * BLOCK_U + tl.arange(0, BLOCK_U)
+    u = pid_u * BLOCK_U + tl.arange(0, BLOCK_U)  # physical unit index: rows are dense runs of U elements
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     u_ok = u < U
-    # unit u of the flattened row -> strided offset in the (N, D1, D2, D3) view (see view4d)
-    u_off = (u // (D2 * D3)).to(tl.int64) * sx1 + ((u // D3) % D2).to(tl.int64) * sx2 + (u % D3).to(tl.int64) * sx3
-
-    acc = tl.zeros((BLOCK_C, BLOCK_U), dtype=tl.float32)
-    cnt = tl.zeros((BLOCK_C,), dtype=tl.int64)
     n_start = pid_s * rows_per_split
     n_end = tl.minimum(N, n_start + rows_per_split)
+
+    acc = tl.zeros((BLOCK_C, BLOCK_U), dtype=tl.float32)
     for n0 in range(n_start, n_end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < n_end
         lab = tl.load(lab_ptr + n, mask=n_ok, other=-1)  # -1 matches no class
         hit = lab[None, :] == c[:, None]  # (BLOCK_C, BLOCK_N)
-        cnt += tl.sum(hit.to(tl.int64), axis=1)
-        x = tl.load(
-            x_ptr + n.to(tl.int64)[:, None] * sx0 + u_off[None, :], mask=n_ok[:, None] & u_ok[None, :], other=0.0
-        )
+        x = tl.load(x_ptr + n.to(tl.int64)[:, None] * sx0 + u[None, :], mask=n_ok[:, None] & u_ok[None, :], other=0.0)
         if FP32_MODE == 0:
-            acc = tl.dot(hit.to(x.dtype), x, acc=acc)
+            part = tl.dot(hit.to(x.dtype), x)
         elif FP32_MODE == 1:
-            acc = tl.dot(hit.to(tl.float32), x.to(tl.float32), acc=acc, input_precision="ieee")
+            part = tl.dot(hit.to(tl.float32), x.to(tl.float32), input_precision="ieee")
         else:
             # Exact 3-way split: each residual is exact in fp32 and each part has SPLIT_DT's mantissa,
             # so x1 + x2 + x3 == x and the three one-hot dots on tensor cores lose nothing.
@@ -74,52 +91,139 @@ def _class_sums_kernel(
             x2 = r1.to(SPLIT_DT)
             x3 = (r1 - x2.to(tl.float32)).to(SPLIT_DT)
             oh = hit.to(SPLIT_DT)
-            acc = tl.dot(oh, x1, acc=acc)
-            acc = tl.dot(oh, x2, acc=acc)
-            acc = tl.dot(oh, x3, acc=acc)
+            part = tl.dot(oh, x3)  # smallest first
+            part = tl.dot(oh, x2, acc=part)
+            part = tl.dot(oh, x1, acc=part)
+        # round-to-nearest fp32 add of the chunk's partial (an fma, so the compiler does not fold the add
+        # back into the dot's tensor-core accumulator; LLVM lowers fma(p, 1, a) to add.f32)
+        acc = tl.fma(part, 1.0, acc)
+
+    # inf/NaN anywhere in the tile (x - x is NaN exactly for inf and NaN): recompute it without the
+    # one-hot products, so a non-finite row reaches only its own class (the reference's semantics)
+    bad = tl.max(tl.max(((acc - acc) != 0).to(tl.int32), axis=1), axis=0)
+    if bad != 0:
+        acc = tl.zeros((BLOCK_C, BLOCK_U), dtype=tl.float32)
+        x_row = x_ptr + n_start.to(tl.int64) * sx0 + u
+        lab_row = lab_ptr + n_start
+        for _ in range(n_start, n_end):
+            xr = tl.load(x_row, mask=u_ok, other=0.0).to(tl.float32)
+            acc += tl.where(c[:, None] == tl.load(lab_row), xr[None, :], 0.0)
+            x_row += sx0
+            lab_row += 1
 
     c_ok = c < C
-    out = sums_ptr + c.to(tl.int64)[:, None] * U + u[None, :]
+    out = sums_ptr + c.to(tl.int64)[:, None] * ss0 + u[None, :]
     m = c_ok[:, None] & u_ok[None, :]
-    cm = c_ok & (pid_u == 0)  # one unit block counts the labels
     if ATOMIC:
-        tl.atomic_add(out, acc, mask=m)
-        tl.atomic_add(counts_ptr + c, cnt, mask=cm)
+        tl.atomic_add(out, acc, mask=m, sem="relaxed")  # only the final sums are read, after the launch
     else:
-        tl.store(out, acc, mask=m)
-        tl.store(counts_ptr + c, cnt, mask=cm)
+        tl.store(out, tl.load(out, mask=m, other=0.0) + acc, mask=m)
+
+    if COUNT:  # noqa: SIM102  (a constexpr: the counting pass is compiled only when asked for)
+        if pid_u == 0:  # one unit block counts the labels of its row range
+            cnt = tl.zeros((BLOCK_C, BLOCK_N), dtype=tl.int32)
+            for n0 in range(n_start, n_end, BLOCK_N):
+                n = n0 + tl.arange(0, BLOCK_N)
+                lab = tl.load(lab_ptr + n, mask=n < n_end, other=-1)
+                cnt += (lab[None, :] == c[:, None]).to(tl.int32)
+            total = tl.sum(cnt, axis=1).to(tl.int64)  # one cross-thread reduction, after the loop
+            if ATOMIC:
+                tl.atomic_add(counts_ptr + c, total, mask=c_ok, sem="relaxed")
+            else:
+                tl.store(counts_ptr + c, tl.load(counts_ptr + c, mask=c_ok, other=0) + total, mask=c_ok)
 
 
-def class_sums(
-    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, *, _split: int | None = None,
-    _fp32_mode: int | None = None, _split_dtype=None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Same contract as `reference.class_sums`. Feats of any layout are read through their strides
-    (a channels_last (N, C, H, W) tap map needs no flattening copy). `_split`, `_fp32_mode`,
-    `_split_dtype` are test hooks (row split count, fp32 dot mode, split dtype)."""
-    num_classes = int(num_classes)
-    if feats.dim() < 1 or feats.shape[0] == 0 or feats[0].numel() == 0 or num_classes <= 0:
-        return reference.class_sums(feats, labels, num_classes)  # degenerate shapes: the spec's own answer
-    x, sizes, strides = view4d(interp_safe(feats))
-    N = sizes[0]
-    U = sizes[1] * sizes[2] * sizes[3]
+def config(dtype: torch.dtype, C: int, fp32_mode: int) -> dict:
+    """Tile sizes, warps and pipeline stages of a launch (also compiled by bench/bench_roofline.py).
+
+    Chosen from sm_90 PTX (bench/bench_roofline.py) and ptxas register counts: the largest tiles that do
+    not spill with both the running tile and the chunk's partial in registers (issue bound per byte)."""
+    BLOCK_C = min(max(next_pow2(C), 16), BLOCK_C_MAX)
+    if fp32_mode == _SPLIT3:  # the exact split costs ~3 stores to shared memory per element: fewer rows
+        if BLOCK_C <= 16:
+            return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 2}
+        return {
+            "BLOCK_C": BLOCK_C,
+            "BLOCK_N": 64,
+            "BLOCK_U": 64,
+            "num_warps": 8 if BLOCK_C > 32 else 4,
+            "num_stages": 2,
+        }
+    if BLOCK_C <= 16:
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 256, "num_warps": 4, "num_stages": 3}
+    if BLOCK_C <= 32:
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 3}
+    if BLOCK_C <= 64:
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 8, "num_stages": 3}
+    return {"BLOCK_C": BLOCK_C, "BLOCK_N": 128, "BLOCK_U": 128, "num_warps": 8, "num_stages": 2}
+
+
+def _phys_order(t: torch.Tensor) -> list[int] | None:
+    """Dims 1.. of t in memory order (outermost first) if each t[n] is one dense run, else None."""
+    dims = sorted(range(1, t.dim()), key=lambda d: (-t.stride(d), d))
+    expect = 1
+    for d in reversed(dims):
+        if t.shape[d] != 1 and t.stride(d) != expect:
+            return None
+        expect *= t.shape[d]
+    return dims
+
+
+def _same_row_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a[i] and b[j] have the same shape and the same strides on every dim of size > 1."""
+    return a.shape[1:] == b.shape[1:] and all(
+        s == 1 or sa == sb for s, sa, sb in zip(a.shape[1:], a.stride()[1:], b.stride()[1:])
+    )
+
+
+def _pick_fp32_mode(dtype: torch.dtype, override: int | None) -> int:
+    if dtype != torch.float32:
+        return _NATIVE
+    if override is not None:
+        return override
+    return _IEEE if interpret() else _SPLIT3
+
+
+def class_sums_add(
+    feats: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor | None = None, *,
+    _split: int | None = None, _fp32_mode: int | None = None, _split_dtype=None,
+) -> None:  # fmt: skip
+    """Same contract as `reference.class_sums_add`: sums += per-class sums of feats, counts += class
+    counts (when given), in place, without a host sync. `_split`, `_fp32_mode`, `_split_dtype` are
+    test hooks (row split count, fp32 dot mode, split dtype)."""
+    C = sums.shape[0]
+    N = feats.shape[0]
     labels = labels.reshape(-1)
     if labels.shape[0] != N:
         raise ValueError(f"class_sums: {N} feature rows but {labels.shape[0]} labels")
+    U = feats[0].numel() if N else sums[0].numel()
+    if sums.dtype != torch.float32 or sums[0].numel() != U:
+        raise ValueError(f"class_sums_add: sums must be float32 (C, {U} units), got {sums.dtype} {tuple(sums.shape)}")
+    if N == 0 or U == 0 or C == 0:
+        return
+    x = interp_safe(feats)
+    if x.dim() == 1:
+        x = x.reshape(N, 1)
+    # the accumulator seen with feats' row shape (a (C, U) buffer for a (N, Ch, H, W) map: NCHW order)
+    try:
+        s = sums if sums.shape[1:] == x.shape[1:] else sums.view(C, *x.shape[1:])
+    except RuntimeError:
+        s = None
+    if s is None or _phys_order(s) is None:  # rows not dense (a user's slice): accumulate into a dense one
+        tmp = reference.class_sums_buffer(x, C)
+        class_sums_add(x, labels, tmp, counts, _split=_split, _fp32_mode=_fp32_mode, _split_dtype=_split_dtype)
+        sums.add_(tmp.reshape(sums.shape))
+        return
+    if _phys_order(x) is None or not _same_row_layout(x, s):
+        xc = torch.empty_strided((N, *s.shape[1:]), (U, *s.stride()[1:]), dtype=x.dtype, device=x.device)
+        xc.copy_(x)  # once into the accumulator's layout (feats with gaps, or a different memory format)
+        x = xc
     labels = labels.contiguous()
-    C = num_classes
 
-    if x.dtype == torch.float32:
-        fp32_mode = _IEEE if interpret() else _SPLIT3
-    else:
-        fp32_mode = _NATIVE
-    if _fp32_mode is not None and x.dtype == torch.float32:
-        fp32_mode = _fp32_mode
+    fp32_mode = _pick_fp32_mode(x.dtype, _fp32_mode)
     split_dt = _split_dtype if _split_dtype is not None else tl.bfloat16
-
-    BLOCK_C = min(max(next_pow2(C), 16), BLOCK_C_MAX)
-    BLOCK_U = 64
-    BLOCK_N = 32 if fp32_mode == _SPLIT3 else 64
+    cfg = config(x.dtype, C, fp32_mode)
+    BLOCK_C, BLOCK_N, BLOCK_U = cfg["BLOCK_C"], cfg["BLOCK_N"], cfg["BLOCK_U"]
     grid_u, grid_c = cdiv(U, BLOCK_U), cdiv(C, BLOCK_C)
     if _split is not None:
         split = max(1, int(_split))
@@ -130,18 +234,27 @@ def class_sums(
         split = max(1, min(want, cdiv(N, 4 * BLOCK_N)))
     rows = cdiv(cdiv(N, split), BLOCK_N) * BLOCK_N
     split = cdiv(N, rows)
-    atomic = split > 1
-    alloc = torch.zeros if atomic else torch.empty
-    sums = alloc((C, U), dtype=torch.float32, device=x.device)
-    counts = alloc((C,), dtype=torch.int64, device=x.device)
+    cnt = counts if counts is not None else sums  # any pointer: COUNT=False never touches it
     with device_ctx(x):
         _class_sums_kernel[(grid_u, grid_c, split)](
-            x, labels, sums, counts,
-            N, U, C, sizes[2], sizes[3],
-            strides[0], strides[1], strides[2], strides[3],
+            x, labels, s, cnt,
+            N, U, C, x.stride(0), s.stride(0),
             rows,
             BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, BLOCK_U=BLOCK_U,
-            FP32_MODE=fp32_mode, SPLIT_DT=split_dt, ATOMIC=atomic,
-            num_warps=8 if BLOCK_C > 64 else 4,
+            FP32_MODE=fp32_mode, SPLIT_DT=split_dt, ATOMIC=split > 1, COUNT=counts is not None,
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
-    return sums, counts
+
+
+def class_sums(
+    feats: torch.Tensor, labels: torch.Tensor, num_classes: int, *, _split: int | None = None,
+    _fp32_mode: int | None = None, _split_dtype=None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Same contract as `reference.class_sums`: (C, U) sums in the usual unit order, int64 counts."""
+    num_classes = int(num_classes)
+    if feats.dim() < 1 or feats.shape[0] == 0 or feats[0].numel() == 0 or num_classes <= 0:
+        return reference.class_sums(feats, labels, num_classes)  # degenerate shapes: the spec's own answer
+    sums = reference.class_sums_buffer(feats, num_classes)
+    counts = torch.zeros(num_classes, dtype=torch.int64, device=feats.device)
+    class_sums_add(feats, labels, sums, counts, _split=_split, _fp32_mode=_fp32_mode, _split_dtype=_split_dtype)
+    return sums.reshape(num_classes, -1), counts

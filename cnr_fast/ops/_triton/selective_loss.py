@@ -31,7 +31,9 @@ from . import cdiv, device_ctx, interp_safe, interpret, max_programs, view4d
 @triton.jit
 def _gather_sum(acc, x_ptr, idx_ptr, pid, nprog, B, K, U, D2, D3, s0, s1, s2, s3, coef, BLOCK: tl.constexpr):
     total = B * K
-    for start in range(pid * BLOCK, total, nprog * BLOCK):
+    step = nprog * BLOCK
+    for it in range(tl.cdiv(total - pid * BLOCK, step)):  # no int32 wrap of start + step (see tv_loss)
+        start = pid * BLOCK + it * step
         n = start + tl.arange(0, BLOCK)
         ok = n < total
         b = n // K

@@ -39,7 +39,12 @@ def _tv_fwd_kernel(
     Hm = H - 1
     Wm = W - 1
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start in range(pid * BLOCK, total, nprog * BLOCK):
+    # an iteration counter, not `range(pid * BLOCK, total, step)`: that loop's int32 induction variable
+    # start + step wraps past 2**31 (negative, loop goes on) when total is within step of 2**31. Here
+    # start <= total - 1 and n < total + BLOCK <= 2**31 (the size guard, MAX_ELEMENTS), all int32.
+    step = nprog * BLOCK
+    for it in range(tl.cdiv(total - pid * BLOCK, step)):
+        start = pid * BLOCK + it * step
         n = start + tl.arange(0, BLOCK)  # over the B*C*(H-1)*(W-1) pixels that have both neighbours
         ok = n < total
         j = n % Wm
@@ -67,7 +72,9 @@ def _tv_bwd_kernel(
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     go = tl.load(go_ptr).to(tl.float32) / B  # d loss / d (sum over one sample), the batch mean's 1/B
-    for start in range(pid * BLOCK, total, nprog * BLOCK):
+    step = nprog * BLOCK
+    for it in range(tl.cdiv(total - pid * BLOCK, step)):  # no int32 wrap (see the forward)
+        start = pid * BLOCK + it * step
         n = start + tl.arange(0, BLOCK)  # over all B*C*H*W pixels
         ok = n < total
         j = n % W
