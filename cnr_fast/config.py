@@ -9,6 +9,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field, fields
 
 from .errors import UserError
@@ -34,6 +38,8 @@ class ModelConfig:
     # within the 5-minute default run. 1.0 is torchvision's ResNet.
     width: float = 0.125
     checkpoint: str | None = None
+    # torchvision ImageNet state-dict file: original and references start from it (models/pretrained.py)
+    weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,21 +178,148 @@ class RunConfig:
 
 def _from_dict(cls, d: dict, where: str):
     if not isinstance(d, dict):
-        raise UserError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        raise UserError(f"{where}: expected a JSON object, got {type(d).__name__}; write it as {{\"key\": value, ...}} "
+                        "(a previous run's config.json shows the form)")
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise UserError(f"{where}: unknown key(s) {unknown}; known keys are {sorted(known)}")
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for name, val in d.items():
         sub = _SECTIONS.get(name) if cls is RunConfig else None
         if sub is not None:
-            kwargs[name] = _from_dict(sub, val, f"{where}.{name}")
-        elif isinstance(val, list):
-            kwargs[name] = tuple(val)
+            kwargs[name] = val if isinstance(val, sub) else _from_dict(sub, val, f"{where}.{name}")
         else:
+            if isinstance(val, list):
+                val = tuple(val)
+            _check_type(val, hints[name], f"{where}.{name}")
             kwargs[name] = val
     return cls(**kwargs)
+
+
+def _type_ok(val, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(val, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return val is None
+    if tp is bool:
+        return isinstance(val, bool)
+    if tp is int:
+        return isinstance(val, numbers.Integral) and not isinstance(val, bool)
+    if tp is float:
+        return isinstance(val, numbers.Real) and not isinstance(val, bool)
+    if tp is str:
+        return isinstance(val, str)
+    if origin is tuple:
+        (item, *_rest) = typing.get_args(tp)
+        return isinstance(val, tuple) and all(_type_ok(v, item) for v in val)
+    return True
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}s"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            type(None): "null"}.get(tp, str(tp))
+
+
+def _check_type(val, tp, where: str) -> None:
+    if not _type_ok(val, tp):
+        raise UserError(f"{where} must be {_type_name(tp)}, not {json.dumps(val, default=str)}; fix that value "
+                        "(a previous run's config.json shows the expected form)")
+
+
+# choices of the string settings (the stages check them too; here they are checked before any work)
+CHOICES = {
+    ("train", "reference_init"): ("independent", "shared"),
+    ("detect", "selection"): ("activation", "gradient", "random"),
+    ("synth", "sign"): ("excite", "paper"),
+    ("reset", "relabel"): ("once", "step"),
+    ("baseline", "scrub_preset"): ("val", "large", "small"),
+}
+# (section, key) -> (lowest allowed value, strictly above it?, how to set it); None section = top level
+_LIMITS = {
+    (None, "seed"): (0, False, "--seed"),
+    ("data", "image_size"): (1, False, "--image-size"),
+    ("data", "test_fraction"): (0.0, True, "data.test_fraction in --config"),
+    ("model", "width"): (0.0, True, "--width"),
+    ("train", "epochs"): (1, False, "--train-epochs"),
+    ("train", "batch_size"): (1, False, "train.batch_size in --config"),
+    ("train", "lr"): (0.0, True, "--lr"),
+    ("train", "weight_decay"): (0.0, False, "train.weight_decay in --config"),
+    ("detect", "k"): (1, False, "--k"),
+    ("detect", "batch_size"): (1, False, "detect.batch_size in --config"),
+    ("synth", "gan_epochs"): (1, False, "--gan-epochs"),
+    ("synth", "gan_batch_size"): (1, False, "synth.gan_batch_size in --config"),
+    ("synth", "gan_lr"): (0.0, True, "synth.gan_lr in --config"),
+    ("synth", "latent_dim"): (1, False, "synth.latent_dim in --config"),
+    ("synth", "ngf"): (1, False, "synth.ngf in --config"),
+    ("synth", "batch"): (1, False, "--synth-batch"),
+    ("synth", "steps"): (0, False, "--synth-steps"),
+    ("synth", "lr"): (0.0, True, "synth.lr in --config"),
+    ("synth", "alpha"): (0.0, False, "--alpha"),
+    ("synth", "lambda_real"): (0.0, False, "--lambda-real"),
+    ("synth", "lambda_smooth"): (0.0, False, "--lambda-smooth"),
+    ("reset", "epochs"): (1, False, "--reset-epochs"),
+    ("reset", "stabilize_epochs"): (0, False, "--stabilize-epochs"),
+    ("reset", "lr"): (0.0, True, "reset.lr in --config"),
+    ("reset", "weight_decay"): (0.0, False, "reset.weight_decay in --config"),
+    ("reset", "batch_size"): (1, False, "reset.batch_size in --config"),
+    ("reset", "synth_batch_size"): (1, False, "reset.synth_batch_size in --config"),
+    ("reset", "gamma"): (0.0, False, "--gamma"),
+    ("baseline", "epochs"): (1, False, "--baseline-epochs"),
+    ("baseline", "stabilize_epochs"): (0, False, "--stabilize-epochs"),
+    ("baseline", "lr"): (0.0, True, "baseline.lr in --config"),
+    ("baseline", "weight_decay"): (0.0, False, "baseline.weight_decay in --config"),
+    ("baseline", "batch_size"): (1, False, "baseline.batch_size in --config"),
+    ("baseline", "kd_temperature"): (0.0, True, "baseline.kd_temperature in --config"),
+    ("baseline", "ssd_alpha"): (0.0, True, "baseline.ssd_alpha in --config"),
+    ("baseline", "ssd_lambda"): (0.0, True, "baseline.ssd_lambda in --config"),
+    ("baseline", "ssd_batch_size"): (1, False, "baseline.ssd_batch_size in --config"),
+    ("baseline", "scrub_forget_batch"): (1, False, "baseline.scrub_forget_batch in --config"),
+    ("baseline", "scrub_retain_batch"): (1, False, "baseline.scrub_retain_batch in --config"),
+    ("baseline", "salun_ratio"): (0.0, True, "baseline.salun_ratio in --config"),
+    ("baseline", "salun_epochs"): (1, False, "baseline.salun_epochs in --config"),
+    ("baseline", "salun_lr"): (0.0, True, "baseline.salun_lr in --config"),
+    ("baseline", "salun_batch_size"): (1, False, "baseline.salun_batch_size in --config"),
+}
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Check every number and choice of `cfg` before any work; a bad one is a UserError naming the
+    setting, its value and the fix. Names of methods, archs and datasets are checked by the CLI."""
+    d = cfg.to_dict()
+    for (section, key), (low, strict, how) in _LIMITS.items():
+        val = d[key] if section is None else d[section][key]
+        if val is None:
+            continue
+        name = key if section is None else f"{section}.{key}"
+        if isinstance(val, float) and not math.isfinite(val):
+            raise UserError(f"{name} is {val}; pass a finite number with {how}")
+        if (val <= low) if strict else (val < low):
+            bound = f"above {low}" if strict else f"at least {low}"
+            raise UserError(f"{name} is {val}, it must be {bound}; pass a valid value with {how}")
+    for (section, key), options in CHOICES.items():
+        if d[section][key] not in options:
+            raise UserError(f"unknown {key} {d[section][key]!r}; choose one of {', '.join(options)}")
+    if not 0.0 <= d["data"]["val_fraction"] < 0.5 or not math.isfinite(d["data"]["val_fraction"]):
+        raise UserError(f"val_fraction {d['data']['val_fraction']} is outside [0, 0.5); pass a share of the training "
+                        "split such as --val-fraction 0.1")
+    if d["data"]["test_fraction"] >= 1:
+        raise UserError(f"data.test_fraction {d['data']['test_fraction']} must be below 1; pass e.g. 0.2 in --config")
+    if d["baseline"]["salun_ratio"] > 1:
+        raise UserError(f"baseline.salun_ratio {d['baseline']['salun_ratio']} must be at most 1; pass e.g. 0.5")
+    if not d["detect"]["taps"]:
+        raise UserError("detect.taps is empty; pass --taps with some of L0,L1,L2,L3,L4")
+    if d["synth"]["latent_opt"] and d["synth"]["steps"] < 1:
+        raise UserError(f"synth.steps is {d['synth']['steps']}; latent optimisation needs at least 1 step: pass "
+                        "--synth-steps 1 or more, or --no-latent-opt")
+    return cfg
 
 
 _SECTIONS = {

@@ -109,9 +109,23 @@ def reference_seeds(kind: str, cfg: RunConfig) -> tuple[int, int]:
 def reference_key(kind: str, cfg: RunConfig, ds) -> str:
     """Cache key of a trained reference model: what it was trained on and how."""
     forget = [] if kind == "original" else list(cfg.data.forget)
+    weights = {"weights_sha256": file_sha256(cfg.model.weights)} if cfg.model.weights else {}
     return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
                         "train": cfg.to_dict()["train"], "seed": cfg.seed, "seeds": reference_seeds(kind, cfg),
-                        "forget": forget})
+                        "forget": forget, **weights})
+
+
+def file_sha256(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise UserError(f"cannot read {str(path)!r} ({e.strerror}); pass a readable file") from None
+    return h.hexdigest()
 
 
 def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):
@@ -124,7 +138,20 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
         classes = [c for c in classes if c not in cfg.data.forget]
     init_seed, order_seed = reference_seeds(kind, cfg)
     torch.manual_seed(init_seed)
-    model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
+    weights = {}
+    if cfg.model.weights:
+        from .models.pretrained import load_pretrained
+
+        model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
+                            stem="imagenet")
+        info = load_pretrained(model, cfg.model.weights, cfg.model.arch, cfg.model.width)
+        weights = {"weights": str(cfg.model.weights), "weights_sha256": file_sha256(cfg.model.weights),
+                   "weights_adapted": info["adapted"]}
+        log(f"{kind}: {info['loaded']} tensors from --weights {cfg.model.weights} (head new"
+            + (f"; adapted {', '.join(info['adapted'])}" if info["adapted"] else "") + ")", quiet)
+        model = model.to(device)
+    else:
+        model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
     desc = desc or kind
     log(f"{desc}: training {cfg.model.arch} (width {cfg.model.width}) on classes {classes} for "
         f"{cfg.train.epochs} epochs ...", quiet)
@@ -132,7 +159,8 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
     train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, amp=cfg.amp, seed=order_seed,
                      compile=cfg.compile, desc=desc, quiet=quiet)
     acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)
-    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds), "kind": kind, "trained_classes": classes,
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model), **weights, "kind": kind,
+            "trained_classes": classes,
             "forget_classes": [] if kind == "original" else list(cfg.data.forget), "seed": cfg.seed,
             "init_seed": init_seed, "data_order_seed": order_seed, "reference_init": cfg.train.reference_init,
             "train": cfg.to_dict()["train"], "test_accuracy": acc, "train_time_s": time.perf_counter() - t0}
@@ -142,23 +170,75 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
 def obtain_reference(kind: str, cfg: RunConfig, ds, device, cache: str | None, quiet=False):
     """The original, retrained or retrained_null model, trained once and cached.
 
-    Returns (model, meta, path, cache_hit).
+    Returns (model, meta, path, cache_hit). An entry is looked up, and built, under an exclusive
+    lock (fcntl.flock on `<entry>.lock` beside it): two runs sharing a cache never build the same
+    entry at once (the second waits, then finds it) and never read a half-written one (entries are
+    written atomically anyway). An entry that cannot be loaded (corrupt, truncated, not fitting)
+    is reported on stderr and rebuilt.
     """
-    from .models import model_from_checkpoint
-    from .runs import cache_dir, save_checkpoint
+    from .runs import cache_dir
 
     path = cache_dir(cache) / "models" / f"{kind}-{cfg.model.arch}-{ds.name.replace('/', '_').replace(':', '_')}-" \
         f"{reference_key(kind, cfg, ds)}.pt"
+    with _entry_lock(path):
+        return _obtain_locked(kind, cfg, ds, device, path, quiet)
+
+
+def _obtain_locked(kind, cfg, ds, device, path, quiet):
+    from .models import model_from_checkpoint
+    from .runs import save_checkpoint
+
     if path.is_file():
-        model, meta = model_from_checkpoint(path, ds)
-        log(f"{kind}: cached model {path}", quiet)
-        return model.to(device).eval(), meta, path, True
+        try:
+            model, meta = model_from_checkpoint(path, ds)
+        except UserError as e:
+            print(f"cnr-fast: warning: cached {kind} model {str(path)!r} is unusable ({str(e)[:200]}); rebuilding it",
+                  file=sys.stderr, flush=True)
+        else:
+            log(f"{kind}: cached model {path}", quiet)
+            return model.to(device).eval(), meta, path, True
     model, meta = train_reference(kind, cfg, ds, device, quiet)
     save_checkpoint(path, model, meta)
     acc = meta["test_accuracy"]
     log(f"{kind}: trained in {meta['train_time_s']:.1f}s, forget acc {acc['forget_acc']:.3f}, "
         f"retain acc {acc['retain_acc']:.3f}; cached at {path}", quiet)
     return model, meta, path, False
+
+
+def _entry_lock(path):
+    """Exclusive flock on `<path>.lock` (a no-op where fcntl does not exist)."""
+    import contextlib
+    import errno as _errno
+
+    from .runs import write_error
+
+    @contextlib.contextmanager
+    def held():
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        lock = path.with_name(path.name + ".lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(lock, "a+b")  # noqa: SIM115  (held across the yield below)
+        except OSError as e:
+            if e.errno is None:
+                raise
+            err = write_error(lock, e)
+            if e.errno in (_errno.EACCES, _errno.EPERM, _errno.EROFS):
+                err = UserError(f"model cache {str(lock.parent)!r} is not writable ({e.strerror}); pass "
+                                "--cache-dir DIR with a folder you can write to")
+            raise err from None
+        with fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    return held()
 
 
 def load_original(cfg: RunConfig, ds, device, cache, quiet=False):

@@ -7,6 +7,7 @@ grad scaler otherwise), channels_last on CUDA, optional torch.compile, and a pro
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from typing import Callable, Iterable
 
@@ -100,7 +101,14 @@ def fit(
             else:
                 loss.backward()
                 opt.step()
-            total += float(loss.detach())
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise UserError(
+                    f"training stage {desc!r} diverged: its loss is {value} at epoch {epoch + 1}, step {n + 1}; "
+                    "nothing was written. Lower that stage's learning rate (--lr for the original model, "
+                    "train.lr / reset.lr / baseline.lr in a --config file), or drop --amp"
+                )
+            total += value
             n += 1
         history.append(total / max(n, 1))
         if not quiet:

@@ -39,7 +39,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default resnet18)")
     g.add_argument("--width", type=float, help="ResNet channel multiplier (default 0.125 = 8..64 channels; 1 = torchvision)")
     g.add_argument("--train-epochs", type=int, help="epochs for training the original / retrained model (default 6)")
-    g.add_argument("--reference-init", choices=["independent", "shared"],
+    g.add_argument("--weights", help="torchvision ImageNet state-dict file (resnet18/34/50/101 at --width 1, vit_b16): "
+                                     "the original and the references are fine-tuned from it (new head); no download")
+    g.add_argument("--lr", type=float, help="learning rate of the original / retrained model's training (default 2e-3)")
+    g.add_argument("--reference-init",
                    help="initial weights of the retrained reference and RFS: independent of the original's "
                         "(default) or shared with it (see README)")
 
@@ -55,14 +58,24 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the training loops (pays off on a GPU; not on a 2-core CPU)")
     g.add_argument("--cache-dir", help="model cache (default $XDG_CACHE_HOME/cnr-fast or ~/.cache/cnr-fast)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
+    one_line_errors(p)
+
+
+def one_line_errors(p: argparse.ArgumentParser) -> None:
+    """argparse's own errors (a bad int, a missing value) as one line, exit 2, like a UserError."""
+
+    def error(message: str):
+        p.exit(2, f"{p.prog}: error: {message}; see `{p.prog} --help`\n")
+
+    p.error = error
 
 
 # flag -> (section, key); section None = top level
 FLAG_MAP = {
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "download": ("data", "download"),
     "image_size": ("data", "image_size"), "forget": ("data", "forget"),
-    "arch": ("model", "arch"), "width": ("model", "width"), "checkpoint": ("model", "checkpoint"),
-    "train_epochs": ("train", "epochs"), "reference_init": ("train", "reference_init"),
+    "arch": ("model", "arch"), "width": ("model", "width"), "checkpoint": ("model", "checkpoint"), "weights": ("model", "weights"),
+    "train_epochs": ("train", "epochs"), "lr": ("train", "lr"), "reference_init": ("train", "reference_init"),
     "val_fraction": ("data", "val_fraction"),
     "method": (None, "method"), "seed": (None, "seed"), "device": (None, "device"), "amp": (None, "amp"), "compile": (None, "compile"),
     "k": ("detect", "k"), "taps": ("detect", "taps"), "selection": ("detect", "selection"),
@@ -93,7 +106,48 @@ def config_from_args(args) -> RunConfig:
         updates.setdefault("baseline", {})["stabilize_epochs"] = args.stabilize_epochs
     if getattr(args, "reset_epochs", None) is not None and getattr(args, "baseline_epochs", None) is None:
         updates.setdefault("baseline", {})["epochs"] = args.reset_epochs
-    return cfg.replace(**updates) if updates else cfg
+    seeds = getattr(args, "seeds", None)
+    if seeds is not None and seeds < 1:
+        raise UserError(f"--seeds {seeds}: the number of seeds must be at least 1; pass --seeds 1 or more")
+    cfg = cfg.replace(**updates) if updates else cfg
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """Every name, number and choice of a run, and CNR_FAST_BACKEND, checked before any work."""
+    from ..config import validate
+    from ..experiments import ALL_METHODS
+
+    if cfg.method not in ALL_METHODS:
+        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
+    check_arch_known(cfg)
+    name = cfg.data.dataset
+    if name not in DATASETS[:-1] and not name.startswith("imagefolder:"):
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "imagefolder:":
+        raise UserError("imagefolder: needs a folder; pass --dataset imagefolder:DIR (one sub-folder per class)")
+    validate(cfg)
+    from ..models import check_taps
+
+    check_taps(cfg.detect.taps)
+    check_backend()
+    return cfg
+
+
+def check_backend() -> None:
+    """CNR_FAST_BACKEND must name a backend this install has (or be unset / auto)."""
+    import os
+
+    want = os.environ.get("CNR_FAST_BACKEND", "auto").strip().lower() or "auto"
+    if want == "auto":
+        return
+    from ..ops.backend import REGISTRY
+
+    names = sorted({b.name for backends in REGISTRY.values() for b in backends})
+    if want not in names:
+        raise UserError(f"unknown backend {want!r} in CNR_FAST_BACKEND; choose one of auto, {', '.join(names)} "
+                        "(or unset it)")
 
 
 def log(msg: str, quiet: bool = False) -> None:
@@ -104,6 +158,14 @@ def log(msg: str, quiet: bool = False) -> None:
 def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
     """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch."""
     device = resolve_device(cfg.device)
+    if cfg.model.weights:
+        from ..models.pretrained import PRETRAINED_ARCHS, read_weights
+
+        if cfg.model.arch not in PRETRAINED_ARCHS:
+            raise UserError(f"--weights is for {', '.join(PRETRAINED_ARCHS)}; got --arch {cfg.model.arch}")
+        if cfg.model.checkpoint:
+            raise UserError("--weights and --checkpoint both give the original's weights; pass one of them")
+        read_weights(cfg.model.weights)  # exists and is a safe state dict, before any training
     if cfg.amp and device.type == "cpu":
         from ..hardware import cpu_amp_allowed
 
@@ -165,11 +227,11 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CNR (paper defaults; Table 3 ablations are these switches)")
     g.add_argument("--k", type=int, help="units per tap and forget class (default 12; at most half a tap's units)")
     g.add_argument("--taps", type=lambda s: tuple(s.split(",")), help="detection taps (default L1,L2,L3,L4)")
-    g.add_argument("--selection", choices=["activation", "gradient", "random"], help="unit selection (default activation)")
+    g.add_argument("--selection", help="unit selection: activation (default), gradient or random")
     g.add_argument("--alpha", type=float, help="retain-unit weight of eq. 6 (default 1.5)")
     g.add_argument("--lambda-real", type=float, help="realism weight (default 0.1; 0 = w/o realism)")
     g.add_argument("--lambda-smooth", type=float, help="TV weight (default 0.01; 0 = w/o smoothness)")
-    g.add_argument("--sign", choices=["excite", "paper"], help="sign of eq. 6 (default excite; see README)")
+    g.add_argument("--sign", help="sign of eq. 6: excite (default) or paper (see README)")
     g.add_argument("--no-latent-opt", dest="latent_opt", action="store_false", default=None,
                    help="w/o synthesis ablation: raw generator samples, no latent optimisation")
     g.add_argument("--synth-steps", type=int, help="latent optimisation steps (default 500)")
@@ -178,7 +240,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reset-epochs", type=int, help="reset epochs (default 10; baselines get the same budget)")
     g.add_argument("--stabilize-epochs", type=int, help="retain-only epochs after reset (default 5)")
     g.add_argument("--gamma", type=float, help="L2 pull to the original weights, eq. 7 (default 1e-2)")
-    g.add_argument("--relabel", choices=["once", "step"],
+    g.add_argument("--relabel",
                    help="random retain labels of the synthetic images: drawn once (default) or every step")
     g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
 

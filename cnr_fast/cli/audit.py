@@ -88,6 +88,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
+    from ._common import one_line_errors
+
+    one_line_errors(p)
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -126,7 +129,7 @@ def run(args) -> int:
     from ..config import DataConfig
     from ..data import load_dataset
     from ..models import TAP_NAMES, check_taps, model_from_checkpoint
-    from ..runs import atomic_write_json, load_checkpoint
+    from ..runs import atomic_write_json, check_out_dir, load_checkpoint, staged_dir
     from ..train import resolve_device
 
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
@@ -137,6 +140,9 @@ def run(args) -> int:
         raise UserError("--mia-shadows must be >= 0 and --threads >= 1")
     if args.probe_train_size < 20:
         raise UserError("--probe-train-size must be at least 20")
+    if args.image_size is not None and args.image_size < 1:
+        raise UserError(f"--image-size {args.image_size}: must be at least 1; pass the size the models were trained at")
+    check_out_dir(args.out)  # before any work
     device = resolve_device(args.device)
     for flag, path in (("--checkpoint", args.checkpoint), ("--original", args.original),
                        ("--retrained", args.retrained), ("--null", args.null)):
@@ -189,8 +195,9 @@ def run(args) -> int:
     }
     view = json_view(result)
     view["run"] = extra
-    atomic_write_json(out / "results.json", view)
-    write_report(out, result, extra)
+    with staged_dir(out) as stage:  # all outputs or none (see runs.staged_dir)
+        atomic_write_json(stage / "results.json", view)
+        write_report(stage, result, extra)
     if not args.quiet:
         a = result["metrics"]["unlearned"]
         deep = result["settings"]["deepest_tap"]

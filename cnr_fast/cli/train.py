@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..runs import save_checkpoint, write_run_files
+from ..runs import check_out_dir, save_checkpoint, staged_dir, write_run_files
 from ._common import add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args, obtain_reference, prepare_run
 
 EXAMPLES = """examples:
@@ -32,14 +32,18 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     cfg = config_from_args(args)
     check_arch_known(cfg)
-    cfg, ds, device = prepare_run(cfg, args.quiet)
     out = Path(args.out)
-    summary = {}
+    check_out_dir(out)  # before any training
+    cfg, ds, device = prepare_run(cfg, args.quiet)
+    summary, models = {}, {}
     for kind in ("original", "retrained") if args.retrained else ("original",):
-        model, meta, _, _ = obtain_reference(kind, cfg, ds, device, args.cache_dir, args.quiet)
-        save_checkpoint(out / f"{kind}.pt", model, meta)
-        summary[kind] = {"checkpoint": str(out / f"{kind}.pt"), **meta["test_accuracy"]}
+        models[kind] = obtain_reference(kind, cfg, ds, device, args.cache_dir, args.quiet)[:2]
+    with staged_dir(out) as stage:  # all files or none (see runs.staged_dir)
+        for kind, (model, meta) in models.items():
+            save_checkpoint(stage / f"{kind}.pt", model, meta)
+            summary[kind] = {"checkpoint": str(out / f"{kind}.pt"), **meta["test_accuracy"]}
+        write_run_files(stage, {"train.json": {"config": cfg.to_dict(), "models": summary}})
+    for kind, (_, meta) in models.items():
         print(f"{kind}: {out / f'{kind}.pt'}  forget acc {meta['test_accuracy']['forget_acc']:.4f}  "
               f"retain acc {meta['test_accuracy']['retain_acc']:.4f}")
-    write_run_files(out, {"train.json": {"config": cfg.to_dict(), "models": summary}})
     return 0

@@ -12,7 +12,7 @@ import torch
 from ..errors import UserError
 from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model, val_accuracy
 from ..models import LogitMask, model_meta
-from ..runs import load_checkpoint, save_checkpoint, write_run_files
+from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
 from ..train import forget_retain_accuracy
 from ._common import (
     add_audit_args,
@@ -78,13 +78,14 @@ def run(args) -> int:
     check_arch_known(cfg)
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
+    if args.out:
+        check_out_dir(args.out)  # before any work: a file, or a folder this user cannot write, is refused now
     quiet = args.quiet
     cfg, ds, device = prepare_run(cfg, quiet)
     forget = list(cfg.data.forget)
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
+    check_out_dir(out)
 
     original, orig_meta, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
@@ -98,7 +99,7 @@ def run(args) -> int:
         quiet)
 
     inner = model.model if isinstance(model, LogitMask) else model
-    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds), "kind": "unlearned", "method": cfg.method,
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model), "kind": "unlearned", "method": cfg.method,
             "forget_classes": forget, "seed": cfg.seed, "original_checkpoint": str(orig_path),
             "test_accuracy": acc_new}
     if isinstance(model, LogitMask):
@@ -138,15 +139,18 @@ def run(args) -> int:
     }
     if audit_view is not None:
         results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
-    save_checkpoint(out / "model.pt", inner, meta)
-    files["config.json"] = resolve_method(cfg.method, cfg)[1].to_dict()  # a control's changes spelled out
-    if audit_view is not None:
-        from ..audit import write_report
+    # Every output goes to a staging folder first and into `out` only when all of it is written: a
+    # failure (disk full, ...) leaves `out` absent, or as it was.
+    with staged_dir(out) as stage:
+        save_checkpoint(stage / "model.pt", inner, meta)
+        files["config.json"] = resolve_method(cfg.method, cfg)[1].to_dict()  # a control's changes spelled out
+        if audit_view is not None:
+            from ..audit import write_report
 
-        write_report(out, audit_result, {"method": cfg.method, "checkpoint": str(out / "model.pt"),
-                                         "original": str(orig_path)})
-    files["results.json"] = results  # last, so its presence means the run finished
-    write_run_files(out, files)
+            write_report(stage, audit_result, {"method": cfg.method, "checkpoint": str(out / "model.pt"),
+                                               "original": str(orig_path)})
+        files["results.json"] = results  # last, so its presence means the run finished
+        write_run_files(stage, files)
     _print_table(results, out, quiet=False)
     return 0
 

@@ -170,6 +170,10 @@ def check_forget(forget, ds: Dataset) -> None:
     forget = list(forget)
     if not forget:
         raise UserError("no forget class given; pass --forget C (or several, e.g. --forget 2,5)")
+    dups = sorted({c for c in forget if forget.count(c) > 1})
+    if dups:
+        raise UserError(f"forget class(es) {dups} listed more than once; list each class once, e.g. --forget "
+                        f"{','.join(str(c) for c in dict.fromkeys(forget))}")
     bad = [c for c in forget if not 0 <= c < ds.num_classes]
     if bad:
         raise UserError(
@@ -223,11 +227,25 @@ def _load_torchvision(name, cfg) -> Dataset:
 
 
 def _load_imagefolder(path, cfg) -> Dataset:
-    from PIL import Image
+    """One sub-folder of images per class. Every image is converted to RGB (3 channels), so a folder
+    mixing grey, RGB, palette and RGBA images loads as one 3-channel set; a grey-only folder does too.
+    An empty class folder, an unreadable or corrupt image is an error naming the file."""
+    from PIL import Image, UnidentifiedImageError
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
     if not os.path.isdir(path):
         raise UserError(f"image folder {path!r} does not exist; pass imagefolder:DIR with one sub-folder per class")
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    if not classes:
+        raise UserError(f"image folder {path!r} has no class sub-folders; it needs one sub-folder of images per "
+                        "class (DIR/cat/1.png, DIR/dog/2.png, ...)")
+    empty = [c for c in classes
+             if not any(f.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(os.path.join(path, c))
+                        for f in files)]
+    if empty:
+        raise UserError(f"class folder(s) {empty} of image folder {path!r} hold no image "
+                        f"({', '.join(IMG_EXTENSIONS[:4])}, ...); put images in them or remove them")
     try:
         folder = ImageFolder(path)
     except (FileNotFoundError, RuntimeError) as e:
@@ -235,9 +253,15 @@ def _load_imagefolder(path, cfg) -> Dataset:
     size = cfg.image_size or 64
     xs = np.empty((len(folder.samples), 3, size, size), dtype=np.uint8)
     for i, (p, _) in enumerate(folder.samples):
-        with Image.open(p) as im:
-            im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-            xs[i] = np.asarray(im).transpose(2, 0, 1)
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
+                xs[i] = np.asarray(im).transpose(2, 0, 1)
+        except PermissionError as e:
+            raise UserError(f"image {p!r} cannot be read ({e.strerror}); make it readable or remove it") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise UserError(f"image {p!r} is corrupt or not an image ({detail}); replace or remove it") from None
     y = np.asarray(folder.targets)
     return _from_arrays(f"imagefolder:{path}", xs, y, len(folder.classes), folder.classes, cfg.test_fraction, None)
 

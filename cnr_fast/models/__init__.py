@@ -43,6 +43,7 @@ class ResNet(nn.Module):
 
     def __init__(self, block, layers, num_classes, in_channels=3, width=1.0, small_stem=True):
         super().__init__()
+        self.stem = "small" if small_stem else "imagenet"  # recorded in checkpoints (model_meta)
         widths = [max(4, int(round(w * width))) for w in (64, 128, 256, 512)]
         self.inplanes = widths[0]
         if small_stem:  # 28-32 px inputs: 3x3 stride-1 stem, no max-pool (the usual CIFAR ResNet)
@@ -109,10 +110,13 @@ def vit_patch(arch: str) -> int | None:
     return _VITS[arch][0] if arch in _VITS else None
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: float = 1.0) -> nn.Module:
+def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
+                stem: str | None = None) -> nn.Module:
+    """stem (ResNet): "small" (3x3 stride 1, no max-pool), "imagenet" (torchvision's), None: small up to 64 px."""
     if arch in _RESNETS:
         block, layers = _RESNETS[arch]
-        return ResNet(block, layers, num_classes, in_channels, width, small_stem=image_size <= 64)
+        small = image_size <= 64 if stem is None else stem == "small"
+        return ResNet(block, layers, num_classes, in_channels, width, small_stem=small)
     if arch in _VITS:
         patch, layers, heads, hidden, mlp = _VITS[arch]
         if image_size % patch:
@@ -167,6 +171,24 @@ def load_model_state(model: nn.Module, state: dict, meta: dict, arch: str, num_c
             f"checkpoint {path!r} has {meta['num_classes']} classes but the dataset has {num_classes}; "
             "pass the dataset the checkpoint was trained on"
         )
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} key(s): {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:3])}"
+                     f"{', ...' if len(unexpected) > 3 else ''}")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}")
+    if parts:
+        raise UserError(
+            f"checkpoint {path!r} does not fit {arch} with {num_classes} classes ({'; '.join(parts)}); "
+            "pass the --arch, --width and dataset it was trained with"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -197,9 +219,11 @@ class LogitMask(nn.Module):
         return self.model(x).masked_fill(self.forget_mask, float("-inf"))
 
 
-def model_meta(arch: str, width: float, ds) -> dict:
+def model_meta(arch: str, width: float, ds, model: nn.Module | None = None) -> dict:
     """What a checkpoint records about its model and data (ds: cnr_fast.data.Dataset)."""
-    return {"arch": arch, "width": width, **ds.fingerprint()}
+    inner = getattr(model, "model", model)  # LogitMask wraps
+    stem = {"stem": inner.stem} if getattr(inner, "stem", None) else {}
+    return {"arch": arch, "width": width, **stem, **ds.fingerprint()}
 
 
 def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None = None):
@@ -229,7 +253,7 @@ def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None
                 f"checkpoint {str(path)!r} expects {key}={meta[key]} but dataset {ds.name!r} gives "
                 f"{getattr(ds, key)}; pass the dataset (and --image-size) it was trained with"
             )
-    model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width)
+    model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width, stem=meta.get("stem"))
     load_model_state(model, state, meta, arch, ds.num_classes, str(path))
     if meta.get("logit_mask"):
         model = LogitMask(model, meta["logit_mask"])

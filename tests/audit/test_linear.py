@@ -1,15 +1,14 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 
 from cnr_fast.audit.linear import Standardizer, fit_linear_svm, fit_logreg
 
 
 @pytest.mark.parametrize("C", [1.0, 0.05])
 def test_logreg_matches_sklearn(blobs, C):
+    LogisticRegression = pytest.importorskip("sklearn.linear_model").LogisticRegression
+    StandardScaler = pytest.importorskip("sklearn.preprocessing").StandardScaler
     xtr, ytr, xte, _ = blobs
     sc = StandardScaler().fit(xtr)
     ref = LogisticRegression(C=C, max_iter=5000, tol=1e-10).fit(sc.transform(xtr), ytr)
@@ -22,6 +21,8 @@ def test_logreg_matches_sklearn(blobs, C):
 
 @pytest.mark.parametrize("n_classes", [4, 2])
 def test_linear_svm_matches_sklearn(blobs, n_classes):
+    LinearSVC = pytest.importorskip("sklearn.svm").LinearSVC
+    StandardScaler = pytest.importorskip("sklearn.preprocessing").StandardScaler
     xtr, ytr, xte, yte = blobs
     keep, keep_te = ytr < n_classes, yte < n_classes
     xtr, ytr, xte, yte = xtr[keep], ytr[keep], xte[keep_te], yte[keep_te]

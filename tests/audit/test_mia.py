@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from cnr_fast.audit.mia import attack_features, population_attack
@@ -12,6 +13,7 @@ def _logits(n, confident, g):
 
 
 def test_planted_membership_signal_detected():
+    pytest.importorskip("sklearn", reason="the attack model is sklearn's LogisticRegression")
     g = torch.Generator().manual_seed(0)
     m, n = _logits(400, True, g), _logits(400, False, g)
     ti, to = _logits(200, True, g), _logits(200, False, g)
@@ -20,6 +22,7 @@ def test_planted_membership_signal_detected():
 
 
 def test_no_signal_is_near_half():
+    pytest.importorskip("sklearn", reason="the attack model is sklearn's LogisticRegression")
     g = torch.Generator().manual_seed(1)
     m, n, ti, to = (_logits(400, True, g) for _ in range(4))
     assert abs(population_attack(*m, *n, *ti, *to)["mia_acc"] - 0.5) < 0.1
@@ -35,6 +38,7 @@ def test_logit_mask_minus_inf_is_finite():
 
 
 def test_shadow_attack_runs_and_fresh_copy(tiny_resnet):
+    pytest.importorskip("sklearn", reason="the attack model is sklearn's LogisticRegression")
     from cnr_fast.audit.mia import fresh_copy, shadow_attack, train_shadows
     from cnr_fast.config import TrainConfig
     from cnr_fast.data import Split

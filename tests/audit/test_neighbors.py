@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
 
 from cnr_fast.audit.neighbors import knn_indices, knn_predict, nn_purity
 
 
 def test_knn_indices_match_sklearn(blobs):
+    NearestNeighbors = pytest.importorskip("sklearn.neighbors").NearestNeighbors
     xtr, _, xte, _ = blobs
     ref = NearestNeighbors(n_neighbors=10).fit(xtr).kneighbors(xte, return_distance=False)
     ours = knn_indices(torch.from_numpy(xte), torch.from_numpy(xtr), 10, chunk=37).numpy()
@@ -28,6 +28,7 @@ def test_exclude_self(blobs):
 
 
 def test_knn_predict_matches_sklearn(blobs):
+    KNeighborsClassifier = pytest.importorskip("sklearn.neighbors").KNeighborsClassifier
     xtr, ytr, xte, _ = blobs
     ref = KNeighborsClassifier(5).fit(xtr, ytr).predict(xte)
     assert (knn_predict(xtr, ytr, xte, 5).numpy() == ref).mean() > 0.99

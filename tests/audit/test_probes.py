@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from cnr_fast.audit import probes
 
@@ -38,6 +36,8 @@ def test_scrubbed_decoders_near_chance(blobs):
 
 
 def test_probe_scores_equal_sklearn_probe(blobs):
+    LogisticRegression = pytest.importorskip("sklearn.linear_model").LogisticRegression
+    StandardScaler = pytest.importorskip("sklearn.preprocessing").StandardScaler
     xtr, ytr, xte, yte = blobs
     sc = StandardScaler().fit(xtr)
     ref = LogisticRegression(max_iter=5000).fit(sc.transform(xtr), ytr).predict(sc.transform(xte))

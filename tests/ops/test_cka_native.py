@@ -1,5 +1,6 @@
-"""Batched linear CKA (cnr_fast.ops.cka): native op and pure-torch fallback against float64 numpy,
-pytorch-cka / torch-cka, invariances, torch.library.opcheck, and the path without the extension."""
+"""Batched linear CKA (cnr_fast.ops.cka): the three paths (feature space, torch Gram, native Gram)
+against float64 numpy, pytorch-cka / torch-cka, invariances, torch.library.opcheck, the dispatch by
+cost, and the path without the extension."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import torch
 
 from cnr_fast import _native
 from cnr_fast.ops import backend, reference
-from cnr_fast.ops.cka import cka_matrix, cka_matrix_native, cka_matrix_torch
+from cnr_fast.ops import cka as ops_cka
+from cnr_fast.ops.cka import cka_matrix, cka_matrix_feature, cka_matrix_native, cka_matrix_torch
 
 NATIVE = _native.available()
 needs_native = pytest.mark.skipif(not NATIVE, reason=f"cnr_fast._C unavailable: {_native.load_error()}")
@@ -27,11 +29,12 @@ SHAPES = [
     (4, [3, 9], [2]),
     (600, [40, 7], [300, 40]),  # several staircase panels in the native op
 ]
-IMPLS = ["torch", pytest.param("native", marks=needs_native)]
+IMPLS = ["torch", "feature", "auto", pytest.param("native", marks=needs_native)]
 
 
 def _impl(name):
-    return {"torch": cka_matrix_torch, "native": cka_matrix_native}[name]
+    return {"torch": cka_matrix_torch, "feature": cka_matrix_feature, "native": cka_matrix_native,
+            "auto": cka_matrix}[name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +118,116 @@ def test_self_is_one_and_invariances(impl, unbiased):
     torch.testing.assert_close(got, base.expand(len(variants), 1), atol=1e-10, rtol=0)
 
 
+# Fresh random inputs (a new seed every run), odd shapes, taps both narrower (n > d) and wider
+# (n < d) than the examples: every path against the float64 numpy oracles.
+FRESH = [
+    (41, [97, 3], [13, 211]),  # n < d and n > d mixed within one call
+    (203, [17, 5], [31, 2]),  # n > d: the feature form's home
+    (29, [301, 157], [263]),  # n < d: the Gram form's home
+]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("n,da,db", FRESH)
+def test_paths_match_numpy_on_fresh_inputs(impl, unbiased, n, da, db):
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = np.random.default_rng(seed)
+    fa = [torch.from_numpy(np.maximum(rng.normal(size=(n, d)), 0) + rng.uniform(0.1, 2)) for d in da]
+    fb = [torch.from_numpy(rng.normal(size=(n, d)) + 0.5 * fa[0][:, :1].numpy()) for d in db]
+    want = np_matrix(fa, fb, unbiased)
+    for dtype, tol in ((torch.float64, 1e-9), (torch.float32, 5e-5)):
+        got = _impl(impl)([t.to(dtype) for t in fa], [t.to(dtype) for t in fb], unbiased=unbiased)
+        torch.testing.assert_close(got, want, atol=tol, rtol=0, msg=lambda m: f"seed {seed}: {m}")
+    k = min(len(da), len(db))
+    got = _impl(impl)(fa[:k], fb[:k], unbiased=unbiased, pairs="diag")
+    torch.testing.assert_close(got, torch.diagonal(want)[:k], atol=1e-9, rtol=0, msg=lambda m: f"seed {seed}: {m}")
+
+
+def _meta(n, dims, dtype=torch.float32):
+    return [torch.empty(n, d, device="meta", dtype=dtype) for d in dims]
+
+
+def test_plan_by_cost():
+    # issue #9: n = 10k, d = 512: feature space (1.6e10 FLOP) beats the Grams (2e11 + 2 x 400 MB)
+    p = ops_cka.plan(_meta(10_000, [512]), _meta(10_000, [512]), True, "diag")
+    assert p.path == "feature" and p.costs["feature"] * 10 < p.costs["gram"]
+    # wide taps (d >> n): the Gram form
+    p = ops_cka.plan(_meta(500, [6272, 3136]), _meta(500, [4096]), False, "all")
+    assert p.path == "gram" and p.costs["gram"] < p.costs["feature"]
+    # the CNN taps of bench_cka at n = 1000, all pairs: Gram; their diagonal: the narrow tap in feature space
+    cnn = [6272, 3136, 1568, 1024, 64]
+    assert ops_cka.plan(_meta(1000, cnn), _meta(1000, cnn), True, "all").path == "gram"
+    p = ops_cka.plan(_meta(1000, cnn), _meta(1000, cnn), True, "diag")
+    assert p.path == "feature+gram" and p.feature_pairs == (4,) and p.gram_pairs == (0, 1, 2, 3)
+    # the choice is the argmin of the modelled costs, and it moves with n at fixed d
+    for n in (64, 256, 1024, 4096, 16384):
+        p = ops_cka.plan(_meta(n, [700]), _meta(n, [900]), False, "all")
+        assert p.path == min(("feature", "gram"), key=p.costs.get)
+    assert ops_cka.plan(_meta(64, [700]), _meta(64, [900])).path == "gram"
+    assert ops_cka.plan(_meta(16384, [700]), _meta(16384, [900])).path == "feature"
+
+
+def test_plan_native_only_where_it_earned_its_place(monkeypatch):
+    x = [torch.randn(40, 300), torch.randn(40, 200)]  # Gram-shaped: n < d
+    monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 1.2)
+    p = ops_cka.plan(x, x, True, "all")
+    assert p.path == "gram" and any("1.20x" in r for r in p.native_reasons)
+    assert backend.choose("cka_matrix", x, x, unbiased=True, pairs="all")[0].name == "reference"
+    monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 2.0)
+    p = ops_cka.plan(x, x, True, "all")
+    if NATIVE:
+        assert p.path == "native" and not p.native_reasons and p.costs["native"] == p.costs["gram"] / 2.0
+        assert backend.choose("cka_matrix", x, x, unbiased=True, pairs="all")[0].name == "native"
+        p = ops_cka.plan([x[0], torch.randn(40, 3)], [x[1], torch.randn(40, 2)], True, "diag")
+        assert p.path == "feature+native" and p.feature_pairs == (1,)
+        torch.testing.assert_close(ops_cka.run_plan(p, [x[0], x[1]], [x[1], x[0]], True, "diag"),
+                                   cka_matrix_torch([x[0], x[1]], [x[1], x[0]], True, "diag"), atol=1e-5, rtol=0)
+        # a narrow call stays in feature space even where the native op is allowed
+        y = [torch.randn(400, 5)]
+        assert ops_cka.plan(y, y).path == "feature"
+        assert backend.choose("linear_cka", y[0], y[0])[0].name == "reference"
+        assert backend.choose("linear_cka", x[0], x[1])[0].name == "native"  # n < d: the Gram form
+    else:
+        assert p.path == "gram" and p.native_reasons
+    # with the recorded CPU speedup (under 1.5x) neither op gets the native Gram automatically
+    monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 1.48)
+    assert backend.choose("linear_cka", x[0], x[1])[0].name == "reference"
+    assert ops_cka.plan(x, x).path == "gram"
+    xg = x[0].clone().requires_grad_()
+    assert ops_cka.plan([xg], [x[1]]).gram_engine == "gram"  # no backward in the native op
+    monkeypatch.delitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu")
+    assert any("not measured" in r for r in ops_cka.plan(x, x).native_reasons)
+
+
+@needs_native
+def test_forced_native_backend_runs_native(monkeypatch):
+    monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 0.5)  # the cost model would never pick it
+    monkeypatch.setenv("CNR_FAST_BACKEND", "native")
+    y = [torch.randn(400, 5, dtype=torch.float64)]
+    assert backend.choose("cka_matrix", y, y, unbiased=False, pairs="all")[0].name == "native"
+    torch.testing.assert_close(cka_matrix(y, y), torch.ones(1, 1, dtype=torch.float64))
+
+
+def test_diag_mixed_plan_matches_numpy():
+    gen = torch.Generator().manual_seed(21)
+    fa = _taps(50, [400, 3, 11], gen)  # wide (Gram), narrow, narrow (feature space)
+    fb = _taps(50, [400, 3, 7], gen, base=fa)
+    for unbiased in (False, True):
+        p = ops_cka.plan(fa, fb, unbiased, "diag")
+        assert p.feature_pairs == (1, 2) and p.gram_pairs == (0,)
+        got = cka_matrix(fa, fb, unbiased=unbiased, pairs="diag")
+        torch.testing.assert_close(got, torch.diagonal(np_matrix(fa, fb, unbiased)), atol=1e-9, rtol=0)
+
+
+def test_feature_path_is_differentiable():
+    gen = torch.Generator().manual_seed(22)
+    x = torch.randn(30, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    for unbiased in (False, True):
+        torch.autograd.gradcheck(lambda t, u=unbiased: cka_matrix_feature([t], [y], unbiased=u), (x,))
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 def test_biased_equals_reference_linear_cka(impl):
     gen = torch.Generator().manual_seed(5)
@@ -185,8 +298,9 @@ def test_dispatch_and_errors():
     gen = torch.Generator().manual_seed(6)
     a = [torch.randn(10, 3, generator=gen)]
     chosen, reasons = backend.choose("cka_matrix", a, a, unbiased=False, pairs="all")
-    assert chosen.name == ("native" if NATIVE else "reference")
-    if not NATIVE:
+    # automatic choice: native only where the cost model (and the device's measured speedup) picks it
+    assert chosen.name == ("native" if ops_cka.plan(a, a).path == "native" else "reference")
+    if chosen.name != "native":
         assert "native" in reasons
     with pytest.raises(ValueError, match="pairs"):
         cka_matrix(a, a, pairs="upper")
@@ -310,7 +424,10 @@ def test_cuda_matches_cpu(unbiased, dtype):
         if len(da) == len(db):
             d = cka_matrix(ca, cb, unbiased=unbiased, pairs="diag")
             torch.testing.assert_close(d.cpu(), torch.diagonal(want), atol=tol, rtol=0)
-        assert backend.choose("cka_matrix", ca, cb, unbiased=unbiased, pairs="all")[0].name == "native"
+        want_native = ops_cka.plan(ca, cb, unbiased, "all").path == "native"
+        assert (backend.choose("cka_matrix", ca, cb, unbiased=unbiased, pairs="all")[0].name == "native") == want_native
+        got_native = cka_matrix_native(ca, cb, unbiased=unbiased)  # the CUDA op itself, whatever the dispatch
+        torch.testing.assert_close(got_native.cpu(), want, atol=tol, rtol=0)
 
 
 @pytest.mark.gpu
