@@ -26,6 +26,21 @@ FLOP/B); for the others the fp32 CUDA-core peak, 66.9 TFLOP/s (ridge 20 FLOP/B).
 `bytes` is what the whole kernel must move at that shape (each input read once, each output written
 once, class_sums' accumulator read and written once).
 
+Where the memory-bound kernels stand against the >= 2x target (issue #9), min over the paper shapes:
+- selective_loss_fwd: bf16 2.07, fp32 5.0. Indices become offsets once a program; a (BLOCK_B rows x
+  BLOCK_K indices) tile per iteration costs one 64-bit address add, load, convert and add per element.
+  (Its real bound is latency/sectors: every gathered element is its own 32-byte sector.)
+- tv_loss_fwd: fp32 2.05, bf16 0.92 (were 0.66 / 0.29): row-streamed, two rows an iteration, no div/mod. The
+  floor per element is 2 sub + 2 fma + sqrt + add (+ 2 bf16->fp32 converts: lower row, and the right
+  neighbour, a scalar load one element over) = 6-8 PTX instructions for 2 (bf16) bytes, i.e. at most
+  ~1.6x for bf16 with fp32 differences; reaching 2x needs the right neighbour from registers (an
+  in-thread shift via split/join, not done) or bf16x2 subtraction (the reference's own rounding; not done).
+- tv_loss_bwd: fp32 1.68, bf16 0.77 (were 0.78 / 0.37): row-streamed, the term above carried, the left
+  term recomputed (two sqrt + divide per pixel: ~18 instructions per element before loads).
+- class_sums: unchanged (bf16 C=100 1.9, fp32 1.04-1.58: the exact 3-way bf16 split).
+Triton emits a `mov` before every load (the masked-off value) and loop-carried register copies; PTX
+counts them, ptxas removes most, so these bounds are conservative.
+
     python -m bench.bench_roofline                 # writes bench/results/roofline_sm90.json
     python -m bench.bench_roofline --quick --out /tmp/x   # one shape per kernel (the test)
 """
@@ -50,6 +65,7 @@ HBM_H100 = 3.35e12
 HBM_H200 = 4.8e12
 PEAK_TC_BF16 = 989.4e12  # H100 SXM dense bf16 tensor-core FLOP/s
 PEAK_FP32 = 66.9e12  # H100 SXM fp32 CUDA-core FLOP/s
+SMS = 132  # H100 / H200 SXM: launch configurations that depend on the GPU size are the ones for 132 SMs
 
 _LABEL = re.compile(r"^(\$L__BB\d+_\d+):")
 _BRANCH = re.compile(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+)\s*;")
@@ -207,78 +223,35 @@ def tv_rows(quick=False):
         B, C, H, W = TV_SHAPES[name]
         for dt in ["bf16"] if quick else ["bf16", "fp32"]:
             x = _t(DT[dt])
-            BLOCK, warps = 1024, 4
-            total = B * C * (H - 1) * (W - 1)
-            k = compile_for_sm90(
-                tv._tv_fwd_kernel,
-                x,
-                _t(torch.float32),
-                total,
-                C,
-                H,
-                W,
-                B,
-                C * H * W,
-                H * W,
-                W,
-                1,
-                grid=(1,),
-                EPS=tv.TV_EPS,
-                BLOCK=BLOCK,
-                num_warps=warps,
-            )
+            warps = 4
+            threads = 32 * warps
             n = B * C * H * W
-            rows.append(
-                _row(
-                    "tv_loss_fwd",
-                    f"{name} {(B, C, H, W)}",
-                    dt,
-                    n * ES[dt],
-                    8 * total,
-                    PEAK_FP32,
-                    k,
-                    BLOCK * ES[dt] / (32 * warps),
-                    32 * warps,
-                    {"BLOCK": BLOCK, "num_warps": warps},
+            # the launcher's tile on a GPU of 132 SMs; one loop iteration = one row of the tile
+            for kind, Wx, Hx in (("fwd", W, H - 1), ("bwd", W, H)):
+                cfg = tv._config(Wx, B * C, Hx, 8 * SMS)
+                meta = {"BLOCK_P": cfg["BLOCK_P"], "BLOCK_W": cfg["BLOCK_W"], "num_warps": warps}
+                common = (B * C, C, H, W, B, C * H * W, H * W, W, 1)
+                grid_args = (cfg["NS"], cfg["NCH"], cfg["rows"])
+                if kind == "fwd":
+                    k = compile_for_sm90(
+                        tv._tv_fwd_kernel, x, _t(torch.float32), *common, *grid_args, grid=(1,), EPS=tv.TV_EPS, **meta
+                    )
+                    total, flops, rw = n * ES[dt], 8 * B * C * (H - 1) * (W - 1), 2  # two rows an iteration
+                else:
+                    k = compile_for_sm90(
+                        tv._tv_bwd_kernel, x, x, _t(torch.float32), *common, C * H * W, H * W, W, 1, *grid_args,
+                        grid=(1,), EPS=tv.TV_EPS, **meta,
+                    )  # fmt: skip
+                    total, flops, rw = 2 * n * ES[dt], 30 * n, 2
+                # useful bytes only: padded columns of the last strip do not count
+                useful = (Wx if kind == "bwd" else W - 1) / (cfg["NS"] * cfg["BLOCK_W"])
+                bytes_iter = rw * cfg["BLOCK_P"] * cfg["BLOCK_W"] * ES[dt] * useful / threads
+                rows.append(
+                    _row(
+                        f"tv_loss_{kind}", f"{name} {(B, C, H, W)}", dt, total, flops, PEAK_FP32, k, bytes_iter,
+                        threads, {**meta, "rows_per_program": cfg["rows"]},
+                    )  # fmt: skip
                 )
-            )
-            k = compile_for_sm90(
-                tv._tv_bwd_kernel,
-                x,
-                x,
-                _t(torch.float32),
-                n,
-                C,
-                H,
-                W,
-                B,
-                C * H * W,
-                H * W,
-                W,
-                1,
-                C * H * W,
-                H * W,
-                W,
-                1,
-                grid=(1,),
-                EPS=tv.TV_EPS,
-                BLOCK=BLOCK,
-                num_warps=warps,
-            )
-            rows.append(
-                _row(
-                    "tv_loss_bwd",
-                    f"{name} {(B, C, H, W)}",
-                    dt,
-                    2 * n * ES[dt],
-                    30 * n,
-                    PEAK_FP32,
-                    k,
-                    2 * BLOCK * ES[dt] / (32 * warps),
-                    32 * warps,
-                    {"BLOCK": BLOCK, "num_warps": warps},
-                )
-            )
     return rows
 
 
@@ -292,30 +265,16 @@ def selective_rows(quick=False):
         K = max(1, U // 100)
         for dt in ["bf16"] if quick else ["bf16", "fp32"]:
             x, idx = _t(DT[dt]), _t(torch.int64)
-            BLOCK, warps = 256, 4
+            warps = 4
+            c = sl.fwd_config(BATCH, K, K, 4 * SMS)
             k = compile_for_sm90(
-                sl._sel_fwd_kernel,
-                x,
-                idx,
-                idx,
-                _t(torch.float32),
-                BATCH,
-                U,
-                K,
-                K,
-                1,
-                1,
-                U,
-                1,
-                0,
-                0,
-                1e-3,
-                -1e-3,
-                grid=(1,),
-                BLOCK=BLOCK,
-                num_warps=warps,
-            )
-            # a gather: each element is its own 32-byte sector; the index list is cached
+                sl._sel_fwd_kernel, x, idx, idx, _t(torch.float32),
+                BATCH, U, K, K, 1, 1, U, 1, 0, 0, 1e-3, -1e-3, c["rows"], c["nkf"],
+                grid=(1,), BLOCK_B=c["BLOCK_B"], BLOCK_K=c["BLOCK_K"], num_warps=warps,
+            )  # fmt: skip
+            # a gather: each element is its own 32-byte sector; the index block is read once a program.
+            # One loop iteration: BLOCK_B rows x BLOCK_K indices, of which the useful (unpadded) ones count
+            useful = 2 * K / (c["grid"][0] * c["BLOCK_K"])
             rows.append(
                 _row(
                     "selective_loss_fwd",
@@ -325,9 +284,9 @@ def selective_rows(quick=False):
                     4 * BATCH * K,
                     PEAK_FP32,
                     k,
-                    BLOCK * ES[dt] / (32 * warps),
+                    c["BLOCK_B"] * c["BLOCK_K"] * useful * ES[dt] / (32 * warps),
                     32 * warps,
-                    {"BLOCK": BLOCK, "num_warps": warps},
+                    {**{x: c[x] for x in ("BLOCK_B", "BLOCK_K", "rows")}, "grid": list(c["grid"]), "num_warps": warps},
                 )
             )
             BLOCK_U = 256

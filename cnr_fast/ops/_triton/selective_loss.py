@@ -6,9 +6,10 @@ Spec: `reference.selective_loss`. The loss is linear in the features:
 so its gradient does not depend on x: d loss / d x_l[b, u] = cf_l * #{k: fi_l[k] = u} + cr_l * #{k: ri_l[k] = u}
 (the same for every b; duplicates in an index set count twice, as in the reference's gather).
 
-Forward: one launch per tap, each a few grid-stride programs gathering only the B*(Kf+Kr) selected
-elements and writing one pre-scaled partial each into a shared buffer; one torch sum of all partials
-(L + 1 launches, deterministic). Nothing of x is saved for backward.
+Forward: one launch per tap over (index blocks of fi then ri) x (row splits of the samples); each
+program turns its BLOCK_K indices into element offsets once, then gathers BLOCK_B rows a step (one
+address add, load, convert and add per element) and writes one pre-scaled partial into a shared
+buffer; one torch sum of all partials (L + 1 launches, deterministic). Nothing of x is saved for backward.
 Backward: one launch per tap; each program counts the index hits of its block of units once, then
 writes that gradient row to its block of samples (no zero-fill, no atomics, x's dtype and layout).
 
@@ -29,40 +30,60 @@ from . import cdiv, device_ctx, interp_safe, interpret, max_programs, view4d
 
 
 @triton.jit
-def _gather_sum(acc, x_ptr, idx_ptr, pid, nprog, B, K, U, D2, D3, s0, s1, s2, s3, coef, BLOCK: tl.constexpr):
-    total = B * K
-    step = nprog * BLOCK
-    for it in range(tl.cdiv(total - pid * BLOCK, step)):  # no int32 wrap of start + step (see tv_loss)
-        start = pid * BLOCK + it * step
-        n = start + tl.arange(0, BLOCK)
-        ok = n < total
-        b = n // K
-        u = tl.load(idx_ptr + n % K, mask=ok, other=0)
-        u = tl.where(u < 0, u + U, u)  # torch-style negative indices
-        ok = ok & (u >= 0) & (u < U)
-        off = (
-            b.to(tl.int64) * s0
-            + (u // (D2 * D3)).to(tl.int64) * s1
-            + ((u // D3) % D2).to(tl.int64) * s2
-            + (u % D3).to(tl.int64) * s3
-        )
-        acc += tl.where(ok, tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32), 0.0) * coef
-    return acc
+def _gather_sum(x_ptr, idx_ptr, pid_k, pid_b, B, K, U, D2, D3, s0, s1, s2, s3, rows,
+                BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """sum of x[b, idx[k]] over this program's BLOCK_K indices k and its rows b (fp32 scalar).
+
+    The index block is loaded and turned into element offsets once (invalid or padding indices read
+    x[b, 0] and are dropped once at the end); the row loop then moves BLOCK_B rows a step with one
+    pointer add per element: no division, no index load, no predicate in the loop."""
+    k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = k < K
+    u = tl.load(idx_ptr + k, mask=ok, other=0)
+    u = tl.where(u < 0, u + U, u)  # torch-style negative indices
+    ok = ok & (u >= 0) & (u < U)
+    off = (
+        (u // (D2 * D3)).to(tl.int64) * s1
+        + ((u // D3) % D2).to(tl.int64) * s2
+        + (u % D3).to(tl.int64) * s3
+    )
+    off = tl.where(ok, off, 0)
+    bb = tl.arange(0, BLOCK_B)
+    b_start = pid_b * rows
+    n_rows = tl.minimum(B, b_start + rows) - b_start
+    ptr = x_ptr + (b_start + bb).to(tl.int64)[:, None] * s0 + off[None, :]
+    step = s0 * BLOCK_B
+    n_full = n_rows // BLOCK_B
+    part = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
+    roff = s0 * 0  # a scalar row offset: one add per element for the address
+    for _ in range(n_full):
+        part += tl.load(ptr + roff).to(tl.float32)
+        roff += step
+    rem = n_rows - n_full * BLOCK_B  # the last rows, masked
+    part += tl.load(ptr + n_full.to(tl.int64) * step, mask=(bb < rem)[:, None], other=0.0).to(tl.float32)
+    return tl.sum(tl.where(ok, tl.sum(part, axis=0), 0.0), axis=0)
 
 
 @triton.jit
 def _sel_fwd_kernel(
     x_ptr, fi_ptr, ri_ptr, part_ptr,
     B, U, KF, KR, D2, D3, s0, s1, s2, s3,
-    coef_f, coef_r,
-    BLOCK: tl.constexpr,
+    coef_f, coef_r, rows, nkf,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    acc = _gather_sum(acc, x_ptr, fi_ptr, pid, nprog, B, KF, U, D2, D3, s0, s1, s2, s3, coef_f, BLOCK)
-    acc = _gather_sum(acc, x_ptr, ri_ptr, pid, nprog, B, KR, U, D2, D3, s0, s1, s2, s3, coef_r, BLOCK)
-    tl.store(part_ptr + pid, tl.sum(acc, axis=0))
+    """Program (pid_k, pid_b): index block pid_k of fi (pid_k < nkf) or block pid_k - nkf of ri, over
+    the samples [pid_b * rows, ...); one pre-scaled partial each."""
+    pid_k = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    if pid_k < nkf:
+        part = _gather_sum(x_ptr, fi_ptr, pid_k, pid_b, B, KF, U, D2, D3, s0, s1, s2, s3, rows, BLOCK_B, BLOCK_K)
+        part = part * coef_f
+    else:
+        part = _gather_sum(
+            x_ptr, ri_ptr, pid_k - nkf, pid_b, B, KR, U, D2, D3, s0, s1, s2, s3, rows, BLOCK_B, BLOCK_K
+        )
+        part = part * coef_r
+    tl.store(part_ptr + pid_b * tl.num_programs(0) + pid_k, part)
 
 
 @triton.jit
@@ -102,6 +123,25 @@ def _sel_bwd_kernel(
         row += g0
 
 
+def fwd_config(B: int, kf: int, kr: int, programs: int) -> dict:
+    """One tap's forward launch: a (BLOCK_B rows x BLOCK_K indices) tile of TILE elements (8 a thread
+    at 4 warps; the interpreter: smaller), BLOCK_K the widest power of two that pads the index sets by
+    at most 1/8; the samples split only as far as needed for `programs` programs."""
+    tile = 256 if interpret() else 1024
+    bk = 8
+    for c in (1024, 512, 256, 128, 64, 32, 16, 8):
+        padded = cdiv(kf, c) * c + cdiv(kr, c) * c
+        if c <= tile and (padded - kf - kr) * 8 <= padded:
+            bk = c
+            break
+    bb = max(1, tile // bk)
+    nkf = cdiv(kf, bk)
+    gk = nkf + cdiv(kr, bk)
+    split = min(B, 2) if interpret() else max(1, min(cdiv(programs, gk), cdiv(B, 2 * bb)))
+    rows = cdiv(B, split)
+    return {"BLOCK_B": bb, "BLOCK_K": bk, "grid": (gk, cdiv(B, rows)), "rows": rows, "nkf": nkf}
+
+
 def _index(ix, device) -> torch.Tensor:
     t = torch.as_tensor(ix, device=device)
     if t.dtype not in (torch.int32, torch.int64):
@@ -117,25 +157,24 @@ class SelectiveLoss(torch.autograd.Function):
         feats, f_idx, r_idx = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
         dev = feats[0].device
         views, coefs, grids = [], [], []
-        BLOCK = 1024 if interpret() else 256
         for x, fi, ri in zip(feats, f_idx, r_idx):
             xv, sizes, strides = view4d(interp_safe(x))
             B = sizes[0]
             kf, kr = fi.numel(), ri.numel()
             coefs.append((1.0 / (n * B * kf), -float(alpha) / (n * B * kr)))
             views.append((xv, sizes, strides))
-            grids.append(max(1, min(cdiv(B * (kf + kr), BLOCK), max_programs(dev, per_sm=1, interpreter_cap=4))))
-        part = torch.empty(sum(grids), dtype=torch.float32, device=dev)
+            grids.append(fwd_config(B, kf, kr, max_programs(dev, per_sm=4, interpreter_cap=4)))
+        part = torch.empty(sum(c["grid"][0] * c["grid"][1] for c in grids), dtype=torch.float32, device=dev)
         off = 0
         with device_ctx(feats[0]):
-            for (xv, sizes, strides), fi, ri, (cf, cr), grid in zip(views, f_idx, r_idx, coefs, grids):
+            for (xv, sizes, strides), fi, ri, (cf, cr), c in zip(views, f_idx, r_idx, coefs, grids):
                 U = sizes[1] * sizes[2] * sizes[3]
-                _sel_fwd_kernel[(grid,)](
+                _sel_fwd_kernel[c["grid"]](
                     xv, fi, ri, part[off:],
                     sizes[0], U, fi.numel(), ri.numel(), sizes[2], sizes[3], *strides,
-                    cf, cr, BLOCK=BLOCK,
+                    cf, cr, c["rows"], c["nkf"], BLOCK_B=c["BLOCK_B"], BLOCK_K=c["BLOCK_K"], num_warps=4,
                 )  # fmt: skip
-                off += grid
+                off += c["grid"][0] * c["grid"][1]
         ctx.save_for_backward(*f_idx, *r_idx)
         ctx.n = n
         ctx.coefs = coefs
