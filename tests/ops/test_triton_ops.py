@@ -100,6 +100,66 @@ def test_class_sums_exact_split_dot_path():
     assert torch.equal(counts, rc)
 
 
+@pytest.mark.parametrize("n,u,c", [(45, 50, 3), (131, 37, 70)])
+def test_class_sums_tf32_split_dot_path(n, u, c):
+    """The GPU's default fp32 path (x = hi + lo, two tf32 dots; C=70 also sums SUB=2 chunks per add) on
+    the interpreter, which computes the dots in fp32: checks the split, masks and loop structure, not the
+    tf32 rounding (that is test_tf32_split_error_on_relu_data_vs_index_add, emulated, and the GPU test)."""
+    seed = _fresh(f"tf32 {n} {u} {c}")
+    g = _gen(seed)
+    x = torch.relu(torch.randn(n, u, generator=g) + 0.3).to(DEVICE)
+    y = torch.randint(0, c, (n,), generator=g).to(DEVICE)
+    sums, counts = cs_mod.class_sums(x, y, c, _fp32_mode=cs_mod._TF32X2, _split=2)
+    rs, rc = reference.class_sums(x, y, c)
+    torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
+    assert torch.equal(counts, rc)
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """What the tf32 MMA reads of an fp32 value: the 13 low mantissa bits dropped (truncation)."""
+    return (x.view(torch.int32) & -8192).view(torch.float32)
+
+
+def test_tf32_split_is_exact_in_hi_and_small_in_lo():
+    """hi = x with 13 low bits cleared is exact in tf32, lo = x - hi is exact in fp32 and the tf32 MMA's
+    view of lo loses < 2^-21 |x| (emulated on CPU, fresh random inputs of all magnitudes)."""
+    g = _gen(_fresh("tf32 split"))
+    x = torch.randn(100_000, generator=g) * torch.exp2(torch.randint(-60, 60, (100_000,), generator=g).float())
+    hi = _tf32(x)
+    lo = x - hi
+    assert torch.equal(_tf32(hi), hi)
+    assert torch.equal(hi.double() + lo.double(), x.double())  # the split itself is exact
+    err = (hi.double() + _tf32(lo).double() - x.double()).abs()
+    assert (err <= x.double().abs() * 2.0**-21).all()
+
+
+@pytest.mark.parametrize("c", [10, 100])
+def test_tf32_split_error_on_relu_data_vs_index_add(c):
+    """The fp32 kernel's arithmetic emulated on CPU: hi/lo tf32 parts, per-partial (SUB * BLOCK_N rows)
+    tensor-core sums truncated toward zero to fp32 (the worst case), round-to-nearest fp32 adds across
+    partials. On ReLU-like data its error vs float64 stays within 2x index_add_'s (fp32)."""
+    seed = _fresh(f"tf32 relu {c}")
+    g = _gen(seed)
+    n, u = 20_000, 64
+    x = torch.relu(torch.randn(n, u, generator=g) + 0.5)
+    y = torch.randint(0, c, (n,), generator=g)
+    cfg = cs_mod.config(torch.float32, c, cs_mod._TF32X2)
+    rows = cfg["SUB"] * cfg["BLOCK_N"]
+    hi = _tf32(x)
+    lo = _tf32(x - hi)
+    acc = torch.zeros(c, u)
+    for i in range(0, n, rows):
+        oh = torch.nn.functional.one_hot(y[i : i + rows], c).double().T
+        p64 = oh @ hi[i : i + rows].double() + oh @ lo[i : i + rows].double()
+        p = p64.float()
+        p = torch.where(p.double().abs() > p64.abs(), torch.nextafter(p, torch.zeros_like(p)), p)  # truncate
+        acc = acc + p
+    ref = torch.zeros(c, u, dtype=torch.float64).index_add_(0, y, x.double())
+    e_ia = (torch.zeros(c, u).index_add_(0, y, x).double() - ref).abs().max().item()
+    e_k = (acc.double() - ref).abs().max().item()
+    assert e_k <= 2 * e_ia, f"seed {seed}: emulated err {e_k:.3g} > 2 x index_add_ err {e_ia:.3g}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_class_sums_low_precision_inputs(dtype):
     x = _randn(31, 20, seed=5, dtype=dtype)

@@ -13,12 +13,25 @@ as `sums.reshape(C, -1)` gives the usual (C, H, W) unit order. Feats whose rows 
 whose layout differs from the accumulator's, are copied once into the accumulator's layout.
 
 Kernel. Each program owns a (BLOCK_C classes x BLOCK_U units) tile and a range of rows. Per chunk of
-BLOCK_N rows it builds the one-hot (BLOCK_C, BLOCK_N) matrix of the labels and computes the chunk's
-partial sums onehot @ x with `tl.dot` (tensor cores), starting from zero; the partial is added to the
-program's fp32 tile with an ordinary (round-to-nearest) fp32 add. A one-hot product is exact and the
-tensor core's own (truncating) accumulation only ever spans one chunk, so the rounding is that of an
-fp32 sum over chunks, not a one-sided drift over the whole pass. fp32 feats are split exactly into
-three bf16 parts (x = x1 + x2 + x3) and the three one-hot dots are exact.
+BLOCK_N rows it builds the one-hot (BLOCK_C, BLOCK_N) matrix of the labels and computes onehot @ x with
+`tl.dot` (tensor cores); SUB consecutive chunks are summed on the tensor cores into a partial that
+starts from zero, and the partial is added to the program's fp32 tile with an ordinary
+(round-to-nearest) fp32 add. A one-hot product is exact and the tensor core's own (truncating)
+accumulation only ever spans SUB * BLOCK_N rows (a few rows per class), so the rounding is that of an
+fp32 sum over chunks, not a one-sided drift over the whole pass.
+
+Variant per (dtype, C) (`config`; issue bound over the H200's HBM from bench/bench_roofline.py):
+- 16-bit feats: one-hot in the feats' dtype, one dot per chunk. C <= 16: SUB 1 (5.4x). C=100
+  (BLOCK_C 128): SUB 2 (2.10x; 1.90x with an fp32 add per chunk).
+- fp32 feats, `_TF32X2` (default on GPU): x = hi + lo exactly, hi = x with its 13 low mantissa bits
+  cleared (exact in tf32), lo = x - hi (exact in fp32); two tf32 one-hot dots. hi is exact; the MMA
+  keeps the top 11 of lo's <= 13 significant bits, so each element is off by < 2^-21 |x| (truncation):
+  on ReLU data (N=50k) this is 0.3x (C=10) and 0.9x (C=100) of index_add_'s own fp32 error, emulated
+  on CPU with the tensor core's accumulation truncated (tests/ops/test_triton_ops.py; the GPU check is
+  tests/ops/test_triton_gpu.py). C=10: SUB 1 (2.72x); C=100: SUB 2 (1.95x). The exact 3-way bf16
+  split `_SPLIT3` (x = x1 + x2 + x3, three exact dots) is kept as an option: 1.58x / 1.04x, it stores
+  three 16-bit parts per element to shared memory. A plain fp32 FMA accumulation would spend >= BLOCK_C
+  (16 for C=10) select-adds per element, over the ~12 instructions per 4-byte element that 2x allows.
 After its rows, the program adds its tile into the accumulator: load + add + store when it is the
 only program on that tile, relaxed `atomic_add` when the rows were split across programs to fill the
 GPU (fp32 addition order then varies run to run, as `index_add_` on CUDA).
@@ -52,6 +65,47 @@ BLOCK_C_MAX = 128
 _NATIVE = 0  # 16-bit feats: one-hot in the same dtype, fp32 accumulation
 _IEEE = 1  # fp32 dot as is (the interpreter computes it in numpy fp32)
 _SPLIT3 = 2  # x = x1 + x2 + x3 exactly with x_i in SPLIT_DT (bf16: 3 x 8 bits >= fp32's 24), 3 exact dots
+_TF32X2 = 3  # x = hi + lo, hi = x with its low 13 mantissa bits cleared (exact tf32), lo = x - hi; 2 tf32 dots
+
+
+@triton.jit
+def _chunk_dot(
+    x_ptr, lab_ptr, n0, n_end, sx0, u, u_ok, c, part,
+    BLOCK_N: tl.constexpr, FP32_MODE: tl.constexpr, SPLIT_DT: tl.constexpr,
+):  # fmt: skip
+    """part + onehot(labels[n0 : n0 + BLOCK_N]) @ x[n0 : n0 + BLOCK_N, u] on the tensor cores."""
+    n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = n < n_end
+    lab = tl.load(lab_ptr + n, mask=n_ok, other=-1)  # -1 matches no class
+    hit = lab[None, :] == c[:, None]  # (BLOCK_C, BLOCK_N)
+    x = tl.load(x_ptr + n.to(tl.int64)[:, None] * sx0 + u[None, :], mask=n_ok[:, None] & u_ok[None, :], other=0.0)
+    if FP32_MODE == 0:
+        part = tl.dot(hit.to(x.dtype), x, acc=part)
+    elif FP32_MODE == 1:
+        part = tl.dot(hit.to(tl.float32), x.to(tl.float32), acc=part, input_precision="ieee")
+    elif FP32_MODE == 3:
+        # x = hi + lo exactly: hi is x with the 13 low mantissa bits cleared (exact in tf32), lo = x - hi
+        # (exact in fp32) has <= 13 significant bits, of which the tf32 MMA keeps the top 11 (truncation
+        # error < 2^-21 |x|, far below fp32 summation's own; see config() and the tests)
+        xf = x.to(tl.float32)
+        hi = (xf.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+        lo = xf - hi
+        oh = tl.where(hit, 1.0, 0.0)
+        part = tl.dot(oh, lo, acc=part, input_precision="tf32")
+        part = tl.dot(oh, hi, acc=part, input_precision="tf32")
+    else:
+        # Exact 3-way split: each residual is exact in fp32 and each part has SPLIT_DT's mantissa,
+        # so x1 + x2 + x3 == x and the three one-hot dots on tensor cores lose nothing.
+        xf = x.to(tl.float32)
+        x1 = xf.to(SPLIT_DT)
+        r1 = xf - x1.to(tl.float32)
+        x2 = r1.to(SPLIT_DT)
+        x3 = (r1 - x2.to(tl.float32)).to(SPLIT_DT)
+        oh = hit.to(SPLIT_DT)
+        part = tl.dot(oh, x3, acc=part)  # smallest first
+        part = tl.dot(oh, x2, acc=part)
+        part = tl.dot(oh, x1, acc=part)
+    return part
 
 
 @triton.jit
@@ -60,7 +114,7 @@ def _class_sums_kernel(
     N, U, C, sx0, ss0,
     rows_per_split,
     BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_U: tl.constexpr,
-    FP32_MODE: tl.constexpr, SPLIT_DT: tl.constexpr, ATOMIC: tl.constexpr, COUNT: tl.constexpr,
+    FP32_MODE: tl.constexpr, SPLIT_DT: tl.constexpr, SUB: tl.constexpr, ATOMIC: tl.constexpr, COUNT: tl.constexpr,
 ):  # fmt: skip
     pid_u = tl.program_id(0)
     pid_c = tl.program_id(1)
@@ -72,30 +126,15 @@ def _class_sums_kernel(
     n_end = tl.minimum(N, n_start + rows_per_split)
 
     acc = tl.zeros((BLOCK_C, BLOCK_U), dtype=tl.float32)
-    for n0 in range(n_start, n_end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_ok = n < n_end
-        lab = tl.load(lab_ptr + n, mask=n_ok, other=-1)  # -1 matches no class
-        hit = lab[None, :] == c[:, None]  # (BLOCK_C, BLOCK_N)
-        x = tl.load(x_ptr + n.to(tl.int64)[:, None] * sx0 + u[None, :], mask=n_ok[:, None] & u_ok[None, :], other=0.0)
-        if FP32_MODE == 0:
-            part = tl.dot(hit.to(x.dtype), x)
-        elif FP32_MODE == 1:
-            part = tl.dot(hit.to(tl.float32), x.to(tl.float32), input_precision="ieee")
-        else:
-            # Exact 3-way split: each residual is exact in fp32 and each part has SPLIT_DT's mantissa,
-            # so x1 + x2 + x3 == x and the three one-hot dots on tensor cores lose nothing.
-            xf = x.to(tl.float32)
-            x1 = xf.to(SPLIT_DT)
-            r1 = xf - x1.to(tl.float32)
-            x2 = r1.to(SPLIT_DT)
-            x3 = (r1 - x2.to(tl.float32)).to(SPLIT_DT)
-            oh = hit.to(SPLIT_DT)
-            part = tl.dot(oh, x3)  # smallest first
-            part = tl.dot(oh, x2, acc=part)
-            part = tl.dot(oh, x1, acc=part)
-        # round-to-nearest fp32 add of the chunk's partial (an fma, so the compiler does not fold the add
-        # back into the dot's tensor-core accumulator; LLVM lowers fma(p, 1, a) to add.f32)
+    for n0 in range(n_start, n_end, BLOCK_N * SUB):
+        part = tl.zeros((BLOCK_C, BLOCK_U), dtype=tl.float32)
+        for k in tl.static_range(SUB):  # SUB row chunks summed on the tensor cores before one fp32 add
+            part = _chunk_dot(
+                x_ptr, lab_ptr, n0 + k * BLOCK_N, n_end, sx0, u, u_ok, c, part,
+                BLOCK_N=BLOCK_N, FP32_MODE=FP32_MODE, SPLIT_DT=SPLIT_DT,
+            )  # fmt: skip
+        # round-to-nearest fp32 add of the partial (an fma, so the compiler does not fold the add back
+        # into the dot's tensor-core accumulator; LLVM lowers fma(p, 1, a) to add.f32)
         acc = tl.fma(part, 1.0, acc)
 
     # inf/NaN anywhere in the tile (x - x is NaN exactly for inf and NaN): recompute it without the
@@ -134,28 +173,43 @@ def _class_sums_kernel(
 
 
 def config(dtype: torch.dtype, C: int, fp32_mode: int) -> dict:
-    """Tile sizes, warps and pipeline stages of a launch (also compiled by bench/bench_roofline.py).
+    """Tile sizes, warps, pipeline stages and SUB (row chunks per fp32 add) of a launch (also compiled by
+    bench/bench_roofline.py).
 
-    Chosen from sm_90 PTX (bench/bench_roofline.py) and ptxas register counts: the largest tiles that do
-    not spill with both the running tile and the chunk's partial in registers (issue bound per byte)."""
+    Chosen per (dtype, C) from sm_90 PTX (bench/bench_roofline.py, issue bound / H200 HBM in brackets)
+    and ptxas register counts (no spill): the largest tiles that fit, one fp32 add per SUB chunks.
+    - 16-bit, C <= 16: 16 x 64 x 256, SUB 1 (5.4x). 16-bit, C <= 64: 64 rows x 128 units, SUB 1.
+    - 16-bit, C > 64 (C=100): 128 x 128 x 128, SUB 2 (2.10x; SUB 1 was 1.90x: the per-chunk fp32 adds
+      cost one instruction per tile element, the one-hot build ~3 per one-hot element).
+    - fp32, _TF32X2 (default): C <= 16: 16 x 64 x 128, SUB 1 (2.72x; the 3-way bf16 split was 1.58x);
+      C > 16: 128 x 64 x 128, SUB 2 (1.95x; the split was 1.04x). What is left at C=100 is the one-hot
+      build (an fp32 tile, converted through shared memory) and the fp32 adds.
+    - fp32, _SPLIT3 (kept as an option): the earlier configurations.
+    A plain fp32 FMA accumulation (no tensor cores) needs >= BLOCK_C (16 for C=10) select-adds per
+    element, above the ~12 instructions per 4-byte element that 2x H200 allows: not used."""
     BLOCK_C = min(max(next_pow2(C), 16), BLOCK_C_MAX)
+    if fp32_mode == _TF32X2:
+        if BLOCK_C <= 16:
+            return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 2, "SUB": 1}
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 8, "num_stages": 2, "SUB": 2}
     if fp32_mode == _SPLIT3:  # the exact split costs ~3 stores to shared memory per element: fewer rows
         if BLOCK_C <= 16:
-            return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 2}
+            return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 2, "SUB": 1}
         return {
             "BLOCK_C": BLOCK_C,
             "BLOCK_N": 64,
             "BLOCK_U": 64,
             "num_warps": 8 if BLOCK_C > 32 else 4,
             "num_stages": 2,
+            "SUB": 1,
         }
     if BLOCK_C <= 16:
-        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 256, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 256, "num_warps": 4, "num_stages": 3, "SUB": 1}
     if BLOCK_C <= 32:
-        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 4, "num_stages": 3, "SUB": 1}
     if BLOCK_C <= 64:
-        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 8, "num_stages": 3}
-    return {"BLOCK_C": BLOCK_C, "BLOCK_N": 128, "BLOCK_U": 128, "num_warps": 8, "num_stages": 2}
+        return {"BLOCK_C": BLOCK_C, "BLOCK_N": 64, "BLOCK_U": 128, "num_warps": 8, "num_stages": 3, "SUB": 1}
+    return {"BLOCK_C": BLOCK_C, "BLOCK_N": 128, "BLOCK_U": 128, "num_warps": 8, "num_stages": 2, "SUB": 2}
 
 
 def _phys_order(t: torch.Tensor) -> list[int] | None:
@@ -181,7 +235,7 @@ def _pick_fp32_mode(dtype: torch.dtype, override: int | None) -> int:
         return _NATIVE
     if override is not None:
         return override
-    return _IEEE if interpret() else _SPLIT3
+    return _IEEE if interpret() else _TF32X2
 
 
 def class_sums_add(
@@ -223,7 +277,7 @@ def class_sums_add(
     fp32_mode = _pick_fp32_mode(x.dtype, _fp32_mode)
     split_dt = _split_dtype if _split_dtype is not None else tl.bfloat16
     cfg = config(x.dtype, C, fp32_mode)
-    BLOCK_C, BLOCK_N, BLOCK_U = cfg["BLOCK_C"], cfg["BLOCK_N"], cfg["BLOCK_U"]
+    BLOCK_C, BLOCK_N, BLOCK_U, SUB = cfg["BLOCK_C"], cfg["BLOCK_N"], cfg["BLOCK_U"], cfg["SUB"]
     grid_u, grid_c = cdiv(U, BLOCK_U), cdiv(C, BLOCK_C)
     if _split is not None:
         split = max(1, int(_split))
@@ -231,8 +285,8 @@ def class_sums_add(
         split = 1
     else:  # enough programs to fill the GPU, at least a few row chunks each
         want = cdiv(max_programs(x.device, per_sm=2), grid_u * grid_c)
-        split = max(1, min(want, cdiv(N, 4 * BLOCK_N)))
-    rows = cdiv(cdiv(N, split), BLOCK_N) * BLOCK_N
+        split = max(1, min(want, cdiv(N, 4 * BLOCK_N * SUB)))
+    rows = cdiv(cdiv(N, split), BLOCK_N * SUB) * BLOCK_N * SUB
     split = cdiv(N, rows)
     cnt = counts if counts is not None else sums  # any pointer: COUNT=False never touches it
     with device_ctx(x):
@@ -241,7 +295,7 @@ def class_sums_add(
             N, U, C, x.stride(0), s.stride(0),
             rows,
             BLOCK_C=BLOCK_C, BLOCK_N=BLOCK_N, BLOCK_U=BLOCK_U,
-            FP32_MODE=fp32_mode, SPLIT_DT=split_dt, ATOMIC=split > 1, COUNT=counts is not None,
+            FP32_MODE=fp32_mode, SPLIT_DT=split_dt, SUB=SUB, ATOMIC=split > 1, COUNT=counts is not None,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         )  # fmt: skip
 
