@@ -254,11 +254,14 @@ def load_original(cfg: RunConfig, ds, device, cache, quiet=False):
     return obtain_reference("original", cfg, ds, device, cache, quiet)
 
 
-def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=False, shared: dict | None = None):
+def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=False, shared: dict | None = None,
+                  state=None):
     """Run one method (or CNR control) on `original`. Returns (model, info, timings, extra run files).
 
     shared: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
     variants reuse one GAN per forget class; the reused GAN's training time is still charged.
+    state: a resume.RunState (`cnr-fast unlearn`): CNR and RL save their stages' units there and a
+    rerun continues from them; a baseline is one unit, done again if it did not finish.
     """
     base, cfg = resolve_method(method, cfg)
     forget = list(cfg.data.forget)
@@ -268,9 +271,10 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
         from .cnr.pipeline import run_cnr, run_rl
 
         if base == "cnr":
-            model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet, gan_cache=shared)
+            model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet, gan_cache=shared,
+                                  state=state)
         else:
-            model, info = run_rl(original, ds, forget, cfg, device=device, quiet=quiet)
+            model, info = run_rl(original, ds, forget, cfg, device=device, quiet=quiet, state=state)
         synth = info.pop("synthetic_images")
         buf = io.BytesIO()
         torch.save(synth, buf)

@@ -80,13 +80,26 @@ def fit(
     quiet: bool = False,
     steps_per_epoch: int | None = None,
     on_epoch_end: Callable[[int], bool] | None = None,
+    resume: dict | None = None,
+    save_state: Callable[[dict], None] | None = None,
 ) -> list[float]:
-    """Train in place; returns the mean loss of each epoch. on_epoch_end(epoch) -> True stops early."""
+    """Train in place; returns the mean loss of each epoch. on_epoch_end(epoch) -> True stops early.
+
+    save_state(s), if given, is called after every epoch with s = {"epoch": epochs done, "optimizer",
+    "scaler", "history"}; passing such an s back as `resume` (with the model's weights and the batch
+    generators' states restored by the caller) continues training after that epoch.
+    """
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda") if needs_scaler(device, amp) else None
     step_model = torch.compile(model) if compile else model
     history = []
-    for epoch in range(epochs):
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        if scaler is not None and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        history, start = list(resume["history"]), int(resume["epoch"])
+    for epoch in range(start, epochs):
         model.train()
         total, n = 0.0, 0
         bar = progress(make_batches(epoch), f"{desc} epoch {epoch + 1}/{epochs}", steps_per_epoch, quiet)
@@ -113,6 +126,9 @@ def fit(
         history.append(total / max(n, 1))
         if not quiet:
             print(f"  {desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}", file=sys.stderr)
+        if save_state is not None:
+            save_state({"epoch": epoch + 1, "optimizer": opt.state_dict(), "history": list(history),
+                        "scaler": scaler.state_dict() if scaler is not None else {}})
         if on_epoch_end is not None and on_epoch_end(epoch):
             break
     model.eval()
@@ -141,14 +157,15 @@ def train_classifier(model: nn.Module, split: Split, cfg, *, device, amp=False, 
 
 
 def finetune(model: nn.Module, split: Split, epochs: int, *, batch_size: int, lr: float, weight_decay: float,
-             gen: torch.Generator, device, amp=False, compile=False, desc="finetune", quiet=False) -> list[float]:
+             gen: torch.Generator, device, amp=False, compile=False, desc="finetune", quiet=False,
+             resume: dict | None = None, save_state=None) -> list[float]:
     """Plain cross-entropy fine-tuning on `split` (CNR's stabilisation, ROFT, KDU's retain-only phase)."""
     if epochs <= 0:
         return []
     steps = -(-len(split) // batch_size)
     return fit(model, epochs, lambda e: batches(split, batch_size, shuffle=True, generator=gen, device=device),
                ce_loss, lr=lr, weight_decay=weight_decay, device=device, amp=amp, compile=compile, desc=desc,
-               quiet=quiet, steps_per_epoch=steps)
+               quiet=quiet, steps_per_epoch=steps, resume=resume, save_state=save_state)
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, pad: int = 2) -> torch.Tensor:

@@ -217,7 +217,27 @@ def patch_nan_reset(mp):
     mp.setattr(R, "l2_pull", lambda model, theta0: torch.tensor(float("nan")))
 
 
-PATCHES = {"disk_full": patch_disk_full, "nan_original": patch_nan_original, "nan_reset": patch_nan_reset}
+def patch_nan_gan(mp):
+    import cnr_fast.cnr.synthesize as S
+
+    forward = S.Discriminator.forward
+    mp.setattr(S.Discriminator, "forward", lambda self, x: forward(self, x) * float("nan"))
+
+
+def patch_nan_latents(mp):
+    import cnr_fast.cnr.synthesize as S
+
+    real = S.unit_activations
+
+    def nan_activations(model, x, taps):
+        feats, logits = real(model, x, taps)
+        return [f * float("nan") for f in feats], logits
+
+    mp.setattr(S, "unit_activations", nan_activations)
+
+
+PATCHES = {"disk_full": patch_disk_full, "nan_original": patch_nan_original, "nan_reset": patch_nan_reset,
+           "nan_gan": patch_nan_gan, "nan_latents": patch_nan_latents}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -322,6 +342,10 @@ CASES = [
     ("nan_original", U, ["--cache-dir", "{tmp}/fresh_cache"], "training stage 'original' diverged: its loss is nan",
      {"patch": "nan_original"}),
     ("nan_reset", U, [], "training stage 'reset' diverged: its loss is nan", {"patch": "nan_reset"}),
+    ("nan_gan", U, [], "training stage 'synthesize: GAN class 2' diverged: its loss is nan at epoch 1, step 1",
+     {"patch": "nan_gan"}),
+    ("nan_latents", U, [], "training stage 'synthesize class 2: latent optimisation' diverged: its loss is nan",
+     {"patch": "nan_latents"}),
 ]
 
 

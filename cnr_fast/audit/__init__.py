@@ -109,6 +109,8 @@ def audit_models(
     independent=None,
     null_model: nn.Module | None = None,
     cka_unbiased: bool = True,
+    done: dict | None = None,
+    on_model=None,
 ) -> dict:
     """Audit every model in `models` (the original included, first) on the same splits. See module doc.
 
@@ -119,6 +121,10 @@ def audit_models(
     [retrained]. Their coordinate-bound metrics (transfer probe, selectivity) are left out: units of
     independently trained networks do not correspond. null_model: a second independently trained
     retrained model; with `retrained` it gives references["cka_null"], CKA(retrained, null_model).
+    done: {name: {"metrics", "time_s"}} of models audited earlier with the same arguments (a resumed
+    run): their metrics are taken as they are; only what later models need of them (the original's
+    features and probes, the retrained model's features) and their figures are computed again.
+    on_model(name, {"metrics", "time_s"}) is called as each model's metrics are complete.
     """
     if num_threads:
         before = torch.get_num_threads()
@@ -129,7 +135,8 @@ def audit_models(
                                 probe_train_size=probe_train_size, reduce=reduce, max_dim=max_dim, shots=shots,
                                 relearn=relearn, relearn_steps=relearn_steps, selectivity_k=selectivity_k,
                                 mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg,
-                                independent=independent, null_model=null_model, cka_unbiased=cka_unbiased)
+                                independent=independent, null_model=null_model, cka_unbiased=cka_unbiased,
+                                done=done, on_model=on_model)
         finally:
             torch.set_num_threads(before)
     taps = [t for t in TAP_NAMES if t in list(taps)]  # depth order
@@ -180,9 +187,33 @@ def audit_models(
     figs = {"tsne": {}, "gradcam": {}, "tsne_labels": test.y[tsne_rows].numpy(), "forget": forget,
             "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
     orig = {}
+    done = dict(done or {})
+    need_orig_probes = any(n not in done and n not in independent for n in order[1:])
     for name in order:
         t0 = time.perf_counter()
         model = models[name].to(device).eval()
+        if name in done:
+            metrics[name] = dict(done[name]["metrics"])
+            timings[name] = float(done[name]["time_s"])
+            _say(quiet, f"{name}: metrics reused from an interrupted run")
+            if name not in (original, retrained) and not figures:
+                continue
+            tr = extract(model, probe_train, device=device, taps=taps, reducer=reducer, num_classes=ds.num_classes,
+                         class_sums=True)
+            te = extract(model, test, device=device, taps=taps, reducer=reducer, keep_full=True)
+            if name == original:
+                if need_orig_probes:
+                    for t in taps:
+                        orig.setdefault("probes", {})[t] = _probes.linear_probe(tr.vec[t], tr.y, te.vec[t], te.y,
+                                                                                forget)[1]
+                orig["full"] = te.full
+                orig["means"] = {t: tr.class_means(t) for t in taps}
+            if name == retrained:
+                orig["retrained_full"] = te.full
+            if figures:
+                _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet)
+            del tr, te
+            continue
         _say(quiet, f"{name}: features")
         tr = extract(model, probe_train, device=device, taps=taps, reducer=reducer, num_classes=ds.num_classes,
                      class_sums=True)
@@ -239,19 +270,10 @@ def audit_models(
                 for n in shots
             }
         timings[name] = time.perf_counter() - t0
+        if on_model is not None:
+            on_model(name, {"metrics": m, "time_s": timings[name]})
         if figures:
-            _say(quiet, f"{name}: figures")
-            t1 = time.perf_counter()
-            from ..data import to_float
-            from .embedding import tsne
-            from .gradcam import gradcam
-
-            figs["tsne"][name] = {t: tsne(te.vec[t][tsne_rows], seed=seed) for t in taps}
-            x_cam = to_float(test.x[cam_rows]).to(device)
-            figs["gradcam"][name] = {
-                t: gradcam(model, x_cam, t, test.y[cam_rows].to(device)).numpy() for t in GRADCAM_TAPS if t in taps
-            }
-            timings[f"{name}:figures"] = time.perf_counter() - t1
+            _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet)
         metrics[name] = m
         del tr, te
 
@@ -288,6 +310,21 @@ def audit_models(
     if figures:
         out["_figures"] = figs
     return out
+
+
+def _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet) -> None:
+    _say(quiet, f"{name}: figures")
+    t1 = time.perf_counter()
+    from ..data import to_float
+    from .embedding import tsne
+    from .gradcam import gradcam
+
+    figs["tsne"][name] = {t: tsne(te.vec[t][tsne_rows], seed=seed) for t in taps}
+    x_cam = to_float(test.x[cam_rows]).to(device)
+    figs["gradcam"][name] = {
+        t: gradcam(model, x_cam, t, test.y[cam_rows].to(device)).numpy() for t in GRADCAM_TAPS if t in taps
+    }
+    timings[f"{name}:figures"] = time.perf_counter() - t1
 
 
 def distances(a: dict, b: dict) -> dict:

@@ -214,13 +214,14 @@ def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=
 
 
 def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
-              independent=None):
+              independent=None, done=None, on_model=None):
     from ..audit import audit_models
 
     log(f"audit: {', '.join(models)} ...", quiet)
     return audit_models(models, ds, list(forget), device=device, original="original",
                         retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
-                        quiet=quiet, null_model=null_model, independent=independent)
+                        quiet=quiet, null_model=null_model, independent=independent, done=done,
+                        on_model=on_model)
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:

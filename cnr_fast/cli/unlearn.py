@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ..config import stable_hash
 from ..errors import UserError
 from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model, val_accuracy
 from ..models import LogitMask, model_meta
+from ..resume import RunState, kill_point, state_dir_for, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
 from ..train import forget_retain_accuracy
 from ._common import (
@@ -50,7 +54,11 @@ def add_parser(sub) -> None:
     p.add_argument("--method", help=f"one of {', '.join(ALL_METHODS)} (default cnr; cnr-raw and cnr-paper are "
                                     "CNR controls: raw GAN samples, eq. 6 sign as printed)")
     p.add_argument("--checkpoint", help="the model to unlearn (default: train or reuse a cached original model)")
-    p.add_argument("--out", help="run directory (default runs/<method>-<dataset>-<time>)")
+    p.add_argument("--out", help="run directory (default runs/<method>-<dataset>-<time>). Work in progress is kept "
+                                 "in OUT.state/ beside it; the same command on the same --out resumes an "
+                                 "interrupted run, and does nothing for a finished one")
+    p.add_argument("--restart", action="store_true",
+                   help="discard an interrupted run's state (OUT.state/) or a finished run's results and start over")
     add_data_args(p)
     add_model_args(p)
     add_run_args(p)
@@ -82,16 +90,54 @@ def run(args) -> int:
         check_out_dir(args.out)  # before any work: a file, or a folder this user cannot write, is refused now
     quiet = args.quiet
     cfg, ds, device = prepare_run(cfg, quiet)
-    forget = list(cfg.data.forget)
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out)
+    key = _run_key(cfg, args)
+    if not args.restart and _finished(out, key):
+        print(f"cnr-fast unlearn: {out} already holds this run's results ({out / 'results.json'}); nothing to do "
+              "(pass --restart to run it again)", file=sys.stderr, flush=True)
+        return 0
 
-    original, orig_meta, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
+    original, _, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
+    state = RunState(state_dir_for(out), {**key, "original_sha256": weights_digest(original)})
+    resumed = state.open(restart=args.restart)
+    if resumed:
+        log(f"resuming the interrupted run from {state.path}", quiet)
+        state.clean_stale(out)
+    try:
+        return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start)
+    except UserError:
+        if not resumed:  # bad input or a diverged stage: leave nothing behind (an earlier run's state stays)
+            state.remove()
+        raise
+    except KeyboardInterrupt:
+        print(f"cnr-fast unlearn: completed work is kept in {state.path}; run the same command again to resume it",
+              file=sys.stderr, flush=True)
+        raise
+
+
+def _run_key(cfg, args) -> dict:
+    """What decides a run's results: a rerun with the same key resumes (or finds finished) the run."""
+    return {"format": 1, "config": cfg.to_dict(), "audit": args.audit, "retrained": args.retrained}
+
+
+def _finished(out: Path, key: dict) -> bool:
+    try:
+        old = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(old, dict) and old.get("run_key") == stable_hash(key)
+
+
+def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start) -> int:
+    quiet = args.quiet
+    forget = list(cfg.data.forget)
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
     log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
 
-    model, info, timings, files = unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet)
+    model, info, timings, files = unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet,
+                                                state=state)
     acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
     acc_orig.update(val_accuracy(original, ds, forget, device, amp=cfg.amp))
     acc_new.update(val_accuracy(model, ds, forget, device, amp=cfg.amp))
@@ -117,8 +163,15 @@ def run(args) -> int:
         if resolve_method(cfg.method, cfg)[0] == "rfs":
             independent.append("unlearned")
         t0 = time.perf_counter()
+        done = {n: part for n in models if (part := state.load(f"audit-{n}")) is not None}
+
+        def on_model(name, part):
+            state.save(f"audit-{name}", part)
+            kill_point(f"audit:{name}")
+
         audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed, figures=args.audit == "full",
-                                 quiet=quiet, null_model=null, independent=independent)
+                                 quiet=quiet, null_model=null, independent=independent, done=done,
+                                 on_model=on_model)
         timings["audit"] = time.perf_counter() - t0
         from ..audit import json_view
 
@@ -136,6 +189,7 @@ def run(args) -> int:
         "unlearned_checkpoint": str(out / "model.pt"),
         "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "details": _jsonable(info),
+        "run_key": stable_hash(key), "resumed_units": list(state.reused),
     }
     if audit_view is not None:
         results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
@@ -151,6 +205,8 @@ def run(args) -> int:
                                                "original": str(orig_path)})
         files["results.json"] = results  # last, so its presence means the run finished
         write_run_files(stage, files)
+        kill_point("final")
+    state.remove()  # the run directory is complete: its state is no longer needed
     _print_table(results, out, quiet=False)
     return 0
 

@@ -17,8 +17,12 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None):
-    """cfg: RunConfig. Returns (unlearned model, info) with info["timings_s"] per stage."""
+def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None, state=None):
+    """cfg: RunConfig. Returns (unlearned model, info) with info["timings_s"] per stage.
+
+    state: a resume.RunState (cnr-fast unlearn): every stage saves its completed units there and a
+    rerun continues from them (see cnr_fast.resume). Not combined with gan_cache.
+    """
     forget = list(forget)
     retain = [c for c in range(ds.num_classes) if c not in forget]
     timings = {}
@@ -39,16 +43,25 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None):
                   "(their time charged to this run)", flush=True, file=__import__("sys").stderr)
     else:
         t0 = time.perf_counter()
-        with nvtx_range("cnr/detect"):
-            det = detect(original, ds.train, forget, ds.num_classes, cfg.detect, device=device, amp=cfg.amp,
-                         seed=cfg.seed, quiet=quiet)
+        saved = state.load("detect") if state is not None else None
+        if saved is not None:
+            from .detect import Detection
+
+            saved["shapes"] = {k: tuple(v) for k, v in saved["shapes"].items()}
+            det = Detection(**saved)
+        else:
+            with nvtx_range("cnr/detect"):
+                det = detect(original, ds.train, forget, ds.num_classes, cfg.detect, device=device, amp=cfg.amp,
+                             seed=cfg.seed, quiet=quiet)
+            if state is not None:
+                state.save("detect", det.to_state())
         _sync(device)
         timings["detect"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         with nvtx_range("cnr/synthesize"):
             synth_x, _, synth_log = synthesize(original, ds.train, det, cfg.synth, device=device, amp=cfg.amp,
-                                               seed=cfg.seed, quiet=quiet, gan_cache=gan_cache)
+                                               seed=cfg.seed, quiet=quiet, gan_cache=gan_cache, state=state)
         _sync(device)
         reused = sum(v.get("gan_reused_s", 0.0) for v in synth_log.values())
         timings["synthesize"] = time.perf_counter() - t0 + reused
@@ -61,7 +74,7 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None):
     t0 = time.perf_counter()
     with nvtx_range("cnr/reset"):
         model, reset_log = reset(original, ds.train.of_classes(retain), synth_x, retain, cfg.reset, device=device,
-                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet)
+                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet, state=state)
     _sync(device)
     timings["reset"] = time.perf_counter() - t0
 
@@ -83,7 +96,7 @@ def real_forget_images(ds, forget, per_class: int, seed: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def run_rl(original, ds, forget, cfg, *, device, quiet=False):
+def run_rl(original, ds, forget, cfg, *, device, quiet=False, state=None):
     """RL control: CNR's reset (same budget, random retain labels, L2 pull, stabilisation) fed B *real*
     forget-class training images per class instead of synthetic ones. If it forgets as well as CNR,
     detection and synthesis buy nothing on that metric."""
@@ -93,7 +106,7 @@ def run_rl(original, ds, forget, cfg, *, device, quiet=False):
     t0 = time.perf_counter()
     with nvtx_range("cnr/rl/reset"):
         model, reset_log = reset(original, ds.train.of_classes(retain), x, retain, cfg.reset, device=device,
-                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet)
+                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet, state=state)
     _sync(device)
     timings = {"detect": 0.0, "synthesize": 0.0, "reset": time.perf_counter() - t0}
     return model, {"timings_s": timings, "reset": reset_log, "real_images_per_class": cfg.synth.batch,

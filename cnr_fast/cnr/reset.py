@@ -28,8 +28,13 @@ def l2_pull(model, theta0: list[torch.Tensor]) -> torch.Tensor:
 
 
 def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, cfg, *, device, amp=False, seed=0,
-          compile=False, quiet=False):
-    """Returns (unlearned model, log). cfg: ResetConfig. The original model is not modified."""
+          compile=False, quiet=False, state=None):
+    """Returns (unlearned model, log). cfg: ResetConfig. The original model is not modified.
+
+    state: a resume.RunState: the model, Adam state, loss history and RNG states are saved after every
+    epoch of the reset (unit `reset`) and of the stabilisation (unit `stabilise`); a rerun continues
+    after the last saved epoch.
+    """
     if cfg.relabel not in RELABEL:
         raise UserError(f"unknown relabel mode {cfg.relabel!r}; choose one of {', '.join(RELABEL)}")
     model = copy.deepcopy(original).to(device)
@@ -61,9 +66,39 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
             loss = loss + 0.5 * cfg.gamma * l2_pull(model, theta0)
         return loss
 
-    hist = fit(model, cfg.epochs, make, loss_fn, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device, amp=amp,
-               compile=compile, desc="reset", quiet=quiet, steps_per_epoch=steps)
+    saved_stab = state.load("stabilise") if state is not None else None
+    saved_reset = state.load("reset") if state is not None and saved_stab is None else None
+    saver = {}
+    if state is not None:
+        from ..resume import kill_point, rng_state, set_rng_state
+
+        for saved in (saved_stab, saved_reset):
+            if saved is not None:
+                model.load_state_dict(saved["model"])
+                gen.set_state(saved["gen"])
+                set_rng_state(saved["rng"])
+                phase = "stabilisation" if saved is saved_stab else "reset"
+                if not quiet:
+                    print(f"  reset: resumed after {phase} epoch {saved['epoch']}", file=__import__("sys").stderr)
+                break
+
+        def saver_for(unit, extra=None):
+            def save(s):
+                state.save(unit, {**s, **(extra or {}), "model": model.state_dict(), "gen": gen.get_state(),
+                                  "rng": rng_state()})
+                kill_point(f"{unit}:{s['epoch']}")
+            return save
+
+        saver = {"reset": saver_for("reset")}
+    if saved_stab is not None:
+        hist = list(saved_stab["reset_history"])
+    else:
+        hist = fit(model, cfg.epochs, make, loss_fn, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device,
+                   amp=amp, compile=compile, desc="reset", quiet=quiet, steps_per_epoch=steps, resume=saved_reset,
+                   save_state=saver.get("reset"))
+    if state is not None:
+        saver["stabilise"] = saver_for("stabilise", {"reset_history": list(hist)})
     stab = finetune(model, retain_train, cfg.stabilize_epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                     weight_decay=cfg.weight_decay, gen=gen, device=device, amp=amp, compile=compile,
-                    desc="reset: stabilise", quiet=quiet)
+                    desc="reset: stabilise", quiet=quiet, resume=saved_stab, save_state=saver.get("stabilise"))
     return model.eval(), {"reset_loss": hist, "stabilize_loss": stab, "synthetic_labels": y_syn.cpu().tolist()}

@@ -98,8 +98,13 @@ def gan_batch_size(n_images: int, requested: int | None) -> int:
     return int(min(64, max(8, n_images // 25)))
 
 
-def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", quiet=False):
-    """Standard DCGAN training (non-saturating BCE, Adam 2e-4, betas 0.5/0.999) on one class's images."""
+def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", quiet=False, state=None,
+              unit: str = "gan"):
+    """Standard DCGAN training (non-saturating BCE, Adam 2e-4, betas 0.5/0.999) on one class's images.
+
+    state: a resume.RunState; then G, D, both optimisers and the RNG states are saved as `unit` after
+    every epoch, and training continues from the last saved epoch.
+    """
     torch.manual_seed(seed)
     c, s = images.x.shape[1], images.x.shape[-1]
     g = Generator(cfg.latent_dim, c, s, cfg.ngf).to(device)
@@ -110,7 +115,21 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
     bs = gan_batch_size(len(images), cfg.gan_batch_size)
     steps = -(-len(images) // bs)
     last = {}
-    for epoch in progress(range(cfg.gan_epochs), desc, cfg.gan_epochs, quiet):
+    start = 0
+    saved = state.load(unit) if state is not None else None
+    if saved is not None:
+        from ..resume import set_rng_state
+
+        g.load_state_dict(saved["g"])
+        d.load_state_dict(saved["d"])
+        opt_g.load_state_dict(saved["opt_g"])
+        opt_d.load_state_dict(saved["opt_d"])
+        gen.set_state(saved["gen"])
+        set_rng_state(saved["rng"])
+        start, last = int(saved["epoch"]), dict(saved["last"])
+        _say(f"  {desc}: resumed after epoch {start}/{cfg.gan_epochs}", quiet)
+    for epoch in progress(range(start, cfg.gan_epochs), desc, cfg.gan_epochs - start, quiet):
+        step = 0
         for x, _ in batches(images, bs, shuffle=True, generator=gen, device=device):
             with nvtx_range("cnr/synthesize/gan_step"):
                 z = torch.randn(x.shape[0], cfg.latent_dim, device=device)
@@ -123,12 +142,31 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
                 opt_g.zero_grad(set_to_none=True)
                 loss_g.backward()
                 opt_g.step()
+                step += 1
+                _check_finite(loss_d, loss_g, stage=desc, where=f"epoch {epoch + 1}, step {step}",
+                              fix="lower synth.gan_lr in a --config file, or drop --amp")
         last = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "batch_size": bs,
                 "updates": steps * (epoch + 1)}
         if not quiet and (epoch + 1) % 10 == 0:
             print(f"  {desc} epoch {epoch + 1}/{cfg.gan_epochs}: D {last['loss_d']:.3f} G {last['loss_g']:.3f}"
                   f" ({steps} steps/epoch)", file=sys.stderr)
+        if state is not None:
+            from ..resume import kill_point, rng_state
+
+            state.save(unit, {"epoch": epoch + 1, "g": g.state_dict(), "d": d.state_dict(),
+                              "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "gen": gen.get_state(),
+                              "rng": rng_state(), "last": last})
+            kill_point(f"gan:{epoch + 1}")
     return g.eval(), d.eval(), last
+
+
+def _check_finite(*losses, stage: str, where: str, fix: str) -> None:
+    """The same one-line error as train.fit's for a NaN / inf loss, naming the stage and a fix."""
+    for loss in losses:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise UserError(f"training stage {stage!r} diverged: its loss is {value} at {where}; nothing was "
+                            f"written. {fix[0].upper()}{fix[1:]}")
 
 
 def unit_activations(model, x, taps):
@@ -177,6 +215,8 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
             x = g(z)
             sel, real, tv, _ = terms(x)
             loss = sign * sel + cfg.lambda_real * real + cfg.lambda_smooth * tv
+            _check_finite(loss, stage=f"{desc}: latent optimisation", where=f"step {step + 1}",
+                          fix="lower synth.lr in a --config file (or --lambda-real / --lambda-smooth), or drop --amp")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -194,19 +234,33 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
 GAN_FIELDS = ("gan_epochs", "gan_batch_size", "gan_lr", "latent_dim", "ngf")
 
 
-def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False, gan_cache=None):
+def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False, gan_cache=None,
+               state=None):
     """For each forget class: train a GAN on its images, optimise B latents. Returns (images, labels, log).
 
     gan_cache: optional dict shared by runs on the same data and seed (CNR variants in compare /
     ablate): a GAN with the same class, seed and GAN settings is trained once. The GAN does not depend
     on the classifier, so reuse changes nothing but time; log[class]["gan_reused_s"] is the training
     time of a reused GAN, which the caller charges to the run.
+
+    state: a resume.RunState: each class's GAN (per epoch) and its optimised images are saved there
+    and reused by a rerun (`gan-<class>`, `latents-<class>`).
     """
     import time
 
     model.eval()
     images, owners, logs = [], [], {}
     for i, c in enumerate(detection.forget):
+        done = state.load(f"latents-{c}") if state is not None else None
+        if done is not None:
+            from ..resume import set_rng_state
+
+            set_rng_state(done["rng"])
+            images.append(done["x"])
+            owners.append(torch.full((len(done["x"]),), c, dtype=torch.long))
+            logs[str(c)] = dict(done["log"])
+            _say(f"  synthesize class {c}: synthetic images reused from {state.path}", quiet)
+            continue
         own = train.of_classes([c])
         key = ("gan", int(c), seed + i, len(own), tuple(getattr(cfg, f) for f in GAN_FIELDS))
         reused = 0.0
@@ -216,7 +270,7 @@ def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0
         else:
             t0 = time.perf_counter()
             g, d, gan_log = train_gan(own, cfg, device=device, seed=seed + i, desc=f"synthesize: GAN class {c}",
-                                      quiet=quiet)
+                                      quiet=quiet, state=state, unit=f"gan-{c}")
             if gan_cache is not None:
                 gan_cache[key] = (g, d, gan_log, time.perf_counter() - t0)
         gan_log = {**gan_log, "gan_reused_s": reused}
@@ -227,4 +281,9 @@ def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0
         images.append(x)
         owners.append(torch.full((len(x),), c, dtype=torch.long))
         logs[str(c)] = {**gan_log, **log}
+        if state is not None:
+            from ..resume import kill_point, rng_state
+
+            state.save(f"latents-{c}", {"x": x, "log": logs[str(c)], "rng": rng_state()})
+            kill_point(f"latents:{c}")
     return torch.cat(images), torch.cat(owners), logs
