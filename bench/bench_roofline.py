@@ -55,12 +55,31 @@ import re
 import sys
 from pathlib import Path
 
-TOOLS = Path(os.environ.get("SM90_PTX_TOOLS", Path(__file__).resolve().parents[2] / "shared" / "tools"))
-sys.path.insert(0, str(TOOLS))
 import torch
-from sm90_ptx import compile_for_sm90, summarize
 
 from bench.harness import finish
+
+TOOLS = Path(os.environ.get("SM90_PTX_TOOLS", Path(__file__).resolve().parents[2] / "shared" / "tools"))
+
+
+def _sm90():
+    """The sm90_ptx tool, imported only when compiling: importing it unsets TRITON_INTERPRET and installs
+    a stand-in driver, which must not happen in a process that runs kernels (e.g. the test session)."""
+    if str(TOOLS) not in sys.path:
+        sys.path.insert(0, str(TOOLS))
+    try:
+        import sm90_ptx
+    except ImportError as e:
+        raise SystemExit(f"bench_roofline needs {TOOLS}/sm90_ptx.py (set SM90_PTX_TOOLS): {e}") from None
+    return sm90_ptx
+
+
+def compile_for_sm90(*args, **kwargs):
+    return _sm90().compile_for_sm90(*args, **kwargs)
+
+
+def summarize(*args, **kwargs):
+    return _sm90().summarize(*args, **kwargs)
 
 ISSUE_RATE = 4 * 32 * 1.8e9 * 132  # thread-instructions per second (H100: 4 warp-instr/SM/cycle, 1.8 GHz, 132 SMs)
 HBM_H100 = 3.35e12
