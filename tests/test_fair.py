@@ -266,7 +266,7 @@ def test_compare_library_call_fresh_originals_and_schema(tmp_path):
     assert set(r["references"]["cka_null"]["pos"]) == {"L0", "L1", "L2", "L3", "L4"}
     assert all(not E.is_coordinate_bound(k) for k in r["verdicts"])
     # two seeds trained two different originals (fresh per seed); --fixed-original keeps one
-    files = sorted(p.name for p in (tmp_path / "models").iterdir() if p.name.startswith("original-"))
+    files = sorted(p.name for p in (tmp_path / "models").glob("original-*.pt"))
     assert len(files) == 2
     md = E.compare_report_md(r)
     assert "| metric | original | retrained | null | ssd | rfs | lm |" in md
