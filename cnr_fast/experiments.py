@@ -23,8 +23,11 @@ the validation split (`data.val_fraction`) is where anything is chosen.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import math
+import os
 import sys
 import time
 
@@ -57,7 +60,6 @@ def log(msg: str, quiet: bool = False) -> None:
 
 def machine_info() -> dict:
     """Where a result was measured: CPU model (times differ several-fold between machines), threads, versions."""
-    import os
     import platform
 
     from .hardware import cpu_info
@@ -116,15 +118,24 @@ def reference_key(kind: str, cfg: RunConfig, ds) -> str:
 
 
 def file_sha256(path) -> str:
-    import hashlib
+    """sha256 of a file, read once per (path, size, mtime) in a process: a --weights file is hashed for
+    every reference's cache key and meta, and a ViT-B/16 state dict is 344 MB."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise UserError(f"cannot read {str(path)!r} ({e.strerror}); pass a readable file") from None
+    return _file_sha256(os.path.abspath(path), st.st_size, st.st_mtime_ns)
 
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     try:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     except OSError as e:
-        raise UserError(f"cannot read {str(path)!r} ({e.strerror}); pass a readable file") from None
+        raise UserError(f"cannot read {path!r} ({e.strerror}); pass a readable file") from None
     return h.hexdigest()
 
 

@@ -2,9 +2,9 @@
 
 bf16 autocast on a CPU is only fast where the CPU has bf16 instructions: Intel AMX (`amx_bf16`,
 Sapphire Rapids and later) or AVX-512 BF16 (`avx512_bf16`: Cooper Lake, AMD Zen 4 and later).
-Elsewhere PyTorch emulates bf16 with conversions around fp32 arithmetic. Measured with the same
-default training loop (bench/results/cpu_precision_*.json): ~2x faster than fp32 on an AMX machine,
-~10x slower on an AVX2-only AMD EPYC. So `--amp` on a CPU without those instructions runs fp32 and
+Elsewhere PyTorch emulates bf16 with conversions around fp32 arithmetic. One training step of the
+default model: ~2x faster than fp32 on an Intel AMX machine (session 1), 8.9x slower on an AVX2-only
+AMD EPYC (`precision` in bench/results/cpu_stages_cpu.json). So `--amp` on a CPU without those instructions runs fp32 and
 says why; `CNR_FAST_CPU_AMP=force` keeps bf16 anyway (to measure it).
 """
 

@@ -15,13 +15,12 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..experiments import ABLATIONS, ablate, ablate_figures, ablate_report_md, merge_ablate
-from ..runs import write_run_files
+from ..runs import check_out_dir, write_run_files
 from ._common import (
     add_data_args,
     add_method_args,
     add_model_args,
     add_run_args,
-    check_arch_known,
     config_from_args,
     merge_files,
     prepare_run,
@@ -55,15 +54,13 @@ def run(args) -> int:
     if args.merge:
         _write(Path(args.out), merge_files(args.merge, "ablate.json", merge_ablate))
         return 0
-    cfg = config_from_args(args)
-    check_arch_known(cfg)
+    cfg = config_from_args(args)  # checks names, numbers (--seeds included) and the backend
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in ABLATIONS]
     if bad or not variants:
         raise UserError(f"unknown variant(s) {bad}; choose from {', '.join(ABLATIONS)}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
+    check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet)
     result = ablate(cfg, variants, args.seeds, device=device, cache=args.cache_dir, relearn=args.relearn,
                     quiet=args.quiet, ds=ds)

@@ -22,13 +22,12 @@ from ..experiments import (
     multiclass,
     scenario_report_md,
 )
-from ..runs import write_run_files
+from ..runs import check_out_dir, write_run_files
 from ._common import (
     add_data_args,
     add_method_args,
     add_model_args,
     add_run_args,
-    check_arch_known,
     config_from_args,
     merge_files,
     prepare_run,
@@ -80,19 +79,15 @@ def run(args) -> int:
         result = merge_files(args.merge, "compare.json, multiclass.json or continual.json", merge_compare)
         _write(Path(args.out), result, result.get("scenario", "single"))
         return 0
-    cfg = config_from_args(args)
-    check_arch_known(cfg)
+    cfg = config_from_args(args)  # checks names, numbers (--seeds included) and the backend
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     from ..errors import UserError
 
     bad = [m for m in methods if m not in ALL_METHODS]
     if bad or not methods:
         raise UserError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
-    if args.seeds < 1:
-        raise UserError("--seeds must be at least 1")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; pass a directory path")
+    check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet)
     if args.scenario != "single":
         fn = multiclass if args.scenario == "multiclass" else continual
