@@ -50,7 +50,11 @@ Counting (assumptions, also in the JSON):
   latents across GPUs with no communication (weights frozen, eq. 6 is a mean over independent
   images; eval-mode BatchNorm couples nothing), but B = 64 gives each GPU only 64/N images a step.
   Reset / stabilisation under DP must put each GPU's synthetic share in the same local batch as its
-  retain share (the one-forward-pass BatchNorm rule).
+  retain share (the one-forward-pass BatchNorm rule). This is what `cnr_fast.dist` (torchrun) does.
+- Measured: `bench/results/ddp_cpu.json` (python -m bench.bench_ddp) holds 2-process gloo scaling
+  per stage on this project's 2-core CPU; it is copied into the JSON beside the model
+  (`measured_cpu_ddp`), with its machine. On CPU the ranks share the cores and memory bandwidth, so
+  it checks the split and its overheads, not the GPU numbers above.
 """
 
 from __future__ import annotations
@@ -372,6 +376,21 @@ def table(name: str, res: dict, gpus: int) -> str:
     return "\n".join(lines)
 
 
+def measured_cpu_ddp(path: Path) -> dict | None:
+    """Per-stage 2-process speed-ups measured by bench.bench_ddp (None until it has run)."""
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    sc = d.get("scaling")
+    if not sc:
+        return None
+    return {"source": str(path.name), "machine": d.get("machine", {}).get("cpu_model"),
+            "load_avg_1_5_15": d.get("machine", {}).get("load_avg_1_5_15"), "config": sc["config"],
+            "per_stage": {k: {kk: v[kk] for kk in ("speedup_vs_1proc_1thread", "speedup_vs_1proc_2threads",
+                                                   "efficiency_2proc")} for k, v in sc["per_stage"].items()}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mfu", type=float, default=DEFAULT_MFU)
@@ -389,7 +408,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cost_model.json"
     payload = {"bench": "cost_model", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "assumptions": assumptions(args.mfu, args.gpus), "settings": results}
+               "assumptions": assumptions(args.mfu, args.gpus), "settings": results,
+               "measured_cpu_ddp": measured_cpu_ddp(Path(__file__).parent / "results" / "ddp_cpu.json")}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)

@@ -23,6 +23,7 @@ the validation split (`data.val_fraction`) is where anything is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -191,25 +192,34 @@ def obtain_reference(kind: str, cfg: RunConfig, ds, device, cache: str | None, q
 
     path = cache_dir(cache) / "models" / f"{kind}-{cfg.model.arch}-{ds.name.replace('/', '_').replace(':', '_')}-" \
         f"{reference_key(kind, cfg, ds)}.pt"
-    with _entry_lock(path):
+    from . import dist
+
+    # under torchrun rank 0 alone holds the lock and decides; the others follow it (a lock on every
+    # rank would deadlock: the entry is trained by all ranks together)
+    with _entry_lock(path) if dist.is_main() else contextlib.nullcontext():
         return _obtain_locked(kind, cfg, ds, device, path, quiet)
 
 
 def _obtain_locked(kind, cfg, ds, device, path, quiet):
+    from . import dist
     from .models import model_from_checkpoint
     from .runs import save_checkpoint
 
-    if path.is_file():
+    found = None
+    if dist.is_main() and path.is_file():
         try:
-            model, meta = model_from_checkpoint(path, ds)
+            found = model_from_checkpoint(path, ds)
         except UserError as e:
             print(f"cnr-fast: warning: cached {kind} model {str(path)!r} is unusable ({str(e)[:200]}); rebuilding it",
                   file=sys.stderr, flush=True)
-        else:
-            log(f"{kind}: cached model {path}", quiet)
-            return model.to(device).eval(), meta, path, True
+    if dist.agree(found is not None):
+        model, meta = found if found is not None else model_from_checkpoint(path, ds)
+        log(f"{kind}: cached model {path}", quiet)
+        return model.to(device).eval(), meta, path, True
     model, meta = train_reference(kind, cfg, ds, device, quiet)
-    save_checkpoint(path, model, meta)
+    if dist.is_main():
+        save_checkpoint(path, model, meta)
+    dist.barrier()
     acc = meta["test_accuracy"]
     log(f"{kind}: trained in {meta['train_time_s']:.1f}s, forget acc {acc['forget_acc']:.3f}, "
         f"retain acc {acc['retain_acc']:.3f}; cached at {path}", quiet)

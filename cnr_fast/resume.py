@@ -85,7 +85,24 @@ class RunState:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def open(self, restart: bool = False) -> bool:
-        """Create or check the folder. Returns True when it holds an earlier invocation's state."""
+        """Create or check the folder. Returns True when it holds an earlier invocation's state.
+
+        Under torchrun rank 0 does this and every rank gets its answer (or an error)."""
+        from . import dist
+
+        if not dist.active():
+            return self._open(restart)
+        resumed, err = False, None
+        if dist.is_main():
+            try:
+                resumed = self._open(restart)
+            except UserError as e:
+                err = e
+        if not dist.agree(err is None):
+            raise err or UserError(f"the run's state folder {str(self.path)!r} was refused (see rank 0's message)")
+        return dist.agree(resumed)
+
+    def _open(self, restart: bool) -> bool:
         if restart and self.path.exists():
             shutil.rmtree(self.path)
         run_file = self.path / "run.json"
@@ -108,6 +125,10 @@ class RunState:
     def clean_stale(self, out) -> None:
         """On a resume: remove what a killed process could not (its half-written temporary files, its
         staging folder beside or inside `out`); a process that is killed cannot clean up after itself."""
+        from . import dist
+
+        if not dist.is_main():
+            return
         out = Path(out)
         stale = list(self.path.glob(".*.tmp")) + list(out.parent.glob(f".{out.name}.staging-*"))
         if out.is_dir():
@@ -119,14 +140,21 @@ class RunState:
                 p.unlink(missing_ok=True)
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        from . import dist
+
+        if dist.is_main():
+            shutil.rmtree(self.path, ignore_errors=True)
 
     # -- units -----------------------------------------------------------------------------------
 
     def save(self, name: str, obj) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        atomic_write_bytes(self.path / f"{name}.pt", buf.getvalue())
+        from . import dist
+
+        if dist.is_main():  # under torchrun rank 0 writes; no rank goes on before the unit is on disk
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            atomic_write_bytes(self.path / f"{name}.pt", buf.getvalue())
+        dist.barrier()
 
     def load(self, name: str):
         path = self.path / f"{name}.pt"

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import dist
 from .data import Split, batches
 from .errors import UserError
 from .profiling import nvtx_range
@@ -23,14 +24,14 @@ from .profiling import nvtx_range
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return dist.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}; pass --device cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA device is available; pass --device cpu")
-    return dev
+    return dist.local_device(dev)  # under torchrun, cuda is this rank's cuda:LOCAL_RANK
 
 
 def amp_context(device: torch.device, enabled: bool):
@@ -104,17 +105,19 @@ def fit(
         total, n = 0.0, 0
         bar = progress(make_batches(epoch), f"{desc} epoch {epoch + 1}/{epochs}", steps_per_epoch, quiet)
         for batch in bar:
-            with nvtx_range(f"cnr/{desc}/step"), amp_context(device, amp):
-                loss = loss_fn(step_model, batch)
             opt.zero_grad(set_to_none=True)
+
+            def loss_of(b):
+                with nvtx_range(f"cnr/{desc}/step"), amp_context(device, amp):
+                    return loss_fn(step_model, b)
+
+            # under torchrun: this rank's rows, gradients averaged over ranks (see cnr_fast.dist)
+            value = dist.backward(loss_of, batch, model.parameters(), scale=scaler.scale if scaler is not None else None)
             if scaler is not None:
-                scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
                 opt.step()
-            value = float(loss.detach())
             if not math.isfinite(value):
                 raise UserError(
                     f"training stage {desc!r} diverged: its loss is {value} at epoch {epoch + 1}, step {n + 1}; "
@@ -123,6 +126,7 @@ def fit(
                 )
             total += value
             n += 1
+        dist.sync_buffers(model)
         history.append(total / max(n, 1))
         if not quiet:
             print(f"  {desc} epoch {epoch + 1}/{epochs}: loss {history[-1]:.4f}", file=sys.stderr)

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
+from .. import dist, ops
 from ..data import Split, batches
 from ..models import TAP_NAMES, Taps, check_taps
 
@@ -153,6 +153,7 @@ def extract(
     sums: dict[str, torch.Tensor] = {}
     counts = None
     logits = []
+    whole, split = split, dist.shard(split)  # under torchrun each rank reads its share; gathered below
     try:
         with Taps(model, taps, detach=True) as rec:
             for x, y in batches(split, batch_size, device=device):
@@ -177,13 +178,14 @@ def extract(
                         ops.class_sums_add(u, y, sums[t], counts if t == taps[0] else None)
     finally:
         model.train(was_training)
-    sums = {t: s.reshape(s.shape[0], -1).cpu() for t, s in sums.items()}
-    counts = counts.cpu() if counts is not None else None
-    cat = lambda xs: torch.cat(xs) if xs else torch.empty(0)
+    sums = {t: dist.all_reduce_sum_(s).reshape(s.shape[0], -1).cpu() for t, s in sums.items()}
+    counts = dist.all_reduce_sum_(counts).cpu() if counts is not None else None
+    # every rank's rows, in the split's order (contiguous shards): a no-op in one process
+    cat = lambda xs: dist.gather_rows(torch.cat(xs)) if xs else torch.empty(0)
     return Features(
         vec={t: cat(v) for t, v in vec.items()},
         logits=cat(logits),
-        y=split.y.clone(),
+        y=whole.y.clone(),
         full={t: cat(v) for t, v in full.items()},
         sums=sums,
         counts=counts,

@@ -17,6 +17,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..data import batches
 from ._common import generator, select_on_validation, split_classes, trainable_copy
 
@@ -29,7 +30,7 @@ def saliency_mask(model, forget_split, ratio: float, batch_size: int, device) ->
     grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     for x, y in batches(forget_split, batch_size, device=device):
         model.zero_grad(set_to_none=True)
-        (-F.cross_entropy(model(x), y)).backward()
+        dist.backward(lambda b: -F.cross_entropy(model(b[0]), b[1]), (x, y), params)
         for g, p in zip(grads, params):
             if p.grad is not None:
                 g += p.grad.detach().float()
@@ -64,9 +65,8 @@ def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
 
     def step(x, y):
-        loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = dist.backward(lambda b: F.cross_entropy(model(b[0]), b[1]), (x, y), params)
         for p, m in zip(params, mask):
             if p.grad is not None:
                 p.grad.mul_(m)
@@ -74,7 +74,7 @@ def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False
         with torch.no_grad():
             for p, m, p0 in zip(params, mask, start):
                 p.copy_(torch.where(m, p, p0))
-        return float(loss.detach())
+        return loss
 
     hist = []
     for epoch in range(b.salun_epochs):
@@ -83,6 +83,7 @@ def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False
               for x, _ in batches(forget_train, b.salun_batch_size, shuffle=True, generator=gen, device=device)]
         rl = [step(x, y) for x, y in batches(retain_train, b.salun_batch_size, shuffle=True, generator=gen,
                                             device=device)]
+        dist.sync_buffers(model)
         hist.append({"forget_loss": sum(fl) / max(len(fl), 1), "retain_loss": sum(rl) / max(len(rl), 1)})
         if not quiet:
             print(f"  salun epoch {epoch + 1}/{b.salun_epochs}: forget {hist[-1]['forget_loss']:.4f} "

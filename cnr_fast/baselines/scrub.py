@@ -19,6 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..data import batches
 from ._common import frozen_copy, generator, select_on_validation, split_classes, trainable_copy
 
@@ -48,6 +49,22 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
                                 ds, forget, device, "scrub", quiet)
 
 
+def max_loss_of(model, teacher, x, t):
+    """SCRUB's max step: KL(teacher || student) on forget images (its negative is minimised)."""
+    with torch.no_grad():
+        tl = teacher(x)
+    return distill_kl(model(x), tl, t)
+
+
+def min_loss_of(model, teacher, batch, t, hp):
+    """SCRUB's min step: gamma CE + alpha KL(teacher || student) on retain images."""
+    x, y = batch
+    with torch.no_grad():
+        tl = teacher(x)
+    logits = model(x)
+    return hp["gamma"] * F.cross_entropy(logits, y) + hp["alpha"] * distill_kl(logits, tl, t)
+
+
 def scrub(original, ds, forget, cfg, hp: dict, *, device, quiet=False):
     b = cfg.baseline
     retain_train, forget_train, _ = split_classes(ds, forget)
@@ -68,24 +85,18 @@ def scrub(original, ds, forget, cfg, hp: dict, *, device, quiet=False):
         if epoch <= hp["msteps"]:
             tot, n = 0.0, 0
             for x, _ in batches(forget_train, b.scrub_forget_batch, shuffle=True, generator=gen, device=device):
-                with torch.no_grad():
-                    tl = teacher(x)
-                loss = -distill_kl(model(x), tl, t)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = dist.backward(lambda xb: -max_loss_of(model, teacher, xb, t), x, model.parameters())
                 opt.step()
-                tot, n = tot + float(loss.detach()), n + 1
+                tot, n = tot + loss, n + 1
             max_loss = tot / max(n, 1)
         tot, n = 0.0, 0
         for x, y in batches(retain_train, b.scrub_retain_batch, shuffle=True, generator=gen, device=device):
-            with torch.no_grad():
-                tl = teacher(x)
-            logits = model(x)
-            loss = hp["gamma"] * F.cross_entropy(logits, y) + hp["alpha"] * distill_kl(logits, tl, t)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = dist.backward(lambda b: min_loss_of(model, teacher, b, t, hp), (x, y), model.parameters())
             opt.step()
-            tot, n = tot + float(loss.detach()), n + 1
+            tot, n = tot + loss, n + 1
+        dist.sync_buffers(model)
         hist.append({"max_loss": max_loss, "min_loss": tot / max(n, 1)})
         if not quiet:
             print(f"  scrub epoch {epoch}/{hp['epochs']}: max {max_loss:.4f} min {hist[-1]['min_loss']:.4f}",

@@ -11,6 +11,7 @@ Defaults for full-class forgetting: alpha = 10 (ResNet-18), lambda = 1, batch 64
 import torch
 import torch.nn.functional as F
 
+from .. import dist
 from ..data import batches
 from ._common import split_classes, trainable_copy
 
@@ -22,7 +23,8 @@ def importances(model, split, batch_size, device) -> list[torch.Tensor]:
     n = 0
     for x, y in batches(split, batch_size, device=device):
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        # the gradient of the whole batch's mean CE (under torchrun: shares averaged), then squared
+        dist.backward(lambda b: F.cross_entropy(model(b[0]), b[1]), (x, y), params)
         for acc, p in zip(imp, params):
             if p.grad is not None:
                 acc += p.grad.detach().float().square()

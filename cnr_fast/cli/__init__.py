@@ -38,6 +38,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
+        _join_torchrun(args)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"cnr-fast {args.verb}: error: {e}", file=sys.stderr)
@@ -45,6 +46,28 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"cnr-fast {args.verb}: interrupted; no partial output was written", file=sys.stderr)
         return 130
+    finally:
+        from .. import dist
+
+        dist.shutdown()
+
+
+DISTRIBUTED_VERBS = ("unlearn", "train")
+
+
+def _join_torchrun(args) -> None:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; only rank 0 prints progress."""
+    from .. import dist
+
+    if dist.env_world_size() <= 1:
+        return
+    if args.verb not in DISTRIBUTED_VERBS:
+        raise UserError(f"`cnr-fast {args.verb}` runs in one process; under torchrun use "
+                        f"{' or '.join(DISTRIBUTED_VERBS)} (run compare / ablate seeds as separate processes and "
+                        "merge them with --merge)")
+    dist.setup(getattr(args, "device", None) or "auto")
+    if not dist.is_main():
+        args.quiet = True
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import dist
 from ..runs import check_out_dir, save_checkpoint, staged_dir, write_run_files
 from ._common import add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args, obtain_reference, prepare_run
 
@@ -38,6 +39,9 @@ def run(args) -> int:
     summary, models = {}, {}
     for kind in ("original", "retrained") if args.retrained else ("original",):
         models[kind] = obtain_reference(kind, cfg, ds, device, args.cache_dir, args.quiet)[:2]
+    if not dist.is_main():  # under torchrun rank 0 alone writes
+        dist.barrier()
+        return 0
     with staged_dir(out) as stage:  # all files or none (see runs.staged_dir)
         for kind, (model, meta) in models.items():
             save_checkpoint(stage / f"{kind}.pt", model, meta)
@@ -46,4 +50,5 @@ def run(args) -> int:
     for kind, (_, meta) in models.items():
         print(f"{kind}: {out / f'{kind}.pt'}  forget acc {meta['test_accuracy']['forget_acc']:.4f}  "
               f"retain acc {meta['test_accuracy']['retain_acc']:.4f}")
+    dist.barrier()
     return 0

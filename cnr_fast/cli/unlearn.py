@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import dist
 from ..config import stable_hash
 from ..errors import UserError
 from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model, val_accuracy
@@ -193,6 +194,10 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     }
     if audit_view is not None:
         results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
+    results["world_size"] = dist.world()
+    if not dist.is_main():  # under torchrun rank 0 alone writes the run directory
+        dist.barrier()
+        return 0
     # Every output goes to a staging folder first and into `out` only when all of it is written: a
     # failure (disk full, ...) leaves `out` absent, or as it was.
     with staged_dir(out) as stage:
@@ -207,6 +212,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         write_run_files(stage, files)
         kill_point("final")
     state.remove()  # the run directory is complete: its state is no longer needed
+    dist.barrier()
     _print_table(results, out, quiet=False)
     return 0
 

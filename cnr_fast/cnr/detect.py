@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import ops
+from .. import dist, ops
 from ..data import Split, batches
 from ..errors import UserError
 from ..models import Taps
@@ -71,6 +71,7 @@ def class_means(model, split: Split, taps, num_classes, *, device, batch_size=25
     """Streaming per-class mean maps (eq. 1) at each tap: {tap: (num_classes, U)}, {tap: shape}, counts."""
     model.eval()
     sums, shapes, counts = {}, {}, None
+    split = dist.shard(split)  # under torchrun: this rank's share; the sums are all-reduced below
     steps = -(-len(split) // batch_size)
     with Taps(model, taps, detach=True) as t:
         for x, y in progress(batches(split, batch_size, device=device), "detect: class means", steps, quiet):
@@ -86,6 +87,9 @@ def class_means(model, split: Split, taps, num_classes, *, device, batch_size=25
                             counts = torch.zeros(num_classes, dtype=torch.int64, device=f.device)
                     # adds in place on the device: no per-batch zero-fill, temporary or host sync
                     ops.class_sums_add(f, y, sums[name], counts if name == taps[0] else None)
+    for name in taps:
+        dist.all_reduce_sum_(sums[name])
+    dist.all_reduce_sum_(counts)
     # (C, U) in the usual unit order ((C, H, W) / (tokens, dim)) whatever the taps' memory layout
     means = {name: sums[name].reshape(num_classes, -1) / counts.clamp_min(1).unsqueeze(1).float() for name in taps}
     return means, shapes, counts
@@ -98,6 +102,7 @@ def gradient_means(model, split: Split, taps, num_classes, forget, *, device, ba
     """
     model.eval()
     sums, counts, shapes = {}, None, {}
+    split = dist.shard(split)
     steps = -(-len(split) // batch_size)
     for x, y in progress(batches(split, batch_size, device=device), "detect: gradients", steps, quiet):
         per_forget = {name: [] for name in taps}
@@ -114,6 +119,9 @@ def gradient_means(model, split: Split, taps, num_classes, forget, *, device, ba
             s = torch.stack(per_forget[n])
             sums[n] = s if n not in sums else sums[n] + s
         counts = cnt if counts is None else counts + cnt
+    for n in taps:
+        dist.all_reduce_sum_(sums[n])
+    dist.all_reduce_sum_(counts)
     return {n: sums[n] / counts.clamp_min(1).view(1, -1, 1).to(sums[n]) for n in taps}, shapes
 
 

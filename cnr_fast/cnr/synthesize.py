@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import ops
+from .. import dist, ops
 from ..data import Split, batches
 from ..errors import UserError
 from ..models import Taps
@@ -132,19 +132,31 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
         step = 0
         for x, _ in batches(images, bs, shuffle=True, generator=gen, device=device):
             with nvtx_range("cnr/synthesize/gan_step"):
-                z = torch.randn(x.shape[0], cfg.latent_dim, device=device)
-                fake = g(z)
-                loss_d = F.softplus(-d(x)).mean() + F.softplus(d(fake.detach())).mean()
+                z = torch.randn(x.shape[0], cfg.latent_dim, device=device)  # the global batch's noise
+                n_global = x.shape[0]
+                x, z = dist.local((x, z))  # this rank's rows of both (no-op in one process)
+                share = x.shape[0] * dist.world() / n_global  # 1 in one process (see dist)
                 opt_d.zero_grad(set_to_none=True)
-                loss_d.backward()
+                if share > 0:
+                    fake = g(z)
+                    loss_d = F.softplus(-d(x)).mean() + F.softplus(d(fake.detach())).mean()
+                    (loss_d * share).backward()
+                dist.all_reduce_grads(d.parameters())
                 opt_d.step()
-                loss_g = F.softplus(-d(fake)).mean()
                 opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
+                if share > 0:
+                    loss_g = F.softplus(-d(fake)).mean()
+                    (loss_g * share).backward()
+                dist.all_reduce_grads(g.parameters())
                 opt_g.step()
                 step += 1
+                if dist.active():  # every rank sees the same values, so all of them stop together
+                    vals = (float(loss_d.detach()) * share, float(loss_g.detach()) * share) if share > 0 else (0, 0)
+                    loss_d, loss_g = (torch.tensor(dist.mean_value(v)) for v in vals)
                 _check_finite(loss_d, loss_g, stage=desc, where=f"epoch {epoch + 1}, step {step}",
                               fix="lower synth.gan_lr in a --config file, or drop --amp")
+        dist.sync_buffers(g)
+        dist.sync_buffers(d)
         last = {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "batch_size": bs,
                 "updates": steps * (epoch + 1)}
         if not quiet and (epoch + 1) % 10 == 0:
@@ -169,6 +181,9 @@ def _check_finite(*losses, stage: str, where: str, fix: str) -> None:
                             f"written. {fix[0].upper()}{fix[1:]}")
 
 
+LATENT_FIX = "lower synth.lr in a --config file (or --lambda-real / --lambda-smooth), or drop --amp"
+
+
 def unit_activations(model, x, taps):
     """Flattened tap activations (B, U_l) of x, keeping the graph."""
     with Taps(model, taps) as t:
@@ -182,20 +197,29 @@ def optimise_latents(model, g, d, f_idx, r_idx, taps, cfg, *, device, amp=False,
     if cfg.sign not in SIGNS:
         raise UserError(f"unknown selective-loss sign {cfg.sign!r}; choose one of {', '.join(SIGNS)}")
     sign = SIGNS[cfg.sign]
+    if cfg.batch < dist.world():
+        raise UserError(f"B = {cfg.batch} synthetic images per class cannot be shared by {dist.world()} processes; "
+                        f"pass --synth-batch {dist.world()} or more, or start fewer processes")
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(cfg.batch, cfg.latent_dim, generator=gen).to(device).requires_grad_(True)
+    z = torch.randn(cfg.batch, cfg.latent_dim, generator=gen)  # all B codes, drawn the same on every rank
+    start, stop = dist.shard_range(cfg.batch)  # this rank optimises its contiguous share (all in one process)
+    z = z[start:stop].to(device).requires_grad_(True)
     opt = torch.optim.Adam([z], lr=cfg.lr)
     frozen = [p for p in list(model.parameters()) + list(g.parameters()) + list(d.parameters()) if p.requires_grad]
     for p in frozen:  # gradients flow to z only; restored below
         p.requires_grad_(False)
     try:
-        return _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, desc, quiet)
+        return _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, desc, quiet,
+                         share=len(z) / cfg.batch)
     finally:
         for p in frozen:
             p.requires_grad_(True)
 
 
-def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, desc, quiet):
+def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, desc, quiet, share=1.0):
+    """share: this rank's share of the B codes (1 in one process). Every term is a mean of per-image
+    values with G, D and the classifier in eval mode, so the loss times `share` gives each code the
+    gradient it has in a one-process run over all B codes."""
     fi = [f_idx[t].to(device) for t in taps]
     ri = [r_idx[t].to(device) for t in taps]
 
@@ -207,6 +231,9 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
         tv = ops.tv_loss(x)
         return sel, real, tv, logits
 
+    def mean_over_ranks(v) -> float:  # the one-process value of a per-image mean
+        return dist.mean_value(float(v) * share * dist.world()) if dist.active() else float(v)
+
     with torch.no_grad():
         sel0, _, _, _ = terms(g(z))
     steps = cfg.steps if cfg.latent_opt else 0
@@ -215,20 +242,23 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
             x = g(z)
             sel, real, tv, _ = terms(x)
             loss = sign * sel + cfg.lambda_real * real + cfg.lambda_smooth * tv
-            _check_finite(loss, stage=f"{desc}: latent optimisation", where=f"step {step + 1}",
-                          fix="lower synth.lr in a --config file (or --lambda-real / --lambda-smooth), or drop --amp")
+            if not dist.active():  # several ranks check together after the loop instead (no rank may stop alone)
+                _check_finite(loss, stage=f"{desc}: latent optimisation", where=f"step {step + 1}", fix=LATENT_FIX)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share).backward()
             opt.step()
     with torch.no_grad():
         x = g(z)
         sel, real, tv, logits = terms(x)
+    hist = dist.all_reduce_sum_(torch.bincount(logits.argmax(1), minlength=logits.shape[1]))
+    sel0, sel, real, tv = (mean_over_ranks(v) for v in (sel0, sel, real, tv))
+    _check_finite(torch.tensor(sel), stage=f"{desc}: latent optimisation", where=f"step {steps}", fix=LATENT_FIX)
+    x = dist.gather_rows(x.detach().float())
     if not quiet:
-        print(f"  {desc}: {steps} latent steps, eq. 6 value {float(sel0):.3f} -> {float(sel):.3f}", file=sys.stderr)
-    log = {"selective_before": float(sel0), "selective_after": float(sel), "realism_after": float(real),
-           "tv_after": float(tv), "steps": steps,
-           "model_pred_hist": torch.bincount(logits.argmax(1).cpu(), minlength=logits.shape[1]).tolist()}
-    return x.detach().float().cpu(), log
+        print(f"  {desc}: {steps} latent steps, eq. 6 value {sel0:.3f} -> {sel:.3f}", file=sys.stderr)
+    log = {"selective_before": sel0, "selective_after": sel, "realism_after": real, "tv_after": tv, "steps": steps,
+           "model_pred_hist": hist.cpu().tolist()}
+    return x.cpu(), log
 
 
 GAN_FIELDS = ("gan_epochs", "gan_batch_size", "gan_lr", "latent_dim", "ngf")
