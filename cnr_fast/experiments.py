@@ -24,6 +24,7 @@ the validation split (`data.val_fraction`) is where anything is chosen.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import io
@@ -431,6 +432,45 @@ def val_accuracy(model, ds, forget, device, amp: bool = False) -> dict:
     return {"val_forget_acc": acc["forget_acc"], "val_retain_acc": acc["retain_acc"]}
 
 
+def _unit(state, name: str, start, make):
+    """One resumable unit of a driver (compare, multiclass, continual, ablate).
+
+    make() -> (model, info) with `info` plain values. With a resume.RunState, a unit that an earlier
+    invocation completed is loaded instead: its weights into a copy of `start` (the model the method
+    started from), its info, and the torch RNG state it left, so the rest of the run draws what an
+    uninterrupted run draws. A model of another class than `start` (LM's logit mask: no training,
+    cheap) is not kept and is made again.
+    """
+    from .resume import kill_point, rng_state, set_rng_state
+
+    saved = state.load(name) if state is not None else None
+    if saved is not None:
+        model = copy.deepcopy(start)
+        model.load_state_dict(saved["model"])
+        set_rng_state(saved["rng"])
+        return model.eval(), saved["info"]
+    model, info = make()
+    if state is not None and type(model) is type(start):
+        state.save(name, {"model": model.state_dict(), "info": info, "rng": rng_state()})
+        kill_point(f"unit:{name}")
+    return model, info
+
+
+def _audit_unit(state, name: str, make) -> dict:
+    """make() -> a JSON-able audit summary; kept in `state` like `_unit` (with the RNG state)."""
+    from .resume import kill_point, rng_state, set_rng_state
+
+    saved = state.load(name) if state is not None else None
+    if saved is not None:
+        set_rng_state(saved["rng"])
+        return saved["result"]
+    result = make()
+    if state is not None:
+        state.save(name, {"result": result, "rng": rng_state()})
+        kill_point(f"unit:{name}")
+    return result
+
+
 def _null_table(cka_null: list[dict]) -> dict:
     """Per part (pos / neg) and tap: the summary over seeds of CKA(retrained, null)."""
     return {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
@@ -439,8 +479,12 @@ def _null_table(cka_null: list[dict]) -> dict:
 
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
-            fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None) -> dict:
+            fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None, state=None,
+            unit_prefix: str = "") -> dict:
     """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
+
+    state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
+    kept there as it completes, and a rerun continues after the last one (see `_unit`).
 
     By default each seed trains (or takes from the cache) its own original, retrained reference and
     null model, so the intervals cover the randomness of training as well as of unlearning.
@@ -485,18 +529,29 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         for m in methods:
             log(f"compare: seed {seed}, method {m}", quiet)
             base = resolve_method(m, cfg)[0]
-            model, _, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
-                                           device=device, quiet=quiet, shared=shared)
+
+            def make(m=m, base=base):
+                model, _, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
+                                               device=device, quiet=quiet, shared=shared)
+                return model, {"time": t["unlearn"], "val": val_accuracy(model, ds, forget, device)}
+
+            model, info = _unit(state, f"{unit_prefix}s{seed}-{m}", original, make)
             models[m] = model
-            timings[m].append(t["unlearn"])
-            val[m] = val_accuracy(model, ds, forget, device)
+            timings[m].append(info["time"])
+            val[m] = info["val"]
             if base == "rfs":
                 independent.append(m)
-        audit = audit_models(models, ds, forget, device=device, original="original", retrained="retrained",
-                             seed=seed, figures=figures, quiet=quiet, independent=independent, null_model=null)
-        view = json_view(audit)
+
+        def audit_seed():
+            view = json_view(audit_models(models, ds, forget, device=device, original="original",
+                                          retrained="retrained", seed=seed, figures=figures, quiet=quiet,
+                                          independent=independent, null_model=null))
+            return {"settings": view["settings"], "cka_null": view["references"].get("cka_null", {}),
+                    "metrics": view["metrics"]}
+
+        view = _audit_unit(state, f"{unit_prefix}s{seed}-audit", audit_seed)
         audit_settings = view["settings"]
-        cka_null.append(view["references"].get("cka_null", {}))
+        cka_null.append(view["cka_null"])
         per_seed.append({name: {**flatten(v), **val.get(name, {})} for name, v in view["metrics"].items()})
     result = {
         "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
@@ -643,8 +698,8 @@ def _summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None
 
 
 def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *, device="cpu",
-           cache: str | None = None, relearn: bool = False, quiet: bool = False, ds=None) -> dict:
-    """Every CNR variant on one original per seed; returns the ablate.json dict.
+           cache: str | None = None, relearn: bool = False, quiet: bool = False, ds=None, state=None) -> dict:
+    """Every CNR variant on one original per seed; returns the ablate.json dict (state: as `compare`'s).
 
     Per seed: one original, retrained reference and null model, shared by every variant; a GAN, and the
     synthetic images of variants that do not change detection or synthesis, are made once and reused
@@ -679,13 +734,23 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
         shared: dict = {}
         for v in variants:
             log(f"ablate: seed {scfg.seed}, variant {v}", quiet)
-            model, _, t, _ = unlearn_model("cnr", original, ds, scfg.replace(**ABLATIONS[v]), device=device,
-                                           quiet=quiet, shared=shared)
+
+            def make(v=v):
+                model, _, t, _ = unlearn_model("cnr", original, ds, scfg.replace(**ABLATIONS[v]), device=device,
+                                               quiet=quiet, shared=shared)
+                return model, {"time": t["unlearn"], "val": val_accuracy(model, ds, forget, device)}
+
+            model, info = _unit(state, f"s{scfg.seed}-{v}", original, make)
             models[v] = model
-            timings[v].append(t["unlearn"])
-            val[v] = val_accuracy(model, ds, forget, device)
-        audit = json_view(audit_models(models, ds, forget, device=device, retrained="retrained", seed=scfg.seed,
-                                       figures=False, quiet=quiet, null_model=null, relearn=relearn))
+            timings[v].append(info["time"])
+            val[v] = info["val"]
+
+        def audit_seed():
+            view = json_view(audit_models(models, ds, forget, device=device, retrained="retrained", seed=scfg.seed,
+                                          figures=False, quiet=quiet, null_model=null, relearn=relearn))
+            return {"references": view["references"], "metrics": view["metrics"]}
+
+        audit = _audit_unit(state, f"s{scfg.seed}-audit", audit_seed)
         cka_null.append(audit["references"].get("cka_null", {}))
         per_seed.append({n: {**flatten(m), **val.get(n, {})} for n, m in audit["metrics"].items()})
     result = {"dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
@@ -849,7 +914,7 @@ CONTINUAL_ORDER = (2, 5, 7, 1, 9)  # one more class each round
 
 
 def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets=MULTICLASS_SETS, device="cpu",
-               cache: str | None = None, quiet: bool = False, ds=None) -> dict:
+               cache: str | None = None, quiet: bool = False, ds=None, state=None) -> dict:
     """`compare` once per forget set (all its classes forgotten at once), same budget per method."""
     from .data import check_forget, load_dataset
 
@@ -861,14 +926,14 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
         key = ",".join(str(c) for c in classes)
         log(f"multiclass: forget {key}", quiet)
         out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
-                                   cache=cache, quiet=quiet, ds=ds)
+                                   cache=cache, quiet=quiet, ds=ds, state=state, unit_prefix=f"f{key}-")
     out["total_time_s"] = time.perf_counter() - t0
     out["machine"] = machine_info()
     return out
 
 
 def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTINUAL_ORDER, device="cpu",
-              cache: str | None = None, quiet: bool = False, ds=None) -> dict:
+              cache: str | None = None, quiet: bool = False, ds=None, state=None) -> dict:
     """Round r forgets the first r classes of `order`, each method starting from ITS model of round r-1
     (round 1 from the original), with the same per-round budget. Each round is audited against a model
     retrained without those r classes (and its null). Returns per round and method mean / CI over seeds."""
@@ -900,16 +965,26 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
             for m in methods:
                 log(f"continual: seed {scfg.seed}, round {r + 1} (forget {list(forget)}), method {m}", quiet)
                 base = resolve_method(m, cfg)[0]
-                model, _, t, _ = unlearn_model(m, current[m], ds, rcfg.replace(method=base), device=device,
-                                               quiet=quiet, shared=shared[m])
+
+                def make(m=m, base=base, rcfg=rcfg):
+                    model, _, t, _ = unlearn_model(m, current[m], ds, rcfg.replace(method=base), device=device,
+                                                   quiet=quiet, shared=shared[m])
+                    return model, {"time": t["unlearn"]}
+
+                model, info = _unit(state, f"s{scfg.seed}-r{r + 1}-{m}", current[m], make)
                 current[m] = model
                 models[m] = model
-                times[r][m].append(t["unlearn"])
+                times[r][m].append(info["time"])
                 if base == "rfs":
                     independent.append(m)
-            audit = json_view(audit_models(models, ds, list(forget), device=device, retrained="retrained",
-                                           seed=scfg.seed, figures=False, quiet=quiet, relearn=False,
-                                           independent=independent, null_model=null))
+
+            def audit_round(models=models, forget=forget, independent=independent, null=null):
+                view = json_view(audit_models(models, ds, list(forget), device=device, retrained="retrained",
+                                              seed=scfg.seed, figures=False, quiet=quiet, relearn=False,
+                                              independent=independent, null_model=null))
+                return {"metrics": view["metrics"]}
+
+            audit = _audit_unit(state, f"s{scfg.seed}-r{r + 1}-audit", audit_round)
             rounds[r].append({n: flatten(v) for n, v in audit["metrics"].items()})
     result = {"scenario": "continual", "dataset": ds.name, "order": list(order), "methods": list(methods),
               "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),

@@ -32,6 +32,7 @@ def test_ablate_reuses_synthesis_and_reports_against_full(tmp_path):
     assert r["unlearn_time_s"]["relabel-step"]["mean"] > 0
     assert r["sweeps"]["B"] == {"b32": 32, "full": 64} and (out / "ablate_B.png").is_file()
     assert "| variant |" in (out / "ablate.md").read_text()
+    assert not (tmp_path / "ab.state").exists()  # the resume state goes once the output is written
 
 
 def test_synthetic_images_reused_only_for_identical_detection_and_synthesis():
@@ -125,3 +126,66 @@ def test_merge_rejects_old_or_mismatched_files(tmp_path):
     b["per_seed_times"].pop("lm")
     with pytest.raises(E.UserError, match="same methods"):
         E.merge_compare([a, b])
+
+
+def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
+    """continual (compare, multiclass and ablate use the same units) keeps each (seed, round, method) and
+    each audit in a RunState; interrupted in round 2, a rerun on the same state loads round 1 (weights
+    and torch RNG state) and ends with the uninterrupted run's values. The audit is replaced by a cheap
+    function of the weights (what is under test is the units, not the audit). The real stages seed
+    every draw, so the cache's state (references trained or loaded) does not change results; a loaded
+    unit still restores the torch RNG state its make() left, checked at the end."""
+    import torch
+
+    from cnr_fast.resume import RunState
+
+    audits = []
+
+    def fake_audit(models, ds, forget, **kw):
+        audits.append(len(forget))
+        return {"metrics": {n: {"w": float(sum(p.detach().double().sum() for p in m.parameters()))}
+                            for n, m in models.items()}}
+
+    monkeypatch.setattr("cnr_fast.audit.audit_models", fake_audit)
+    real = E.unlearn_model
+    calls = []
+
+    def counting(method, *a, **kw):
+        calls.append(method)
+        if stop_at and len(calls) == stop_at:
+            raise KeyboardInterrupt
+        return real(method, *a, **kw)
+
+    monkeypatch.setattr(E, "unlearn_model", counting)
+    def run(state):
+        torch.manual_seed(TINY.seed)  # as the CLI does (prepare_run) before every invocation
+        return E.continual(TINY, ["rl", "lm"], seeds=1, order=(2, 5), device="cpu", cache=str(tmp_path / "cache"),
+                           quiet=True, state=state)
+
+    stop_at = 0
+    want = run(RunState(tmp_path / "a.state", {"k": 1}))
+    state = RunState(tmp_path / "b.state", {"k": 1})
+    assert state.open() is False
+    stop_at = 3  # round 1's RL and LM done, round 1 audited, interrupted in round 2's RL
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run(state)
+    assert sorted(p.name for p in state.path.iterdir()) == ["run.json", "s0-r1-audit.pt", "s0-r1-rl.pt"]
+    stop_at, calls[:], audits[:] = 0, [], []
+    state = RunState(tmp_path / "b.state", {"k": 1})
+    assert state.open() is True
+    got = run(state)
+    assert calls == ["lm", "rl", "lm"]  # round 1's RL loaded, LM (a logit mask, not kept) made again
+    assert audits == [2]  # round 1's audit loaded
+    assert [rd["per_seed"] for rd in got["rounds"]] == [rd["per_seed"] for rd in want["rounds"]]
+    assert got["rounds"][0]["per_seed_times"]["rl"][0] > 0  # the interrupted run's time, kept with its unit
+
+    # a loaded unit leaves the torch RNG where make() left it
+    lin = torch.nn.Linear(2, 2)
+    torch.manual_seed(5)
+    E._unit(state, "rng", lin, lambda: (torch.nn.Linear(2, 2), {"time": 1.0}))
+    after = torch.rand(3)
+    torch.manual_seed(123)
+    model, info = E._unit(state, "rng", lin, lambda: pytest.fail("a kept unit was made again"))
+    assert torch.equal(torch.rand(3), after) and info == {"time": 1.0}
+    assert not torch.equal(model.weight, lin.weight)  # the kept weights, not the start model's

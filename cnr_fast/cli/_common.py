@@ -262,3 +262,39 @@ def merge_files(arg: str, what: str, merge) -> dict:
     except (KeyError, TypeError) as e:
         raise UserError(f"--merge: a file lacks the per-seed values ({e}); pass {what} files written by this "
                         "version of cnr-fast") from None
+
+
+def add_resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--restart", action="store_true",
+                   help="discard the state an interrupted run kept in OUT.state/ and start over")
+
+
+def driver_state(out, key: dict, restart: bool, quiet: bool = False):
+    """The resume state of a compare / ablate run: `OUT.state/` beside --out (see cnr_fast.resume).
+
+    Each completed (seed, method or variant[, round]) and each audit is a unit there; the same command
+    after a crash or Ctrl-C continues after the last one. Removed once --out is written."""
+    from ..resume import RunState, state_dir_for
+
+    state = RunState(state_dir_for(out), key)
+    if state.open(restart=restart):
+        log(f"resuming the interrupted run from {state.path}", quiet)
+        state.clean_stale(out)
+    return state
+
+
+def run_with_state(state, work):
+    """work() under `state`: kept on Ctrl-C (with a line saying how to resume) and on a crash; removed
+    on success and when nothing was done yet. Returns work()'s value."""
+    fresh = not state.reused and not any(state.path.glob("*.pt"))
+    try:
+        result = work()
+    except KeyboardInterrupt:
+        print(f"completed work is kept in {state.path}; run the same command again to resume it",
+              file=sys.stderr, flush=True)
+        raise
+    except UserError:
+        if fresh and not any(state.path.glob("*.pt")):
+            state.remove()
+        raise
+    return result

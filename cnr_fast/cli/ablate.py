@@ -20,10 +20,13 @@ from ._common import (
     add_data_args,
     add_method_args,
     add_model_args,
+    add_resume_args,
     add_run_args,
     config_from_args,
+    driver_state,
     merge_files,
     prepare_run,
+    run_with_state,
 )
 
 EXAMPLES = """examples:
@@ -47,6 +50,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_run_args(p)
     add_method_args(p)
+    add_resume_args(p)
     p.set_defaults(func=run, checkpoint=None)
 
 
@@ -62,9 +66,14 @@ def run(args) -> int:
     out = Path(args.out)
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet)
-    result = ablate(cfg, variants, args.seeds, device=device, cache=args.cache_dir, relearn=args.relearn,
-                    quiet=args.quiet, ds=ds)
+    key = {"verb": "ablate", "format": 1, "config": cfg.to_dict(), "variants": variants, "seeds": args.seeds,
+           "relearn": bool(args.relearn)}
+    state = driver_state(out, key, args.restart, args.quiet)
+    result = run_with_state(state, lambda: ablate(cfg, variants, args.seeds, device=device,
+                                                       cache=args.cache_dir, relearn=args.relearn,
+                                                       quiet=args.quiet, ds=ds, state=state))
     _write(out, result)
+    state.remove()  # the output is complete: its state is no longer needed
     return 0
 
 

@@ -27,10 +27,13 @@ from ._common import (
     add_data_args,
     add_method_args,
     add_model_args,
+    add_resume_args,
     add_run_args,
     config_from_args,
+    driver_state,
     merge_files,
     prepare_run,
+    run_with_state,
 )
 
 EXAMPLES = """examples:
@@ -71,6 +74,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_run_args(p)
     add_method_args(p)
+    add_resume_args(p)
     p.set_defaults(func=run, checkpoint=None)
 
 
@@ -89,13 +93,22 @@ def run(args) -> int:
     out = Path(args.out)
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet)
-    if args.scenario != "single":
-        fn = multiclass if args.scenario == "multiclass" else continual
-        result = fn(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds)
-    else:
-        result = compare(cfg, methods, args.seeds, device=device, cache=args.cache_dir,
-                         fixed_original=args.fixed_original, figures=args.figures, quiet=args.quiet, ds=ds)
+    key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
+           "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
+    state = driver_state(out, key, args.restart, args.quiet)
+
+    def work():
+        if args.scenario != "single":
+            fn = multiclass if args.scenario == "multiclass" else continual
+            return fn(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds,
+                      state=state)
+        return compare(cfg, methods, args.seeds, device=device, cache=args.cache_dir,
+                       fixed_original=args.fixed_original, figures=args.figures, quiet=args.quiet, ds=ds,
+                       state=state)
+
+    result = run_with_state(state, work)
     _write(out, result, args.scenario)
+    state.remove()  # the output is complete: its state is no longer needed
     return 0
 
 
