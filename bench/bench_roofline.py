@@ -30,13 +30,14 @@ Where the memory-bound kernels stand against the >= 2x target (issue #9), min ov
 - selective_loss_fwd: bf16 2.07, fp32 5.0. Indices become offsets once a program; a (BLOCK_B rows x
   BLOCK_K indices) tile per iteration costs one 64-bit address add, load, convert and add per element.
   (Its real bound is latency/sectors: every gathered element is its own 32-byte sector.)
-- tv_loss_fwd: fp32 2.05, bf16 0.92 (were 0.66 / 0.29): row-streamed, two rows an iteration, no div/mod. The
-  floor per element is 2 sub + 2 fma + sqrt + add (+ 2 bf16->fp32 converts: lower row, and the right
-  neighbour, a scalar load one element over) = 6-8 PTX instructions for 2 (bf16) bytes, i.e. at most
-  ~1.6x for bf16 with fp32 differences; reaching 2x needs the right neighbour from registers (an
-  in-thread shift via split/join, not done) or bf16x2 subtraction (the reference's own rounding; not done).
-- tv_loss_bwd: fp32 1.68, bf16 0.77 (were 0.78 / 0.37): row-streamed, the term above carried, the left
-  term recomputed (two sqrt + divide per pixel: ~18 instructions per element before loads).
+- tv_loss: a thread owns groups of 8 columns, loaded as vectors and split in registers, so the right
+  (backward: and left) neighbour is a register, not a scalar load one element over. fwd fp32 3.0,
+  bwd fp32 3.1 (were 2.05 / 1.68); bf16 fwd 1.3, bwd 1.4 (were 0.92 / 0.77), i.e. 1.8 / 2.0 of an
+  H100's HBM. bf16 cannot reach 2x an H200 with the loss in fp32: every 2-byte pixel needs at least
+  convert, 2 sub, 2 fma, sqrt and an add (forward; the backward more), 7 issue slots, so the issue
+  bound is at most 30.4e12 / 7 * 2 B = 8.7 TB/s = 1.8x H200 before any address or loop instruction.
+  Packed bf16x2 subtraction (the reference's own rounding) saves nothing: its results still need a
+  convert each.
 - class_sums: bf16 C=10 5.4, C=100 2.10 (was 1.90: two row chunks per fp32 add); fp32 C=10 2.72,
   C=100 1.95 (were 1.58 / 1.04 with the exact 3-way bf16 split; now a 2-way tf32 split, see the
   kernel's docstring). fp32 C=100 is held by the fp32 one-hot build (through shared memory) and adds.
@@ -251,7 +252,7 @@ def tv_rows(quick=False):
             # the launcher's tile on a GPU of 132 SMs; one loop iteration = one row of the tile
             for kind, Wx, Hx in (("fwd", W, H - 1), ("bwd", W, H)):
                 cfg = tv._config(Wx, B * C, Hx, 8 * SMS)
-                meta = {"BLOCK_P": cfg["BLOCK_P"], "BLOCK_W": cfg["BLOCK_W"], "num_warps": warps}
+                meta = {"BLOCK_P": cfg["BLOCK_P"], "BLOCK_Q": cfg["BLOCK_Q"], "num_warps": warps}
                 common = (B * C, C, H, W, B, C * H * W, H * W, W, 1)
                 grid_args = (cfg["NS"], cfg["NCH"], cfg["rows"])
                 if kind == "fwd":

@@ -270,6 +270,8 @@ TV_CASES = [
     (2, 3, 16, 17, True),  # channels_last
     (1, 2, 33, 9, False),  # more pixels than one block in the backward
     (3, 2, 1, 6, False),  # H = 1: no pixel has both neighbours (loss 0)
+    (2, 2, 11, 40, False),  # five groups of 8 columns over three column strips
+    (1, 3, 9, 24, True),  # whole groups, channels_last
 ]
 
 
