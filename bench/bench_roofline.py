@@ -39,7 +39,7 @@ Where the memory-bound kernels stand against the >= 2x target (issue #9), min ov
   Packed bf16x2 subtraction (the reference's own rounding) saves nothing: its results still need a
   convert each.
 - class_sums: bf16 C=10 5.4, C=100 2.10 (was 1.90: two row chunks per fp32 add); fp32 C=10 2.72,
-  C=100 1.95 (were 1.58 / 1.04 with the exact 3-way bf16 split; now a 2-way tf32 split, see the
+  C=100 2.04 with SUB 4, 1.95 with SUB 2 (were 1.58 / 1.04 with the exact 3-way bf16 split; now a 2-way tf32 split, see the
   kernel's docstring). fp32 C=100 is held by the fp32 one-hot build (through shared memory) and adds.
 Triton emits a `mov` before every load (the masked-off value) and loop-carried register copies; PTX
 counts them, ptxas removes most, so these bounds are conservative.

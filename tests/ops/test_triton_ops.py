@@ -87,6 +87,38 @@ def test_class_sums_split_rows_and_int32_labels_and_accumulation():
     assert torch.equal(c1 + c2, rc)
 
 
+def test_class_sums_falls_back_to_less_shared_memory(monkeypatch):
+    """A GPU with less shared memory than the H100 the configurations are sized for: the launch raises
+    OutOfResources, and class_sums_add retries with fewer stages, then fewer chunks per add."""
+    from triton.runtime.errors import OutOfResources
+
+    real = cs_mod._class_sums_kernel
+    seen = []
+
+    class Small:  # a launcher that refuses anything above one stage and SUB 1
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append((kw["num_stages"], kw["SUB"]))
+                if kw["num_stages"] > 1 or kw["SUB"] > 1:
+                    raise OutOfResources(300_000, 232_448, "shared memory")
+                return real[grid](*args, **kw)
+
+            return launch
+
+    monkeypatch.setattr(cs_mod, "config", lambda *a: {**real_config(*a), "SUB": 4, "num_stages": 2})
+    monkeypatch.setattr(cs_mod, "_class_sums_kernel", Small())
+    x = _randn(37, 5, 6, seed=21)
+    y = torch.randint(0, 7, (37,), generator=_gen(22)).to(DEVICE)
+    s, n = cs_mod.class_sums(x, y, 7)
+    rs, rn = reference.class_sums(x, y, 7)
+    torch.testing.assert_close(s, rs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(n, rn)
+    assert seen == [(2, 4), (1, 4), (1, 2), (1, 1)]
+
+
+real_config = cs_mod.config
+
+
 def test_class_sums_exact_split_dot_path():
     """The GPU's fp32 path (x split into 3 low-precision parts, one-hot dots) on the interpreter,
     with fp16 parts (the interpreter's bf16 is broken); values kept where fp16 parts stay normal."""
