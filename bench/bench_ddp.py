@@ -16,8 +16,8 @@ Every run is `cnr-fast unlearn` as a user starts it, with a cold model cache of 
     python -m bench.bench_ddp --part agree --seeds 0
     python -m bench.bench_ddp --quick         # seconds-scale smoke run (tiny config for both parts)
 
-Writes bench/results/ddp_cpu.json (machine, CPU model and load recorded). Quiet machine needed for
-part 2: the numbers are wall times of processes that share 2 cores.
+Writes bench/results/ddp_cpu.json (`--part agree`: ddp_agree_cpu.json; machine, CPU model and load
+recorded). Quiet machine needed for part 2: the numbers are wall times of processes that share 2 cores.
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def main(argv=None) -> int:
             payload["agreement"] = agree(args.seeds[:1] if args.quick else args.seeds, work)
         if args.part in ("scaling", "both"):
             payload["scaling"] = scaling(TINY if args.quick else ["--dataset", "mnist5k", *SCALE], work)
-    finish("ddp_cpu" if not args.quick else "ddp_cpu_quick", args, payload, "cpu")
+    name = "ddp_agree_cpu" if args.part == "agree" else "ddp_cpu"  # agreement alone runs under any load
+    finish(name if not args.quick else name.replace("_cpu", "_cpu_quick"), args, payload, "cpu")
     return 0
 
 

@@ -895,15 +895,22 @@ def ablate_figures(result: dict) -> dict[str, bytes]:
             ax.set_xscale("log", base=2)
             ax.set_xlabel(knob)
             ax.set_title(key)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        import io as _io
-
-        buf = _io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80)
-        plt.close(fig)
-        out[f"ablate_{knob}.png"] = buf.getvalue()
+        out[f"ablate_{knob}.png"] = _png(fig, axes)
     return out
+
+
+def _png(fig, axes) -> bytes:
+    """The figure as PNG bytes (legend on the first panel), closed after."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1004,8 +1011,49 @@ def _continual_tables(result: dict) -> dict:
     return result
 
 
-def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_acc.L4", "cka_neg.L4")) -> str:
+def scenario_figure(result: dict, keys=("forget_acc", "retain_acc", "cka_neg.L4")) -> dict[str, bytes]:
+    """One PNG for a scenario: each key against the continual round, or against the number of classes
+    forgotten at once (multiclass); a line and 95% band per method, retrained and original dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if result["scenario"] == "continual":
+        points = [(len(rd["forget"]), rd["table"]) for rd in result["rounds"]]
+        xlabel = "round (classes forgotten so far)"
+    else:
+        points = [(len(k.split(",")), {"original": run["references"]["original"],
+                                       "retrained": run["references"]["retrained"], **run["methods"]})
+                  for k, run in result["runs"].items()]
+        xlabel = "classes forgotten at once"
+    if len(points) < 2:
+        return {}
+    names = [n for n in points[0][1] if n not in ("original", "retrained")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.9))
+    for ax, key in zip(axes, keys):
+        xs = [x for x, _ in points]
+        for n in ["retrained", "original", *names]:
+            cells = [t.get(n, {}).get(key) or {} for _, t in points]
+            ys = [c.get("mean", float("nan")) for c in cells]
+            if n in ("retrained", "original"):
+                ax.plot(xs, ys, ls="--", lw=1, color="k" if n == "retrained" else "0.6", label=n)
+                continue
+            (line,) = ax.plot(xs, ys, marker="o", label=n)
+            lo = [c.get("ci_low", float("nan")) for c in cells]
+            hi = [c.get("ci_high", float("nan")) for c in cells]
+            if all(math.isfinite(v) for v in lo + hi):
+                ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+        ax.set_xticks(xs)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(key)
+    return {f"{result['scenario']}.png": _png(fig, axes)}
+
+
+def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_acc.L4", "cka_neg.L4"),
+                       figures: dict | None = None) -> str:
     lines = [f"# {result['scenario']}: {result['dataset']}", ""]
+    lines += [f"![{name}]({name})\n" for name in figures or {}]
     if result["scenario"] == "multiclass":
         for key, run in result["runs"].items():
             lines += [f"## forget {{{key}}}", "", compare_report_md(run, short=True), ""]

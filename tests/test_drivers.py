@@ -66,6 +66,8 @@ def test_continual_rounds_start_from_the_previous_model_and_seeds_merge(tmp_path
     assert main(["compare", "--merge", f"{tmp_path / 'c0.json'},{tmp_path / 'c1.json'}", "--out", str(out)]) == 0
     merged = json.loads((out / "continual.json").read_text())
     assert merged["seeds"] == [0, 1] and "| 2 (2,5) |" in (out / "continual.md").read_text()
+    assert (out / "continual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot against the round
+    assert "![continual.png](continual.png)" in (out / "continual.md").read_text()
     for i, rm in enumerate(merged["rounds"]):
         for name in ("retrained", "lm", "ssd"):
             for key in ("forget_acc", "retain_acc", "cka_neg.L4"):

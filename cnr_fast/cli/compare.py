@@ -20,6 +20,7 @@ from ..experiments import (
     continual,
     merge_compare,
     multiclass,
+    scenario_figure,
     scenario_report_md,
 )
 from ..runs import check_out_dir, write_run_files
@@ -114,8 +115,9 @@ def run(args) -> int:
 
 def _write(out: Path, result: dict, scenario: str) -> None:
     if scenario != "single":
-        md = scenario_report_md(result)
-        write_run_files(out, {f"{scenario}.md": md, f"{scenario}.json": result})
+        figures = scenario_figure(result)
+        md = scenario_report_md(result, figures=figures)
+        write_run_files(out, {f"{scenario}.md": md, f"{scenario}.json": result, **figures})
         print(md)
         print(f"wrote {out / (scenario + '.json')} and {out / (scenario + '.md')}")
         return
