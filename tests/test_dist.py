@@ -111,11 +111,17 @@ def test_torchrun_unlearn_two_processes(tmp_path):
     for model in ("original", "unlearned"):
         for key in ("forget_acc", "retain_acc"):
             a, b = res["metrics"][model][key], ref["metrics"][model][key]
-            assert abs(a - b) <= TOLERANCE[key], (model, key, a, b)
+            assert abs(a - b) <= TOLERANCE[model][key], (model, key, a, b)
 
 
-# Measured on this config (digits 16 px, 3 epochs, AMD EPYC, torch 2.14): see the test's docstring.
-TOLERANCE = {"forget_acc": 0.15, "retain_acc": 0.05}
+# `python -m bench.bench_ddp --part agree --seeds 0 1 2 3 4` (bench/results/ddp_agree_cpu.json, this
+# config, AMD EPYC, torch 2.14): |2 processes - 1 process| at most 0.114 / 0.071 (forget / retain) for
+# the original (3 epochs on 1,300 images: BatchNorm's per-rank half batches move an unsettled model;
+# seed 1 is the outlier, the others <= 0.025) and 0.029 / 0.015 for the unlearned model. The bounds
+# leave room for another CPU's rounding; a run that does not train in parallel (each rank on the same
+# rows, gradients not averaged, ranks out of step) is off by far more.
+TOLERANCE = {"original": {"forget_acc": 0.15, "retain_acc": 0.10},
+             "unlearned": {"forget_acc": 0.08, "retain_acc": 0.05}}
 
 
 def test_other_verbs_refuse_torchrun(tmp_path):
