@@ -8,8 +8,19 @@ CNR_FAST_BACKEND=triton), so other tests keep the torch reference on CPU.
 
 import os
 
-import pytest
-import torch
+# Under pytest-xdist (the README's `-n 2`) each worker gets one thread, and so does every CLI it starts
+# (the variables are inherited): two workers with torch's default two threads each would make OpenMP's
+# spinning threads wait on threads the OS has descheduled, which slowed small tests up to 100x when the
+# cores were shared. Set before torch is imported: OpenMP reads them when it starts.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
