@@ -1045,6 +1045,7 @@ def scenario_figure(result: dict, keys=("forget_acc", "retain_acc", "cka_neg.L4"
             if all(math.isfinite(v) for v in lo + hi):
                 ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
         ax.set_xticks(xs)
+        ax.set_ylim(-0.05, 1.05)  # accuracies and CKA; a 3-seed t-band can reach far outside
         ax.set_xlabel(xlabel, fontsize=8)
         ax.set_title(key)
     return {f"{result['scenario']}.png": _png(fig, axes)}
