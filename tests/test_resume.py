@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -36,7 +37,10 @@ def _cli(cache, out, extra, kill=None, restart=False):
     argv = [sys.executable, "-m", "cnr_fast.cli", "unlearn", "--cache-dir", cache, "--out", str(out), *TINY, *extra]
     if restart:
         argv.append("--restart")
-    return subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=300)
+    # SIGINT back to its default in the child: a pytest-xdist worker ignores it, and an ignored SIGINT is
+    # inherited (Python then installs no KeyboardInterrupt handler, as for a shell's background job)
+    return subprocess.run(argv, check=False, env=env, capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _metrics(out):
