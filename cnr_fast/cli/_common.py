@@ -270,23 +270,26 @@ def add_resume_args(p: argparse.ArgumentParser) -> None:
 
 
 def driver_state(out, key: dict, restart: bool, quiet: bool = False):
-    """The resume state of a compare / ablate run: `OUT.state/` beside --out (see cnr_fast.resume).
+    """(state, resumed): the resume state of a run, `OUT.state/` beside --out (see cnr_fast.resume),
+    opened (or reset by --restart); resumed is True when it holds an earlier invocation's units.
 
-    Each completed (seed, method or variant[, round]) and each audit is a unit there; the same command
-    after a crash or Ctrl-C continues after the last one. Removed once --out is written."""
+    Each completed unit of work (unlearn: a stage; compare / ablate: a (seed, method or variant[,
+    round]) and each audit) is kept there; the same command after a crash or Ctrl-C continues after
+    the last one. Removed once --out is written."""
     from ..resume import RunState, state_dir_for
 
     state = RunState(state_dir_for(out), key)
-    if state.open(restart=restart):
+    resumed = state.open(restart=restart)
+    if resumed:
         log(f"resuming the interrupted run from {state.path}", quiet)
         state.clean_stale(out)
-    return state
+    return state, resumed
 
 
 def run_with_state(state, work):
     """work() under `state`: kept on Ctrl-C (with a line saying how to resume) and on a crash; removed
     on success and when nothing was done yet. Returns work()'s value."""
-    fresh = not state.reused and not any(state.path.glob("*.pt"))
+    fresh = not any(state.path.glob("*.pt"))  # no unit kept before this invocation
     try:
         result = work()
     except KeyboardInterrupt:

@@ -68,7 +68,7 @@ def run(args) -> int:
     cfg, ds, device = prepare_run(cfg, args.quiet)
     key = {"verb": "ablate", "format": 1, "config": cfg.to_dict(), "variants": variants, "seeds": args.seeds,
            "relearn": bool(args.relearn)}
-    state = driver_state(out, key, args.restart, args.quiet)
+    state, _ = driver_state(out, key, args.restart, args.quiet)
     result = run_with_state(state, lambda: ablate(cfg, variants, args.seeds, device=device,
                                                        cache=args.cache_dir, relearn=args.relearn,
                                                        quiet=args.quiet, ds=ds, state=state))

@@ -96,7 +96,7 @@ def run(args) -> int:
     cfg, ds, device = prepare_run(cfg, args.quiet)
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
-    state = driver_state(out, key, args.restart, args.quiet)
+    state, _ = driver_state(out, key, args.restart, args.quiet)
 
     def work():
         if args.scenario != "single":

@@ -16,7 +16,7 @@ from ..config import stable_hash
 from ..errors import UserError
 from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model, val_accuracy
 from ..models import LogitMask, model_meta
-from ..resume import RunState, kill_point, state_dir_for, weights_digest
+from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
 from ..train import forget_retain_accuracy
 from ._common import (
@@ -27,6 +27,7 @@ from ._common import (
     add_run_args,
     check_arch_known,
     config_from_args,
+    driver_state,
     load_original,
     load_retrained,
     log,
@@ -101,11 +102,7 @@ def run(args) -> int:
         return 0
 
     original, _, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
-    state = RunState(state_dir_for(out), {**key, "original_sha256": weights_digest(original)})
-    resumed = state.open(restart=args.restart)
-    if resumed:
-        log(f"resuming the interrupted run from {state.path}", quiet)
-        state.clean_stale(out)
+    state, resumed = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
     try:
         return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start)
     except UserError:
