@@ -70,6 +70,10 @@ def _vector_flags() -> list[str] | None:
     return cpu_info()["vector_flags"]
 
 
+# load when this process started benchmarking (the harness is imported before any work)
+LOAD_AT_START = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
 def machine_info(device: str = "cpu") -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
             "cpu_model": cpu_model(), "cpu_vector_flags": _vector_flags(),
@@ -91,6 +95,14 @@ def machine_info(device: str = "cpu") -> dict:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         info["git_sha"] = None
+    try:
+        from cnr_fast.provenance import code_version
+
+        info["git_dirty"] = code_version()["git_dirty"]
+    except ImportError:
+        info["git_dirty"] = None
+    info["load_avg_before"] = LOAD_AT_START
+    info["load_avg_after"] = info["load_avg_1_5_15"]
     return info
 
 

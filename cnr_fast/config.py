@@ -94,7 +94,9 @@ class SynthConfig:
 class ResetConfig:
     epochs: int = 10
     stabilize_epochs: int = 5
-    lr: float = 1e-4
+    # Adam step size. The paper gives 1e-4 for its scale; None (default): chosen on validation from
+    # tuning.ADAM_LR_GRID (which holds 1e-4), the same search every baseline's step size gets.
+    lr: float | None = None
     weight_decay: float = 1e-4
     batch_size: int = 128
     synth_batch_size: int = 32
@@ -112,30 +114,37 @@ class BaselineConfig:
 
     epochs: int = 10
     stabilize_epochs: int = 5
-    lr: float = 1e-4
+    # Adam step size of ROFT, GAU and KDU. None (default): chosen on validation from
+    # tuning.ADAM_LR_GRID, as CNR's reset step size is (reset.lr).
+    lr: float | None = None
     weight_decay: float = 1e-4
     batch_size: int = 128
     kd_temperature: float = 4.0
-    # SSD (Foster et al. AAAI 2024; if-loops/selective-synaptic-dampening, forget_full_class_main.py):
+    # SSD (Foster et al. AAAI 2024; if-loops/selective-synaptic-dampening, src/forget_full_class_main.py):
     # no training. Importances = squared gradient of each batch's mean CE, averaged over batches, in
-    # eval mode, on the forget data and on the whole training set; batch 64.
-    ssd_alpha: float = 10.0  # selection weighting (ResNet-18; the authors use 5 for ViT)
+    # eval mode, on the forget data and on the whole training set taken in the authors' order (the
+    # retain set class by class, then the forget set, unshuffled); batch 64 (`-b` default).
+    # ssd_alpha None (default): chosen on validation from ssd.ALPHA_GRID, which holds the authors' 10
+    # (ResNet-18; 5 for ViT), set for 20-105 classes; a value here is used as it is.
+    ssd_alpha: float | None = None
     ssd_lambda: float = 1.0  # dampening constant
     ssd_batch_size: int = 64
     # SCRUB (Kurmanji et al. NeurIPS 2023; meghdadk/SCRUB): the authors publish two settings,
     # "large" (large_scale_unlearning.ipynb, CIFAR-10 full class: SGD 5e-4, 3 epochs, msteps 2, T 4,
-    # gamma 0.99, alpha 0.001) and "small" (small_scale_unlearning.ipynb: Adam 5e-4, wd 0.1, 10
-    # epochs, msteps 3, T 2, gamma 1, alpha 0.5). "val" (default): both run, the one with the better
-    # validation score is kept (see baselines/_common.select_on_validation).
+    # gamma 0.99, alpha 0.001, forget / retain batch 512 / 256) and "small" (small_scale_unlearning.ipynb,
+    # the one their README names for small data sets: Adam 5e-4, wd 0.1, 10 epochs, msteps 3, T 2,
+    # gamma 1, alpha 0.5, forget / retain batch 64 / 32). "val" (default): both run, the one with the
+    # better validation score is kept (tuning.select_on_validation).
     scrub_preset: str = "val"
-    scrub_forget_batch: int = 512
-    scrub_retain_batch: int = 256
+    scrub_forget_batch: int | None = None  # None: the setting's own loader (512 large, 64 small)
+    scrub_retain_batch: int | None = None  # None: the setting's own loader (256 large, 32 small)
     # SalUn (Fan et al. ICLR 2024; OPTML-Group/Unlearn-Saliency, Classification/): saliency mask = top
     # share of |grad of -CE on forget| over all parameters; random labelling (RL) on the masked weights.
     salun_ratio: float = 0.5
     salun_epochs: int = 10
     # SGD, momentum 0.9, weight decay 5e-4. The authors give no class-wise lr and say they search it in
     # [1e-4, 1e-1]: None (default) = chosen on the validation split from 1e-4, 1e-3, 1e-2, 1e-1.
+    # The same loop, settings and lr grid run the RL baseline (random labelling, no mask).
     salun_lr: float | None = None
     salun_batch_size: int = 256
 

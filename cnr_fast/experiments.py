@@ -2,7 +2,7 @@
 
     from cnr_fast import experiments
     from cnr_fast.config import RunConfig
-    result = experiments.compare(RunConfig(), ["cnr", "rl", "ssd"], seeds=3, device="cpu")
+    result = experiments.compare(RunConfig(), ["cnr", "cnr-real", "rl", "ssd"], seeds=3, device="cpu")
     print(experiments.compare_report_md(result))
 
 Reference models (all trained with the one recipe, `TrainConfig`, and cached by what they were
@@ -41,7 +41,9 @@ from .errors import UserError
 
 # The methods (`cnr-fast ls`) and the CNR controls: each control is CNR with one part removed,
 # with CNR's budget, L2 pull and stabilisation unchanged.
-METHODS = ("cnr", "rl", "ssd", "scrub", "salun", "rfs", "roft", "gau", "kdu", "lm")
+# `cnr-real` is CNR's reset fed real forget images (a control of the synthesis, cnr/pipeline.run_real);
+# `rl` is the literature's random-labelling baseline (baselines/rl.py).
+METHODS = ("cnr", "cnr-real", "rl", "ssd", "scrub", "salun", "rfs", "roft", "gau", "kdu", "lm")
 VARIANTS = {
     "cnr-raw": ("cnr", {"synth": {"latent_opt": False}}),  # raw GAN samples: is latent optimisation needed?
     "cnr-paper": ("cnr", {"synth": {"sign": "paper"}}),  # eq. 6 minimised as printed
@@ -60,18 +62,12 @@ def log(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def machine_info() -> dict:
-    """Where a result was measured: CPU model (times differ several-fold between machines), threads, versions."""
-    import platform
+def machine_info(load_before=None) -> dict:
+    """Where and from what a result was measured (provenance.provenance: code version, versions, threads,
+    CPU model and flags, load before and after)."""
+    from .provenance import provenance
 
-    from .hardware import cpu_info
-
-    cpu = cpu_info()
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu_model": cpu["model"], "cpu_vector_flags": cpu["vector_flags"], "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_avg_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    return provenance(load_before)
 
 
 def derive_seed(seed: int, tag: str) -> int:
@@ -114,9 +110,11 @@ def reference_key(kind: str, cfg: RunConfig, ds) -> str:
     """Cache key of a trained reference model: what it was trained on and how."""
     forget = [] if kind == "original" else list(cfg.data.forget)
     weights = {"weights_sha256": file_sha256(cfg.model.weights)} if cfg.model.weights else {}
+    # The thread count is part of the key: on CPU, 1 and 2 threads sum in other orders and train other
+    # models from the same seed, so a shared cache must not serve one for the other.
     return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
                         "train": cfg.to_dict()["train"], "seed": cfg.seed, "seeds": reference_seeds(kind, cfg),
-                        "forget": forget, **weights})
+                        "forget": forget, "torch_threads": torch.get_num_threads(), **weights})
 
 
 def file_sha256(path) -> str:
@@ -282,21 +280,21 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
 
     shared: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
     variants reuse one GAN per forget class; the reused GAN's training time is still charged.
-    state: a resume.RunState (`cnr-fast unlearn`): CNR and RL save their stages' units there and a
+    state: a resume.RunState (`cnr-fast unlearn`): CNR and cnr-real save their stages' units there and a
     rerun continues from them; a baseline is one unit, done again if it did not finish.
     """
     base, cfg = resolve_method(method, cfg)
     forget = list(cfg.data.forget)
     t0 = time.perf_counter()
     files: dict[str, object] = {}
-    if base in ("cnr", "rl"):
-        from .cnr.pipeline import run_cnr, run_rl
+    if base in ("cnr", "cnr-real"):
+        from .cnr.pipeline import run_cnr, run_real
 
         if base == "cnr":
             model, info = run_cnr(original, ds, forget, cfg, device=device, quiet=quiet, gan_cache=shared,
                                   state=state)
         else:
-            model, info = run_rl(original, ds, forget, cfg, device=device, quiet=quiet, state=state)
+            model, info = run_real(original, ds, forget, cfg, device=device, quiet=quiet, state=state)
         synth = info.pop("synthetic_images")
         buf = io.BytesIO()
         torch.save(synth, buf)
@@ -312,6 +310,15 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
         timings = {"detect": 0.0, "synthesize": 0.0, "reset": 0.0}
     timings["unlearn"] = time.perf_counter() - t0 + timings.pop("charged_reused_s", 0.0)
     return model, info, timings, files
+
+
+def validation_choice(info: dict) -> dict | None:
+    """{"chosen": name, "validation": {candidate: scores}} of a method whose setting was chosen on
+    validation (at the top of its info, or in its reset's log for CNR and cnr-real); None otherwise."""
+    for where in (info, info.get("reset") if isinstance(info.get("reset"), dict) else None):
+        if where and "chosen_on_validation" in where:
+            return {"chosen": where["chosen_on_validation"], "validation": where["validation"]}
+    return None
 
 
 def image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:
@@ -381,11 +388,32 @@ def summarise(values: list[float], cnr_values: list[float] | None) -> dict:
         d = a - b
         if not np.isfinite(d).all():
             p = None
-        elif np.allclose(d, d[0]):  # constant differences: t undefined; identical -> no evidence either way
-            p = 1.0 if np.allclose(d, 0) else 0.0
+        elif np.allclose(d, d[0]):
+            # constant paired differences: the t statistic is undefined, so there is no p (never 0);
+            # identical values are no evidence of a difference (p 1)
+            p = 1.0 if np.allclose(d, 0) else None
         else:
             p = float(stats.ttest_rel(b, a).pvalue)
     return {"mean": mean, "ci_low": lo, "ci_high": hi, "p_vs_cnr": p, "values": a.tolist()}
+
+
+def holm(pvalues: dict) -> dict:
+    """Holm-Bonferroni adjusted p-values of a family {name: p or None}; None stays None."""
+    items = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])
+    m, out, running = len(items), {k: None for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for a table: never printed as 0."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    if p < 1e-4:
+        return "<1e-4"
+    return f"{p:.2g}"
 
 
 def separation(per_seed: list[dict], key: str) -> dict | None:
@@ -509,6 +537,8 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     t_start = time.perf_counter()
     per_seed: list[dict] = []
     timings: dict[str, list[float]] = {m: [] for m in methods}
+    choices: dict[str, list] = {m: [] for m in methods}  # per seed: the validation choice, or None
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
     cka_null: list[dict] = []
     audit_settings = None
@@ -531,13 +561,15 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
             base = resolve_method(m, cfg)[0]
 
             def make(m=m, base=base):
-                model, _, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
-                                               device=device, quiet=quiet, shared=shared)
-                return model, {"time": t["unlearn"], "val": val_accuracy(model, ds, forget, device)}
+                model, minfo, t, _ = unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
+                                                   device=device, quiet=quiet, shared=shared)
+                return model, {"time": t["unlearn"], "val": val_accuracy(model, ds, forget, device),
+                               "choice": validation_choice(minfo)}
 
             model, info = _unit(state, f"{unit_prefix}s{seed}-{m}", original, make)
             models[m] = model
             timings[m].append(info["time"])
+            choices[m].append(info.get("choice"))
             val[m] = info["val"]
             if base == "rfs":
                 independent.append(m)
@@ -561,9 +593,9 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         "coordinate_bound_metrics": list(COORDINATE_BOUND), "separation_threshold": SEPARATION,
         "chance_acc": 1.0 / ds.num_classes,
         "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
-        "machine": machine_info(),
+        "machine": machine_info(load_before),
         "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
-        "per_seed_reference_times": ref_times,
+        "per_seed_reference_times": ref_times, "per_seed_choices": choices,
     }
     return _compare_tables(result)
 
@@ -594,6 +626,26 @@ def _cell(s: dict | None) -> str:
     return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
 
 
+def choices_md(choices: dict, seeds: list) -> list[str]:
+    """Markdown lines: each method's validation choice per seed, with every candidate's scores."""
+    rows = [(m, seed, c) for m, per in choices.items() for seed, c in zip(seeds, per) if c]
+    if not rows:
+        return []
+    out = ["", "## Settings chosen on validation", "",
+           "Each candidate: validation forget / retain accuracy (score = retain - forget); the chosen one in bold. "
+           "Chosen per seed on that seed's original (`tuning.py`).", "",
+           "| method | seed | candidates |", "|---|---|---|"]
+    for m, seed, c in rows:
+        cells = []
+        for name, v in c["validation"].items():
+            txt = f"{name}: {v['val_forget_acc']:.2f} / {v['val_retain_acc']:.2f}"
+            if "dampened_params" in v:
+                txt += f" ({v['dampened_params']} dampened)"
+            cells.append(f"**{txt}**" if name == c["chosen"] else txt)
+        out.append(f"| {m} | {seed} | " + "; ".join(cells) + " |")
+    return out
+
+
 def compare_report_md(result: dict, short: bool = False) -> str:
     methods = list(result["methods"])
     refs = result["references"]
@@ -621,10 +673,11 @@ def compare_report_md(result: dict, short: bool = False) -> str:
             s = result["methods"][m].get(k)
             cell = _cell(s)
             if s is not None and s.get("p_vs_cnr") is not None:
-                cell += f" (p={s['p_vs_cnr']:.2g})"
+                cell += f" (p={format_p(s['p_vs_cnr'])}, Holm {format_p(s.get('p_vs_cnr_holm'))})"
             row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Cells: mean [95% t-interval over seeds] (paired t-test p against CNR). Chance accuracy "
+    lines += ["", f"Cells: mean [95% t-interval over seeds] (paired t-test p against CNR, raw and Holm-adjusted over "
+              f"the methods on that metric; n/a where the paired differences are constant). Chance accuracy "
               f"{refs['chance_acc']:.3f}; MIA chance 0.5. `null` = unbiased CKA between the retrained model and a "
               "second, independently trained one: what an unrelated model scores at that tap. (coord.) = compares "
               "unit coordinates with the original's, reported only for models derived from the original.", ""]
@@ -633,6 +686,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     lines.append("Wall time per method (s, mean over seeds): " + ", ".join(
         f"{m} {t[m]['mean']:.1f}" for m in methods) + (f"; retraining from scratch (reference) {rt['mean']:.1f}"
                                                        if rt else "") + ".")
+    lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
     lines += ["", "## Which metrics tell the retrained model from the original",
               "", f"Separates = |original - retrained| >= {result['separation_threshold']} with the paired 95% "
               "interval over seeds excluding 0. Coordinate-bound metrics are not judged.", ""]
@@ -694,6 +748,11 @@ def _summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None
             s = summarise(vals, base)
             s[p_key] = s.pop("p_vs_cnr")
             table[n][k] = s
+    # Holm over each metric's family: every name tested against the baseline on that metric
+    for k in keys:
+        fam = {n: table[n][k][p_key] for n in names if k in table[n] and p_key in table[n][k] and n in paired}
+        for n, adj in holm(fam).items():
+            table[n][k][p_key + "_holm"] = adj
     return table
 
 
@@ -722,6 +781,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
     ds = ds if ds is not None else load_dataset(cfg.data)
     forget = list(cfg.data.forget)
     t_start = time.perf_counter()
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     per_seed, timings, cka_null = [], {v: [] for v in variants}, []
     for s in range(seeds):
         scfg = cfg.replace(seed=cfg.seed + s, method="cnr")
@@ -759,7 +819,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
               "chance_acc": 1.0 / ds.num_classes,
               "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
                          "test": len(ds.test)},
-              "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(),
+              "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(load_before),
               "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings}
     return _ablate_tables(result)
 
@@ -768,7 +828,7 @@ def _ablate_tables(result: dict) -> dict:
     """(Re)compute the summary tables of an ablate result from its per-seed values."""
     per_seed, cka_null = result["per_seed"], result["per_seed_cka_null"]
     names = ["original", "retrained", *result["variants"]]
-    result["table"] = _summarise_runs(per_seed, names, "full")
+    result["table"] = _summarise_runs(per_seed, names, "full", paired=list(result["variants"]))
     result["cka_null"] = _null_table(cka_null)
     result["unlearn_time_s"] = {v: summarise(t, None) for v, t in result["per_seed_times"].items()}
     return result
@@ -832,7 +892,9 @@ def merge_compare(results: list[dict]) -> dict:
                             for i, rd in enumerate(results[0]["rounds"])]
         return _continual_tables(merged)
     _check_mergeable(results, "compare", "methods", key=lambda r: list(r["per_seed_times"]))
-    merged = _concat_seeds(results, ("per_seed", "per_seed_cka_null"), ("per_seed_times", "per_seed_reference_times"))
+    merged = _concat_seeds(results, ("per_seed", "per_seed_cka_null"),
+                           ("per_seed_times", "per_seed_reference_times")
+                           + (("per_seed_choices",) if all("per_seed_choices" in r for r in results) else ()))
     return _compare_tables(merged)
 
 
@@ -853,7 +915,7 @@ def ablate_report_md(result: dict, figures: dict | None = None) -> str:
             s = t[n].get(k)
             cell = _cell(s)
             if s is not None and s.get("p_vs_full") is not None:
-                cell += f" (p={s['p_vs_full']:.2g})"
+                cell += f" (p={format_p(s['p_vs_full'])}, Holm {format_p(s.get('p_vs_full_holm'))})"
             row.append(cell)
         tm = result["unlearn_time_s"].get(n)
         row.append(f"{tm['mean']:.0f}" if tm else "-")
@@ -928,6 +990,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
     ds = ds if ds is not None else load_dataset(cfg.data)
     out = {"scenario": "multiclass", "dataset": ds.name, "class_sets": [list(c) for c in class_sets], "runs": {}}
     t0 = time.perf_counter()
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     for classes in class_sets:
         check_forget(classes, ds)
         key = ",".join(str(c) for c in classes)
@@ -935,7 +998,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
         out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
                                    cache=cache, quiet=quiet, ds=ds, state=state, unit_prefix=f"f{key}-")
     out["total_time_s"] = time.perf_counter() - t0
-    out["machine"] = machine_info()
+    out["machine"] = machine_info(load_before)
     return out
 
 
@@ -955,6 +1018,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
     ds = ds if ds is not None else load_dataset(cfg.data)
     check_forget(list(order), ds)
     t0 = time.perf_counter()
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rounds: list[list[dict]] = [[] for _ in order]
     times: list[dict[str, list[float]]] = [{m: [] for m in methods} for _ in order]
     for s in range(seeds):
@@ -997,7 +1061,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
               "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
               "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r]}
                          for r, per_seed in enumerate(rounds)],
-              "total_time_s": time.perf_counter() - t0, "machine": machine_info()}
+              "total_time_s": time.perf_counter() - t0, "machine": machine_info(load_before)}
     return _continual_tables(result)
 
 
@@ -1006,7 +1070,8 @@ def _continual_tables(result: dict) -> dict:
     methods = result["methods"]
     names = ["original", "retrained", *methods]
     for rd in result["rounds"]:
-        rd["table"] = _summarise_runs(rd["per_seed"], names, "cnr" if "cnr" in methods else names[2])
+        base = "cnr" if "cnr" in methods else names[2]
+        rd["table"] = _summarise_runs(rd["per_seed"], names, base, paired=methods, p_key=f"p_vs_{base}")
         rd["unlearn_time_s"] = {m: summarise(v, None) for m, v in rd["per_seed_times"].items()}
     return result
 

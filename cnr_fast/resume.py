@@ -10,7 +10,8 @@ written atomically (runs.atomic_write_bytes) when the unit completes:
     gan-<class>.pt            the class's GAN: G, D, both Adam states, the torch RNG state and the
                               batch-order generator's state after the last completed epoch
     latents-<class>.pt        the class's optimised synthetic images and their log
-    reset-<phase>.pt          reset (phase "reset", then "stabilise"): model, Adam state, loss history,
+    [lr=<v>-]reset-<phase>.pt reset (phase "reset", then "stabilise"; one pair per candidate step size
+                              when it is chosen on validation): model, Adam state, loss history,
                               the batch-order generator's and the torch RNG states after the last
                               completed epoch
     audit-<model>.pt          one audited model's metrics (and its audit time)
@@ -171,6 +172,24 @@ class RunState:
         if name not in self.reused:
             self.reused.append(name)
         return obj
+
+
+class StateView:
+    """The units of a RunState under a name prefix (one candidate of a validation search keeps its own)."""
+
+    def __init__(self, state: RunState, prefix: str):
+        self.state, self.prefix = state, prefix
+
+    def save(self, name: str, obj) -> None:
+        self.state.save(self.prefix + name, obj)
+
+    def load(self, name: str):
+        return self.state.load(self.prefix + name)
+
+
+def view(state, prefix: str):
+    """`state` with every unit name prefixed (None stays None)."""
+    return None if state is None else StateView(state, prefix)
 
 
 def weights_digest(model: torch.nn.Module) -> str:

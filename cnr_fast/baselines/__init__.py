@@ -1,6 +1,7 @@
 """Baseline registry. Every method: fn(original, ds, forget, cfg: RunConfig, *, device, quiet) -> (model, info).
 
-Recipes (all share CNR's reset budget: BaselineConfig, Adam lr 1e-4, weight decay 1e-4, 15 epochs;
+Recipes (all share CNR's reset budget: BaselineConfig, Adam, weight decay 1e-4, 15 epochs, the step
+size chosen on validation from tuning.ADAM_LR_GRID as CNR's reset's is;
 KDU spends them as 10 epochs of its own loss + 5 retain-only like CNR, ROFT and GAU as 15 of their
 own loss; RFS retrains with the original's recipe and LM trains nothing):
 
@@ -16,10 +17,13 @@ own loss; RFS retrains with the original's recipe and LM trains nothing):
 - ssd:  selective synaptic dampening (Foster et al. AAAI 2024), no training; see ssd.py.
 - scrub: teacher-student max/min steps (Kurmanji et al. NeurIPS 2023), the authors' schedule; see scrub.py.
 - salun: saliency-masked random labelling (Fan et al. ICLR 2024), the authors' defaults; see salun.py.
+- rl:   random labelling (the literature's baseline, as SalUn's code runs it: SalUn's loop with no
+        mask); see rl.py. Not `cnr-real` (CNR's reset on real forget images, a control in cnr/).
 
 GAU and KDU put forget and retain batches through one forward pass (BatchNorm shortcut; see gau.py).
-SSD, SCRUB and SalUn follow their own papers' recipes and spend at most CNR's budget (SSD: two
-gradient passes; SCRUB: 3 epochs; SalUn: 10 epochs). `rl` and the CNR controls live in cnr/.
+SSD, SCRUB, SalUn and RL follow their own papers' recipes and spend at most CNR's budget per candidate
+(SSD: two gradient passes; SCRUB: 3 or 10 epochs; SalUn and RL: 10 epochs). The CNR controls
+(`cnr-real` and the config variants) live in cnr/ and experiments.py.
 """
 
 from __future__ import annotations
@@ -28,14 +32,14 @@ from typing import Callable
 
 from ..errors import UserError
 
-METHODS = ("rfs", "roft", "gau", "kdu", "lm", "ssd", "scrub", "salun")
+METHODS = ("rfs", "roft", "gau", "kdu", "lm", "ssd", "scrub", "salun", "rl")
 
 
 def get(method: str) -> Callable:
-    from . import gau, kdu, lm, rfs, roft, salun, scrub, ssd
+    from . import gau, kdu, lm, rfs, rl, roft, salun, scrub, ssd
 
     table = {"rfs": rfs.run, "roft": roft.run, "gau": gau.run, "kdu": kdu.run, "lm": lm.run, "ssd": ssd.run,
-             "scrub": scrub.run, "salun": salun.run}
+             "scrub": scrub.run, "salun": salun.run, "rl": rl.run}
     if method not in table:
         raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     return table[method]

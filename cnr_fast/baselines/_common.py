@@ -8,6 +8,7 @@ import itertools
 import torch
 
 from ..data import batches
+from ..tuning import select_on_validation  # noqa: F401  (SCRUB and SalUn choose on validation)
 
 
 def paired_batches(retain, forget, batch_size, gen, device):
@@ -44,33 +45,3 @@ def split_classes(ds, forget):
 
 def generator(seed):
     return torch.Generator().manual_seed(seed)
-
-
-def select_on_validation(candidates: dict, run_one, ds, forget, device, desc: str, quiet=False):
-    """Run `run_one(value)` for each candidate; keep the model with the best validation score.
-
-    score = val retain accuracy - val forget accuracy (the retrained model's forget accuracy is 0 for
-    a forgotten class, so this rewards forgetting and keeping retain accuracy equally). Measured on
-    ds.val only: the test split never takes part in a choice. Returns (model, info, table).
-    """
-    import sys
-
-    from ..errors import UserError
-    from ..train import forget_retain_accuracy
-
-    if ds.val is None or len(ds.val) == 0:
-        raise UserError(f"{desc}: choosing on validation needs a validation split; pass --val-fraction > 0 "
-                        "or set the value in the config")
-    best, table = None, {}
-    for name, value in candidates.items():
-        model, info = run_one(value)
-        acc = forget_retain_accuracy(model, ds.val, forget, device=device)
-        score = acc["retain_acc"] - acc["forget_acc"]
-        table[str(name)] = {"val_forget_acc": acc["forget_acc"], "val_retain_acc": acc["retain_acc"], "score": score}
-        if not quiet:
-            print(f"  {desc}: {name}: val forget {acc['forget_acc']:.3f} retain {acc['retain_acc']:.3f}",
-                  file=sys.stderr)
-        if best is None or score > best[0]:
-            best = (score, name, model, info)
-    _, name, model, info = best
-    return model, {**info, "chosen_on_validation": str(name), "validation": table}

@@ -12,10 +12,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..tuning import maybe_tuned_lr
 from ._common import generator, paired_batches, split_classes, trainable_copy
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
+    """The step size is baseline.lr, or chosen on validation when it is null (tuning.maybe_tuned_lr)."""
+    return maybe_tuned_lr(cfg.baseline.lr, lambda lr: gau(original, ds, forget, cfg, lr, device=device, quiet=quiet),
+                          ds, forget, device, "gau", quiet)
+
+
+def gau(original, ds, forget, cfg, lr, *, device, quiet=False):
     b = cfg.baseline
     retain_train, forget_train, _ = split_classes(ds, forget)
     model = trainable_copy(original, device)
@@ -37,6 +44,6 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
     # retain accuracy, and a retain-only phase afterwards undid the forgetting (forget accuracy
     # 0.36 after 10 GAU epochs, 0.84 after 5 more retain-only ones, mnist5k seed 0).
     hist = fit(model, b.epochs + b.stabilize_epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
-               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="gau", quiet=quiet,
+               lr=lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="gau", quiet=quiet,
                steps_per_epoch=steps)
     return model.eval(), {"loss": hist, "ascent_bound": bound}

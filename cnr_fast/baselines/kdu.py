@@ -10,10 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from ..train import finetune, fit
+from ..tuning import maybe_tuned_lr
 from ._common import frozen_copy, generator, paired_batches, split_classes, trainable_copy
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
+    """The step size is baseline.lr, or chosen on validation when it is null (tuning.maybe_tuned_lr)."""
+    return maybe_tuned_lr(cfg.baseline.lr, lambda lr: kdu(original, ds, forget, cfg, lr, device=device, quiet=quiet),
+                          ds, forget, device, "kdu", quiet)
+
+
+def kdu(original, ds, forget, cfg, lr, *, device, quiet=False):
     b = cfg.baseline
     retain_train, forget_train, _ = split_classes(ds, forget)
     teacher = frozen_copy(original, device)
@@ -39,9 +46,9 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     steps = -(-len(retain_train) // b.batch_size)
     hist = fit(model, b.epochs, paired_batches(retain_train, forget_train, b.batch_size, gen, device), loss_fn,
-               lr=b.lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="kdu", quiet=quiet,
+               lr=lr, weight_decay=b.weight_decay, device=device, amp=cfg.amp, compile=cfg.compile, desc="kdu", quiet=quiet,
                steps_per_epoch=steps)
-    stab = finetune(model, retain_train, b.stabilize_epochs, batch_size=b.batch_size, lr=b.lr,
+    stab = finetune(model, retain_train, b.stabilize_epochs, batch_size=b.batch_size, lr=lr,
                     weight_decay=b.weight_decay, gen=gen, device=device, amp=cfg.amp, compile=cfg.compile,
                     desc="kdu: stabilise", quiet=quiet)
     return model.eval(), {"loss": hist, "stabilize_loss": stab}

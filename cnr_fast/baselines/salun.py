@@ -55,25 +55,28 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
                                 ds, forget, device, "salun", quiet)
 
 
-def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False):
+def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False, desc="salun"):
+    """The authors' RL loop (unlearn/RL.py, CIFAR-10 branch); mask None = every weight moves (plain RL)."""
     b = cfg.baseline
     retain_train, forget_train, _ = split_classes(ds, forget)
     model = trainable_copy(original, device)
     gen = generator(cfg.seed)
     params = list(model.parameters())
-    start = [p.detach().clone() for p in params]
+    start = [p.detach().clone() for p in params] if mask is not None else None
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)
         loss = dist.backward(lambda b: F.cross_entropy(model(b[0]), b[1]), (x, y), params)
-        for p, m in zip(params, mask):
-            if p.grad is not None:
-                p.grad.mul_(m)
+        if mask is not None:
+            for p, m in zip(params, mask):
+                if p.grad is not None:
+                    p.grad.mul_(m)
         opt.step()
-        with torch.no_grad():
-            for p, m, p0 in zip(params, mask, start):
-                p.copy_(torch.where(m, p, p0))
+        if mask is not None:
+            with torch.no_grad():
+                for p, m, p0 in zip(params, mask, start):
+                    p.copy_(torch.where(m, p, p0))
         return loss
 
     hist = []
@@ -86,8 +89,8 @@ def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False
         dist.sync_buffers(model)
         hist.append({"forget_loss": sum(fl) / max(len(fl), 1), "retain_loss": sum(rl) / max(len(rl), 1)})
         if not quiet:
-            print(f"  salun epoch {epoch + 1}/{b.salun_epochs}: forget {hist[-1]['forget_loss']:.4f} "
+            print(f"  {desc} epoch {epoch + 1}/{b.salun_epochs}: forget {hist[-1]['forget_loss']:.4f} "
                   f"retain {hist[-1]['retain_loss']:.4f}", file=sys.stderr)
-    masked = int(sum(int(m.sum()) for m in mask))
-    return model.eval(), {"loss": hist, "lr": lr, "mask_params": masked,
-                          "total_params": sum(m.numel() for m in mask)}
+    total = sum(p.numel() for p in params)
+    masked = total if mask is None else int(sum(int(m.sum()) for m in mask))
+    return model.eval(), {"loss": hist, "lr": lr, "mask_params": masked, "total_params": total}

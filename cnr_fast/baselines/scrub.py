@@ -8,8 +8,16 @@ The authors publish two settings (meghdadk/SCRUB), both in PRESETS: "large" (lar
 CIFAR-10 full class: SGD lr 5e-4, momentum 0.9, weight decay 5e-4, E = 3, msteps = 2, gamma 0.99,
 alpha 0.001, T = 4; lr milestones 3, 5, 9 never reached) and "small" (small_scale_unlearning.ipynb:
 Adam lr 5e-4, weight decay 0.1, E = 10, msteps = 3, gamma 1, alpha 0.5, T = 2, lr x0.1 after epochs
-5, 8, 9). Forget batch 512, retain batch 256 (the loaders of the notebooks). scrub_preset "val"
-(default) runs both and keeps the one with the better validation score.
+5, 8, 9). Each setting keeps its own notebook's loaders: "large" forget batch 512, retain batch 256
+(large_scale_unlearning.ipynb: `replace_loader_dataset(..., batch_size=512 / 256)`), "small" forget 64,
+retain 32 (small_scale_unlearning.ipynb: `args.forget_bs = 64`, `args.retain_bs = 32`). The authors'
+README names the small notebook for small data sets (their small CIFAR-5 / Lacuna-5, 5 classes x 100
+images a class as forget/retain scale) and the large one for CIFAR-10 / Lacuna-10 at full size;
+mnist5k (3,240 retain and 360 forget training images, 10 classes) is closer to the small scale. On
+mnist5k, 360 forget images are 1 max step an epoch at batch 512 and 6 at batch 64.
+scrub_preset "val" (default) runs both settings and keeps the one with the better validation score
+(tuning.select_on_validation); baseline.scrub_forget_batch / scrub_retain_batch override the
+setting's loaders when set.
 The max and min passes are separate steps by design, so forget batches are normalised by their own
 BatchNorm statistics in the max pass, as in the authors' code.
 """
@@ -25,9 +33,9 @@ from ._common import frozen_copy, generator, select_on_validation, split_classes
 
 PRESETS = {
     "large": {"optim": "sgd", "lr": 5e-4, "weight_decay": 5e-4, "epochs": 3, "msteps": 2, "gamma": 0.99,
-              "alpha": 0.001, "T": 4.0, "milestones": (3, 5, 9)},
+              "alpha": 0.001, "T": 4.0, "milestones": (3, 5, 9), "forget_batch": 512, "retain_batch": 256},
     "small": {"optim": "adam", "lr": 5e-4, "weight_decay": 0.1, "epochs": 10, "msteps": 3, "gamma": 1.0,
-              "alpha": 0.5, "T": 2.0, "milestones": (5, 8, 9)},
+              "alpha": 0.5, "T": 2.0, "milestones": (5, 8, 9), "forget_batch": 64, "retain_batch": 32},
 }
 
 
@@ -76,6 +84,8 @@ def scrub(original, ds, forget, cfg, hp: dict, *, device, quiet=False):
         opt = torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
     gen = generator(cfg.seed)
     t = hp["T"]
+    hp = {**hp, "forget_batch": b.scrub_forget_batch or hp["forget_batch"],
+          "retain_batch": b.scrub_retain_batch or hp["retain_batch"]}
     hist = []
     for epoch in range(1, hp["epochs"] + 1):
         for group in opt.param_groups:  # repdistiller adjust_learning_rate: lr * 0.1^(epochs past milestones)
@@ -84,14 +94,14 @@ def scrub(original, ds, forget, cfg, hp: dict, *, device, quiet=False):
         max_loss = float("nan")
         if epoch <= hp["msteps"]:
             tot, n = 0.0, 0
-            for x, _ in batches(forget_train, b.scrub_forget_batch, shuffle=True, generator=gen, device=device):
+            for x, _ in batches(forget_train, hp["forget_batch"], shuffle=True, generator=gen, device=device):
                 opt.zero_grad(set_to_none=True)
                 loss = dist.backward(lambda xb: -max_loss_of(model, teacher, xb, t), x, model.parameters())
                 opt.step()
                 tot, n = tot + loss, n + 1
             max_loss = tot / max(n, 1)
         tot, n = 0.0, 0
-        for x, y in batches(retain_train, b.scrub_retain_batch, shuffle=True, generator=gen, device=device):
+        for x, y in batches(retain_train, hp["retain_batch"], shuffle=True, generator=gen, device=device):
             opt.zero_grad(set_to_none=True)
             loss = dist.backward(lambda b: min_loss_of(model, teacher, b, t, hp), (x, y), model.parameters())
             opt.step()

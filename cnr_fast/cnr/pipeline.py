@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -73,14 +74,32 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None, s
 
     t0 = time.perf_counter()
     with nvtx_range("cnr/reset"):
-        model, reset_log = reset(original, ds.train.of_classes(retain), synth_x, retain, cfg.reset, device=device,
-                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet, state=state)
+        model, reset_log = tuned_reset(original, ds, forget, synth_x, cfg, device=device, quiet=quiet, state=state)
     _sync(device)
     timings["reset"] = time.perf_counter() - t0
 
     info = {"timings_s": timings, "detect": det_summary, "synthesize": synth_log, "reset": reset_log,
             "synthetic_images": synth_x}
     return model, info
+
+
+def tuned_reset(original, ds, forget, x, cfg, *, device, quiet=False, state=None):
+    """The reset at cfg.reset.lr, or, when it is null (default), at each step size of
+    tuning.ADAM_LR_GRID with the validation choice kept (every baseline's step size gets the same
+    search). Each candidate keeps its own resume units. Returns (model, reset log with "lr" and, when
+    searched, "validation" and "chosen_on_validation")."""
+    from ..resume import view
+    from ..tuning import maybe_tuned_lr
+
+    retain = [c for c in range(ds.num_classes) if c not in forget]
+    searched = cfg.reset.lr is None
+
+    def one(lr):
+        return reset(original, ds.train.of_classes(retain), x, retain, dataclasses.replace(cfg.reset, lr=lr),
+                     device=device, amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet,
+                     state=view(state, f"lr={lr:g}-") if searched else state)
+
+    return maybe_tuned_lr(cfg.reset.lr, one, ds, forget, device, "reset", quiet)
 
 
 def real_forget_images(ds, forget, per_class: int, seed: int) -> torch.Tensor:
@@ -96,17 +115,16 @@ def real_forget_images(ds, forget, per_class: int, seed: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def run_rl(original, ds, forget, cfg, *, device, quiet=False, state=None):
-    """RL control: CNR's reset (same budget, random retain labels, L2 pull, stabilisation) fed B *real*
-    forget-class training images per class instead of synthetic ones. If it forgets as well as CNR,
-    detection and synthesis buy nothing on that metric."""
+def run_real(original, ds, forget, cfg, *, device, quiet=False, state=None):
+    """`cnr-real`, a control of CNR's synthesis: CNR's reset (same budget, same step-size search, random
+    *retain* labels, L2 pull, stabilisation) fed B *real* forget-class training images per class instead
+    of synthetic ones. If it forgets as well as CNR, detection and synthesis buy nothing on that metric.
+    (Not the literature's random-labelling baseline: that is `rl`, baselines/rl.py.)"""
     forget = list(forget)
-    retain = [c for c in range(ds.num_classes) if c not in forget]
     x = real_forget_images(ds, forget, cfg.synth.batch, cfg.seed)
     t0 = time.perf_counter()
-    with nvtx_range("cnr/rl/reset"):
-        model, reset_log = reset(original, ds.train.of_classes(retain), x, retain, cfg.reset, device=device,
-                                 amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet, state=state)
+    with nvtx_range("cnr/real/reset"):
+        model, reset_log = tuned_reset(original, ds, forget, x, cfg, device=device, quiet=quiet, state=state)
     _sync(device)
     timings = {"detect": 0.0, "synthesize": 0.0, "reset": time.perf_counter() - t0}
     return model, {"timings_s": timings, "reset": reset_log, "real_images_per_class": cfg.synth.batch,

@@ -5,8 +5,9 @@
 y~ drawn uniformly from the retain classes: once per synthetic image (relabel="once", Algorithm 1
 line 21) or afresh each time an image is used (relabel="step"; see README on which forgets). Each step
 takes one retain batch and one synthetic batch (each CE averaged on its own); an epoch is one pass
-over the retain data. Adam (lr 1e-4, weight decay 1e-4), 10 epochs; then 5 epochs of retain-only
-stabilisation (plain CE on retain data, same optimiser settings).
+over the retain data. Adam (weight decay 1e-4; lr cfg.lr, which pipeline.tuned_reset chooses on
+validation when the config leaves it null), 10 epochs; then 5 epochs of retain-only stabilisation
+(plain CE on retain data, same optimiser settings).
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""What every run and bench JSON records about where and from what it was measured.
+
+    {"git_commit": "<sha>" | None, "git_dirty": bool | None, "cnr_fast": version, "torch": ..., "torchvision":
+     ..., "python": ..., "numpy": ..., "torch_threads": n, "cpu_model": ..., "cpu_vector_flags": [...],
+     "cpu_count": n, "gpu": name | None, "load_avg_before": [1, 5, 15] | None, "load_avg_after": [...]}
+
+git_commit is the checkout's HEAD when the package runs from one (an editable install), None
+otherwise; git_dirty says whether tracked files differed from it (the result may then not be
+reproducible from the commit alone). Load averages are the 1/5/15-minute values of os.getloadavg()
+when the work started (pass it in) and when this is called.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def _git(*args) -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def code_version() -> dict:
+    commit = _git("rev-parse", "HEAD")
+    dirty = None
+    if commit is not None:
+        status = _git("status", "--porcelain", "--untracked-files=no")
+        dirty = None if status is None else bool(status)
+    return {"git_commit": commit, "git_dirty": dirty}
+
+
+def load_avg():
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def provenance(load_before=None) -> dict:
+    import numpy
+    import torch
+
+    from . import __version__
+    from .hardware import cpu_info
+
+    try:
+        import torchvision
+
+        tv = torchvision.__version__
+    except ImportError:
+        tv = None
+    cpu = cpu_info()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {**code_version(), "cnr_fast": __version__, "torch": torch.__version__, "torchvision": tv,
+            "numpy": numpy.__version__, "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(), "cpu_model": cpu["model"],
+            "cpu_vector_flags": cpu["vector_flags"], "cpu_count": os.cpu_count(), "gpu": gpu,
+            "load_avg_before": list(load_before) if load_before is not None else None,
+            "load_avg_after": load_avg()}
