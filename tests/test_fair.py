@@ -87,7 +87,7 @@ def test_gau_kdu_one_forward_pass_over_forget_and_retain(method):
 
     ds = _tiny_ds()
     model = CountingModel()
-    cfg = RunConfig().replace(baseline={"epochs": 1, "stabilize_epochs": 0, "batch_size": 8})
+    cfg = RunConfig().replace(baseline={"epochs": 1, "stabilize_epochs": 0, "batch_size": 8, "lr": 1e-3})
     out, _ = get(method)(model, ds, [1], cfg, device=CPU, quiet=True)
     calls = out.calls  # the trained copy's record: the copy was made before training
     n_retain, n_forget = 32, 16
@@ -98,6 +98,22 @@ def test_gau_kdu_one_forward_pass_over_forget_and_retain(method):
     assert len(student) == steps, calls
     assert all(c in (8, 16) for c in train_calls)  # 8 = KDU's teacher on a retain or forget batch alone
     assert n_forget == 16
+
+
+def test_cnr_reset_one_forward_pass_over_synthetic_and_retain():
+    from cnr_fast.cnr.reset import reset
+    from cnr_fast.config import ResetConfig
+
+    ds = _tiny_ds()
+    retain = [0, 2]
+    split = ds.train.of_classes(retain)  # 32 images
+    synth = torch.rand(10, 1, 8, 8) * 2 - 1
+    model = CountingModel()
+    cfg = ResetConfig(epochs=2, stabilize_epochs=0, batch_size=8, synth_batch_size=4, lr=1e-3)
+    out, _ = reset(model, split, synth, retain, cfg, device=CPU)
+    calls = out.calls[len(model.calls):]
+    # every reset step is ONE call on 4 synthetic + 8 retain examples together: 2 epochs x 4 steps
+    assert calls == [12] * 8, calls
 
 
 def test_unbiased_cka_of_unrelated_features_is_near_zero_where_biased_is_not():

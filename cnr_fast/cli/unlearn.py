@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -14,7 +15,15 @@ import torch
 from .. import dist
 from ..config import stable_hash
 from ..errors import UserError
-from ..experiments import ALL_METHODS, obtain_reference, resolve_method, unlearn_model, val_accuracy
+from ..experiments import (
+    ALL_METHODS,
+    machine_info,
+    obtain_reference,
+    resolve_method,
+    unlearn_model,
+    val_accuracy,
+    validation_choice,
+)
 from ..models import LogitMask, model_meta
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
@@ -81,6 +90,7 @@ def _adopt_checkpoint_arch(args) -> None:
 
 def run(args) -> int:
     t_start = time.perf_counter()
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     _adopt_checkpoint_arch(args)
     cfg = config_from_args(args)
     if cfg.method not in ALL_METHODS:
@@ -104,7 +114,7 @@ def run(args) -> int:
     original, _, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
     state, resumed = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
     try:
-        return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start)
+        return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, load_before)
     except UserError:
         if not resumed:  # bad input or a diverged stage: leave nothing behind (an earlier run's state stays)
             state.remove()
@@ -128,7 +138,7 @@ def _finished(out: Path, key: dict) -> bool:
     return isinstance(old, dict) and old.get("run_key") == stable_hash(key)
 
 
-def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start) -> int:
+def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, load_before) -> int:
     quiet = args.quiet
     forget = list(cfg.data.forget)
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
@@ -186,6 +196,9 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         "original_checkpoint": str(orig_path), "original_cache_hit": bool(cache_hit),
         "unlearned_checkpoint": str(out / "model.pt"),
         "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "provenance": machine_info(load_before),
+        # the setting chosen on validation (step size, SSD's alpha, SCRUB's preset) and every candidate's scores
+        "validation_choice": validation_choice(info),
         "details": _jsonable(info),
         "run_key": stable_hash(key), "resumed_units": list(state.reused),
     }
@@ -204,7 +217,8 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
             from ..audit import write_report
 
             write_report(stage, audit_result, {"method": cfg.method, "checkpoint": str(out / "model.pt"),
-                                               "original": str(orig_path)})
+                                               "original": str(orig_path),
+                                               "validation_choice": results["validation_choice"]})
         files["results.json"] = results  # last, so its presence means the run finished
         write_run_files(stage, files)
         kill_point("final")
