@@ -312,6 +312,14 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
     return model, info, timings, files
 
 
+def original_record(model, seed: int) -> dict:
+    """Which original a table's rows unlearned: its seed, a digest of its weights (tables with the same
+    digest share the original) and the thread count it was made with (part of the cache key)."""
+    from .resume import weights_digest
+
+    return {"seed": int(seed), "weights_sha256": weights_digest(model), "torch_threads": torch.get_num_threads()}
+
+
 def validation_choice(info: dict) -> dict | None:
     """{"chosen": name, "validation": {candidate: scores}} of a method whose setting was chosen on
     validation (at the top of its info, or in its reset's log for CNR and cnr-real); None otherwise."""
@@ -538,6 +546,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     per_seed: list[dict] = []
     timings: dict[str, list[float]] = {m: [] for m in methods}
     choices: dict[str, list] = {m: [] for m in methods}  # per seed: the validation choice, or None
+    originals: list[dict] = []
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
     cka_null: list[dict] = []
@@ -546,6 +555,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         seed = cfg.seed + s
         ref_cfg = cfg.replace(seed=cfg.seed if fixed_original else seed)
         original, ometa, _, _ = load_original(ref_cfg, ds, device, cache, quiet)
+        originals.append(original_record(original, ref_cfg.seed))
         retrained, rmeta, _, _ = obtain_reference("retrained", ref_cfg, ds, device, cache, quiet)
         null, _, _, _ = obtain_reference("retrained_null", ref_cfg, ds, device, cache, quiet)
         for name, meta in (("original", ometa), ("retrained", rmeta)):
@@ -595,7 +605,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
         "machine": machine_info(load_before),
         "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
-        "per_seed_reference_times": ref_times, "per_seed_choices": choices,
+        "per_seed_reference_times": ref_times, "per_seed_choices": choices, "per_seed_originals": originals,
     }
     return _compare_tables(result)
 
@@ -624,6 +634,17 @@ def _cell(s: dict | None) -> str:
     if not math.isfinite(s["ci_high"]):
         return f"{s['mean']:.3f}"
     return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+
+def originals_md(result: dict) -> list[str]:
+    """One line naming each seed's original by a digest of its weights: tables (and files) whose digests
+    agree unlearned the same models."""
+    recs = result.get("per_seed_originals")
+    if not recs:
+        return ["Originals: not recorded in this file (it predates per-seed original digests).", ""]
+    return ["Originals (sha256 of the weights, first 12 hex digits; the same digest in another table means the "
+            "same model): " + ", ".join(f"seed {r['seed']} {r['weights_sha256'][:12]} ({r['torch_threads']} thread"
+                                         f"{'s' if r['torch_threads'] != 1 else ''})" for r in recs) + ".", ""]
 
 
 def choices_md(choices: dict, seeds: list) -> list[str]:
@@ -659,6 +680,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
              f"Splits: {result['splits']['train']} train / {result['splits']['val']} validation / "
              f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
              f"reference initialisation: {result['reference_init']}.", ""]
+    lines += originals_md(result)
     head = ["metric", "original", "retrained", "null", *methods]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     null = refs.get("cka_null", {})
@@ -782,10 +804,11 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
     forget = list(cfg.data.forget)
     t_start = time.perf_counter()
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    per_seed, timings, cka_null = [], {v: [] for v in variants}, []
+    per_seed, timings, cka_null, originals = [], {v: [] for v in variants}, [], []
     for s in range(seeds):
         scfg = cfg.replace(seed=cfg.seed + s, method="cnr")
         original = load_original(scfg, ds, device, cache, quiet)[0]
+        originals.append(original_record(original, scfg.seed))
         retrained = obtain_reference("retrained", scfg, ds, device, cache, quiet)[0]
         null = obtain_reference("retrained_null", scfg, ds, device, cache, quiet)[0]
         models = {"original": original, "retrained": retrained}
@@ -820,7 +843,8 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
               "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
                          "test": len(ds.test)},
               "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(load_before),
-              "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings}
+              "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
+              "per_seed_originals": originals}
     return _ablate_tables(result)
 
 
@@ -855,6 +879,8 @@ def _concat_seeds(results: list[dict], lists: tuple[str, ...], dicts: tuple[str,
               "total_time_s": sum(r["total_time_s"] for r in results),
               "merged_from": [{"seeds": r["seeds"], "total_time_s": r["total_time_s"], "machine": r.get("machine")}
                               for r in results]}
+    if all("per_seed_originals" in r for r in results):
+        lists = (*lists, "per_seed_originals")
     for key in lists:
         merged[key] = [x for r in results for x in r[key]]
     for key in dicts:
@@ -905,8 +931,9 @@ def ablate_report_md(result: dict, figures: dict | None = None) -> str:
     lines = [f"# ablate: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
              f"{result['forget_classes']}, seeds {result['seeds']}", "",
              "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
-             "Cells: mean [95% t-interval over seeds] (paired t-test p against full CNR); test split except `val_*`.",
-             ""]
+             "Cells: mean [95% t-interval over seeds] (paired t-test p against full CNR, raw and Holm-adjusted over "
+             "the variants on that metric); test split except `val_*`.", ""]
+    lines += originals_md(result)
     head = ["variant", *keys, "time (s)"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for n in ["original", "retrained", *variants]:
@@ -1021,9 +1048,11 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     rounds: list[list[dict]] = [[] for _ in order]
     times: list[dict[str, list[float]]] = [{m: [] for m in methods} for _ in order]
+    originals: list[dict] = []
     for s in range(seeds):
         scfg = cfg.replace(seed=cfg.seed + s)
         original = load_original(scfg, ds, device, cache, quiet)[0]
+        originals.append(original_record(original, scfg.seed))
         current = {m: original for m in methods}
         shared = {m: {} for m in methods}
         for r in range(len(order)):
@@ -1061,7 +1090,8 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
               "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
               "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r]}
                          for r, per_seed in enumerate(rounds)],
-              "total_time_s": time.perf_counter() - t0, "machine": machine_info(load_before)}
+              "total_time_s": time.perf_counter() - t0, "machine": machine_info(load_before),
+              "per_seed_originals": originals}
     return _continual_tables(result)
 
 
@@ -1126,6 +1156,7 @@ def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_ac
         return "\n".join(lines) + "\n"
     lines += [f"Round r forgets the first r classes of {result['order']}, each method from its own previous "
               f"model; seeds {result['seeds']}. Cells: mean [95% t-interval]; test split.", ""]
+    lines += originals_md(result)
     for key in keys:
         methods = [n for n in result["rounds"][0]["table"] if n not in ("original",)]
         lines += [f"### {key}", "", "| round (forget) | " + " | ".join(methods) + " |",

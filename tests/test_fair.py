@@ -286,3 +286,33 @@ def test_compare_library_call_fresh_originals_and_schema(tmp_path):
     assert len(files) == 2
     md = E.compare_report_md(r)
     assert "| metric | original | retrained | null | ssd | rfs | lm |" in md
+    # every validation choice is kept per seed with all candidates, and the report shows it
+    assert [c["chosen"].startswith("alpha=") for c in r["per_seed_choices"]["ssd"]] == [True, True]
+    assert set(r["per_seed_choices"]["ssd"][0]["validation"]) == {"alpha=2.5", "alpha=5", "alpha=7.5", "alpha=10"}
+    assert r["per_seed_choices"]["rfs"] == [None, None]
+    assert "## Settings chosen on validation" in md
+    # the originals are named by their weights: two seeds, two digests, both in the report
+    digests = [o["weights_sha256"] for o in r["per_seed_originals"]]
+    assert len(set(digests)) == 2 and all(d[:12] in md for d in digests)
+    assert r["machine"]["git_commit"] is None or len(r["machine"]["git_commit"]) == 40
+    assert {"torch_threads", "cpu_model", "cpu_vector_flags", "load_avg_before", "load_avg_after",
+            "git_dirty", "torch"} <= set(r["machine"])
+
+
+def test_holm_adjustment_matches_an_independent_computation():
+    ps = {"a": 0.01, "b": 0.04, "c": 0.03, "d": None, "e": 0.5}
+    got = E.holm(ps)
+    # Holm by its definition: reject H_(i) at level q iff p_(j) <= q / (m - j) for all j <= i; the adjusted
+    # p of H_(i) is the smallest q that rejects it, found here by brute force over a fine grid.
+    finite = sorted((p, k) for k, p in ps.items() if p is not None)
+    m = len(finite)
+    grid = [i / 100000 for i in range(1, 100001)]
+    for i, (_, k) in enumerate(finite):
+        q = next(q for q in grid if all(finite[j][0] <= q / (m - j) + 1e-12 for j in range(i + 1)))
+        assert got[k] == pytest.approx(q, abs=1e-5), (k, got[k], q)
+    assert got["d"] is None
+    # constant paired differences give no p (never 0); identical values give 1
+    s = E.summarise([0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
+    assert s["p_vs_cnr"] is None and E.format_p(s["p_vs_cnr"]) == "n/a"
+    assert E.summarise([0.2, 0.3], [0.2, 0.3])["p_vs_cnr"] == 1.0
+    assert E.format_p(1e-9) == "<1e-4" and E.format_p(0.0) != "0"

@@ -36,11 +36,17 @@ def saliency_mask(model, forget_split, ratio: float, batch_size: int, device) ->
                 g += p.grad.detach().float()
     model.zero_grad(set_to_none=True)
     flat = torch.cat([g.abs().flatten() for g in grads])
-    k = int(round(ratio * flat.numel()))
-    if k <= 0:
-        return [torch.zeros_like(g, dtype=torch.bool) for g in grads]
-    thresh = torch.topk(flat, k, sorted=True).values[-1]
-    return [g.abs() >= thresh for g in grads]
+    # generate_mask.py: threshold_index = int(len(all_elements) * ratio); exactly that many weights, the
+    # largest |gradient| first (rank < threshold_index), so ties at the cut do not add weights
+    k = int(ratio * flat.numel())
+    keep = torch.zeros(flat.numel(), dtype=torch.bool)
+    if k > 0:
+        keep[torch.argsort(flat, descending=True, stable=True)[:k].cpu()] = True
+    out, start = [], 0
+    for g in grads:
+        out.append(keep[start : start + g.numel()].view_as(g).to(g.device))
+        start += g.numel()
+    return out
 
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
