@@ -6,7 +6,8 @@
 
 git_commit is the checkout's HEAD when the package runs from one (an editable install), None
 otherwise; git_dirty says whether tracked files differed from it (the result may then not be
-reproducible from the commit alone). Load averages are the 1/5/15-minute values of os.getloadavg()
+reproducible from the commit alone) and git_dirty_files which ones (a changed README does not matter,
+a changed method does). Load averages are the 1/5/15-minute values of os.getloadavg()
 when the work started (pass it in) and when this is called.
 """
 
@@ -30,12 +31,15 @@ def _git(*args) -> str | None:
 
 
 def code_version() -> dict:
+    """{"git_commit", "git_dirty", "git_dirty_files"}: HEAD, whether tracked files differ from it, and which."""
     commit = _git("rev-parse", "HEAD")
-    dirty = None
+    dirty, files = None, None
     if commit is not None:
         status = _git("status", "--porcelain", "--untracked-files=no")
-        dirty = None if status is None else bool(status)
-    return {"git_commit": commit, "git_dirty": dirty}
+        if status is not None:
+            files = [line[3:] for line in status.splitlines() if line.strip()]
+            dirty = bool(files)
+    return {"git_commit": commit, "git_dirty": dirty, "git_dirty_files": files}
 
 
 def load_avg():
