@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 
 
-def _git(*args) -> str | None:
+def _git(*args, strip: bool = True) -> str | None:
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
@@ -27,7 +27,9 @@ def _git(*args) -> str | None:
         out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() if strip else out.stdout
 
 
 def code_version() -> dict:
@@ -35,7 +37,7 @@ def code_version() -> dict:
     commit = _git("rev-parse", "HEAD")
     dirty, files = None, None
     if commit is not None:
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        status = _git("status", "--porcelain", "--untracked-files=no", strip=False)  # "XY path": keep column 1
         if status is not None:
             files = [line[3:] for line in status.splitlines() if line.strip()]
             dirty = bool(files)
