@@ -407,7 +407,10 @@ def main(argv=None) -> int:
     out = Path(args.out or os.environ.get("CNR_FAST_BENCH_OUT", Path(__file__).parent / "results"))
     out.mkdir(parents=True, exist_ok=True)
     path = out / "cost_model.json"
+    from bench.harness import machine_info
+
     payload = {"bench": "cost_model", "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": machine_info("cpu"),  # a model, not a measurement: the code version is what matters
                "assumptions": assumptions(args.mfu, args.gpus), "settings": results,
                "measured_cpu_ddp": measured_cpu_ddp(Path(__file__).parent / "results" / "ddp_cpu.json")}
     tmp = path.with_suffix(".json.tmp")
