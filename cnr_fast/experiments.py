@@ -62,12 +62,19 @@ def log(msg: str, quiet: bool = False) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def machine_info(load_before=None) -> dict:
-    """Where and from what a result was measured (provenance.provenance: code version, versions, threads,
-    CPU model and flags, load before and after)."""
+def begin_provenance() -> dict:
+    """The code version and load when a run starts (provenance.begin); pass it to machine_info at the end."""
+    from .provenance import begin
+
+    return begin()
+
+
+def machine_info(started: dict | None = None) -> dict:
+    """Where and from what a result was measured (provenance.provenance: code version at the start,
+    versions, threads, CPU model and flags, load before and after)."""
     from .provenance import provenance
 
-    return provenance(load_before)
+    return provenance(started)
 
 
 def derive_seed(seed: int, tag: str) -> int:
@@ -547,7 +554,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     timings: dict[str, list[float]] = {m: [] for m in methods}
     choices: dict[str, list] = {m: [] for m in methods}  # per seed: the validation choice, or None
     originals: list[dict] = []
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = begin_provenance()
     ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
     cka_null: list[dict] = []
     audit_settings = None
@@ -603,7 +610,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         "coordinate_bound_metrics": list(COORDINATE_BOUND), "separation_threshold": SEPARATION,
         "chance_acc": 1.0 / ds.num_classes,
         "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
-        "machine": machine_info(load_before),
+        "machine": machine_info(started),
         "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
         "per_seed_reference_times": ref_times, "per_seed_choices": choices, "per_seed_originals": originals,
     }
@@ -803,7 +810,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
     ds = ds if ds is not None else load_dataset(cfg.data)
     forget = list(cfg.data.forget)
     t_start = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = begin_provenance()
     per_seed, timings, cka_null, originals = [], {v: [] for v in variants}, [], []
     for s in range(seeds):
         scfg = cfg.replace(seed=cfg.seed + s, method="cnr")
@@ -842,7 +849,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
               "chance_acc": 1.0 / ds.num_classes,
               "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0,
                          "test": len(ds.test)},
-              "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(load_before),
+              "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(started),
               "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
               "per_seed_originals": originals}
     return _ablate_tables(result)
@@ -1017,7 +1024,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
     ds = ds if ds is not None else load_dataset(cfg.data)
     out = {"scenario": "multiclass", "dataset": ds.name, "class_sets": [list(c) for c in class_sets], "runs": {}}
     t0 = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = begin_provenance()
     for classes in class_sets:
         check_forget(classes, ds)
         key = ",".join(str(c) for c in classes)
@@ -1025,7 +1032,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
         out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
                                    cache=cache, quiet=quiet, ds=ds, state=state, unit_prefix=f"f{key}-")
     out["total_time_s"] = time.perf_counter() - t0
-    out["machine"] = machine_info(load_before)
+    out["machine"] = machine_info(started)
     return out
 
 
@@ -1045,7 +1052,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
     ds = ds if ds is not None else load_dataset(cfg.data)
     check_forget(list(order), ds)
     t0 = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = begin_provenance()
     rounds: list[list[dict]] = [[] for _ in order]
     times: list[dict[str, list[float]]] = [{m: [] for m in methods} for _ in order]
     originals: list[dict] = []
@@ -1090,7 +1097,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
               "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
               "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r]}
                          for r, per_seed in enumerate(rounds)],
-              "total_time_s": time.perf_counter() - t0, "machine": machine_info(load_before),
+              "total_time_s": time.perf_counter() - t0, "machine": machine_info(started),
               "per_seed_originals": originals}
     return _continual_tables(result)
 

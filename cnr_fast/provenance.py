@@ -7,8 +7,8 @@
 git_commit is the checkout's HEAD when the package runs from one (an editable install), None
 otherwise; git_dirty says whether tracked files differed from it (the result may then not be
 reproducible from the commit alone) and git_dirty_files which ones (a changed README does not matter,
-a changed method does). Load averages are the 1/5/15-minute values of os.getloadavg()
-when the work started (pass it in) and when this is called.
+a changed method does), all three read by `begin()` when the work started. Load averages are the
+1/5/15-minute values of os.getloadavg() at `begin()` and when `provenance()` is called.
 """
 
 from __future__ import annotations
@@ -48,7 +48,13 @@ def load_avg():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
 
 
-def provenance(load_before=None) -> dict:
+def begin() -> dict:
+    """Call when the work starts: the code version and load then (the checkout may change while a long
+    run works; the result belongs to the code it started from)."""
+    return {**code_version(), "load_avg_before": load_avg()}
+
+
+def provenance(started: dict | None = None) -> dict:
     import numpy
     import torch
 
@@ -63,9 +69,9 @@ def provenance(load_before=None) -> dict:
         tv = None
     cpu = cpu_info()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {**code_version(), "cnr_fast": __version__, "torch": torch.__version__, "torchvision": tv,
+    started = started if started is not None else {**code_version(), "load_avg_before": None}
+    return {**started, "cnr_fast": __version__, "torch": torch.__version__, "torchvision": tv,
             "numpy": numpy.__version__, "python": platform.python_version(),
             "torch_threads": torch.get_num_threads(), "cpu_model": cpu["model"],
             "cpu_vector_flags": cpu["vector_flags"], "cpu_count": os.cpu_count(), "gpu": gpu,
-            "load_avg_before": list(load_before) if load_before is not None else None,
             "load_avg_after": load_avg()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -17,6 +16,7 @@ from ..config import stable_hash
 from ..errors import UserError
 from ..experiments import (
     ALL_METHODS,
+    begin_provenance,
     machine_info,
     obtain_reference,
     resolve_method,
@@ -90,7 +90,7 @@ def _adopt_checkpoint_arch(args) -> None:
 
 def run(args) -> int:
     t_start = time.perf_counter()
-    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    started = begin_provenance()
     _adopt_checkpoint_arch(args)
     cfg = config_from_args(args)
     if cfg.method not in ALL_METHODS:
@@ -114,7 +114,7 @@ def run(args) -> int:
     original, _, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
     state, resumed = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
     try:
-        return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, load_before)
+        return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, started)
     except UserError:
         if not resumed:  # bad input or a diverged stage: leave nothing behind (an earlier run's state stays)
             state.remove()
@@ -138,7 +138,7 @@ def _finished(out: Path, key: dict) -> bool:
     return isinstance(old, dict) and old.get("run_key") == stable_hash(key)
 
 
-def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, load_before) -> int:
+def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, started) -> int:
     quiet = args.quiet
     forget = list(cfg.data.forget)
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
@@ -196,7 +196,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         "original_checkpoint": str(orig_path), "original_cache_hit": bool(cache_hit),
         "unlearned_checkpoint": str(out / "model.pt"),
         "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "provenance": machine_info(load_before),
+        "provenance": machine_info(started),
         # the setting chosen on validation (step size, SSD's alpha, SCRUB's preset) and every candidate's scores
         "validation_choice": validation_choice(info),
         "details": _jsonable(info),
