@@ -274,7 +274,8 @@ def build_workloads(args):
     gan_bs = gan_batch_size(len(own), cfg.synth.gan_batch_size)
     scfg_gan = cfg.synth.__class__(**{**cfg.synth.__dict__, "gan_epochs": 1})
     scfg_lat = cfg.synth.__class__(**{**cfg.synth.__dict__, "steps": args.latent_steps})
-    rcfg = cfg.reset.__class__(**{**cfg.reset.__dict__, "epochs": 1, "stabilize_epochs": 0})
+    # one reset epoch at the paper's step size (a run chooses it on validation; the time per epoch is the same)
+    rcfg = cfg.reset.__class__(**{**cfg.reset.__dict__, "epochs": 1, "stabilize_epochs": 0, "lr": 1e-4})
     retain = ds.train.of_classes(retain_classes)
     if q:
         retain = retain.subset(slice(0, rcfg.batch_size))

@@ -1,7 +1,15 @@
-"""Print the README's findings tables from committed compare / ablate JSON (so the README quotes files).
+"""The README's findings tables from committed compare / ablate / multiclass / continual JSON.
+
+scripts/readme_numbers.py puts these tables into README.md (`{{table:NAME}}` in README.in.md); run
+alone, this prints one:
 
     python -m bench.findings_table compare bench/results/runs/compare_mnist5k/compare.json
+    python -m bench.findings_table seed bench/results/runs/compare_mnist5k/compare.json    # seed 0's row
     python -m bench.findings_table ablate bench/results/runs/ablate_mnist5k/ablate.json
+    python -m bench.findings_table multiclass bench/results/runs/multiclass_mnist5k/multiclass.json
+    python -m bench.findings_table continual bench/results/runs/continual_mnist5k/continual.json
+
+Stdlib only (no torch): the README check runs it.
 """
 
 from __future__ import annotations
@@ -9,21 +17,44 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 COMPARE_ROWS = ("forget_acc", "retain_acc", "val_forget_acc", "probe_acc.L4", "knn_acc.L4", "fewshot_probe_acc.5",
                 "relearn_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4")
+SEED_ROWS = (("forget_acc", "forget_acc"), ("retain_acc", "retain_acc"), ("probe[L4]", "probe_acc.L4"),
+             ("mia_acc", "mia_acc"), ("nn_purity", "nn_purity"), ("cka_neg[L4]", "cka_neg.L4"))
+ABLATE_KEYS = ("forget_acc", "retain_acc", "val_forget_acc", "cka_neg.L4", "fewshot_probe_acc.5")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def cell(s, digits=2) -> str:
-    if not s or not math.isfinite(s.get("mean", float("nan"))):
+    """'mean ±half-width' of a {"mean", "ci_low", "ci_high"} summary; '-' when there is none."""
+    if not s or not _finite(s.get("mean", float("nan"))):
         return "-"
     m = s["mean"]
-    if math.isfinite(s.get("ci_high", float("nan"))):
+    if _finite(s.get("ci_high", float("nan"))):
         return f"{m:.{digits}f} ±{(s['ci_high'] - m):.{digits}f}"
     return f"{m:.{digits}f}"
 
 
+def ci_cell(s, digits=2, always=True) -> str:
+    """'mean [ci_low, ci_high]'; with always=False just 'mean' where the interval is empty at `digits`."""
+    if not s or not _finite(s.get("mean", float("nan"))):
+        return "-"
+    m, lo, hi = s["mean"], s.get("ci_low"), s.get("ci_high")
+    if not (_finite(lo) and _finite(hi)):
+        return f"{m:.{digits}f}"
+    lo_s, hi_s = f"{lo:.{digits}f}", f"{hi:.{digits}f}"
+    if not always and lo_s == hi_s:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} [{lo_s}, {hi_s}]"
+
+
 def compare_table(r: dict) -> str:
+    """Every method and reference of a compare.json, the COMPARE_ROWS metrics, 'mean ±half-width'."""
     methods = list(r["methods"])
     null = r["references"].get("cka_null", {})
     head = ["metric", "original", "retrained", "null", *methods]
@@ -46,17 +77,70 @@ def compare_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def seed_table(r: dict, seed_index: int = 0, method: str = "cnr") -> str:
+    """One seed of a compare.json (`values[seed_index]`): original, `method` (unlearned), retrained."""
+    if method not in r["methods"]:
+        raise KeyError(f"method {method!r} not in methods ({', '.join(r['methods'])})")
+    out = ["| model | " + " | ".join(h for h, _ in SEED_ROWS) + " |", "|" + "---|" * (len(SEED_ROWS) + 1)]
+    for label, src, bold in (("original", r["references"]["original"], False),
+                             (f"{method.upper()} (unlearned)", r["methods"][method], True),
+                             ("retrained", r["references"]["retrained"], False)):
+        cells = []
+        for i, (_, k) in enumerate(SEED_ROWS):
+            v = f"{src[k]['values'][seed_index]:.3f}"
+            cells.append(f"**{v}**" if bold and i == 0 else v)
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def ablate_table(r: dict) -> str:
-    keys = ("forget_acc", "retain_acc", "val_forget_acc", "cka_neg.L4", "fewshot_probe_acc.5")
-    out = ["| variant | " + " | ".join(keys) + " | time (s) |", "|" + "---|" * (len(keys) + 2)]
+    """Every variant of an ablate.json: 'mean [95% interval]', forget accuracy with its paired p against full."""
+    out = ["| variant | " + " | ".join(ABLATE_KEYS) + " | time (s) |", "|" + "---|" * (len(ABLATE_KEYS) + 2)]
     for n in ["original", "retrained", *r["variants"]]:
         tm = r["unlearn_time_s"].get(n)
-        out.append(f"| {n} | " + " | ".join(cell(r["table"][n].get(k)) for k in keys) + " | "
-                   + (f"{tm['mean']:.0f}" if tm else "-") + " |")
+        cells = []
+        for k in ABLATE_KEYS:
+            s = r["table"][n].get(k)
+            c = ci_cell(s)
+            if k == "forget_acc" and n in r["variants"] and s and s.get("p_vs_full") is not None:
+                c += f" (p={s['p_vs_full']:.2g})"
+            cells.append(c)
+        out.append(f"| {n} | " + " | ".join(cells) + " | " + (f"{tm['mean']:.0f}" if tm else "-") + " |")
     return "\n".join(out)
+
+
+def _forget_retain(s: dict) -> str:
+    return f"{ci_cell(s.get('forget_acc'), always=False)} / {s['retain_acc']['mean']:.2f}"
+
+
+def multiclass_table(r: dict) -> str:
+    """Forget / retain accuracy of each class set of a multiclass.json: 'mean [interval] / mean'."""
+    runs = list(r["runs"].values())
+    methods = list(runs[0]["methods"])
+    out = ["| forget | retrained | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for run in runs:
+        label = "{" + ", ".join(str(c) for c in run["forget_classes"]) + "}"
+        cells = [_forget_retain(run["references"]["retrained"])] + [_forget_retain(run["methods"][m]) for m in methods]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def continual_table(r: dict) -> str:
+    """Forget / retain accuracy per round of a continual.json: 'mean [interval] / mean'."""
+    methods = list(r["methods"])
+    out = ["| round (forget) | retrained | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for i, rnd in enumerate(r["rounds"], 1):
+        t = rnd["table"]
+        cells = [_forget_retain(t["retrained"])] + [_forget_retain(t[m]) for m in methods]
+        out.append(f"| {i} ({','.join(str(c) for c in rnd['forget'])}) | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+TABLES = {"compare": compare_table, "seed": seed_table, "ablate": ablate_table, "multiclass": multiclass_table,
+          "continual": continual_table}
 
 
 if __name__ == "__main__":
     kind, path = sys.argv[1], sys.argv[2]
-    data = json.loads(open(path).read())
-    print(compare_table(data) if kind == "compare" else ablate_table(data))
+    data = json.loads(Path(path).read_text())
+    print(TABLES[kind](data))

@@ -21,6 +21,7 @@ import pytest
 TINY = ["--dataset", "digits", "--image-size", "16", "--train-epochs", "1", "--gan-epochs", "2", "--synth-steps", "3",
         "--synth-batch", "8", "--reset-epochs", "2", "--stabilize-epochs", "1", "--quiet"]
 AUDIT = ["--audit", "fast", "--retrained", "off"]
+RESET = "lr=0.0001-"  # the state-unit prefix of the reset's first candidate step size (tuning.ADAM_LR_GRID)
 NO_AUDIT = ["--audit", "off"]
 
 
@@ -77,12 +78,13 @@ def test_killed_in_gan_reset_and_audit_resumes_to_the_same_numbers(cache, refere
         assert r.returncode == -9, (point, r.returncode, r.stderr[-2000:])
         assert not out.exists() and _state(out).is_dir(), point
     units = sorted(p.name for p in _state(out).iterdir())
-    assert {"run.json", "detect.pt", "gan-2.pt", "latents-2.pt", "reset.pt", "stabilise.pt",
+    # the reset's step size is chosen on validation: each candidate keeps its own units (RESET = the first)
+    assert {"run.json", "detect.pt", "gan-2.pt", "latents-2.pt", f"{RESET}reset.pt", f"{RESET}stabilise.pt",
             "audit-original.pt"} <= set(units), units
     r = _cli(cache, out, AUDIT)
     assert r.returncode == 0, r.stderr
     resumed = json.loads((out / "results.json").read_text())
-    assert "audit-original" in resumed["resumed_units"] and "stabilise" in resumed["resumed_units"]
+    assert "audit-original" in resumed["resumed_units"] and f"{RESET}stabilise" in resumed["resumed_units"]
     assert resumed["metrics"] == _metrics(reference["audit"])  # bit-identical (CPU, one thread, fixed seed)
     assert not _state(out).exists()
     _no_temporaries(out, tmp_path)
@@ -108,13 +110,13 @@ def test_ctrl_c_exits_130_leaves_no_half_written_file_and_resumes(cache, referen
     r = _cli(cache, out, NO_AUDIT, kill="reset:1:int")
     assert r.returncode == 130, r.stderr
     assert "run the same command again to resume" in r.stderr
-    assert not out.exists() and (_state(out) / "reset.pt").is_file()
+    assert not out.exists() and (_state(out) / f"{RESET}reset.pt").is_file()
     _no_temporaries(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.state"]
     # another command on the same --out is refused; the interrupted run's state is not discarded
     r = _cli(cache, out, [*NO_AUDIT, "--synth-steps", "4"])
     assert r.returncode == 2 and "holds the state of another run (differs in: config)" in r.stderr, r.stderr
-    assert (_state(out) / "reset.pt").is_file()
+    assert (_state(out) / f"{RESET}reset.pt").is_file()
     r = _cli(cache, out, NO_AUDIT)
     assert r.returncode == 0, r.stderr
     assert _metrics(out) == _metrics(reference["plain"])

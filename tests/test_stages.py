@@ -122,12 +122,12 @@ def test_reset_leaves_original_untouched_and_zero_epochs_is_identity():
     split, model = tiny_split(), tiny_model()
     before = copy.deepcopy(model.state_dict())
     synth = torch.rand(4, 1, 12, 12) * 2 - 1
-    m0, _ = reset(model, split.of_classes([0, 2]), synth, [0, 2], ResetConfig(epochs=0, stabilize_epochs=0),
+    m0, _ = reset(model, split.of_classes([0, 2]), synth, [0, 2], ResetConfig(epochs=0, stabilize_epochs=0, lr=1e-4),
                   device=CPU, quiet=True)
     for k, v in m0.state_dict().items():
         assert torch.equal(v, before[k])
     m1, log = reset(model, split.of_classes([0, 2]), synth, [0, 2],
-                    ResetConfig(epochs=1, stabilize_epochs=1, batch_size=8, synth_batch_size=2), device=CPU,
+                    ResetConfig(epochs=1, stabilize_epochs=1, batch_size=8, synth_batch_size=2, lr=1e-4), device=CPU,
                     quiet=True)
     assert set(log["synthetic_labels"]) <= {0, 2}
     assert any(not torch.equal(v, before[k]) for k, v in m1.state_dict().items() if v.is_floating_point())

@@ -38,6 +38,9 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
     """
     if cfg.relabel not in RELABEL:
         raise UserError(f"unknown relabel mode {cfg.relabel!r}; choose one of {', '.join(RELABEL)}")
+    if cfg.lr is None:
+        raise UserError("reset() needs a step size: set reset.lr, or call cnr.pipeline.tuned_reset, which chooses "
+                        "it on validation when reset.lr is null")
     model = copy.deepcopy(original).to(device)
     for p in model.parameters():
         p.requires_grad_(True)

@@ -1,0 +1,162 @@
+"""README.md is what README.in.md and the committed result files give (scripts/readme_numbers.py), and
+the placeholder parser fails clearly: the placeholder, its line and the file are named.
+
+No torch, no training: the script and bench/findings_table.py are stdlib only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("readme_numbers", ROOT / "scripts" / "readme_numbers.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+rn = _load()
+
+
+def test_readme_is_generated_from_the_template_and_the_result_files():
+    want = rn.expected(ROOT)
+    have = (ROOT / "README.md").read_text()
+    assert have == want, ("README.md differs from README.in.md + bench/results (edit README.in.md, then run "
+                          "`python scripts/readme_numbers.py`):\n" + rn.diff(have, want)[:6000])
+
+
+def test_every_alias_names_a_committed_json_file():
+    for alias, rel in rn.ALIASES.items():
+        path = ROOT / rel
+        assert path.is_file(), (alias, rel)
+        json.loads(path.read_text())
+
+
+def test_template_keeps_the_first_two_commands():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    template = (ROOT / "README.in.md").read_text().splitlines()
+    assert readme[:7] == template[:7]
+    assert readme[3].startswith("./scripts/install.sh && .venv/bin/cnr-fast unlearn --out runs/default")
+    assert readme[4].startswith("./scripts/install.sh && .venv/bin/python -m pytest -q -n 2 --dist loadfile")
+
+
+# ------------------------------------------------------------------------------------------------
+# the parser, on a small file of our own
+
+DATA = {
+    "methods": {"cnr": {"forget_acc": {"mean": 0.16, "ci_low": 0.06, "ci_high": 0.26, "values": [0.16, 0.2, 0.12]}},
+                "cnr-raw": {"probe_acc.L4": {"mean": 0.97}}},
+    "runs": {"2,5": {"t": [30.0, 60.0]}, "2,5,7": {"t": [90.0]}},
+    "rows": [{"kernel": "a", "dtype": "fp32", "x": 2.0}, {"kernel": "a", "dtype": "bf16", "x": 5.0},
+             {"kernel": "b", "dtype": "fp32", "x": 1.0}],
+    "seconds": 7386.2,
+    "flags": ["avx2", "fma"],
+    "name": "AMD EPYC",
+    "nested": {"inf": float("inf")},
+}
+
+
+@pytest.fixture()
+def r(tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps(DATA))
+    (tmp_path / "t.py").write_text("CASES = [\n    (1, 2),\n    (3, 4),\n    (5, 6),\n]\n")
+
+    def render(text):
+        return rn.render(text, aliases={"d": "d.json", "gone": "missing.json"}, root=tmp_path, source="T.md",
+                         tables={"methods": ("d", lambda data: " | ".join(data["methods"])),
+                                 "broken": ("d", lambda data: data["methods"]["rl"])})
+
+    return render
+
+
+def test_values_formats_helpers_tables_and_counts(r):
+    assert r("{{d:methods/cnr/forget_acc/mean:.2f}}") == "0.16"
+    assert r("{{d:methods/cnr-raw/probe_acc.L4/mean:.3f}}") == "0.970"  # dots and dashes are part of a key
+    assert r("{{d:methods/cnr/forget_acc/values/1:.2f}}") == "0.20"
+    assert r("{{d:methods/cnr/forget_acc/values/-1:.2f}}") == "0.12"
+    assert r("{{d:methods/cnr/forget_acc/values:.2f}}") == "0.16 / 0.20 / 0.12"
+    assert r("{{d:name}} and {{ d:seconds:.0f }}") == "AMD EPYC and 7386"
+    assert r("{{ci:d:methods/cnr/forget_acc}}") == "0.16 [0.06, 0.26]"
+    assert r("{{range:d:runs/*/t:.0f}}") == "30-90"  # '*' over a dict, lists flattened
+    assert r("{{range:d:runs/2,5,7/t:.0f}}") == "90"
+    assert r("{{range:d:rows/[kernel=a]/*/x:d:rows/[kernel=b]/*/x:.1f}}") == "1.0-5.0"  # several references
+    assert r("{{d:rows/[kernel=a]/[dtype=bf16]/0/x:.1f}}") == "5.0"
+    assert r("{{max:d:rows/[dtype~^fp]/*/x:.1f}}") == "2.0"
+    assert r("{{min:d:rows/*/x:.1f}} {{maxabs:d:rows/*/x:.0f}}") == "1.0 5"
+    assert r("{{ratio:d:runs/2,5/t/1:d:runs/2,5/t/0:.1f}}x") == "2.0x"
+    assert r("{{hmin:d:seconds}} / {{minutes:d:seconds}} min") == "2 h 03 min / 123 min"
+    assert r("{{join:d:flags}}") == "avx2, fma"
+    assert r("{{table:methods}}") == "cnr | cnr-raw"
+    assert r("{{count:t.py:CASES}} cases") == "3 cases"
+    assert r('plain {"json": {"a": 1}} text}}') == 'plain {"json": {"a": 1}} text}}'  # single braces, '}}' alone
+
+
+def _err(r, text):
+    with pytest.raises(rn.PlaceholderError) as e:
+        r(text)
+    return str(e.value)
+
+
+def test_unknown_alias_names_the_placeholder_and_the_aliases(r):
+    msg = _err(r, "line one\nsee {{cmp:methods/cnr/forget_acc/mean:.2f}}")
+    assert "T.md:2:" in msg and "{{cmp:methods/cnr/forget_acc/mean:.2f}}" in msg
+    assert "unknown alias 'cmp'" in msg and "d, gone" in msg
+
+
+def test_missing_key_names_the_placeholder_the_file_and_the_keys_there(r):
+    msg = _err(r, "{{d:methods/rl/forget_acc/mean:.2f}}")
+    assert "T.md:1: {{d:methods/rl/forget_acc/mean:.2f}}" in msg
+    assert "key 'rl' not found at methods of d.json" in msg and "cnr, cnr-raw" in msg  # a renamed method
+
+
+def test_bad_paths_are_named(r):
+    assert "must be an integer index" in _err(r, "{{d:methods/cnr/forget_acc/values/x}}")
+    assert "index 3 out of range" in _err(r, "{{d:methods/cnr/forget_acc/values/3}}")
+    assert "empty key" in _err(r, "{{d:methods//cnr}}")
+    assert "has no key 'more'" in _err(r, "{{d:seconds/more}}")
+    assert "the path must reach a value" in _err(r, "{{d:methods/cnr}}")
+    assert "no item of rows in d.json matches [kernel=zz]" in _err(r, "{{d:rows/[kernel=zz]/0/x}}")
+    assert "bad filter" in _err(r, "{{d:rows/[kernel]/0/x}}")
+    assert "the value is inf" in _err(r, "{{d:nested/inf:.2f}}")
+
+
+def test_missing_file_helper_table_and_format_errors_are_named(r):
+    assert "missing.json (alias 'gone') does not exist" in _err(r, "{{gone:a}}")
+    assert "{{ci:d:methods/cnr/forget_acc/values}}" in _err(r, "{{ci:d:methods/cnr/forget_acc/values}}")
+    assert "helper 'ratio' takes 2 ALIAS:PATH" in _err(r, "{{ratio:d:seconds:.1f}}")
+    assert "unknown table 'nope'" in _err(r, "{{table:nope}}")
+    assert "table 'broken' from d.json: key 'rl' missing" in _err(r, "{{table:broken}}")
+    assert "not a number" in _err(r, "{{range:d:flags}}")
+    assert "{{d:name:.2f}}" in _err(r, "{{d:name:.2f}}")  # a format that does not fit the value
+    assert "no list literal NOPE" in _err(r, "{{count:t.py:NOPE}}")
+    assert "write {{ALIAS:PATH}}" in _err(r, "{{d}}")
+
+
+def test_unclosed_braces_are_refused(r):
+    assert "T.md:2: an unclosed '{{'" in _err(r, "ok\n{{d:name\n}}")
+    assert "an unclosed '{{'" in _err(r, "{{d:name}} and {{ then nothing")
+
+
+def test_check_exits_1_with_a_diff_and_write_is_atomic(tmp_path, monkeypatch, capsys):
+    (tmp_path / "d.json").write_text(json.dumps(DATA))
+    (tmp_path / "README.in.md").write_text("# x\n\n{{d:name}}\n")
+    (tmp_path / "README.md").write_text("# x\n\nIntel\n")
+    monkeypatch.setattr(rn, "ROOT", tmp_path)
+    monkeypatch.setattr(rn, "ALIASES", {"d": "d.json"})
+    assert rn.main(["--check"]) == 1
+    out = capsys.readouterr().out
+    assert "-Intel" in out and "+AMD EPYC" in out
+    assert rn.main([]) == 0
+    assert (tmp_path / "README.md").read_text() == "# x\n\nAMD EPYC\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.in.md", "README.md", "d.json"]  # no temp left
+    assert rn.main(["--check"]) == 0
+    (tmp_path / "README.in.md").write_text("{{d:nope}}\n")
+    assert rn.main(["--check"]) == 2
+    assert "README.in.md:1: {{d:nope}}: key 'nope' not found" in capsys.readouterr().err
