@@ -17,7 +17,7 @@ import argparse
 
 import torch
 
-from bench.harness import add_common_args, apply_common_args, finish, measure, speedups, summary_line
+from bench.harness import add_common_args, apply_common_args, finish, measure_all, speedups, summary_line
 from cnr_fast.ops import reference
 
 
@@ -79,9 +79,9 @@ def main(argv=None) -> int:
                 err = (fn(batches, C, args.units, device).double() - ref64).abs().max().item()
                 assert err < 1e-4, f"{name} C={C}: max abs err {err} vs float64"
                 w["max_abs_err"][name] = err
-                w["results"][name] = measure(
-                    lambda fn=fn, b=batches, c=C: fn(b, c, args.units, device), device=device, reps=args.reps
-                )
+            # timed interleaved (each round runs every method once): one load for all of them
+            w["results"] = measure_all({name: (lambda fn=fn, b=batches, c=C: fn(b, c, args.units, device))
+                                        for name, fn in methods.items()}, device=device, reps=args.reps)
             w["speedup_vs_mask_loop"] = speedups(w["results"], "mask_loop")
             workloads.append(w)
             print(summary_line(w["name"], w["results"], w["speedup_vs_mask_loop"]))

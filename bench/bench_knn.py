@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from bench.harness import measure, write_results
+from bench.harness import measure_all, write_results
 from cnr_fast.audit.neighbors import knn_indices
 
 SIZES = [(2000, 1000, 64), (2000, 1000, 1024), (10000, 10000, 512)]
@@ -34,22 +34,24 @@ def main(argv=None) -> int:
         exact = torch.cdist(query.double(), base.double()).topk(10, largest=False).indices
         row = {"n_base": n_base, "n_query": n_query, "d": d, "k": 10}
         bq, qq = base.to(dev), query.to(dev)
-        row["torch"] = measure(lambda: knn_indices(qq, bq, 10), device=dev, reps=args.reps)
+        fns = {"torch": lambda: knn_indices(qq, bq, 10)}
         row["torch_agree"] = float((knn_indices(qq, bq, 10).cpu() == exact).float().mean())
+        row["faiss"] = row["sklearn"] = None
         try:
             import faiss  # noqa: F401
 
-            row["faiss"] = measure(lambda: knn_indices(qq, bq, 10, backend="faiss"), device=dev, reps=args.reps)
+            fns["faiss"] = lambda: knn_indices(qq, bq, 10, backend="faiss")
             row["faiss_agree"] = float((knn_indices(qq, bq, 10, backend="faiss").cpu() == exact).float().mean())
         except ImportError:
-            row["faiss"] = None
+            pass
         try:
             from sklearn.neighbors import NearestNeighbors
 
             nnm = NearestNeighbors(n_neighbors=10, algorithm="brute").fit(base.numpy())
-            row["sklearn"] = measure(lambda: nnm.kneighbors(query.numpy()), reps=args.reps)
+            fns["sklearn"] = lambda: nnm.kneighbors(query.numpy())
         except ImportError:
-            row["sklearn"] = None
+            pass
+        row.update(measure_all(fns, device=dev, reps=args.reps))  # interleaved: one load for all
         for other in ("faiss", "sklearn"):
             if row.get(other):
                 row[f"torch_speedup_vs_{other}"] = row[other]["median_s"] / row["torch"]["median_s"]

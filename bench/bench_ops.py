@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from bench.harness import add_common_args, apply_common_args, finish, measure, speedups, summary_line
+from bench.harness import add_common_args, apply_common_args, finish, measure_all, speedups, summary_line
 from cnr_fast.ops import reference
 
 TV_SHAPES = [(64, 3, 32, 32), (16, 3, 224, 224)]
@@ -76,13 +76,14 @@ def main(argv=None) -> int:
     out = []
     for name, op, make, dtype in workloads:
         w = {"name": name, "op": op, "results": {}, "max_rel_err": {}}
-        outs = {}
+        outs, timed = {}, {}
         for impl, fn in impls[op].items():
             setup, run = _fwd_bwd(fn, make)
             state = setup()
             v, grads = run(state)  # verify once, untimed
             outs[impl] = (v.detach().double(), [gr.double() for gr in grads])
-            w["results"][impl] = measure(lambda run=run, state=state: run(state), device=device, reps=args.reps)
+            timed[impl] = lambda run=run, state=state: run(state)
+        w["results"] = measure_all(timed, device=device, reps=args.reps)  # interleaved: one load for all
         rv, rg = outs["reference"]
         tol = 1e-4 if dtype == torch.float32 else 5e-2  # relative to the largest reference value
         for impl, (v, gs) in outs.items():

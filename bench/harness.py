@@ -23,6 +23,41 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _timed(fn, device: str) -> float:
+    if device.startswith("cuda"):
+        import torch
+
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        return a.elapsed_time(b) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _stats(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "reps": len(times)}
+
+
+def measure_all(fns: dict, *, device: str = "cpu", warmup: int = 2, reps: int = 7) -> dict[str, dict]:
+    """Time several implementations in one process, interleaved: each round runs every fn once, in
+    turn, so a change of load during the measurement hits all of them alike and the ratios of their
+    medians compare like with like. Returns {name: measure()-style stats, "interleaved": True}."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            times[k].append(_timed(fn, device))
+    return {k: {**_stats(v), "interleaved": True} for k, v in times.items()}
+
+
 def measure(fn, *, device: str = "cpu", warmup: int = 2, reps: int = 7, min_time: float = 0.0) -> dict:
     """Run fn() `warmup` times untimed, then at least `reps` times (more until min_time seconds)."""
     for _ in range(warmup):
@@ -31,23 +66,10 @@ def measure(fn, *, device: str = "cpu", warmup: int = 2, reps: int = 7, min_time
     times = []
     t_start = time.perf_counter()
     while len(times) < reps or (time.perf_counter() - t_start) < min_time:
-        if device.startswith("cuda"):
-            import torch
-
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+        times.append(_timed(fn, device))
         if len(times) >= 1000:
             break
-    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median_s": statistics.median(times), "q1_s": q[0], "q3_s": q[2], "reps": len(times)}
+    return _stats(times)
 
 
 def cpu_model() -> str | None:
@@ -98,7 +120,8 @@ def machine_info(device: str = "cpu") -> dict:
     try:
         from cnr_fast.provenance import code_version
 
-        info["git_dirty"] = code_version()["git_dirty"]
+        version = code_version()
+        info["git_dirty"], info["git_dirty_files"] = version["git_dirty"], version["git_dirty_files"]
     except ImportError:
         info["git_dirty"] = None
     info["load_avg_before"] = LOAD_AT_START
