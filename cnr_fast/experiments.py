@@ -49,6 +49,12 @@ VARIANTS = {
     "cnr-paper": ("cnr", {"synth": {"sign": "paper"}}),  # eq. 6 minimised as printed
 }
 ALL_METHODS = METHODS + tuple(VARIANTS)
+# The controls of CNR's claims, each CNR with one part removed or changed (cnr-fast ls prints these)
+CONTROLS = {
+    "cnr-real": "CNR's reset fed B real forget images instead of synthetic ones: no detection, no synthesis",
+    "cnr-raw": "raw GAN samples, no latent optimisation",
+    "cnr-paper": "eq. 6 minimised with the sign as printed",
+}
 REFERENCE_INIT = ("independent", "shared")
 
 # Metrics that compare unit coordinates (a probe or unit set of the original applied to another

@@ -170,3 +170,12 @@ def test_compare_summary_matches_scipy():
     half = stats.t.ppf(0.975, 2) * stats.tstd(vals) / 3**0.5
     assert s["mean"] == pytest.approx(0.3) and s["ci_high"] == pytest.approx(0.3 + half)
     assert s["p_vs_cnr"] == pytest.approx(stats.ttest_rel(cnr, vals).pvalue)
+
+
+def test_ls_tells_the_rl_baseline_from_the_cnr_real_control(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    methods = out.splitlines()[0]
+    controls = next(line for line in out.splitlines() if line.startswith("controls:"))
+    assert " rl," in methods and "cnr-real" not in methods
+    assert controls.startswith("controls: cnr-real (") and "real forget images" in controls

@@ -10,13 +10,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..experiments import METHODS, VARIANTS
+    from ..experiments import CONTROLS, METHODS
     from ..data import DATASETS
     from ..models import ARCHS, TAP_NAMES
     from ..ops.backend import REGISTRY
 
-    print("methods:  " + ", ".join(METHODS))
-    print("controls: " + ", ".join(f"{k} (cnr with {v[1]})" for k, v in VARIANTS.items()))
+    print("methods:  " + ", ".join(m for m in METHODS if m not in CONTROLS))
+    print("controls: " + "; ".join(f"{k} ({v})" for k, v in CONTROLS.items()))
     print("archs:    " + ", ".join(ARCHS))
     print("datasets: " + ", ".join(DATASETS))
     print("taps:     " + ", ".join(TAP_NAMES))
