@@ -53,6 +53,31 @@ def ci_cell(s, digits=2, always=True) -> str:
     return f"{m:.{digits}f} [{lo_s}, {hi_s}]"
 
 
+def p_cell(p) -> str:
+    """A p-value: never printed as 0 (as experiments.format_p)."""
+    if p is None or not _finite(p):
+        return "n/a"
+    return "<1e-4" if p < 1e-4 else f"{p:.2g}"
+
+
+def choices_table(r: dict) -> str:
+    """Per method and seed of a compare.json: the setting chosen on validation (val forget / retain)."""
+    seeds = r["seeds"]
+    out = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|" + "---|" * (len(seeds) + 1)]
+    for m, per in r.get("per_seed_choices", {}).items():
+        if not any(per):
+            continue
+        cells = []
+        for c in per:
+            if not c:
+                cells.append("-")
+                continue
+            v = c["validation"][c["chosen"]]
+            cells.append(f"{c['chosen']} ({v['val_forget_acc']:.2f} / {v['val_retain_acc']:.2f})")
+        out.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def compare_table(r: dict) -> str:
     """Every method and reference of a compare.json, the COMPARE_ROWS metrics, 'mean ±half-width'."""
     methods = list(r["methods"])
@@ -68,6 +93,11 @@ def compare_table(r: dict) -> str:
         row = [k, cell(r["references"]["original"].get(k)), cell(r["references"]["retrained"].get(k)), nul]
         row += [cell(r["methods"][m].get(k)) for m in methods]
         out.append("| " + " | ".join(row) + " |")
+    fa = [r["methods"][m].get("forget_acc", {}) for m in methods]
+    if any(x.get("p_vs_cnr_holm") is not None for x in fa):
+        out.append("| forget_acc: p vs cnr (Holm) | - | - | - | " + " | ".join(
+            "-" if x.get("p_vs_cnr") is None else f"{p_cell(x['p_vs_cnr'])} ({p_cell(x.get('p_vs_cnr_holm'))})"
+            for x in fa) + " |")
     t = r["unlearn_time_s"]
     rt = r.get("reference_train_time_s", {}).get("retrained")
     out.append("| wall time (s) | " + (f"{r['reference_train_time_s']['original']['mean']:.0f}"
@@ -103,7 +133,7 @@ def ablate_table(r: dict) -> str:
             s = r["table"][n].get(k)
             c = ci_cell(s)
             if k == "forget_acc" and n in r["variants"] and s and s.get("p_vs_full") is not None:
-                c += f" (p={s['p_vs_full']:.2g})"
+                c += f" (p={p_cell(s['p_vs_full'])}, Holm {p_cell(s.get('p_vs_full_holm'))})"
             cells.append(c)
         out.append(f"| {n} | " + " | ".join(cells) + " | " + (f"{tm['mean']:.0f}" if tm else "-") + " |")
     return "\n".join(out)
@@ -136,7 +166,7 @@ def continual_table(r: dict) -> str:
     return "\n".join(out)
 
 
-TABLES = {"compare": compare_table, "seed": seed_table, "ablate": ablate_table, "multiclass": multiclass_table,
+TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table, "ablate": ablate_table, "multiclass": multiclass_table,
           "continual": continual_table}
 
 

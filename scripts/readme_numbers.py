@@ -162,6 +162,7 @@ def _tables():
     # name: (alias of the file, function of its data)
     return {"default_run": ("cmp", lambda d: ft.seed_table(d, 0, "cnr")),
             "compare_findings": ("cmp", ft.compare_table),
+            "compare_choices": ("cmp", ft.choices_table),
             "ablate": ("abl", ft.ablate_table),
             "multiclass": ("multi", ft.multiclass_table),
             "continual": ("cont", ft.continual_table)}
