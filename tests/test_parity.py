@@ -53,9 +53,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyNet(nn.Module):
-    """conv-BN-ReLU x2, global average pool, linear. 310 parameters for 4 classes: an even count, so the
-    authors' int(n / 2) and cnr_fast's round(n / 2) agree (see
-    test_salun_mask_count_when_half_the_parameter_count_is_odd)."""
+    """conv-BN-ReLU x2, global average pool, linear. 310 parameters for 4 classes (303 for 3: the odd
+    count of test_salun_mask_count_when_half_the_parameter_count_is_odd)."""
 
     def __init__(self, classes=CLASSES):
         super().__init__()
@@ -541,7 +540,7 @@ def test_salun_saliency_mask_matches_generate_mask(setup, batch, order_seed):
     forget_split = ds.train.of_classes(FORGET)
     ours = saliency_mask(copy.deepcopy(original), forget_split, ratio, batch, CPU)
     n = sum(m.numel() for m in ours)
-    assert n == 310 and k == 155  # even n: int(n / 2) == round(n / 2), the authors' and cnr_fast's counts agree
+    assert n == 310 and k == 155  # int(0.5 * n), generate_mask.py
     assert sum(int(m.sum()) for m in ours) == sum(int(m.sum()) for m in ref_mask.values()) == k
     # Same entries up to ties: an entry may differ only where |g| equals the k-th largest |g| to within
     # 1e-6 relative (cnr_fast sums the float64 gradients in float32: ~1e-7 relative per entry). There is
