@@ -123,6 +123,24 @@ def seed_table(r: dict, seed_index: int = 0, method: str = "cnr") -> str:
     return "\n".join(out)
 
 
+def run_table(r: dict) -> str:
+    """One `cnr-fast unlearn` results.json: original, unlearned and retrained on the SEED_ROWS metrics."""
+    out = ["| model | " + " | ".join(h for h, _ in SEED_ROWS) + " |", "|" + "---|" * (len(SEED_ROWS) + 1)]
+    for label in ("original", "unlearned", "retrained"):
+        src = r["metrics"].get(label)
+        if src is None:
+            continue
+        cells = []
+        for i, (_, k) in enumerate(SEED_ROWS):
+            name, _, tap = k.partition(".")
+            v = src[name][tap] if tap else src[name]
+            v = f"{v:.3f}"
+            cells.append(f"**{v}**" if label == "unlearned" and i == 0 else v)
+        shown = f"{r['method'].upper()} (unlearned)" if label == "unlearned" else label
+        out.append(f"| {shown} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def ablate_table(r: dict) -> str:
     """Every variant of an ablate.json: 'mean [95% interval]', forget accuracy with its paired p against full."""
     out = ["| variant | " + " | ".join(ABLATE_KEYS) + " | time (s) |", "|" + "---|" * (len(ABLATE_KEYS) + 2)]

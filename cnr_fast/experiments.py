@@ -360,6 +360,7 @@ def image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:
 
 
 SEPARATION = 0.10
+SEPARATION_ALPHA = 0.05  # on the Holm-adjusted p over the metrics judged in one run
 HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
             "svm_acc.L4", "fewshot_probe_acc.5", "relearn_acc.5", "mia_acc", "nn_purity", "cka_pos.L4",
             "cka_neg.L4", "cka_pos.L2", "cka_neg.L2", "transfer_probe_acc.L4", "selectivity_delta.L4")
@@ -438,35 +439,50 @@ def format_p(p: float | None) -> str:
 
 
 def separation(per_seed: list[dict], key: str) -> dict | None:
-    """Does `key` tell the retrained model from the original? Paired over seeds (original - retrained)."""
+    """How `key` differs between the original and the retrained model, paired over seeds
+    (original - retrained): mean, 95% interval and the paired t-test p (None with one seed or constant
+    differences, where t is undefined). `judge` decides `separates` over the whole family."""
+    from scipy import stats
+
     d = [ps["original"].get(key, float("nan")) - ps["retrained"].get(key, float("nan")) for ps in per_seed]
     if not all(math.isfinite(v) for v in d):
         return None
     mean, lo, hi = t_interval(d)
+    a = np.asarray(d, dtype=np.float64)
+    p = float(stats.ttest_1samp(a, 0.0).pvalue) if len(a) >= 2 and not np.allclose(a, a[0]) else None
     excludes_zero = (lo > 0 or hi < 0) if math.isfinite(lo) else abs(mean) > 0
-    return {"difference": mean, "ci_low": lo, "ci_high": hi,
-            "separates": bool(abs(mean) >= SEPARATION and excludes_zero)}
+    return {"difference": mean, "ci_low": lo, "ci_high": hi, "p": p, "excludes_zero": bool(excludes_zero)}
 
 
 def judge(per_seed: list[dict], table: dict, methods: list[str], keys: list[str]) -> dict:
-    """Per coordinate-free metric: does it separate retrained from original (paired interval), and on
-    those, each method's distance to retrained (mean over seeds of |method - retrained|)."""
-    out = {}
+    """Per coordinate-free metric: does it separate retrained from original, and each method's distance
+    to retrained (mean over seeds of |method - retrained|; computed for every metric, meaningful only
+    where it separates).
+
+    Separates = |difference| >= SEPARATION and the Holm-adjusted p (over every metric judged here, the
+    family) below SEPARATION_ALPHA. Where t is undefined (one seed; the same difference on every seed)
+    there is no p and the interval decides (it excludes 0 when the constant difference is not 0)."""
+    seps = {}
     for k in keys:
         if is_coordinate_bound(k) or k.startswith("val_"):
             continue
         sep = separation(per_seed, k)
-        if sep is None:
-            continue
-        entry = {"original": table["original"][k]["mean"], "retrained": table["retrained"][k]["mean"], **sep}
-        if sep["separates"]:
-            dist = {}
-            for m in methods:
-                vals = [abs(ps[m].get(k, float("nan")) - ps["retrained"][k]) for ps in per_seed]
-                dist[m] = t_interval(vals)[0]
-            entry["distance_to_retrained"] = dist
-            finite = {m: v for m, v in dist.items() if math.isfinite(v)}
-            entry["closest"] = min(finite, key=finite.get) if finite else None
+        if sep is not None:
+            seps[k] = sep
+    adjusted = holm({k: v["p"] for k, v in seps.items()})
+    out = {}
+    for k, sep in seps.items():
+        ph = adjusted[k]
+        evidence = ph < SEPARATION_ALPHA if ph is not None else sep["excludes_zero"]
+        entry = {"original": table["original"][k]["mean"], "retrained": table["retrained"][k]["mean"], **sep,
+                 "p_holm": ph, "separates": bool(abs(sep["difference"]) >= SEPARATION and evidence)}
+        dist = {}
+        for m in methods:
+            vals = [abs(ps[m].get(k, float("nan")) - ps["retrained"][k]) for ps in per_seed]
+            dist[m] = t_interval(vals)[0]
+        entry["distance_to_retrained"] = dist
+        finite = {m: v for m, v in dist.items() if math.isfinite(v)}
+        entry["closest"] = min(finite, key=finite.get) if finite else None
         out[k] = entry
     return out
 
@@ -723,13 +739,17 @@ def compare_report_md(result: dict, short: bool = False) -> str:
                                                        if rt else "") + ".")
     lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
     lines += ["", "## Which metrics tell the retrained model from the original",
-              "", f"Separates = |original - retrained| >= {result['separation_threshold']} with the paired 95% "
-              "interval over seeds excluding 0. Coordinate-bound metrics are not judged.", ""]
+              "", f"Separates = |original - retrained| >= {result['separation_threshold']} and the paired t-test "
+              f"p, Holm-adjusted over the {len(result['verdicts'])} metrics judged, below {SEPARATION_ALPHA} "
+              "(with one seed, or the same difference on every seed, there is no p and the 95% interval must "
+              "exclude 0). Coordinate-bound metrics are not judged.", ""]
     for k in keys:
         v = result["verdicts"].get(k)
         if v is None:
             continue
         diff = f"difference {v['difference']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+        if "p_holm" in v:  # files written before the Holm verdict have no p
+            diff += f", p={format_p(v['p'])}, Holm {format_p(v['p_holm'])}"
         if not v["separates"]:
             lines.append(f"- {k}: does NOT separate them ({diff}); closeness to retrained on it says nothing.")
             continue
@@ -788,6 +808,9 @@ def _summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None
         fam = {n: table[n][k][p_key] for n in names if k in table[n] and p_key in table[n][k] and n in paired}
         for n, adj in holm(fam).items():
             table[n][k][p_key + "_holm"] = adj
+        for n in names:  # the baseline (and untested names) carry the key too, as null, like p_key
+            if k in table[n]:
+                table[n][k].setdefault(p_key + "_holm", None)
     return table
 
 

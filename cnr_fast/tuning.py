@@ -43,7 +43,9 @@ def select_on_validation(candidates: dict, run_one, ds, forget, device, desc: st
         raise UserError(f"{desc}: choosing on validation needs a validation split; pass --val-fraction > 0 "
                         "or set the value in the config")
     best, table = None, {}
-    for name, value in candidates.items():
+    for i, (name, value) in enumerate(candidates.items(), 1):
+        if not quiet:
+            print(f"  {desc}: candidate {i}/{len(candidates)}: {name}", file=sys.stderr, flush=True)
         model, info = run_one(value)
         acc = forget_retain_accuracy(model, ds.val, forget, device=device)
         score = acc["retain_acc"] - acc["forget_acc"]

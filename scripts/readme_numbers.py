@@ -18,12 +18,13 @@ Placeholders, `{{...}}` on one line of the template, fields separated by ':':
 PATH is keys separated by '/', each taken whole (dots and dashes included: `methods/cnr-raw/probe_acc.L4`);
 an integer indexes a list; '*' takes every item of a list or dict (the result is a list); `[key=value]`
 keeps the items of a list (of dicts) whose key prints as value, `[key~regex]` those where the regex
-matches (a list again: follow it with '*' or an index).
+matches (a list again: follow it with '*' or an index). The numeric helpers (range, min, max, maxabs)
+skip nulls inside a list, so `methods/*/forget_acc/p_vs_cnr` works though CNR's own p is null.
 
 Method names in paths are looked up in the files, so a renamed or missing method fails with the keys
-that are there. A name that is reused for another method does not fail: the `rl` placeholders were
-written for CNR's reset on real forget images (`rl` in the files of this writing); when a rerun calls
-that `cnr-real` and a new baseline `rl`, rename them in README.in.md by hand.
+that are there. A name that is reused for another method does not fail: `rl` meant CNR's reset on
+real forget images in files written before that control was renamed `cnr-real` (those files carry a
+`renamed` note), and means the random-labelling baseline since. Read a file's note before quoting it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ README = "README.md"
 
 ALIASES = {
     "cmp": "bench/results/runs/compare_mnist5k/compare.json",
+    "dflt": "bench/results/runs/default_mnist5k/results.json",
     "abl": "bench/results/runs/ablate_mnist5k/ablate.json",
     "multi": "bench/results/runs/multiclass_mnist5k/multiclass.json",
     "cont": "bench/results/runs/continual_mnist5k/continual.json",
@@ -77,9 +79,12 @@ def _flat(v):
 
 
 def _nums(v, what):
+    """The numbers of a value or list; nulls inside a list (e.g. CNR's own p against CNR, from '*') are skipped."""
     items = _flat(v)
+    if isinstance(v, list):
+        items = [x for x in items if x is not None]
     if not items:
-        raise ValueError(f"{what} is an empty list")
+        raise ValueError(f"{what} is an empty list (or holds only nulls)")
     return [_num(x, what) for x in items]
 
 
@@ -148,10 +153,38 @@ def h_join(refs, spec):
     return ", ".join(format(x, spec) for x in v)
 
 
+def _verdict_keys(refs, want: bool):
+    (v,) = refs
+    if not isinstance(v, dict) or not all(isinstance(x, dict) and "separates" in x for x in v.values()):
+        raise TypeError("needs a compare.json `verdicts` dict (metric: {..., 'separates': bool})")
+    keys = [k for k, x in v.items() if bool(x["separates"]) is want]
+    if not keys:
+        raise ValueError(f"no metric with separates = {want}")
+    return ", ".join(f"`{k}`" for k in keys)
+
+
+def h_count_keys(refs, spec):
+    """The number of keys of a dict (or items of a list)."""
+    (v,) = refs
+    if not isinstance(v, (dict, list)):
+        raise TypeError(f"needs a dict or a list, got {type(v).__name__}")
+    return str(len(v))
+
+
+def h_separating(refs, spec):
+    """The metrics of a `verdicts` dict that separate retrained from original, as `a`, `b`, ..."""
+    return _verdict_keys(refs, True)
+
+
+def h_nonseparating(refs, spec):
+    """The metrics of a `verdicts` dict that do not separate retrained from original."""
+    return _verdict_keys(refs, False)
+
+
 # name: (function, number of ALIAS:PATH references; None = one or more)
 HELPERS = {"ci": (h_ci, 1), "range": (h_range, None), "min": (h_min, None), "max": (h_max, None),
            "maxabs": (h_maxabs, None), "ratio": (h_ratio, 2), "minutes": (h_minutes, 1), "hmin": (h_hmin, 1),
-           "join": (h_join, 1)}
+           "join": (h_join, 1), "separating": (h_separating, 1), "count_keys": (h_count_keys, 1), "nonseparating": (h_nonseparating, 1)}
 
 
 def _tables():
@@ -160,7 +193,7 @@ def _tables():
     from bench import findings_table as ft
 
     # name: (alias of the file, function of its data)
-    return {"default_run": ("cmp", lambda d: ft.seed_table(d, 0, "cnr")),
+    return {"default_run": ("dflt", ft.run_table),
             "compare_findings": ("cmp", ft.compare_table),
             "compare_choices": ("cmp", ft.choices_table),
             "ablate": ("abl", ft.ablate_table),

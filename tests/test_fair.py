@@ -316,3 +316,38 @@ def test_holm_adjustment_matches_an_independent_computation():
     assert s["p_vs_cnr"] is None and E.format_p(s["p_vs_cnr"]) == "n/a"
     assert E.summarise([0.2, 0.3], [0.2, 0.3])["p_vs_cnr"] == 1.0
     assert E.format_p(1e-9) == "<1e-4" and E.format_p(0.0) != "0"
+
+
+def test_verdicts_use_holm_adjusted_p_over_the_metrics_judged():
+    # 3 seeds, 12 metrics: "big" differs by ~0.5 with tiny noise (t large), "edge" by ~0.2 with an interval
+    # that excludes 0 at 95% but a p (~0.02) that Holm over 12 metrics lifts above 0.05, the rest by ~0,
+    # "const" by exactly 0.3 on every seed (no t statistic: the interval decides), "cka_neg.L4"-style keys too.
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    diffs = {"big": [0.50, 0.51, 0.49], "edge": [0.16, 0.22, 0.25], "const": [0.3, 0.3, 0.3],
+             **{f"noise{i}": list(rng.normal(0, 0.05, 3)) for i in range(9)}}
+    per_seed = []
+    for s in range(3):
+        orig = {k: 0.5 + d[s] for k, d in diffs.items()}
+        ret = {k: 0.5 for k in diffs}
+        per_seed.append({"original": orig, "retrained": ret, "m": {k: 0.5 + d[s] / 2 for k, d in diffs.items()}})
+    table = {n: {k: {"mean": float(np.mean([ps[n][k] for ps in per_seed]))} for k in diffs}
+             for n in ("original", "retrained")}
+    v = E.judge(per_seed, table, ["m"], list(diffs))
+    raw = {k: (stats.ttest_1samp(np.asarray(d, np.float64), 0).pvalue if k != "const" else None) for k, d in diffs.items()}
+    for k in diffs:
+        assert v[k]["p"] == (None if raw[k] is None else pytest.approx(raw[k], rel=1e-9)), k
+    # Holm over the 11 finite p by its definition: the i-th smallest times (m - i), running max, capped at 1
+    order = sorted((p, k) for k, p in raw.items() if p is not None)
+    run = 0.0
+    for i, (p, k) in enumerate(order):
+        run = max(run, min(1.0, (len(order) - i) * p))
+        assert v[k]["p_holm"] == pytest.approx(run, rel=1e-9), k
+    assert v["big"]["separates"] and v["const"]["separates"]
+    lo = np.mean(diffs["edge"]) - stats.t.ppf(0.975, 2) * np.std(diffs["edge"], ddof=1) / np.sqrt(3)
+    assert lo > 0 and raw["edge"] < 0.05 and v["edge"]["p_holm"] >= 0.05  # the interval alone would say yes
+    assert not v["edge"]["separates"]
+    assert not any(v[f"noise{i}"]["separates"] for i in range(9))
+    assert v["big"]["distance_to_retrained"]["m"] == pytest.approx(np.mean(np.abs(diffs["big"])) / 2)
+    assert "distance_to_retrained" in v["noise0"]  # computed everywhere, meaningful only where it separates

@@ -58,8 +58,11 @@ DATA = {
              {"kernel": "b", "dtype": "fp32", "x": 1.0}],
     "seconds": 7386.2,
     "flags": ["avx2", "fma"],
+    "ps": {"cnr": {"p": None}, "ssd": {"p": 0.5}, "rl": {"p": 0.04}},
     "name": "AMD EPYC",
     "nested": {"inf": float("inf")},
+    "verdicts": {"forget_acc": {"separates": True}, "mia_acc": {"separates": False},
+                 "cka_neg.L4": {"separates": True}},
 }
 
 
@@ -93,6 +96,10 @@ def test_values_formats_helpers_tables_and_counts(r):
     assert r("{{ratio:d:runs/2,5/t/1:d:runs/2,5/t/0:.1f}}x") == "2.0x"
     assert r("{{hmin:d:seconds}} / {{minutes:d:seconds}} min") == "2 h 03 min / 123 min"
     assert r("{{join:d:flags}}") == "avx2, fma"
+    assert r("{{min:d:ps/*/p:.2f}}") == "0.04"  # nulls inside a list are skipped
+    assert r("{{separating:d:verdicts}}") == "`forget_acc`, `cka_neg.L4`"
+    assert r("{{nonseparating:d:verdicts}}") == "`mia_acc`"
+    assert r("{{count_keys:d:verdicts}} {{count_keys:d:flags}}") == "3 2"
     assert r("{{table:methods}}") == "cnr | cnr-raw"
     assert r("{{count:t.py:CASES}} cases") == "3 cases"
     assert r('plain {"json": {"a": 1}} text}}') == 'plain {"json": {"a": 1}} text}}'  # single braces, '}}' alone
@@ -134,6 +141,8 @@ def test_missing_file_helper_table_and_format_errors_are_named(r):
     assert "unknown table 'nope'" in _err(r, "{{table:nope}}")
     assert "table 'broken' from d.json: key 'rl' missing" in _err(r, "{{table:broken}}")
     assert "not a number" in _err(r, "{{range:d:flags}}")
+    assert "not a number" in _err(r, "{{min:d:ps/cnr/p}}")  # a null alone is still an error
+    assert "needs a compare.json `verdicts` dict" in _err(r, "{{separating:d:methods}}")
     assert "{{d:name:.2f}}" in _err(r, "{{d:name:.2f}}")  # a format that does not fit the value
     assert "no list literal NOPE" in _err(r, "{{count:t.py:NOPE}}")
     assert "write {{ALIAS:PATH}}" in _err(r, "{{d}}")

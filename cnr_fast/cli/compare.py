@@ -48,7 +48,8 @@ EXAMPLES = """examples:
   cnr-fast compare --dataset cifar10 --data-root ~/data --width 1 --device cuda --amp --out runs/c10
 
 A metric "separates" the retrained model from the original when |original - retrained| >= 0.10
-and the paired 95% interval over seeds excludes 0; only there can "closer to retrained" mean
+and the paired t-test over seeds, Holm-adjusted over every metric judged, gives p < 0.05 (with one
+seed there is no test: the difference alone decides); only there can "closer to retrained" mean
 erasure rather than noise. Coordinate-bound metrics (transfer probe, selectivity) are not judged.
 """
 
