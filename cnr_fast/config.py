@@ -1,7 +1,7 @@
 """Frozen per-stage configuration. Defaults are the paper's (Section 3.7, Algorithm 1).
 
-Every dataclass round-trips through JSON (`to_dict` / `from_dict`), and `RunConfig.hash()` keys the
-stage caches. Unknown keys in a config file are an error, not silently ignored.
+Every dataclass round-trips through JSON (`to_dict` / `from_dict`); `stable_hash` of a config's dict
+keys the model cache (references.reference_key) and a run's resume state. Unknown keys in a config file are an error, not silently ignored.
 """
 
 from __future__ import annotations

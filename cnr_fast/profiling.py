@@ -1,4 +1,4 @@
-"""NVTX ranges named `cnr/<stage>/<op>`; no-ops without CUDA (and without the nvtx package)."""
+"""NVTX ranges named `cnr/<stage>/<op>` through torch.cuda.nvtx (no extra package); no-ops without CUDA."""
 
 from __future__ import annotations
 

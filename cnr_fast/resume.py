@@ -1,4 +1,6 @@
-"""Resumable runs: the state of `cnr-fast unlearn` kept between invocations (issue #10).
+"""Resumable runs: the state of `cnr-fast unlearn` kept between invocations. (The drivers, compare,
+ablate and the scenarios, keep theirs in the same `RunState`, one file per (seed, method) model and
+per audit: experiments/runner.py.)
 
 A run's state lives in `<out>.state/`, a folder beside the run directory (not inside it: the run
 directory is written in one staged move at the end, see runs.staged_dir, so it does not exist while

@@ -60,8 +60,9 @@ def progress(it: Iterable, desc: str, total: int | None = None, quiet: bool = Fa
 
 
 def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """The model on `device`, in place; on CUDA with channels_last weights (conv kernels run NHWC)."""
     model = model.to(device)
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -90,6 +91,7 @@ def fit(
     "scaler", "history"}; passing such an s back as `resume` (with the model's weights and the batch
     generators' states restored by the caller) continues training after that epoch.
     """
+    prepare(model, device)  # before the optimizer takes the parameters (module.to keeps them, in place)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda") if needs_scaler(device, amp) else None
     step_model = torch.compile(model) if compile else model

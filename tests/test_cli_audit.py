@@ -75,7 +75,7 @@ def _args(p, out, *extra, checkpoint="audited", retrained="retrained"):
 
 def test_audit_end_to_end(ckpts, tmp_path):
     out = tmp_path / "audit"
-    assert main(_args(ckpts, out, "--layers", "L3,L4")) == 0
+    assert main(_args(ckpts, out, "--taps", "L3,L4")) == 0
     res = json.loads((out / "results.json").read_text())
     assert set(res["metrics"]) == {"original", "unlearned", "retrained"}
     a, o = res["metrics"]["unlearned"], res["metrics"]["original"]
@@ -101,7 +101,8 @@ def test_help_explains_numbers(capsys):
 
 
 @pytest.mark.parametrize("case,extra,needle", [
-    ("missing_layer", ["--layers", "L3,L7"], "L7"),
+    ("missing_layer", ["--layers", "L3,L7"], "L7"),  # the old name still works
+    ("missing_tap", ["--taps", "L3,L7"], "L7"),
     ("other_class_count", [], "classes"),
     ("other_arch_meta", ["--arch", "resnet18"], "vit_tiny"),
     ("other_arch_bare", ["--arch", "resnet18", "--width", "0.0625"], "does not fit"),

@@ -5,6 +5,9 @@ import json
 import pytest
 
 from cnr_fast import experiments as E
+from cnr_fast.errors import UserError
+from cnr_fast.experiments import methods as M
+from cnr_fast.experiments.runner import unit
 from cnr_fast.cli import main
 from cnr_fast.config import RunConfig
 
@@ -41,13 +44,13 @@ def test_synthetic_images_reused_only_for_identical_detection_and_synthesis():
     ds = load_dataset(TINY.data)
     original, _ = E.train_reference("original", TINY, ds, "cpu", quiet=True)
     shared: dict = {}
-    _, info_a, t_a, files_a = E.unlearn_model("cnr", original, ds, TINY, device="cpu", quiet=True, shared=shared)
+    _, info_a, t_a, files_a = E.unlearn_model("cnr", original, ds, TINY, device="cpu", quiet=True, reuse=shared)
     _, info_b, t_b, files_b = E.unlearn_model("cnr", original, ds, TINY.replace(reset={"relabel": "step"}),
-                                              device="cpu", quiet=True, shared=shared)
+                                              device="cpu", quiet=True, reuse=shared)
     assert files_a["synthetic.pt"] == files_b["synthetic.pt"]  # same images
     assert t_b["synthesize"] == pytest.approx(t_a["synthesize"])  # and their time charged again
     _, _, _, files_c = E.unlearn_model("cnr", original, ds, TINY.replace(synth={"sign": "paper"}), device="cpu",
-                                       quiet=True, shared=shared)
+                                       quiet=True, reuse=shared)
     assert files_c["synthetic.pt"] != files_a["synthetic.pt"]
 
 
@@ -74,8 +77,8 @@ def test_continual_rounds_start_from_the_previous_model_and_seeds_merge(tmp_path
                 want = [p["rounds"][i]["table"][name][key]["values"][0] for p in parts]
                 assert rm["table"][name][key]["values"] == pytest.approx(want)
                 assert rm["table"][name][key]["mean"] == pytest.approx(sum(want) / 2)
-    with pytest.raises(E.UserError, match="disjoint seeds"):
-        E.merge_compare([parts[0], parts[0]])
+    with pytest.raises(UserError, match="disjoint seeds"):
+        E.merge_results([parts[0], parts[0]])
 
 
 def test_multiclass_runs_one_compare_per_set(tmp_path):
@@ -88,7 +91,7 @@ def test_merge_ablate_equals_one_run_over_both_seeds():
     def fake(seeds, vals):
         per_seed = [{"original": {"forget_acc": 1.0}, "retrained": {"forget_acc": 0.0},
                      "full": {"forget_acc": v}} for v in vals]
-        return E._ablate_tables({"seeds": seeds, "variants": {"full": {}}, "config": {"seed": seeds[0]},
+        return E.ablate_tables({"seeds": seeds, "variants": {"full": {}}, "config": {"seed": seeds[0]},
                                  "per_seed": per_seed, "per_seed_cka_null": [{} for _ in vals],
                                  "per_seed_times": {"full": [1.0] * len(vals)}, "total_time_s": 1.0})
 
@@ -101,7 +104,7 @@ def test_merge_ablate_equals_one_run_over_both_seeds():
 def _fake_compare(seeds, vals):
     per_seed = [{"original": {"forget_acc": 1.0}, "retrained": {"forget_acc": 0.0},
                  "cnr": {"forget_acc": v}, "lm": {"forget_acc": 0.0}} for v in vals]
-    return E._compare_tables({"seeds": seeds, "config": {"seed": seeds[0]}, "chance_acc": 0.1, "per_seed": per_seed,
+    return E.compare_tables({"seeds": seeds, "config": {"seed": seeds[0]}, "chance_acc": 0.1, "per_seed": per_seed,
                               "per_seed_cka_null": [{} for _ in vals],
                               "per_seed_times": {"cnr": [2.0] * len(vals), "lm": [0.1] * len(vals)},
                               "per_seed_reference_times": {"original": [], "retrained": []}, "total_time_s": 1.0})
@@ -109,13 +112,13 @@ def _fake_compare(seeds, vals):
 
 def test_merge_compare_and_multiclass_equal_one_run_over_all_seeds():
     both = _fake_compare([0, 1, 2], [0.2, 0.4, 0.3])
-    merged = E.merge_compare([_fake_compare([0], [0.2]), _fake_compare([1, 2], [0.4, 0.3])])
+    merged = E.merge_results([_fake_compare([0], [0.2]), _fake_compare([1, 2], [0.4, 0.3])])
     assert merged["methods"] == both["methods"] and merged["verdicts"] == both["verdicts"]
     assert merged["methods"]["lm"]["forget_acc"]["p_vs_cnr"] == pytest.approx(
         __import__("scipy").stats.ttest_rel([0.2, 0.4, 0.3], [0.0, 0.0, 0.0]).pvalue)
     multi = [{"scenario": "multiclass", "runs": {"2,5": _fake_compare([s], [v])}, "total_time_s": 1.0}
              for s, v in ((0, 0.2), (1, 0.4), (2, 0.3))]
-    m = E.merge_compare(multi)
+    m = E.merge_results(multi)
     assert m["runs"]["2,5"]["methods"] == both["methods"] and m["seeds"] == [0, 1, 2]
 
 
@@ -126,8 +129,8 @@ def test_merge_rejects_old_or_mismatched_files(tmp_path):
     assert not (tmp_path / "o").exists()
     a, b = _fake_compare([0], [0.2]), _fake_compare([1], [0.3])
     b["per_seed_times"].pop("lm")
-    with pytest.raises(E.UserError, match="same methods"):
-        E.merge_compare([a, b])
+    with pytest.raises(UserError, match="same methods"):
+        E.merge_results([a, b])
 
 
 def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
@@ -158,7 +161,7 @@ def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(method, *a, **kw)
 
-    monkeypatch.setattr(E, "unlearn_model", counting)
+    monkeypatch.setattr(M, "unlearn_model", counting)
     def run(state):
         torch.manual_seed(TINY.seed)  # as the CLI does (prepare_run) before every invocation
         return E.continual(TINY, ["rl", "lm"], seeds=1, order=(2, 5), device="cpu", cache=str(tmp_path / "cache"),
@@ -185,9 +188,9 @@ def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
     # a loaded unit leaves the torch RNG where make() left it
     lin = torch.nn.Linear(2, 2)
     torch.manual_seed(5)
-    E._unit(state, "rng", lin, lambda: (torch.nn.Linear(2, 2), {"time": 1.0}))
+    unit(state, "rng", lin, lambda: (torch.nn.Linear(2, 2), {"time": 1.0}))
     after = torch.rand(3)
     torch.manual_seed(123)
-    model, info = E._unit(state, "rng", lin, lambda: pytest.fail("a kept unit was made again"))
+    model, info = unit(state, "rng", lin, lambda: pytest.fail("a kept unit was made again"))
     assert torch.equal(torch.rand(3), after) and info == {"time": 1.0}
     assert not torch.equal(model.weight, lin.weight)  # the kept weights, not the start model's

@@ -83,12 +83,12 @@ def _tiny_ds(n=48, classes=3, size=8, seed=0):
 
 @pytest.mark.parametrize("method", ["gau", "kdu"])
 def test_gau_kdu_one_forward_pass_over_forget_and_retain(method):
-    from cnr_fast.baselines import get
+    from cnr_fast.experiments.methods import get
 
     ds = _tiny_ds()
     model = CountingModel()
     cfg = RunConfig().replace(baseline={"epochs": 1, "stabilize_epochs": 0, "batch_size": 8, "lr": 1e-3})
-    out, _ = get(method)(model, ds, [1], cfg, device=CPU, quiet=True)
+    out, _ = get(method).run(model, ds, [1], cfg, device=CPU, quiet=True)
     calls = out.calls  # the trained copy's record: the copy was made before training
     n_retain, n_forget = 32, 16
     steps = -(-n_retain // 8)

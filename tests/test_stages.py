@@ -169,3 +169,19 @@ def test_ops_dispatch_reference_by_default():
     x = torch.randn(5, 6)
     s, c = ops.class_sums(x, torch.tensor([0, 1, 1, 0, 2]), 3)
     torch.testing.assert_close(s[1], x[1] + x[2])
+
+
+@pytest.mark.gpu
+def test_fit_trains_convolutions_channels_last_on_cuda():
+    """train.fit puts a CNN's 4-d weights in channels_last on CUDA (README: "channels_last on CUDA") and
+    trains it; on CPU it leaves the layout alone."""
+    from cnr_fast.models import build_model
+    from cnr_fast.train import fit
+
+    for device in ("cpu", "cuda"):
+        model = build_model("resnet18", 10, 1, 28, 0.125).to(device)
+        x, y = torch.randn(16, 1, 28, 28, device=device), torch.randint(0, 10, (16,), device=device)
+        fit(model, 1, lambda e: [(x, y)], lambda m, b: torch.nn.functional.cross_entropy(m(b[0]), b[1]), lr=1e-3,
+            weight_decay=0.0, device=torch.device(device), quiet=True)
+        w = model.layer1[0].conv1.weight  # (8, 8, 3, 3): the two layouts differ
+        assert w.is_contiguous(memory_format=torch.channels_last) == (device == "cuda")

@@ -24,6 +24,7 @@ from ..data import Dataset, check_forget
 from ..models import TAP_NAMES, check_taps
 from ..train import forget_retain_accuracy, resolve_device
 from . import cka as _cka
+from . import metrics as _metrics
 from . import mia as _mia
 from . import probes as _probes
 from . import relearn as _relearn
@@ -37,30 +38,9 @@ CKA_MAX = 1000  # retain (and forget) test examples CKA compares, at most
 GRADCAM_TAPS = ("L3", "L4")
 GRADCAM_N = 6
 
-PER_TAP = ("probe_acc", "probe_overall_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg",
-           "nn_purity_by_layer", "selectivity", "selectivity_delta")
-
-DEFINITIONS = {
-    "forget_acc": "Share of forget-class test examples the model classifies as their true class (train.forget_retain_accuracy).",
-    "retain_acc": "Share of retain-class test examples the model classifies correctly.",
-    "probe_acc": "Per tap: accuracy on forget-class test examples of a multinomial logistic-regression probe (C=1, standardised features) fitted on this model's probe-train features with all classes (recovery).",
-    "probe_overall_acc": "Per tap: the same recovery probe's accuracy on all test examples.",
-    "transfer_probe_acc": "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, applied unchanged (its standardisation included) to this model's test features. Coordinate-bound: reported only for models derived from the original.",
-    "knn_acc": "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train features as the neighbours).",
-    "svm_acc": "Per tap: forget-class test accuracy of a one-vs-rest linear SVM (squared hinge, C=1, standardised features) fitted on probe-train.",
-    "cka_pos": "Per tap: linear CKA, unbiased (debiased HSIC) estimator, between the original's and this model's unreduced activations on retain-class test examples, as many as cka_neg uses (1 = same representation up to rotation and scale; ~0 = unrelated). Compare with references.cka_null.",
-    "cka_neg": "Per tap: the same unbiased linear CKA on forget-class test examples (same N as cka_pos).",
-    "cka_null": "references.cka_null.{pos,neg}: the same CKA between the retrained reference and a second, independently trained retrained model: the level two unrelated networks of this recipe reach at each tap.",
-    "fewshot_probe_acc": "Keyed by n: forget-class test accuracy of the recovery probe at the deepest audited tap, fitted on probe-train with only n examples per forget class (all retain examples kept).",
-    "relearn_acc": "Keyed by n: forget-class test accuracy after fine-tuning a copy of the model on n forget-train examples per forget class plus as many retain-train examples, 20 full-batch Adam steps (lr 1e-3, BatchNorm statistics frozen).",
-    "mia_acc": "Accuracy of a population membership-inference attack (logistic regression on loss, log-loss, entropy and max-confidence of the model's outputs, trained on retain-train members vs retain-test non-members) at telling forget-class probe-train examples from forget-class test examples, equal counts; 0.5 = no signal.",
-    "mia_attack_train_acc": "The membership attack's accuracy on its own training pairs (retain-train members vs retain-test non-members): how much membership signal the outputs carry at all.",
-    "mia_shadow_acc": "Shadow-model membership attack (paper Table 10): the same attack features, attack trained on shadow models (same architecture, fresh weights, the project's training recipe on a random half of the training split) telling their members from non-members, scored on this model's forget-class probe-train vs test examples; 0.5 = no signal.",
-    "nn_purity": "At the deepest audited tap: mean over forget-class test examples of the share of their 10 nearest probe-train neighbours (Euclidean) that carry the forget label; chance = the forget share of probe-train.",
-    "nn_purity_by_layer": "nn_purity at every tap.",
-    "selectivity": "Per tap: mean over the original's top-K forget-selective units (K=12, eqs. 1-3 on probe-train) of this model's selectivity S = mu(forget) - mean over retain classes of mu(c).",
-    "selectivity_delta": "Per tap: selectivity of this model minus that of the original on the same units (negative = forget selectivity reduced). Coordinate-bound, like selectivity: reported only for models derived from the original.",
-}
+# every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
+PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
+DEFINITIONS = _metrics.definitions()
 
 
 def probe_train_indices(y: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
@@ -247,7 +227,7 @@ def audit_models(
         if name == retrained:
             orig["retrained_full"] = te.full
         if name in independent:
-            for key in ("transfer_probe_acc", "selectivity", "selectivity_delta"):
+            for key in _metrics.coordinate_bound():
                 m.pop(key, None)
         else:
             sel = selectivity_profile(orig["means"], {t: tr.class_means(t) for t in taps}, forget, retain,
@@ -269,6 +249,14 @@ def audit_models(
                                  steps=relearn_steps)["forget_acc"]
                 for n in shots
             }
+        extra = _metrics.computed()
+        if extra:
+            ctx = _metrics.MetricContext(name=name, model=model, original=models[original], ds=ds, forget=forget,
+                                         taps=list(taps), probe_train=tr, test=te, forget_test=fmask_test,
+                                         independent=name in independent, device=device, seed=seed)
+            for metric in extra:
+                if not (metric.coordinate_bound and name in independent):
+                    m[metric.name] = metric.compute(ctx)
         timings[name] = time.perf_counter() - t0
         if on_model is not None:
             on_model(name, {"metrics": m, "time_s": timings[name]})
@@ -277,12 +265,7 @@ def audit_models(
         metrics[name] = m
         del tr, te
 
-    chance = {
-        "forget_acc": 1.0 / ds.num_classes,
-        "probe_acc": 1.0 / ds.num_classes,
-        "mia_acc": 0.5,
-        "nn_purity": float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()),
-    }
+    chance = _metrics.chances(ds.num_classes, float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()))
     references = {"chance": chance, "original": original, "retrained": retrained,
                   "independent": sorted(independent)}
     if null_model is not None and "retrained_full" in orig:
@@ -305,7 +288,7 @@ def audit_models(
         "cka_estimator": "unbiased" if cka_unbiased else "biased",
         "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
-    out = {"metrics": metrics, "references": references, "definitions": dict(DEFINITIONS), "settings": settings,
+    out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}
     if figures:
         out["_figures"] = figs

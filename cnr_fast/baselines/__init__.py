@@ -1,4 +1,5 @@
-"""Baseline registry. Every method: fn(original, ds, forget, cfg: RunConfig, *, device, quiet) -> (model, info).
+"""The baselines, one module each with run(original, ds, forget, cfg: RunConfig, *, device, quiet) -> (model,
+info); each is registered as a method in experiments/methods.py.
 
 Recipes (all share CNR's reset budget: BaselineConfig, Adam, weight decay 1e-4, 15 epochs, the step
 size chosen on validation from tuning.ADAM_LR_GRID as CNR's reset's is;
@@ -23,23 +24,6 @@ own loss; RFS retrains with the original's recipe and LM trains nothing):
 GAU and KDU put forget and retain batches through one forward pass (BatchNorm shortcut; see gau.py).
 SSD, SCRUB, SalUn and RL follow their own papers' recipes and spend at most CNR's budget per candidate
 (SSD: two gradient passes; SCRUB: 3 or 10 epochs; SalUn and RL: 10 epochs). The CNR controls
-(`cnr-real` and the config variants) live in cnr/ and experiments.py.
+(`cnr-real` and the config variants) live in cnr/ and experiments/methods.py.
 """
 
-from __future__ import annotations
-
-from typing import Callable
-
-from ..errors import UserError
-
-METHODS = ("rfs", "roft", "gau", "kdu", "lm", "ssd", "scrub", "salun", "rl")
-
-
-def get(method: str) -> Callable:
-    from . import gau, kdu, lm, rfs, rl, roft, salun, scrub, ssd
-
-    table = {"rfs": rfs.run, "roft": roft.run, "gau": gau.run, "kdu": kdu.run, "lm": lm.run, "ssd": ssd.run,
-             "scrub": scrub.run, "salun": salun.run, "rl": rl.run}
-    if method not in table:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    return table[method]

@@ -11,7 +11,7 @@ import sys
 
 from ..errors import UserError
 
-VERBS = ("train", "unlearn", "audit", "compare", "ablate", "bench", "doctor", "ls")
+VERBS = ("train", "unlearn", "audit", "compare", "ablate", "doctor", "ls")  # benchmarks: bench/ (README)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
-        try:
-            mod = importlib.import_module(f"{__name__}.{verb}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{verb}":
-                continue  # verb not built yet
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"{__name__}.{verb}").add_parser(sub)
     return p
 
 

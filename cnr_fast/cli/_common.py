@@ -10,8 +10,8 @@ import torch
 from ..config import RunConfig, load_config_file
 from ..data import DATASETS, Dataset, load_dataset
 from ..errors import UserError
-from ..experiments import load_original, obtain_reference  # noqa: F401  (re-exported for the verbs)
 from ..models import ARCHS, model_from_checkpoint, vit_patch
+from ..references import load_original, obtain_reference  # noqa: F401  (re-exported for the verbs)
 from ..train import resolve_device
 
 
@@ -117,10 +117,9 @@ def config_from_args(args) -> RunConfig:
 def check_config(cfg: RunConfig) -> RunConfig:
     """Every name, number and choice of a run, and CNR_FAST_BACKEND, checked before any work."""
     from ..config import validate
-    from ..experiments import ALL_METHODS
+    from ..experiments.methods import get as get_method
 
-    if cfg.method not in ALL_METHODS:
-        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
+    get_method(cfg.method)  # an unknown name is one line naming the closest ones
     check_arch_known(cfg)
     name = cfg.data.dataset
     if name not in DATASETS[:-1] and not name.startswith("imagefolder:"):
@@ -150,9 +149,7 @@ def check_backend() -> None:
                         "(or unset it)")
 
 
-def log(msg: str, quiet: bool = False) -> None:
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+from ..progress import log  # noqa: E402,F401  (the verbs' progress lines)
 
 
 def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
@@ -288,7 +285,8 @@ def driver_state(out, key: dict, restart: bool, quiet: bool = False):
 
 def run_with_state(state, work):
     """work() under `state`: kept on Ctrl-C (with a line saying how to resume) and on a crash; removed
-    on success and when nothing was done yet. Returns work()'s value."""
+    when work() refuses its input (UserError) before anything was kept. The caller removes it once
+    its output is written. Returns work()'s value."""
     fresh = not any(state.path.glob("*.pt"))  # no unit kept before this invocation
     try:
         result = work()

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..experiments.methods import is_from_scratch
 
 EPILOG = """\
 examples:
@@ -17,7 +18,7 @@ examples:
 
   # quick: two taps, no figures, on CPU; one torch thread (far faster on a shared, loaded machine)
   cnr-fast audit --checkpoint runs/cnr/model.pt --original runs/original.pt --out audit/quick \\
-      --layers L3,L4 --no-figures --device cpu --threads 1
+      --taps L3,L4 --no-figures --device cpu --threads 1
 
   # a bare state_dict saved by another tool: say which architecture it is
   cnr-fast audit --checkpoint other.pth --original runs/original.pt --out audit/other \\
@@ -31,25 +32,23 @@ what each number means (forget = the forgotten class(es); probe-train = a class-
 the training split, <= 2000 examples; test = the test split; decoders are fitted on probe-train
 features and scored on test; "forget accuracy" = share of forget-class test examples given their true
 label; per-tap numbers for each of L0..L4):
-  forget_acc / retain_acc  the model's own test accuracy on forget / retain classes
-  probe_acc[L]             forget accuracy of a logistic-regression probe on the model's tap features (recovery)
-  probe_overall_acc[L]     that probe's accuracy on all test examples
-  transfer_probe_acc[L]    forget accuracy of the ORIGINAL model's probe applied unchanged to this model's features
-  fewshot_probe_acc[n]     forget accuracy of the probe at the deepest tap fitted with only n forget examples
-  knn_acc[L] / svm_acc[L]  forget accuracy of a k=5 nearest-neighbour vote / a linear SVM
-  relearn_acc[n]           forget accuracy after 20 Adam steps on n forget + n retain training examples
-  mia_acc                  membership-inference accuracy on forget train vs forget test examples (0.5 = no signal)
-  mia_shadow_acc           the same with an attack trained on shadow models (--mia-shadows N)
-  nn_purity                share of the 10 nearest probe-train neighbours of forget test examples with the
-                           forget label, deepest tap (chance = the forget share of probe-train)
-  cka_pos[L] / cka_neg[L]  unbiased linear CKA with the original on retain / forget test examples, equal N
-                           (1 = unchanged, ~0 = unrelated); references.cka_null (with --null) = the CKA of
-                           the retrained model with a second, independently trained one: "unrelated" at L
-  selectivity_delta[L]     change in forget selectivity of the original's top-12 forget units (negative = erased)
-  transfer_probe_acc and selectivity* compare unit coordinates: left out for independently trained models
+{metric_lines}
+  {coordinate_bound} compare unit coordinates: left out for independently trained models
   (the retrained reference, and a checkpoint whose metadata says it was retrained from scratch)
-lower is better for every forget-side number; retain_acc and cka_pos should stay high.
+references.cka_null (with --null) = the CKA of the retrained model with a second, independently trained
+one: "unrelated" at each tap. Lower is better for every forget-side number; retain_acc and cka_pos
+should stay high.
 """
+
+
+def _epilog() -> str:
+    """EPILOG with one line per registered audit metric (audit/metrics.py)."""
+    from ..audit import metrics as MM
+
+    suffix = {"per_tap": "[L]", "per_n": "[n]", "scalar": ""}
+    lines = [f"  {(n + suffix[m.kind]):<24} {m.help}" for n, m in MM.REGISTRY.items()]
+    return EPILOG.replace("{metric_lines}", "\n".join(lines)).replace("{coordinate_bound}",
+                                                                     ", ".join(MM.coordinate_bound()))
 
 
 def add_parser(sub) -> None:
@@ -58,7 +57,7 @@ def add_parser(sub) -> None:
         help="audit a checkpoint: outputs, linear/k-NN/SVM probes, MIA, relearning, CKA, selectivity, Grad-CAM, t-SNE",
         description="Measure whether a model still carries the forgotten class(es), in its outputs and in its "
         "hidden states, next to the original model (and the retrained-from-scratch reference if given).",
-        epilog=EPILOG,
+        epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="the model to audit (cnr-fast checkpoint or bare state_dict)")
@@ -76,7 +75,8 @@ def add_parser(sub) -> None:
                    help="forget class(es), comma-separated; default: the forget_classes the checkpoint records")
     p.add_argument("--arch", default=None, help="architecture of bare state_dicts (cnr-fast checkpoints record it)")
     p.add_argument("--width", type=float, default=None, help="ResNet width of bare state_dicts (default 1.0)")
-    p.add_argument("--layers", default="L0,L1,L2,L3,L4", help="taps to audit, comma-separated (default all)")
+    p.add_argument("--taps", "--layers", dest="taps", default="L0,L1,L2,L3,L4",
+                   help="taps to audit, comma-separated (default all; --layers is the old name)")
     p.add_argument("--no-figures", action="store_true", help="skip t-SNE and Grad-CAM (faster)")
     p.add_argument("--no-relearn", action="store_true", help="skip the relearn attack")
     p.add_argument("--probe-train-size", type=int, default=2000, help="probe-train examples, at most (default 2000)")
@@ -132,10 +132,10 @@ def run(args) -> int:
     from ..runs import atomic_write_json, check_out_dir, load_checkpoint, staged_dir
     from ..train import resolve_device
 
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
-    if not layers:
-        raise UserError(f"--layers is empty; pass some of {','.join(TAP_NAMES)}")
-    check_taps(layers)
+    taps = [s.strip() for s in args.taps.split(",") if s.strip()]
+    if not taps:
+        raise UserError(f"--taps is empty; pass some of {','.join(TAP_NAMES)}")
+    check_taps(taps)
     if args.mia_shadows < 0 or (args.threads is not None and args.threads < 1):
         raise UserError("--mia-shadows must be >= 0 and --threads >= 1")
     if args.probe_train_size < 20:
@@ -178,11 +178,12 @@ def run(args) -> int:
         null, null_meta = model_from_checkpoint(args.null, ds, arch=args.arch, width=args.width)
         check_same_splits(null_meta, ds, forget, args.null, "null")
     independent = [n for n in ("retrained",) if n in models]
-    if metas["unlearned"].get("method") == "rfs" or metas["unlearned"].get("kind") in ("retrained", "retrained_null"):
+    if is_from_scratch(metas["unlearned"].get("method")) or metas["unlearned"].get("kind") in ("retrained",
+                                                                                                "retrained_null"):
         independent.append("unlearned")
     t0 = time.perf_counter()
     result = audit_models(models, ds, forget, device=device, original="original",
-                          retrained="retrained" if "retrained" in models else None, taps=layers, seed=args.seed,
+                          retrained="retrained" if "retrained" in models else None, taps=taps, seed=args.seed,
                           figures=not args.no_figures, quiet=args.quiet, probe_train_size=args.probe_train_size,
                           relearn=not args.no_relearn, mia_shadows=args.mia_shadows, num_threads=args.threads,
                           independent=independent, null_model=null)

@@ -12,17 +12,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..experiments import (
-    ALL_METHODS,
-    METHODS,
-    compare,
-    compare_report_md,
-    continual,
-    merge_compare,
-    multiclass,
-    scenario_figure,
-    scenario_report_md,
-)
+from ..experiments import methods as M
+from ..experiments.scenarios import SCENARIOS, merge_results
+from ..experiments.scenarios import get as get_scenario
 from ..runs import check_out_dir, write_run_files
 from ._common import (
     add_data_args,
@@ -53,21 +45,17 @@ seed there is no test: the difference alone decides); only there can "closer to 
 erasure rather than noise. Coordinate-bound metrics (transfer probe, selectivity) are not judged.
 """
 
-DEFAULT_METHODS = METHODS + ("cnr-raw", "cnr-paper")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("compare", help="run several methods over seeds and compare them (Table 1)",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma list of {', '.join(ALL_METHODS)} (default: all)")
+    p.add_argument("--methods", default=None,
+                   help=f"comma list of {', '.join(M.names())} (default: {', '.join(M.names(default_only=True))})")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3)")
     p.add_argument("--fixed-original", action="store_true",
                    help="one original / retrained / null model (seed --seed) for every seed, as before: the "
                         "intervals then cover only the randomness of unlearning")
-    p.add_argument("--scenario", choices=["single", "multiclass", "continual"], default="single",
-                   help="single (default: --forget as given), multiclass (2 and 5 classes at once), continual "
-                        "(5 rounds, each method from its previous round's model)")
+    p.add_argument("--scenario", choices=list(SCENARIOS), default="single",
+                   help="; ".join(f"{n}: {s.description}" for n, s in SCENARIOS.items()) + " (default single)")
     p.add_argument("--merge", help="comma list of compare.json / multiclass.json / continual.json files of one "
                         "scenario over disjoint seeds (run with --seed S --seeds 1): write their union, run nothing")
     p.add_argument("--out", required=True, help="output directory (compare.json, report.md)")
@@ -82,46 +70,35 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     if args.merge:
-        result = merge_files(args.merge, "compare.json, multiclass.json or continual.json", merge_compare)
-        _write(Path(args.out), result, result.get("scenario", "single"))
+        result = merge_files(args.merge, "compare.json, multiclass.json or continual.json", merge_results)
+        _write(Path(args.out), result)
         return 0
     cfg = config_from_args(args)  # checks names, numbers (--seeds included) and the backend
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    from ..errors import UserError
-
-    bad = [m for m in methods if m not in ALL_METHODS]
-    if bad or not methods:
-        raise UserError(f"unknown method(s) {bad}; choose from {', '.join(ALL_METHODS)}")
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None
+               else list(M.names(default_only=True)))
+    M.check_names(methods)
+    scenario = get_scenario(args.scenario)
     out = Path(args.out)
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet)
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
     state, _ = driver_state(out, key, args.restart, args.quiet)
+    options = {k: getattr(args, k) for k in scenario.options}
 
     def work():
-        if args.scenario != "single":
-            fn = multiclass if args.scenario == "multiclass" else continual
-            return fn(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds,
-                      state=state)
-        return compare(cfg, methods, args.seeds, device=device, cache=args.cache_dir,
-                       fixed_original=args.fixed_original, figures=args.figures, quiet=args.quiet, ds=ds,
-                       state=state)
+        return scenario.run(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds,
+                            state=state, **options)
 
     result = run_with_state(state, work)
-    _write(out, result, args.scenario)
+    _write(out, result)
     state.remove()  # the output is complete: its state is no longer needed
     return 0
 
 
-def _write(out: Path, result: dict, scenario: str) -> None:
-    if scenario != "single":
-        figures = scenario_figure(result)
-        md = scenario_report_md(result, figures=figures)
-        write_run_files(out, {f"{scenario}.md": md, f"{scenario}.json": result, **figures})
-        print(md)
-        print(f"wrote {out / (scenario + '.json')} and {out / (scenario + '.md')}")
-        return
-    write_run_files(out, {"report.md": compare_report_md(result), "compare.json": result})
-    print(compare_report_md(result, short=True))
-    print(f"wrote {out / 'compare.json'} and {out / 'report.md'}")
+def _write(out: Path, result: dict) -> None:
+    files, text = get_scenario(result.get("scenario", "single")).files(result)
+    write_run_files(out, files)
+    print(text)
+    written = [n for n in files if n.endswith((".json", ".md"))]
+    print(f"wrote {' and '.join(str(out / n) for n in written[::-1])}")

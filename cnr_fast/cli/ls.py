@@ -10,13 +10,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..experiments import CONTROLS, METHODS
+    from ..experiments import methods as M
     from ..data import DATASETS
     from ..models import ARCHS, TAP_NAMES
     from ..ops.backend import REGISTRY
 
-    print("methods:  " + ", ".join(m for m in METHODS if m not in CONTROLS))
-    print("controls: " + "; ".join(f"{k} ({v})" for k, v in CONTROLS.items()))
+    print("methods:  " + ", ".join(m for m in M.names() if M.get(m).role != "control"))
+    print("controls: " + "; ".join(f"{m} ({M.get(m).description})" for m in M.names("control")))
     print("archs:    " + ", ".join(ARCHS))
     print("datasets: " + ", ".join(DATASETS))
     print("taps:     " + ", ".join(TAP_NAMES))

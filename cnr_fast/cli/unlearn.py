@@ -14,16 +14,8 @@ import torch
 from .. import dist
 from ..config import stable_hash
 from ..errors import UserError
-from ..experiments import (
-    ALL_METHODS,
-    begin_provenance,
-    machine_info,
-    obtain_reference,
-    resolve_method,
-    unlearn_model,
-    val_accuracy,
-    validation_choice,
-)
+from ..experiments import methods as M
+from ..experiments.runner import begin_provenance, machine_info, val_accuracy
 from ..models import LogitMask, model_meta
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
@@ -39,6 +31,7 @@ from ._common import (
     driver_state,
     load_original,
     load_retrained,
+    obtain_reference,
     log,
     prepare_run,
     run_audit,
@@ -62,8 +55,8 @@ synthesize, reset: 0 for baselines, whose whole time is "unlearn") and the total
 def add_parser(sub) -> None:
     p = sub.add_parser("unlearn", help="remove class(es) from a classifier and write a run directory",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", help=f"one of {', '.join(ALL_METHODS)} (default cnr; cnr-raw and cnr-paper are "
-                                    "CNR controls: raw GAN samples, eq. 6 sign as printed)")
+    p.add_argument("--method", help=f"one of {', '.join(M.names())} (default cnr; `cnr-fast ls` says which are "
+                                    "controls of CNR)")
     p.add_argument("--checkpoint", help="the model to unlearn (default: train or reuse a cached original model)")
     p.add_argument("--out", help="run directory (default runs/<method>-<dataset>-<time>). Work in progress is kept "
                                  "in OUT.state/ beside it; the same command on the same --out resumes an "
@@ -93,8 +86,7 @@ def run(args) -> int:
     started = begin_provenance()
     _adopt_checkpoint_arch(args)
     cfg = config_from_args(args)
-    if cfg.method not in ALL_METHODS:
-        raise UserError(f"unknown method {cfg.method!r}; choose one of {', '.join(ALL_METHODS)}")
+    M.get(cfg.method)  # an unknown name is one line naming the closest ones
     check_arch_known(cfg)
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
@@ -144,7 +136,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
     log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
 
-    model, info, timings, files = unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet,
+    model, info, timings, files = M.unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet,
                                                 state=state)
     acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
     acc_orig.update(val_accuracy(original, ds, forget, device, amp=cfg.amp))
@@ -168,7 +160,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
             if args.retrained == "auto":  # the CKA null reference: a second, independent retrained model
                 null = obtain_reference("retrained_null", cfg, ds, device, args.cache_dir, quiet)[0]
         independent = [n for n in ("retrained",) if n in models]
-        if resolve_method(cfg.method, cfg)[0] == "rfs":
+        if M.is_from_scratch(cfg.method):
             independent.append("unlearned")
         t0 = time.perf_counter()
         done = {n: part for n in models if (part := state.load(f"audit-{n}")) is not None}
@@ -198,7 +190,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "provenance": machine_info(started),
         # the setting chosen on validation (step size, SSD's alpha, SCRUB's preset) and every candidate's scores
-        "validation_choice": validation_choice(info),
+        "validation_choice": M.validation_choice(info),
         "details": _jsonable(info),
         "run_key": stable_hash(key), "resumed_units": list(state.reused),
     }
@@ -212,7 +204,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     # failure (disk full, ...) leaves `out` absent, or as it was.
     with staged_dir(out) as stage:
         save_checkpoint(stage / "model.pt", inner, meta)
-        files["config.json"] = resolve_method(cfg.method, cfg)[1].to_dict()  # a control's changes spelled out
+        files["config.json"] = M.resolve(cfg.method, cfg)[1].to_dict()  # a control's changes spelled out
         if audit_view is not None:
             from ..audit import write_report
 

@@ -18,14 +18,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None, state=None):
+def run_cnr(original, ds, forget, cfg, *, device, quiet=False, reuse=None, state=None):
     """cfg: RunConfig. Returns (unlearned model, info) with info["timings_s"] per stage.
 
     state: a resume.RunState (cnr-fast unlearn): every stage saves its completed units there and a
-    rerun continues from them (see cnr_fast.resume). Not combined with gan_cache.
+    rerun continues from them (see cnr_fast.resume). Not combined with reuse.
     """
     forget = list(forget)
-    retain = [c for c in range(ds.num_classes) if c not in forget]
     timings = {}
 
     # Detection + synthesis depend only on the original, the data, the seed and these two configs: runs
@@ -35,8 +34,8 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None, s
 
     key = ("synthetic", stable_hash({"detect": cfg.to_dict()["detect"], "synth": cfg.to_dict()["synth"],
                                      "seed": cfg.seed, "forget": forget, "amp": cfg.amp}), id(original))
-    if gan_cache is not None and key in gan_cache and gan_cache[key][0] is original:  # same object, not a reused id
-        _, synth_x, synth_log, det_summary, cached = gan_cache[key]
+    if reuse is not None and key in reuse and reuse[key][0] is original:  # same object, not a reused id
+        _, synth_x, synth_log, det_summary, cached = reuse[key]
         timings.update(detect=cached["detect"], synthesize=cached["synthesize"],
                        charged_reused_s=cached["detect"] + cached["synthesize"])
         if not quiet:
@@ -62,14 +61,14 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False, gan_cache=None, s
         t0 = time.perf_counter()
         with nvtx_range("cnr/synthesize"):
             synth_x, _, synth_log = synthesize(original, ds.train, det, cfg.synth, device=device, amp=cfg.amp,
-                                               seed=cfg.seed, quiet=quiet, gan_cache=gan_cache, state=state)
+                                               seed=cfg.seed, quiet=quiet, reuse=reuse, state=state)
         _sync(device)
         reused = sum(v.get("gan_reused_s", 0.0) for v in synth_log.values())
         timings["synthesize"] = time.perf_counter() - t0 + reused
         timings["charged_reused_s"] = reused
         det_summary = det.summary()
-        if gan_cache is not None:
-            gan_cache[key] = (original, synth_x, synth_log, det_summary, {"detect": timings["detect"],
+        if reuse is not None:
+            reuse[key] = (original, synth_x, synth_log, det_summary, {"detect": timings["detect"],
                                                                 "synthesize": timings["synthesize"]})
 
     t0 = time.perf_counter()

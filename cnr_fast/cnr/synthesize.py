@@ -264,11 +264,11 @@ def _optimise(model, g, d, z, opt, f_idx, r_idx, taps, cfg, sign, device, amp, d
 GAN_FIELDS = ("gan_epochs", "gan_batch_size", "gan_lr", "latent_dim", "ngf")
 
 
-def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False, gan_cache=None,
+def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0, quiet=False, reuse=None,
                state=None):
     """For each forget class: train a GAN on its images, optimise B latents. Returns (images, labels, log).
 
-    gan_cache: optional dict shared by runs on the same data and seed (CNR variants in compare /
+    reuse: optional dict shared by runs on the same data and seed (CNR variants in compare /
     ablate): a GAN with the same class, seed and GAN settings is trained once. The GAN does not depend
     on the classifier, so reuse changes nothing but time; log[class]["gan_reused_s"] is the training
     time of a reused GAN, which the caller charges to the run.
@@ -294,15 +294,15 @@ def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0
         own = train.of_classes([c])
         key = ("gan", int(c), seed + i, len(own), tuple(getattr(cfg, f) for f in GAN_FIELDS))
         reused = 0.0
-        if gan_cache is not None and key in gan_cache:
-            g, d, gan_log, reused = gan_cache[key]
+        if reuse is not None and key in reuse:
+            g, d, gan_log, reused = reuse[key]
             _say(f"  synthesize: GAN class {c} reused (trained in {reused:.1f}s, charged to this run)", quiet)
         else:
             t0 = time.perf_counter()
             g, d, gan_log = train_gan(own, cfg, device=device, seed=seed + i, desc=f"synthesize: GAN class {c}",
                                       quiet=quiet, state=state, unit=f"gan-{c}")
-            if gan_cache is not None:
-                gan_cache[key] = (g, d, gan_log, time.perf_counter() - t0)
+            if reuse is not None:
+                reuse[key] = (g, d, gan_log, time.perf_counter() - t0)
         gan_log = {**gan_log, "gan_reused_s": reused}
         fi = {t: detection.f_idx[t][i] for t in detection.taps}
         ri = {t: detection.r_idx[t][i] for t in detection.taps}

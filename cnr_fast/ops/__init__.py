@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import cka as _cka  # noqa: F401  (registers its native backends beside its kernels)
 from . import reference
 from .backend import call
 

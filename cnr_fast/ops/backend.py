@@ -49,9 +49,15 @@ REGISTRY: dict[str, list[Backend]] = {
 
 
 def register(op: str, backend: Backend) -> None:
-    """Add a backend in front of the reference (other pipelines may plug in their own)."""
-    REGISTRY[op] = [b for b in REGISTRY[op] if b.name != backend.name]
-    REGISTRY[op].insert(len(REGISTRY[op]) - 1, backend)
+    """Add a backend of `op` (other pipelines may plug in their own): one named "reference", the op's
+    always-running spec, goes last; any other in front of the reference. A new op starts with its
+    reference."""
+    chain = [b for b in REGISTRY.get(op, []) if b.name != backend.name]
+    if backend.name == "reference":
+        chain.append(backend)
+    else:
+        chain.insert(len(chain) - 1 if chain and chain[-1].name == "reference" else len(chain), backend)
+    REGISTRY[op] = chain
 
 
 def requested() -> str:
@@ -110,22 +116,9 @@ for _op, _target in (
 del _op, _target
 
 
-def _native_reasons(op: str) -> Callable[..., list[str]]:
-    def not_supported_reasons(*args, **kwargs) -> list[str]:
-        from .cka import native_reasons_for  # loads cnr_fast._C (once, via cnr_fast._native) only when asked
-
-        return native_reasons_for(op, *args, **kwargs)
-
-    not_supported_reasons.__name__ = f"native_{op}_reasons"
-    return not_supported_reasons
-
-
-# Native library cnr_fast._C (csrc/; C++/OpenMP on CPU, CUDA when built with it): batched CKA of
-# every tap pair at once (cka_matrix, reference = its pure-torch batched form in ops/cka.py) and
-# the single-pair linear_cka.
-REGISTRY["cka_matrix"] = [Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", _always)]
-register("cka_matrix", Backend("native", "cnr_fast.ops.cka:cka_matrix_native", _native_reasons("cka_matrix")))
-register("linear_cka", Backend("native", "cnr_fast.ops.cka:linear_cka_native", _native_reasons("linear_cka")))
+# Backends declared beside their kernels register themselves when their module is imported
+# (ops/__init__.py imports them): ops/cka.py adds the native batched CKA (cka_matrix) and the native
+# single-pair linear_cka. This module imports none of them.
 
 
 def describe() -> dict[str, dict]:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _native
-from .backend import call, requested
+from .backend import Backend, call, register, requested
 
 # Beyond this many examples the native op's N x N Grams stop fitting comfortably in memory.
 MAX_NATIVE_N = 32768
@@ -413,6 +413,22 @@ def native_reasons_for(op: str, *args, **kwargs) -> list[str]:
 def linear_cka_native(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """reference.linear_cka through the native op: a 0-d float64 tensor."""
     return torch.ops.cnr_fast.cka_matrix([x], [y], False, True)[0]
+
+
+def _native_check(op: str):
+    def not_supported_reasons(*args, **kwargs) -> list[str]:
+        return native_reasons_for(op, *args, **kwargs)
+
+    not_supported_reasons.__name__ = f"native_{op}_reasons"
+    return not_supported_reasons
+
+
+# This file's backends, beside their kernels: the native library cnr_fast._C (csrc/; C++/OpenMP on CPU,
+# CUDA when built with it) for the batched CKA of every tap pair (reference = the torch Gram form
+# above) and for the single-pair linear_cka (reference = reference.linear_cka).
+register("cka_matrix", Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", lambda *a, **k: []))
+register("cka_matrix", Backend("native", "cnr_fast.ops.cka:cka_matrix_native", _native_check("cka_matrix")))
+register("linear_cka", Backend("native", "cnr_fast.ops.cka:linear_cka_native", _native_check("linear_cka")))
 
 
 __all__ = ["MAX_NATIVE_N", "NATIVE_GRAM_SPEEDUP", "Plan", "cka_matrix", "cka_matrix_feature", "cka_matrix_native",

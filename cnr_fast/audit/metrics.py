@@ -1,0 +1,177 @@
+"""The audit's metric registry: every number the audit reports, as one `Metric` entry.
+
+An entry declares what the rest of the code used to keep in hand-made lists: its name, its kind
+(scalar, per tap, per n), the one-line help `cnr-fast audit --help` prints, the definition the
+results carry, its chance level, whether it is coordinate-bound (compares unit coordinates with the
+original's: reported only for models derived from the original, never judged in `compare`), and
+how it is computed. The built-in metrics share one pass over each model's features in
+`audit_models` (`compute=None`); a registered metric brings its own `compute(ctx)`, called once per
+audited model with a `MetricContext`:
+
+    from cnr_fast.audit.metrics import Metric, register
+    register(Metric("forget_margin", "scalar", "mean forget logit minus the largest other logit",
+                    definition="...", compute=lambda ctx: ...))
+
+Its values then appear in results.json, the reports, `compare.json` and the compare tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+KINDS = ("scalar", "per_tap", "per_n")
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricContext:
+    """What a metric's compute() may read, for one audited model."""
+
+    name: str  # the model's name in the audit ("original", "unlearned", ...)
+    model: object  # the model, on `device`, in eval mode
+    original: object  # the original model
+    ds: object  # the Dataset (train / val / test splits)
+    forget: list  # forget classes
+    taps: list  # audited taps, in depth order
+    probe_train: object  # features.Features of the probe-train split (.vec[tap], .y, .logits)
+    test: object  # features.Features of the test split (.vec[tap], .full[tap], .y, .logits)
+    forget_test: object  # bool mask of forget-class rows of the test split
+    independent: bool  # trained from scratch (not derived from the original)
+    device: object
+    seed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    name: str
+    kind: str  # one of KINDS
+    help: str  # one line for `cnr-fast audit --help`
+    definition: str = ""  # the full definition results.json and the reports carry (default: help)
+    chance: Callable | None = None  # chance(num_classes, forget_share_of_probe_train) -> float
+    coordinate_bound: bool = False
+    compute: Callable | None = None  # compute(MetricContext) -> value (a float, or {tap or n: float})
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"metric {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def register(metric: Metric, replace: bool = False) -> Metric:
+    if metric.name in REGISTRY and not replace:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    REGISTRY[metric.name] = metric
+    return metric
+
+
+def unregister(name: str) -> None:
+    if name in _BUILTIN:
+        raise ValueError(f"{name!r} is a built-in metric")
+    REGISTRY.pop(name, None)
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    return tuple(n for n, m in REGISTRY.items() if kind is None or m.kind == kind)
+
+
+def computed() -> list[Metric]:
+    """The registered metrics that bring their own compute()."""
+    return [m for m in REGISTRY.values() if m.compute is not None]
+
+
+def coordinate_bound() -> tuple[str, ...]:
+    return tuple(n for n, m in REGISTRY.items() if m.coordinate_bound)
+
+
+def definitions() -> dict[str, str]:
+    """Every metric's definition (and the CKA null's, after cka_neg), for results.json and the reports."""
+    out = {}
+    for n, m in REGISTRY.items():
+        out[n] = m.definition or m.help
+        if n == "cka_neg":
+            out["cka_null"] = CKA_NULL_DEFINITION
+    return out
+
+
+def chances(num_classes: int, forget_share: float) -> dict[str, float]:
+    return {n: float(m.chance(num_classes, forget_share)) for n, m in REGISTRY.items() if m.chance is not None}
+
+
+def _per_class(c, _share):
+    return 1.0 / c
+
+
+for _m in (
+    Metric("forget_acc", "scalar", "the model's own test accuracy on the forget classes",
+           "Share of forget-class test examples the model classifies as their true class "
+           "(train.forget_retain_accuracy).", chance=_per_class),
+    Metric("retain_acc", "scalar", "the model's own test accuracy on the retain classes",
+           "Share of retain-class test examples the model classifies correctly."),
+    Metric("probe_acc", "per_tap", "forget accuracy of a logistic-regression probe on the tap's features (recovery)",
+           "Per tap: accuracy on forget-class test examples of a multinomial logistic-regression probe (C=1, "
+           "standardised features) fitted on this model's probe-train features with all classes (recovery).",
+           chance=_per_class),
+    Metric("probe_overall_acc", "per_tap", "that probe's accuracy on all test examples",
+           "Per tap: the same recovery probe's accuracy on all test examples."),
+    Metric("transfer_probe_acc", "per_tap",
+           "forget accuracy of the ORIGINAL model's probe applied unchanged to this model's features",
+           "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, "
+           "applied unchanged (its standardisation included) to this model's test features. Coordinate-bound: "
+           "reported only for models derived from the original.", coordinate_bound=True),
+    Metric("knn_acc", "per_tap", "forget accuracy of a k=5 nearest-neighbour vote",
+           "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train "
+           "features as the neighbours)."),
+    Metric("svm_acc", "per_tap", "forget accuracy of a linear SVM",
+           "Per tap: forget-class test accuracy of a one-vs-rest linear SVM (squared hinge, C=1, standardised "
+           "features) fitted on probe-train."),
+    Metric("cka_pos", "per_tap", "unbiased linear CKA with the original on retain test examples (1 = unchanged)",
+           "Per tap: linear CKA, unbiased (debiased HSIC) estimator, between the original's and this model's "
+           "unreduced activations on retain-class test examples, as many as cka_neg uses (1 = same representation "
+           "up to rotation and scale; ~0 = unrelated). Compare with references.cka_null."),
+    Metric("cka_neg", "per_tap", "the same CKA on forget test examples, equal N (~0 = unrelated)",
+           "Per tap: the same unbiased linear CKA on forget-class test examples (same N as cka_pos)."),
+    Metric("fewshot_probe_acc", "per_n", "forget accuracy of the deepest tap's probe fitted with only n forget examples",
+           "Keyed by n: forget-class test accuracy of the recovery probe at the deepest audited tap, fitted on "
+           "probe-train with only n examples per forget class (all retain examples kept)."),
+    Metric("relearn_acc", "per_n", "forget accuracy after 20 Adam steps on n forget + n retain training examples",
+           "Keyed by n: forget-class test accuracy after fine-tuning a copy of the model on n forget-train examples "
+           "per forget class plus as many retain-train examples, 20 full-batch Adam steps (lr 1e-3, BatchNorm "
+           "statistics frozen)."),
+    Metric("mia_acc", "scalar", "membership-inference accuracy on forget train vs forget test examples (0.5 = no signal)",
+           "Accuracy of a population membership-inference attack (logistic regression on loss, log-loss, entropy "
+           "and max-confidence of the model's outputs, trained on retain-train members vs retain-test non-members) "
+           "at telling forget-class probe-train examples from forget-class test examples, equal counts; 0.5 = no "
+           "signal.", chance=lambda _c, _s: 0.5),
+    Metric("mia_attack_train_acc", "scalar", "the membership attack's accuracy on its own training pairs",
+           "The membership attack's accuracy on its own training pairs (retain-train members vs retain-test "
+           "non-members): how much membership signal the outputs carry at all."),
+    Metric("mia_shadow_acc", "scalar", "the same attack trained on shadow models (--mia-shadows N)",
+           "Shadow-model membership attack (paper Table 10): the same attack features, attack trained on shadow "
+           "models (same architecture, fresh weights, the project's training recipe on a random half of the "
+           "training split) telling their members from non-members, scored on this model's forget-class "
+           "probe-train vs test examples; 0.5 = no signal."),
+    Metric("nn_purity", "scalar",
+           "forget share of the 10 nearest probe-train neighbours of forget test examples (deepest tap)",
+           "At the deepest audited tap: mean over forget-class test examples of the share of their 10 nearest "
+           "probe-train neighbours (Euclidean) that carry the forget label; chance = the forget share of "
+           "probe-train.", chance=lambda _c, share: share),
+    Metric("nn_purity_by_layer", "per_tap", "nn_purity at every tap", "nn_purity at every tap."),
+    Metric("selectivity", "per_tap", "forget selectivity of the original's top-12 forget units",
+           "Per tap: mean over the original's top-K forget-selective units (K=12, eqs. 1-3 on probe-train) of "
+           "this model's selectivity S = mu(forget) - mean over retain classes of mu(c).", coordinate_bound=True),
+    Metric("selectivity_delta", "per_tap",
+           "change in forget selectivity of the original's top-12 forget units (negative = erased)",
+           "Per tap: selectivity of this model minus that of the original on the same units (negative = forget "
+           "selectivity reduced). Coordinate-bound, like selectivity: reported only for models derived from the "
+           "original.", coordinate_bound=True),
+):
+    register(_m)
+del _m
+_BUILTIN = frozenset(REGISTRY)
+
+# not a per-model metric: a reference the audit reports beside cka_pos / cka_neg
+CKA_NULL_DEFINITION = ("references.cka_null.{pos,neg}: the same CKA between the retrained reference and a second, "
+                       "independently trained retrained model: the level two unrelated networks of this recipe reach "
+                       "at each tap.")

@@ -1,0 +1,95 @@
+"""`compare`: every method on the same original per seed, one audit per seed (paper Table 1)."""
+
+from __future__ import annotations
+
+import time
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..progress import log
+from . import methods as M
+from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
+from ..audit.metrics import coordinate_bound
+from .stats import SEPARATION, judge, null_table, summarise, summarise_runs
+
+
+def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
+            fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None, state=None,
+            unit_prefix: str = "") -> dict:
+    """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
+
+    state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
+    kept there as it completes, and a rerun continues after the last one (see `runner.unit`).
+
+    By default each seed trains (or takes from the cache) its own original, retrained reference and
+    null model, so the intervals cover the randomness of training as well as of unlearning.
+    fixed_original=True keeps one original / reference / null (seed cfg.seed) for every seed.
+    """
+    methods = list(methods)
+    M.check_names(methods)
+    if cfg.model.checkpoint and not fixed_original:
+        raise UserError("compare with --checkpoint keeps that one original for every seed; add --fixed-original")
+    device, ds = setup(cfg, seeds, device, ds)
+    forget = list(cfg.data.forget)
+    t_start = time.perf_counter()
+    started = begin_provenance()
+    per_seed, cka_null, originals, audit_settings = [], [], [], None
+    timings: dict[str, list[float]] = {m: [] for m in methods}
+    choices: dict[str, list] = {m: [] for m in methods}  # per seed: the validation choice, or None
+    ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
+    for s in range(seeds):
+        seed = cfg.seed + s
+        ref_cfg = cfg.replace(seed=cfg.seed if fixed_original else seed)
+        refs = seed_references(ref_cfg, ds, device, cache, quiet)
+        originals.append(refs.record)
+        for name, t in refs.train_times.items():
+            ref_times[name].append(t)
+        reuse: dict = {}
+
+        def make(m, original=refs.original, seed=seed, reuse=reuse):
+            base = M.resolve(m, cfg)[0].name
+            model, minfo, t, _ = M.unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
+                                                 device=device, quiet=quiet, reuse=reuse)
+            return model, {"time": t["unlearn"], "choice": M.validation_choice(minfo)}
+
+        arms = [Arm(m, refs.original, lambda m=m: make(m), M.is_from_scratch(m)) for m in methods]
+        r = run_seed(arms, refs, ds, forget, device=device, state=state, prefix=f"{unit_prefix}s{seed}-", seed=seed,
+                     quiet=quiet, figures=figures, log=lambda n, seed=seed: log(f"compare: seed {seed}, method {n}",
+                                                                               quiet))
+        for m in methods:
+            timings[m].append(r["times"][m])
+            choices[m].append(r["choices"][m])
+        audit_settings = r["settings"]
+        cka_null.append(r["cka_null"])
+        per_seed.append(r["metrics"])
+    result = {
+        "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
+        "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
+        "reference_init": cfg.train.reference_init,
+        "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
+        "coordinate_bound_metrics": list(coordinate_bound()), "separation_threshold": SEPARATION,
+        "chance_acc": 1.0 / ds.num_classes,
+        "audit_settings": audit_settings, "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start,
+        "machine": machine_info(started),
+        "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
+        "per_seed_reference_times": ref_times, "per_seed_choices": choices, "per_seed_originals": originals,
+    }
+    return compare_tables(result)
+
+
+def compare_tables(result: dict) -> dict:
+    """(Re)compute a compare result's tables and verdicts from its per-seed values."""
+    per_seed, methods = result["per_seed"], list(result["per_seed_times"])
+    names = ["original", "retrained", *methods]
+    keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names]))
+    table = summarise_runs(per_seed, names, "cnr" if "cnr" in methods else None, paired=methods, p_key="p_vs_cnr")
+    result.update({
+        "methods": {m: table[m] for m in methods},
+        "references": {"original": table["original"], "retrained": table["retrained"],
+                       "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"])},
+        "verdicts": judge(per_seed, table, methods, keys),
+        "unlearn_time_s": {m: summarise(v, None) for m, v in result["per_seed_times"].items()},
+        "reference_train_time_s": {k: summarise(v, None) for k, v in result["per_seed_reference_times"].items()
+                                   if v},
+    })
+    return result

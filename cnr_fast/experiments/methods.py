@@ -1,0 +1,221 @@
+"""The method registry: every unlearning method, CNR control and baseline, as one `Method` entry.
+
+An entry declares what the rest of the code reads instead of hard-coding names: its function, its role
+(CNR, a control of CNR, a baseline), whether it is trained from scratch (RFS: its units do not
+correspond to the original's, so it is audited as an independent model and coordinate-bound metrics
+are not reported for it), whether it keeps resumable units of its own stages, the config sections and
+CLI flags it reads, and whether `compare` runs it by default. `cnr-fast ls`, `unlearn --method`,
+`compare --methods`, the audit's independence and the reports all read this registry.
+
+Adding a method: a file with `run(original, ds, forget, cfg, *, device, quiet=False, **_) -> (model,
+info)` and one `register(Method(...))` call (here for the built-in ones, or from the user's code):
+
+    from cnr_fast.experiments.methods import Method, register
+    register(Method("mine", run=my_run, role="baseline", description="what it does"))
+
+`run` receives `state` (a resume.RunState, when `staged`) and `reuse` (a dict kept across the runs of
+one driver on one original, e.g. CNR's GAN) as keywords; entries that take neither are wrapped.
+A control may be a config variant of another method (`variant_of` + `changes`) with no function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import io
+import time
+from typing import Callable
+
+import torch
+
+from ..config import RunConfig
+from ..errors import UserError
+
+ROLES = ("cnr", "control", "baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    run: Callable | None = None  # run(original, ds, forget, cfg, *, device, quiet, state=None, reuse=None)
+    role: str = "baseline"  # one of ROLES
+    description: str = ""
+    from_scratch: bool = False  # trained from scratch on the retain data, not derived from the original
+    staged: bool = False  # keeps resumable units of its stages (else the whole method is one unit)
+    config_sections: tuple[str, ...] = ()  # the RunConfig sections it reads besides data / model
+    flags: tuple[str, ...] = ()  # the CLI flags that set them (`cnr-fast ls` prints them)
+    variant_of: str | None = None  # a config variant of this method (a control): run it with `changes`
+    changes: dict | None = None
+    default_in_compare: bool = True
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"method {self.name!r}: role {self.role!r} is not one of {ROLES}")
+        if (self.run is None) == (self.variant_of is None):
+            raise ValueError(f"method {self.name!r}: give a run function or variant_of, exactly one")
+
+
+_REGISTRY: dict[str, Method] = {}
+_BUILTINS_LOADED = False
+
+
+def register(method: Method, replace: bool = False) -> Method:
+    """Add a method (a name already registered is refused unless replace=True)."""
+    _load_builtins()
+    if method.name in _REGISTRY and not replace:
+        raise ValueError(f"method {method.name!r} is already registered")
+    if method.variant_of is not None and method.variant_of not in _REGISTRY:
+        raise ValueError(f"method {method.name!r}: variant_of {method.variant_of!r} is not registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def _all() -> dict[str, Method]:
+    _load_builtins()
+    return _REGISTRY
+
+
+def names(role: str | None = None, default_only: bool = False) -> tuple[str, ...]:
+    """Registered method names in registration order (built-ins first), optionally of one role."""
+    return tuple(n for n, m in _all().items()
+                 if (role is None or m.role == role) and (not default_only or m.default_in_compare))
+
+
+def get(name: str) -> Method:
+    """The entry of `name`; an unknown name is a UserError naming the closest ones."""
+    table = _all()
+    if name not in table:
+        close = difflib.get_close_matches(name, list(table), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UserError(f"unknown method {name!r}{hint}; choose one of {', '.join(table)}")
+    return table[name]
+
+
+def check_names(methods: list[str]) -> None:
+    """A list of method names for a driver: known, at least one, none twice."""
+    if not methods:
+        raise UserError(f"no method given; choose from {', '.join(names())}")
+    bad = [m for m in methods if m not in _all()]
+    if bad:
+        raise UserError(f"unknown method(s) {bad}; choose from {', '.join(names())}")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods lists a method twice: {methods}")
+
+
+def is_from_scratch(name: str | None) -> bool:
+    """True for a registered method trained from scratch (unknown names: False)."""
+    return bool(name) and name in _all() and resolve(name, None)[0].from_scratch
+
+
+def resolve(name: str, cfg: RunConfig | None) -> tuple[Method, RunConfig | None]:
+    """(the entry that runs, config) for a method or a config-variant control such as "cnr-raw"."""
+    m = get(name)
+    if m.variant_of is not None:
+        base = get(m.variant_of)
+        return base, (cfg.replace(**m.changes) if cfg is not None and m.changes else cfg)
+    return m, cfg
+
+
+def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=False, reuse: dict | None = None,
+                  state=None):
+    """Run one method (or CNR control) on `original`. Returns (model, info, timings, extra run files).
+
+    reuse: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
+    variants reuse one GAN per forget class; the reused GAN's training time is still charged.
+    state: a resume.RunState (`cnr-fast unlearn`): a staged method saves its stages' units there and a
+    rerun continues from them; any other method is one unit, done again if it did not finish.
+    A method's info may carry "synthetic_images" (written as synthetic.pt / .png) and "timings_s" (per
+    stage; "charged_reused_s" is time of reused work charged to this run).
+    """
+    entry, cfg = resolve(method, cfg)
+    forget = list(cfg.data.forget)
+    t0 = time.perf_counter()
+    model, info = _call(entry, original, ds, forget, cfg, device=device, quiet=quiet, state=state, reuse=reuse)
+    info = dict(info)
+    files: dict[str, object] = {}
+    synth = info.pop("synthetic_images", None)
+    if synth is not None:
+        buf = io.BytesIO()
+        torch.save(synth, buf)
+        files["synthetic.pt"] = buf.getvalue()
+        png = image_grid_png(synth)
+        if png:
+            files["synthetic.png"] = png
+    timings = {"detect": 0.0, "synthesize": 0.0, "reset": 0.0, **dict(info.pop("timings_s", {}))}
+    timings["unlearn"] = time.perf_counter() - t0 + timings.pop("charged_reused_s", 0.0)
+    return model, info, timings, files
+
+
+def _call(entry: Method, original, ds, forget, cfg, **kw):
+    params = inspect.signature(entry.run).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kw = {k: v for k, v in kw.items() if k in params}
+    return entry.run(original, ds, forget, cfg, **kw)
+
+
+def validation_choice(info: dict) -> dict | None:
+    """{"chosen": name, "validation": {candidate: scores}} of a method whose setting was chosen on
+    validation (at the top of its info, or in its reset's log for CNR and cnr-real); None otherwise."""
+    for where in (info, info.get("reset") if isinstance(info.get("reset"), dict) else None):
+        if where and "chosen_on_validation" in where:
+            return {"chosen": where["chosen_on_validation"], "validation": where["validation"]}
+    return None
+
+
+def image_grid_png(x: torch.Tensor, nrow: int = 16) -> bytes | None:
+    try:
+        from PIL import Image
+        from torchvision.utils import make_grid
+    except ImportError:
+        return None
+    grid = make_grid(x[:128].clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(arr if arr.shape[2] == 3 else arr[:, :, 0]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _load_builtins() -> None:
+    """Register the built-in methods once, in the order `ls` and `compare` list them."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    from ..baselines import gau, kdu, lm, rfs, rl, roft, salun, scrub, ssd
+    from ..cnr.pipeline import run_cnr, run_real
+
+    cnr_sections, cnr_flags = ("detect", "synth", "reset"), (
+        "--k", "--taps", "--selection", "--alpha", "--lambda-real", "--lambda-smooth", "--sign", "--latent-opt",
+        "--synth-steps", "--gan-epochs", "--synth-batch", "--reset-epochs", "--stabilize-epochs", "--gamma",
+        "--relabel")
+    fine_tune = dict(config_sections=("baseline",), flags=("--baseline-epochs", "--stabilize-epochs"))
+    builtin = [
+        Method("cnr", run_cnr, "cnr", "Class-Specific Neuron Reset: detect, synthesise, reset, stabilise",
+               staged=True, config_sections=cnr_sections, flags=cnr_flags),
+        Method("cnr-real", run_real, "control",
+               "CNR's reset fed B real forget images instead of synthetic ones: no detection, no synthesis",
+               staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs")),
+        Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", **fine_tune),
+        Method("ssd", ssd.run, "baseline", "selective synaptic dampening (Foster et al. 2024)",
+               config_sections=("baseline",)),
+        Method("scrub", scrub.run, "baseline", "teacher-student max/min steps (Kurmanji et al. 2023)",
+               config_sections=("baseline",)),
+        Method("salun", salun.run, "baseline", "saliency-masked random labelling (Fan et al. 2024)", **fine_tune),
+        Method("rfs", rfs.run, "baseline", "retrain from scratch on the retain classes", from_scratch=True,
+               config_sections=("train",), flags=("--train-epochs", "--lr")),
+        Method("roft", roft.run, "baseline", "fine-tune on retain data only", **fine_tune),
+        Method("gau", gau.run, "baseline", "gradient ascent on forget (bounded) + descent on retain", **fine_tune),
+        Method("kdu", kdu.run, "baseline", "distil the original with its forget logits masked", **fine_tune),
+        Method("lm", lm.run, "baseline", "mask the forget logits at inference; weights untouched"),
+        Method("cnr-raw", None, "control", "raw GAN samples, no latent optimisation", variant_of="cnr",
+               changes={"synth": {"latent_opt": False}}),
+        Method("cnr-paper", None, "control", "eq. 6 minimised with the sign as printed", variant_of="cnr",
+               changes={"synth": {"sign": "paper"}}),
+    ]
+    for m in builtin:
+        _REGISTRY.setdefault(m.name, m)

@@ -1,0 +1,257 @@
+"""Markdown reports and figures of the drivers' results (compare, ablate, scenarios)."""
+
+from __future__ import annotations
+
+import math
+
+from .stats import SEPARATION_ALPHA, format_p, is_coordinate_bound
+
+HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
+            "svm_acc.L4", "fewshot_probe_acc.5", "relearn_acc.5", "mia_acc", "nn_purity", "cka_pos.L4",
+            "cka_neg.L4", "cka_pos.L2", "cka_neg.L2", "transfer_probe_acc.L4", "selectivity_delta.L4")
+ABLATE_METRICS = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
+                  "fewshot_probe_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4",
+                  "selectivity_delta.L4")
+
+
+def _cell(s: dict | None) -> str:
+    if s is None or not math.isfinite(s.get("mean", float("nan"))):
+        return "-"
+    if not math.isfinite(s["ci_high"]):
+        return f"{s['mean']:.3f}"
+    return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+
+def originals_md(result: dict) -> list[str]:
+    """One line naming each seed's original by a digest of its weights: tables (and files) whose digests
+    agree unlearned the same models."""
+    recs = result.get("per_seed_originals")
+    if not recs:
+        return ["Originals: not recorded in this file (it predates per-seed original digests).", ""]
+    return ["Originals (sha256 of the weights, first 12 hex digits; the same digest in another table means the "
+            "same model): " + ", ".join(f"seed {r['seed']} {r['weights_sha256'][:12]} ({r['torch_threads']} thread"
+                                         f"{'s' if r['torch_threads'] != 1 else ''})" for r in recs) + ".", ""]
+
+
+def choices_md(choices: dict, seeds: list) -> list[str]:
+    """Markdown lines: each method's validation choice per seed, with every candidate's scores."""
+    rows = [(m, seed, c) for m, per in choices.items() for seed, c in zip(seeds, per) if c]
+    if not rows:
+        return []
+    out = ["", "## Settings chosen on validation", "",
+           "Each candidate: validation forget / retain accuracy (score = retain - forget); the chosen one in bold. "
+           "Chosen per seed on that seed's original (`tuning.py`).", "",
+           "| method | seed | candidates |", "|---|---|---|"]
+    for m, seed, c in rows:
+        cells = []
+        for name, v in c["validation"].items():
+            txt = f"{name}: {v['val_forget_acc']:.2f} / {v['val_retain_acc']:.2f}"
+            if "dampened_params" in v:
+                txt += f" ({v['dampened_params']} dampened)"
+            cells.append(f"**{txt}**" if name == c["chosen"] else txt)
+        out.append(f"| {m} | {seed} | " + "; ".join(cells) + " |")
+    return out
+
+
+def compare_report_md(result: dict, short: bool = False) -> str:
+    methods = list(result["methods"])
+    refs = result["references"]
+    keys = [k for k in HEADLINE if k in refs["original"]]
+    if not short:
+        keys += sorted(k for k in refs["original"] if k not in keys)
+    seeds_note = ("one original, retrained and null model (seed %d) for every seed" % result["seeds"][0]
+                  if result.get("fixed_original") else "a fresh original, retrained and null model per seed")
+    lines = [f"# compare: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
+             f"{result['forget_classes']}, seeds {result['seeds']}", "",
+             f"Splits: {result['splits']['train']} train / {result['splits']['val']} validation / "
+             f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
+             f"reference initialisation: {result['reference_init']}.", ""]
+    lines += originals_md(result)
+    head = ["metric", "original", "retrained", "null", *methods]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    null = refs.get("cka_null", {})
+    for k in keys:
+        nul = "-"
+        if k.startswith("cka_pos.") or k.startswith("cka_neg."):
+            part, tap = k[4:7], k.split(".")[1]
+            nul = _cell(null.get(part, {}).get(tap))
+        row = [k + (" (coord.)" if is_coordinate_bound(k) else ""), _cell(refs["original"].get(k)),
+               _cell(refs["retrained"].get(k)), nul]
+        for m in methods:
+            s = result["methods"][m].get(k)
+            cell = _cell(s)
+            if s is not None and s.get("p_vs_cnr") is not None:
+                cell += f" (p={format_p(s['p_vs_cnr'])}, Holm {format_p(s.get('p_vs_cnr_holm'))})"
+            row.append(cell)
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", f"Cells: mean [95% t-interval over seeds] (paired t-test p against CNR, raw and Holm-adjusted over "
+              f"the methods on that metric; n/a where the paired differences are constant). Chance accuracy "
+              f"{refs['chance_acc']:.3f}; MIA chance 0.5. `null` = unbiased CKA between the retrained model and a "
+              "second, independently trained one: what an unrelated model scores at that tap. (coord.) = compares "
+              "unit coordinates with the original's, reported only for models derived from the original.", ""]
+    t = result["unlearn_time_s"]
+    rt = result.get("reference_train_time_s", {}).get("retrained")
+    lines.append("Wall time per method (s, mean over seeds): " + ", ".join(
+        f"{m} {t[m]['mean']:.1f}" for m in methods) + (f"; retraining from scratch (reference) {rt['mean']:.1f}"
+                                                       if rt else "") + ".")
+    lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
+    lines += ["", "## Which metrics tell the retrained model from the original",
+              "", f"Separates = |original - retrained| >= {result['separation_threshold']} and the paired t-test "
+              f"p, Holm-adjusted over the {len(result['verdicts'])} metrics judged, below {SEPARATION_ALPHA} "
+              "(with one seed, or the same difference on every seed, there is no p and the 95% interval must "
+              "exclude 0). Coordinate-bound metrics are not judged.", ""]
+    for k in keys:
+        v = result["verdicts"].get(k)
+        if v is None:
+            continue
+        diff = f"difference {v['difference']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
+        if "p_holm" in v:  # files written before the Holm verdict have no p
+            diff += f", p={format_p(v['p'])}, Holm {format_p(v['p_holm'])}"
+        if not v["separates"]:
+            lines.append(f"- {k}: does NOT separate them ({diff}); closeness to retrained on it says nothing.")
+            continue
+        dist = v["distance_to_retrained"]
+        order = sorted(dist, key=lambda m: dist[m] if math.isfinite(dist[m]) else 9e9)
+        lines.append(f"- {k}: separates them ({diff}). Distance to retrained, closest first: "
+                     + ", ".join(f"{m} {dist[m]:.3f}" for m in order) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def ablate_report_md(result: dict, figures: dict | None = None) -> str:
+    t = result["table"]
+    variants = list(result["variants"])
+    keys = [k for k in ABLATE_METRICS if k in t["full"]]
+    lines = [f"# ablate: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
+             f"{result['forget_classes']}, seeds {result['seeds']}", "",
+             "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
+             "Cells: mean [95% t-interval over seeds] (paired t-test p against full CNR, raw and Holm-adjusted over "
+             "the variants on that metric); test split except `val_*`.", ""]
+    lines += originals_md(result)
+    head = ["variant", *keys, "time (s)"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in ["original", "retrained", *variants]:
+        row = [n]
+        for k in keys:
+            s = t[n].get(k)
+            cell = _cell(s)
+            if s is not None and s.get("p_vs_full") is not None:
+                cell += f" (p={format_p(s['p_vs_full'])}, Holm {format_p(s.get('p_vs_full_holm'))})"
+            row.append(cell)
+        tm = result["unlearn_time_s"].get(n)
+        row.append(f"{tm['mean']:.0f}" if tm else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    null = result.get("cka_null", {}).get("neg", {})
+    if null:
+        lines += ["", "CKA null (retrained vs an independently trained second retrained model), forget examples: "
+                  + ", ".join(f"{tap} {_cell(s)}" for tap, s in null.items()) + "."]
+    for name in (figures or {}):
+        lines += ["", f"![{name}]({name})"]
+    return "\n".join(lines) + "\n"
+
+
+def ablate_figures(result: dict) -> dict[str, bytes]:
+    """One PNG per sweep: forget accuracy, retain accuracy and CKA_neg (L4) against the knob."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out = {}
+    t = result["table"]
+    for knob, points in result["sweeps"].items():
+        pts = sorted((x, v) for v, x in points.items() if v in t)
+        if len(pts) < 2:
+            continue
+        fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
+        for ax, key in zip(axes, ("forget_acc", "retain_acc", "cka_neg.L4")):
+            xs = [x for x, _ in pts]
+            ys = [t[v].get(key, {}).get("mean", float("nan")) for _, v in pts]
+            lo = [t[v].get(key, {}).get("ci_low", float("nan")) for _, v in pts]
+            hi = [t[v].get(key, {}).get("ci_high", float("nan")) for _, v in pts]
+            ax.plot(xs, ys, marker="o", label="CNR")
+            if all(math.isfinite(v) for v in lo + hi):
+                ax.fill_between(xs, lo, hi, alpha=0.2)
+            ref = t["retrained"].get(key, {}).get("mean")
+            if ref is not None:
+                ax.axhline(ref, color="k", ls="--", lw=1, label="retrained")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel(knob)
+            ax.set_title(key)
+        out[f"ablate_{knob}.png"] = _png(fig, axes)
+    return out
+
+
+def _png(fig, axes) -> bytes:
+    """The figure as PNG bytes (legend on the first panel), closed after."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def scenario_figure(result: dict, keys=("forget_acc", "retain_acc", "cka_neg.L4")) -> dict[str, bytes]:
+    """One PNG for a scenario: each key against the continual round, or against the number of classes
+    forgotten at once (multiclass); a line and 95% band per method, retrained and original dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if result["scenario"] == "continual":
+        points = [(len(rd["forget"]), rd["table"]) for rd in result["rounds"]]
+        xlabel = "round (classes forgotten so far)"
+    else:
+        points = [(len(k.split(",")), {"original": run["references"]["original"],
+                                       "retrained": run["references"]["retrained"], **run["methods"]})
+                  for k, run in result["runs"].items()]
+        xlabel = "classes forgotten at once"
+    if len(points) < 2:
+        return {}
+    names = [n for n in points[0][1] if n not in ("original", "retrained")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 2.9))
+    for ax, key in zip(axes, keys):
+        xs = [x for x, _ in points]
+        for n in ["retrained", "original", *names]:
+            cells = [t.get(n, {}).get(key) or {} for _, t in points]
+            ys = [c.get("mean", float("nan")) for c in cells]
+            if n in ("retrained", "original"):
+                ax.plot(xs, ys, ls="--", lw=1, color="k" if n == "retrained" else "0.6", label=n)
+                continue
+            (line,) = ax.plot(xs, ys, marker="o", label=n)
+            lo = [c.get("ci_low", float("nan")) for c in cells]
+            hi = [c.get("ci_high", float("nan")) for c in cells]
+            if all(math.isfinite(v) for v in lo + hi):
+                ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
+        ax.set_xticks(xs)
+        ax.set_ylim(-0.05, 1.05)  # accuracies and CKA; a 3-seed t-band can reach far outside
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_title(key)
+    return {f"{result['scenario']}.png": _png(fig, axes)}
+
+
+def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_acc.L4", "cka_neg.L4"),
+                       figures: dict | None = None) -> str:
+    lines = [f"# {result['scenario']}: {result['dataset']}", ""]
+    lines += [f"![{name}]({name})\n" for name in figures or {}]
+    if result["scenario"] == "multiclass":
+        for key, run in result["runs"].items():
+            lines += [f"## forget {{{key}}}", "", compare_report_md(run, short=True), ""]
+        return "\n".join(lines) + "\n"
+    lines += [f"Round r forgets the first r classes of {result['order']}, each method from its own previous "
+              f"model; seeds {result['seeds']}. Cells: mean [95% t-interval]; test split.", ""]
+    lines += originals_md(result)
+    for key in keys:
+        methods = [n for n in result["rounds"][0]["table"] if n not in ("original",)]
+        lines += [f"### {key}", "", "| round (forget) | " + " | ".join(methods) + " |",
+                  "|" + "---|" * (len(methods) + 1)]
+        for rd in result["rounds"]:
+            lines.append(f"| {len(rd['forget'])} ({','.join(map(str, rd['forget']))}) | "
+                         + " | ".join(_cell(rd["table"][m].get(key)) for m in methods) + " |")
+        lines.append("")
+    return "\n".join(lines) + "\n"

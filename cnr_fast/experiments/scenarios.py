@@ -1,0 +1,198 @@
+"""Scenarios of `cnr-fast compare --scenario NAME` (paper Tables 1, 7 and 12), one `Scenario` entry each:
+how it runs, how runs over disjoint seeds merge, and which files it writes (its report and figures).
+
+- single: `compare` with --forget as given.
+- multiclass: `compare` once per forget set, every class of the set forgotten at once.
+- continual: round r forgets the first r classes of an order, each method from ITS previous model.
+
+Adding a scenario: a `run(cfg, methods, seeds, *, device, cache, quiet, ds, state, **options) -> result`,
+a `merge(results) -> result`, a `files(result) -> {name: content}` and one `register(Scenario(...))`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..progress import log
+from . import methods as M
+from . import reports
+from .compare import compare, compare_tables
+from .merge import check_mergeable, concat_seeds
+from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
+from .stats import summarise, summarise_runs
+
+MULTICLASS_SETS = ((2, 5), (2, 5, 7, 1, 9))  # 2 and 5 classes; the first is the paper's digit 2
+CONTINUAL_ORDER = (2, 5, 7, 1, 9)  # one more class each round
+
+
+def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets=MULTICLASS_SETS, device="cpu",
+               cache: str | None = None, quiet: bool = False, ds=None, state=None) -> dict:
+    """`compare` once per forget set (all its classes forgotten at once), same budget per method."""
+    from ..data import check_forget, load_dataset
+
+    ds = ds if ds is not None else load_dataset(cfg.data)
+    out = {"scenario": "multiclass", "dataset": ds.name, "class_sets": [list(c) for c in class_sets], "runs": {}}
+    t0 = time.perf_counter()
+    started = begin_provenance()
+    for classes in class_sets:
+        check_forget(classes, ds)
+        key = ",".join(str(c) for c in classes)
+        log(f"multiclass: forget {key}", quiet)
+        out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
+                                   cache=cache, quiet=quiet, ds=ds, state=state, unit_prefix=f"f{key}-")
+    out["total_time_s"] = time.perf_counter() - t0
+    out["machine"] = machine_info(started)
+    return out
+
+
+def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTINUAL_ORDER, device="cpu",
+              cache: str | None = None, quiet: bool = False, ds=None, state=None) -> dict:
+    """Round r forgets the first r classes of `order`, each method starting from ITS model of round r-1
+    (round 1 from the original), with the same per-round budget. Each round is audited against a model
+    retrained without those r classes (and its null). Returns per round and method mean / CI over seeds."""
+    from ..data import check_forget
+
+    methods = list(methods)
+    M.check_names(methods)
+    device, ds = setup(cfg, seeds, device, ds)
+    check_forget(list(order), ds)
+    t0 = time.perf_counter()
+    started = begin_provenance()
+    rounds: list[list[dict]] = [[] for _ in order]
+    times: list[dict[str, list[float]]] = [{m: [] for m in methods} for _ in order]
+    originals: list[dict] = []
+    for s in range(seeds):
+        scfg = cfg.replace(seed=cfg.seed + s)
+        first = None
+        reuse = {m: {} for m in methods}
+        for r in range(len(order)):
+            forget = tuple(order[: r + 1])
+            rcfg = scfg.replace(data={"forget": forget})
+            refs = seed_references(rcfg, ds, device, cache, quiet, original=first)  # one original, every round
+            if first is None:
+                first = refs
+                originals.append(refs.record)
+                current = {m: refs.original for m in methods}
+
+            def make(m, rcfg=rcfg, current=current):
+                base = M.resolve(m, cfg)[0].name
+                model, _, t, _ = M.unlearn_model(m, current[m], ds, rcfg.replace(method=base), device=device,
+                                                 quiet=quiet, reuse=reuse[m])
+                return model, {"time": t["unlearn"]}
+
+            arms = [Arm(m, current[m], lambda m=m: make(m), M.is_from_scratch(m)) for m in methods]
+            res = run_seed(arms, refs, ds, list(forget), device=device, state=state, prefix=f"s{scfg.seed}-r{r + 1}-",
+                           seed=scfg.seed, quiet=quiet, relearn=False,
+                           log=lambda n, r=r, forget=forget: log(f"continual: seed {scfg.seed}, round {r + 1} "
+                                                                 f"(forget {list(forget)}), method {n}", quiet))
+            for m in methods:
+                current[m] = res["models"][m]
+                times[r][m].append(res["times"][m])
+            rounds[r].append(res["metrics"])
+    result = {"scenario": "continual", "dataset": ds.name, "order": list(order), "methods": list(methods),
+              "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
+              "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r]}
+                         for r, per_seed in enumerate(rounds)],
+              "total_time_s": time.perf_counter() - t0, "machine": machine_info(started),
+              "per_seed_originals": originals}
+    return continual_tables(result)
+
+
+def continual_tables(result: dict) -> dict:
+    """(Re)compute each round's table and times from its per-seed values (p against CNR, or against the
+    first method when CNR is not among them: the key says which)."""
+    methods = result["methods"]
+    names = ["original", "retrained", *methods]
+    for rd in result["rounds"]:
+        base = "cnr" if "cnr" in methods else names[2]
+        rd["table"] = summarise_runs(rd["per_seed"], names, base, paired=methods, p_key=f"p_vs_{base}")
+        rd["unlearn_time_s"] = {m: summarise(v, None) for m, v in rd["per_seed_times"].items()}
+    return result
+
+
+def merge_single(results: list[dict]) -> dict:
+    check_mergeable(results, "compare", "methods", key=lambda r: list(r["per_seed_times"]))
+    merged = concat_seeds(results, ("per_seed", "per_seed_cka_null"),
+                          ("per_seed_times", "per_seed_reference_times")
+                          + (("per_seed_choices",) if all("per_seed_choices" in r for r in results) else ()))
+    return compare_tables(merged)
+
+
+def merge_multiclass(results: list[dict]) -> dict:
+    keys = list(results[0]["runs"])
+    if any(list(r["runs"]) != keys for r in results):
+        raise UserError("multiclass results to merge must have the same class sets")
+    return {**results[0], "runs": {k: merge_single([r["runs"][k] for r in results]) for k in keys},
+            "seeds": [s for r in results for s in r["runs"][keys[0]]["seeds"]],
+            "total_time_s": sum(r["total_time_s"] for r in results)}
+
+
+def merge_continual(results: list[dict]) -> dict:
+    check_mergeable(results, "continual", "methods")
+    merged = concat_seeds(results, (), ())
+    merged["rounds"] = [{"forget": rd["forget"],
+                         "per_seed": [x for r in results for x in r["rounds"][i]["per_seed"]],
+                         "per_seed_times": {m: [x for r in results for x in r["rounds"][i]["per_seed_times"][m]]
+                                            for m in rd["per_seed_times"]}}
+                        for i, rd in enumerate(results[0]["rounds"])]
+    return continual_tables(merged)
+
+
+def _single_files(result: dict) -> tuple[dict, str]:
+    return ({"report.md": reports.compare_report_md(result), "compare.json": result},
+            reports.compare_report_md(result, short=True))
+
+
+def _scenario_files(result: dict) -> tuple[dict, str]:
+    name = result["scenario"]
+    figures = reports.scenario_figure(result)
+    md = reports.scenario_report_md(result, figures=figures)
+    return {f"{name}.md": md, f"{name}.json": result, **figures}, md
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    run: Callable  # run(cfg, methods, seeds, *, device, cache, quiet, ds, state, **options) -> result
+    merge: Callable  # merge(results over disjoint seeds) -> result
+    files: Callable  # files(result) -> ({file name: content}, text to print)
+    options: tuple[str, ...] = ()  # the keyword options of run it takes (the CLI passes only these)
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def register(scenario: Scenario) -> Scenario:
+    if scenario.name in SCENARIOS:
+        raise ValueError(f"scenario {scenario.name!r} is already registered")
+    SCENARIOS[scenario.name] = scenario
+    return scenario
+
+
+def get(name: str) -> Scenario:
+    if name not in SCENARIOS:
+        raise UserError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    return SCENARIOS[name]
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One result from results of one scenario over disjoint seeds (the scenario named in the files)."""
+    if not results:
+        raise UserError("--merge: no result files given")
+    name = results[0].get("scenario", "single")
+    if any(r.get("scenario", "single") != name for r in results):
+        raise UserError("--merge: the results come from different scenarios; merge one scenario at a time")
+    return get(name).merge(results)
+
+
+register(Scenario("single", "--forget as given", compare, merge_single, _single_files,
+                  options=("fixed_original", "figures")))
+register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", multiclass, merge_multiclass,
+                  _scenario_files))
+register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",
+                  continual, merge_continual, _scenario_files))

@@ -1,0 +1,178 @@
+"""Statistics over seeds: flattening audit metrics, t-intervals, paired tests, Holm's adjustment and the
+verdict of which metrics tell the retrained model from the original."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..audit import metrics as _metrics
+
+# Metrics that compare unit coordinates (a probe or unit set of the original applied to another
+# model). Between independently trained networks units do not correspond, so they are reported only
+# for models derived from the original and never used to judge separation (audit/metrics.py says which).
+COORDINATE_BOUND = _metrics.coordinate_bound()  # the built-in ones; is_coordinate_bound reads the registry
+SEPARATION = 0.10
+SEPARATION_ALPHA = 0.05  # on the Holm-adjusted p over the metrics judged in one run
+
+
+def is_coordinate_bound(key: str) -> bool:
+    """key: a flattened metric name such as "selectivity_delta.L4"."""
+    return key.split(".")[0] in _metrics.coordinate_bound()
+
+
+def flatten(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            for kk, vv in v.items():
+                if isinstance(vv, (int, float)) and not isinstance(vv, bool):
+                    out[f"{k}.{kk}"] = float(vv)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t 95% interval; NaN bounds for fewer than 2 finite values."""
+    from scipy import stats
+
+    a = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(a) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(a.mean())
+    if len(a) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
+    return mean, mean - half, mean + half
+
+
+def summarise(values: list[float], cnr_values: list[float] | None) -> dict:
+    """Mean, 95% t-interval over seeds and the paired t-test p-value against CNR (pairs = seeds)."""
+    from scipy import stats
+
+    a = np.asarray(values, dtype=np.float64)
+    mean, lo, hi = t_interval(values)
+    if len(a) >= 2 and not np.isfinite(a).all():
+        lo = hi = float("nan")
+    p = None
+    if cnr_values is not None and len(a) >= 2:
+        b = np.asarray(cnr_values, dtype=np.float64)
+        d = a - b
+        if not np.isfinite(d).all():
+            p = None
+        elif np.allclose(d, d[0]):
+            # constant paired differences: the t statistic is undefined, so there is no p (never 0);
+            # identical values are no evidence of a difference (p 1)
+            p = 1.0 if np.allclose(d, 0) else None
+        else:
+            p = float(stats.ttest_rel(b, a).pvalue)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "p_vs_cnr": p, "values": a.tolist()}
+
+
+def holm(pvalues: dict) -> dict:
+    """Holm-Bonferroni adjusted p-values of a family {name: p or None}; None stays None."""
+    items = sorted(((p, k) for k, p in pvalues.items() if p is not None), key=lambda t: t[0])
+    m, out, running = len(items), {k: None for k in pvalues}, 0.0
+    for i, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def format_p(p: float | None) -> str:
+    """A p-value for a table: never printed as 0."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    if p < 1e-4:
+        return "<1e-4"
+    return f"{p:.2g}"
+
+
+def separation(per_seed: list[dict], key: str) -> dict | None:
+    """How `key` differs between the original and the retrained model, paired over seeds
+    (original - retrained): mean, 95% interval and the paired t-test p (None with one seed or constant
+    differences, where t is undefined). `judge` decides `separates` over the whole family."""
+    from scipy import stats
+
+    d = [ps["original"].get(key, float("nan")) - ps["retrained"].get(key, float("nan")) for ps in per_seed]
+    if not all(math.isfinite(v) for v in d):
+        return None
+    mean, lo, hi = t_interval(d)
+    a = np.asarray(d, dtype=np.float64)
+    p = float(stats.ttest_1samp(a, 0.0).pvalue) if len(a) >= 2 and not np.allclose(a, a[0]) else None
+    excludes_zero = (lo > 0 or hi < 0) if math.isfinite(lo) else abs(mean) > 0
+    return {"difference": mean, "ci_low": lo, "ci_high": hi, "p": p, "excludes_zero": bool(excludes_zero)}
+
+
+def judge(per_seed: list[dict], table: dict, methods: list[str], keys: list[str]) -> dict:
+    """Per coordinate-free metric: does it separate retrained from original, and each method's distance
+    to retrained (mean over seeds of |method - retrained|; computed for every metric, meaningful only
+    where it separates).
+
+    Separates = |difference| >= SEPARATION and the Holm-adjusted p (over every metric judged here, the
+    family) below SEPARATION_ALPHA. Where t is undefined (one seed; the same difference on every seed)
+    there is no p and the interval decides (it excludes 0 when the constant difference is not 0)."""
+    seps = {}
+    for k in keys:
+        if is_coordinate_bound(k) or k.startswith("val_"):
+            continue
+        sep = separation(per_seed, k)
+        if sep is not None:
+            seps[k] = sep
+    adjusted = holm({k: v["p"] for k, v in seps.items()})
+    out = {}
+    for k, sep in seps.items():
+        ph = adjusted[k]
+        evidence = ph < SEPARATION_ALPHA if ph is not None else sep["excludes_zero"]
+        entry = {"original": table["original"][k]["mean"], "retrained": table["retrained"][k]["mean"], **sep,
+                 "p_holm": ph, "separates": bool(abs(sep["difference"]) >= SEPARATION and evidence)}
+        dist = {}
+        for m in methods:
+            vals = [abs(ps[m].get(k, float("nan")) - ps["retrained"][k]) for ps in per_seed]
+            dist[m] = t_interval(vals)[0]
+        entry["distance_to_retrained"] = dist
+        finite = {m: v for m, v in dist.items() if math.isfinite(v)}
+        entry["closest"] = min(finite, key=finite.get) if finite else None
+        out[k] = entry
+    return out
+
+
+
+def null_table(cka_null: list[dict]) -> dict:
+    """Per part (pos / neg) and tap: the summary over seeds of CKA(retrained, null)."""
+    return {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
+                   for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
+            for part in ("pos", "neg")}
+
+
+
+def summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None, paired=None,
+                    p_key: str = "p_vs_full") -> dict:
+    """Per name and metric: mean, 95% interval over seeds and, for names in `paired` (default: all but
+    the baseline), the paired test against `baseline`. Metrics with no finite value are left out."""
+    keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names if n in ps]))
+    paired = set(names if paired is None else paired) - {baseline}
+    table: dict[str, dict] = {}
+    for n in names:
+        table[n] = {}
+        for k in keys:
+            vals = [ps.get(n, {}).get(k, float("nan")) for ps in per_seed]
+            if not any(math.isfinite(v) for v in vals):
+                continue  # e.g. a coordinate-bound metric of an independently trained model
+            base = [ps.get(baseline, {}).get(k, float("nan")) for ps in per_seed] \
+                if baseline is not None and n in paired else None
+            s = summarise(vals, base)
+            s[p_key] = s.pop("p_vs_cnr")
+            table[n][k] = s
+    # Holm over each metric's family: every name tested against the baseline on that metric
+    for k in keys:
+        fam = {n: table[n][k][p_key] for n in names if k in table[n] and p_key in table[n][k] and n in paired}
+        for n, adj in holm(fam).items():
+            table[n][k][p_key + "_holm"] = adj
+        for n in names:  # the baseline (and untested names) carry the key too, as null, like p_key
+            if k in table[n]:
+                table[n][k].setdefault(p_key + "_holm", None)
+    return table
+
