@@ -34,8 +34,8 @@ def main(argv=None) -> int:
         exact = torch.cdist(query.double(), base.double()).topk(10, largest=False).indices
         row = {"n_base": n_base, "n_query": n_query, "d": d, "k": 10}
         bq, qq = base.to(dev), query.to(dev)
-        fns = {"torch": lambda: knn_indices(qq, bq, 10)}
-        row["torch_agree"] = float((knn_indices(qq, bq, 10).cpu() == exact).float().mean())
+        fns = {"torch": lambda: knn_indices(qq, bq, 10, backend="torch")}
+        row["torch_agree"] = float((knn_indices(qq, bq, 10, backend="torch").cpu() == exact).float().mean())
         row["faiss"] = row["sklearn"] = None
         try:
             import faiss  # noqa: F401

@@ -97,9 +97,7 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
     from .models import build_model, model_meta
     from .train import forget_retain_accuracy, train_classifier
 
-    classes = list(range(ds.num_classes))
-    if kind != "original":
-        classes = [c for c in classes if c not in cfg.data.forget]
+    classes = list(range(ds.num_classes)) if kind == "original" else ds.retain_classes(cfg.data.forget)
     init_seed, order_seed = reference_seeds(kind, cfg)
     torch.manual_seed(init_seed)
     weights = {}

@@ -65,7 +65,7 @@ def test_doctor_reports_cpu_model_and_precision(capsys):
 
 
 def test_prepare_run_records_fp32_when_amp_is_refused(fake_cpu):
-    from cnr_fast.cli._common import prepare_run
+    from cnr_fast.cli.running import prepare_run
     from cnr_fast.config import RunConfig
 
     fake_cpu(AVX2_ONLY)

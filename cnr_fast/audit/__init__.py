@@ -130,7 +130,7 @@ def audit_models(
         raise ValueError(f"the retrained model {retrained!r} is not among the models {list(models)}")
     device = resolve_device(device) if isinstance(device, str) else device
     forget = sorted(int(c) for c in forget)
-    retain = [c for c in range(ds.num_classes) if c not in forget]
+    retain = ds.retain_classes(forget)
     deepest = taps[-1]
     reducer = Reducer(reduce, max_dim, seed)
 

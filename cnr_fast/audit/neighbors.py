@@ -1,12 +1,7 @@
-"""k-nearest-neighbour search, the k-NN decoder (k=5) and nearest-neighbour purity (k=10).
+"""The k-NN decoder (k=5) and nearest-neighbour purity (k=10) on an exact Euclidean search.
 
-Search is exact Euclidean, by chunked torch (`||q||^2 - 2 q.b + ||b||^2` then topk) or faiss
-(IndexFlatL2; a GPU index with faiss-gpu). `backend="auto"` (the default) chooses from
-bench/results/knn_cpu.json (2-core CPU, 2026-11-28): torch is faster for small searches
-(1000 x 2000 x 64: 3.5 ms vs faiss 4.2 ms, sklearn 5.2 ms), faiss-cpu for large ones
-(10k x 10k x 512: 0.43 s vs torch 0.79 s, sklearn 0.92 s; crossover near 1000 x 2000 x 1024), so
-faiss is taken when n_query * n_base * d >= FAISS_MIN_WORK, and always for CUDA tensors when
-faiss-gpu is there. faiss is imported lazily, never at package import.
+The search is the op `knn_indices` (ops/knn.py: chunked torch or faiss, chosen by the op dispatcher
+like every op, shown by `cnr-fast doctor`).
 """
 
 from __future__ import annotations
@@ -14,54 +9,30 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..ops import knn as _knn
+from ..ops.backend import call
+
 
 def _t(x) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
 
 
-FAISS_MIN_WORK = 2e9  # n_query * n_base * d above which faiss-cpu beat torch here (knn_cpu.json)
-
-
 def knn_indices(query, base, k: int, *, backend: str = "auto", chunk: int = 1024, exclude_self: bool = False):
-    """Indices (Q, k) of the k nearest rows of `base` for every row of `query`, nearest first."""
+    """Indices (Q, k) of the k nearest rows of `base` for every row of `query`, nearest first.
+
+    backend: "auto" (the op dispatcher decides; CNR_FAST_BACKEND applies), or "torch" / "faiss" to run
+    that implementation (benchmarks and tests)."""
     query, base = _t(query).float(), _t(base).float()
     kk = min(k + int(exclude_self), base.shape[0])
-    if backend == "auto":
-        big = query.shape[0] * base.shape[0] * base.shape[1] >= FAISS_MIN_WORK
-        gpu_faiss = query.is_cuda and hasattr(_faiss(), "StandardGpuResources")
-        backend = "faiss" if _faiss() is not None and (gpu_faiss or (big and not query.is_cuda)) else "torch"
-    if backend == "faiss":
-        faiss = _faiss()
-        if faiss is None:
-            raise RuntimeError("backend='faiss' but faiss is not importable; use backend='torch'")
-        index = faiss.IndexFlatL2(base.shape[1])
-        if query.is_cuda and hasattr(faiss, "StandardGpuResources"):  # faiss-gpu
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), query.device.index or 0, index)
-        index.add(base.cpu().numpy())
-        _, idx = index.search(query.cpu().numpy(), kk)
-        idx = torch.from_numpy(idx).long()
-    else:
-        bn = base.square().sum(1)
-        out = []
-        for i in range(0, query.shape[0], chunk):
-            q = query[i : i + chunk]
-            d = q.square().sum(1, keepdim=True) - 2.0 * q @ base.T + bn
-            out.append(torch.topk(d, kk, dim=1, largest=False).indices)
-        idx = torch.cat(out) if out else torch.empty(0, kk, dtype=torch.long)
+    fns = {"auto": lambda *a, **kw: call("knn_indices", *a, **kw), "torch": _knn.knn_torch, "faiss": _knn.knn_faiss}
+    if backend not in fns:
+        raise ValueError(f"backend {backend!r}: choose auto, torch or faiss")
+    idx = fns[backend](query, base, kk, chunk=chunk)
     if exclude_self:  # query == base: drop each row's own index
         rows = torch.arange(idx.shape[0]).unsqueeze(1)
         keep = idx != rows
         idx = torch.stack([r[m][:k] for r, m in zip(idx, keep)]) if len(idx) else idx[:, :k]
     return idx
-
-
-def _faiss():
-    try:
-        import faiss
-
-        return faiss
-    except ImportError:
-        return None
 
 
 def knn_predict(train_x, train_y, test_x, k: int = 5, **kw) -> torch.Tensor:

@@ -39,7 +39,7 @@ def frozen_copy(original, device):
 
 
 def split_classes(ds, forget):
-    retain = [c for c in range(ds.num_classes) if c not in forget]
+    retain = ds.retain_classes(forget)
     return ds.train.of_classes(retain), ds.train.of_classes(forget), retain
 
 

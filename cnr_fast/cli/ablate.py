@@ -16,18 +16,8 @@ from pathlib import Path
 from ..errors import UserError
 from ..experiments import ABLATIONS, ablate, ablate_figures, ablate_report_md, merge_ablate
 from ..runs import check_out_dir, write_run_files
-from ._common import (
-    add_data_args,
-    add_method_args,
-    add_model_args,
-    add_resume_args,
-    add_run_args,
-    config_from_args,
-    driver_state,
-    merge_files,
-    prepare_run,
-    run_with_state,
-)
+from .args import add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, config_from_args
+from .running import driver_state, merge_files, prepare_run, run_with_state
 
 EXAMPLES = """examples:
   cnr-fast ablate --seeds 3 --out runs/ablate                       # every variant below
@@ -71,7 +61,8 @@ def run(args) -> int:
     state, _ = driver_state(out, key, args.restart, args.quiet)
     result = run_with_state(state, lambda: ablate(cfg, variants, args.seeds, device=device,
                                                        cache=args.cache_dir, relearn=args.relearn,
-                                                       quiet=args.quiet, ds=ds, state=state))
+                                                       quiet=args.quiet, ds=ds, state=state),
+                            "cnr-fast ablate")
     _write(out, result)
     state.remove()  # the output is complete: its state is no longer needed
     return 0

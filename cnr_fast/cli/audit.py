@@ -88,7 +88,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
-    from ._common import one_line_errors
+    from .args import one_line_errors
 
     one_line_errors(p)
 

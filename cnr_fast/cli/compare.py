@@ -16,18 +16,8 @@ from ..experiments import methods as M
 from ..experiments.scenarios import SCENARIOS, merge_results
 from ..experiments.scenarios import get as get_scenario
 from ..runs import check_out_dir, write_run_files
-from ._common import (
-    add_data_args,
-    add_method_args,
-    add_model_args,
-    add_resume_args,
-    add_run_args,
-    config_from_args,
-    driver_state,
-    merge_files,
-    prepare_run,
-    run_with_state,
-)
+from .args import add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, config_from_args
+from .running import driver_state, merge_files, prepare_run, run_with_state
 
 EXAMPLES = """examples:
   cnr-fast compare --out runs/compare                          # every method and control, 3 seeds, mnist5k
@@ -90,7 +80,7 @@ def run(args) -> int:
         return scenario.run(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds,
                             state=state, **options)
 
-    result = run_with_state(state, work)
+    result = run_with_state(state, work, "cnr-fast compare")
     _write(out, result)
     state.remove()  # the output is complete: its state is no longer needed
     return 0

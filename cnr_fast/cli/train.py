@@ -7,7 +7,9 @@ from pathlib import Path
 
 from .. import dist
 from ..runs import check_out_dir, save_checkpoint, staged_dir, write_run_files
-from ._common import add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args, obtain_reference, prepare_run
+from ..references import obtain_reference
+from .args import add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args
+from .running import prepare_run
 
 EXAMPLES = """examples:
   cnr-fast train --out models/                      # mnist5k, resnet18 width 0.125 -> models/original.pt

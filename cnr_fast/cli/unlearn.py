@@ -16,26 +16,16 @@ from ..config import stable_hash
 from ..errors import UserError
 from ..experiments import methods as M
 from ..experiments.runner import begin_provenance, machine_info, val_accuracy
-from ..models import LogitMask, model_meta
+from ..config import RunConfig
+from ..data import Dataset
+from ..models import LogitMask, model_from_checkpoint, model_meta
+from ..progress import log
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
 from ..train import forget_retain_accuracy
-from ._common import (
-    add_audit_args,
-    add_data_args,
-    add_method_args,
-    add_model_args,
-    add_run_args,
-    check_arch_known,
-    config_from_args,
-    driver_state,
-    load_original,
-    load_retrained,
-    obtain_reference,
-    log,
-    prepare_run,
-    run_audit,
-)
+from ..references import load_original, obtain_reference
+from .args import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args
+from .running import driver_state, prepare_run, run_with_state
 
 EXAMPLES = """examples:
   cnr-fast unlearn                                   # CNR on mnist5k, forget digit 2, default CPU model
@@ -104,17 +94,10 @@ def run(args) -> int:
         return 0
 
     original, _, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
-    state, resumed = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
-    try:
-        return _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, started)
-    except UserError:
-        if not resumed:  # bad input or a diverged stage: leave nothing behind (an earlier run's state stays)
-            state.remove()
-        raise
-    except KeyboardInterrupt:
-        print(f"cnr-fast unlearn: completed work is kept in {state.path}; run the same command again to resume it",
-              file=sys.stderr, flush=True)
-        raise
+    state, _ = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
+    # bad input or a diverged stage on a fresh run leaves nothing behind (an earlier run's state stays)
+    return run_with_state(state, lambda: _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
+                                              t_start, started), "cnr-fast unlearn", discard_on_refusal=True)
 
 
 def _run_key(cfg, args) -> dict:
@@ -252,3 +235,34 @@ def _print_table(results: dict, out: Path, quiet: bool) -> None:
 
 def _f(v) -> str:
     return "-" if v is None else f"{v:.4f}"
+
+
+def add_audit_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
+    g.add_argument("--audit", choices=["full", "fast", "off"], default="fast",
+                   help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; off: accuracies only")
+    g.add_argument("--retrained", default="auto",
+                   help="retrain-from-scratch reference for the audit: auto (default; trained once and cached), "
+                        "off, or a checkpoint path")
+
+
+def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
+    if spec == "auto":
+        return obtain_reference("retrained", cfg, ds, device, cache, quiet)[0]
+    model, meta = model_from_checkpoint(spec, ds, cfg.model.arch, cfg.model.width)
+    recorded = meta.get("forget_classes")
+    if recorded is not None and sorted(recorded) != sorted(cfg.data.forget):
+        raise UserError(f"--retrained {spec!r} was trained without classes {recorded}, not {list(cfg.data.forget)}; "
+                        "pass a reference retrained on the same splits, or --retrained auto")
+    return model.to(device)
+
+
+def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
+              independent=None, done=None, on_model=None):
+    from ..audit import audit_models
+
+    log(f"audit: {', '.join(models)} ...", quiet)
+    return audit_models(models, ds, list(forget), device=device, original="original",
+                        retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
+                        quiet=quiet, null_model=null_model, independent=independent, done=done,
+                        on_model=on_model)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import dist, ops
-from ..data import Split, batches
+from ..data import Split, batches, retain_classes
 from ..errors import UserError
 from ..models import Taps
 from ..profiling import nvtx_range
@@ -130,7 +130,7 @@ def detect(model, train: Split, forget, num_classes, cfg, *, device, amp=False, 
     if cfg.selection not in SELECTIONS:
         raise UserError(f"unknown unit selection {cfg.selection!r}; choose one of {', '.join(SELECTIONS)}")
     forget = list(forget)
-    retain = [c for c in range(num_classes) if c not in forget]
+    retain = retain_classes(num_classes, forget)
     taps = list(cfg.taps)
     means, shapes, counts = class_means(model, train, taps, num_classes, device=device, batch_size=cfg.batch_size,
                                         amp=amp, quiet=quiet)

@@ -90,7 +90,7 @@ def tuned_reset(original, ds, forget, x, cfg, *, device, quiet=False, state=None
     from ..resume import view
     from ..tuning import maybe_tuned_lr
 
-    retain = [c for c in range(ds.num_classes) if c not in forget]
+    retain = ds.retain_classes(forget)
     searched = cfg.reset.lr is None
 
     def one(lr):

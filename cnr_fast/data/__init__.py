@@ -49,6 +49,9 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.train.x.shape[1])
 
+    def retain_classes(self, forget) -> list[int]:
+        return retain_classes(self.num_classes, forget)
+
     @property
     def image_size(self) -> int:
         return int(self.train.x.shape[-1])
@@ -78,6 +81,12 @@ class Dataset:
             "n_test": len(self.test),
             "train_label_sum": int(self.train.y.sum().item()),
         }
+
+
+def retain_classes(num_classes: int, forget) -> list[int]:
+    """The classes not forgotten, in class order (the one place this list is made)."""
+    forget = {int(c) for c in forget}
+    return [c for c in range(num_classes) if c not in forget]
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

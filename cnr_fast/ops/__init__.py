@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import cka as _cka  # noqa: F401  (registers its native backends beside its kernels)
+from . import knn as _knn  # noqa: F401  (registers the torch and faiss k-NN searches)
 from . import reference
 from .backend import call
 

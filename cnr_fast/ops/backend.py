@@ -43,8 +43,7 @@ def _always(*_a, **_k) -> list[str]:
 
 # op name -> backends in order of preference (fastest first, reference last)
 REGISTRY: dict[str, list[Backend]] = {
-    op: [Backend("reference", f"cnr_fast.ops.reference:{op}", _always)]
-    for op in ("class_sums", "class_sums_add", "selectivity_topk", "tv_loss", "selective_loss", "linear_cka")
+    op: [Backend("reference", f"cnr_fast.ops.reference:{op}", _always)] for op in reference.OPS
 }
 
 
@@ -103,15 +102,12 @@ def _triton_reasons(op: str) -> Callable[..., list[str]]:
     return not_supported_reasons
 
 
-# Triton kernels, one op a file under _triton/: CUDA tensors automatically; CPU tensors only under
-# TRITON_INTERPRET=1 *and* CNR_FAST_BACKEND=triton (the interpreter is a test tool, never an automatic choice).
-for _op, _target in (
-    ("class_sums", "cnr_fast.ops._triton.class_sums:class_sums"),
-    ("class_sums_add", "cnr_fast.ops._triton.class_sums:class_sums_add"),
-    ("selectivity_topk", "cnr_fast.ops._triton.selectivity:selectivity_topk"),
-    ("tv_loss", "cnr_fast.ops._triton.tv_loss:tv_loss"),
-    ("selective_loss", "cnr_fast.ops._triton.selective_loss:selective_loss"),
-):
+# Triton kernels, one op a file under _triton/, each declared there with its check (`_triton.OPS`):
+# CUDA tensors automatically; CPU tensors only under TRITON_INTERPRET=1 *and* CNR_FAST_BACKEND=triton
+# (the interpreter is a test tool, never an automatic choice). _triton's __init__ imports no triton.
+from ._triton import OPS as _TRITON_OPS  # noqa: E402
+
+for _op, (_target, _) in _TRITON_OPS.items():
     register(_op, Backend("triton", _target, _triton_reasons(_op)))
 del _op, _target
 

@@ -118,6 +118,20 @@ def _is_index_seq(x) -> bool:
     return isinstance(x, Sequence) and not isinstance(x, str) and all(isinstance(i, numbers.Integral) for i in x)
 
 
+# The Triton ops: op name -> (its kernel, "module:function", imported only when chosen; the check of
+# what the kernel supports, on the call's arguments bound to reference.<op>'s signature). Adding a
+# Triton op is its kernel file and one `@triton_op` entry here; backend.py registers every entry.
+OPS: dict[str, tuple[str, object]] = {}
+
+
+def triton_op(name: str, target: str):
+    def register(check):
+        OPS[name] = (target, check)
+        return check
+
+    return register
+
+
 def reasons(op: str, *args, **kwargs) -> list[str]:
     """Why the triton backend of `op` cannot run these arguments ([] = it can).
 
@@ -126,90 +140,111 @@ def reasons(op: str, *args, **kwargs) -> list[str]:
     """
     if not args and not kwargs:
         return env_reasons()
+    if op not in OPS:
+        return [f"no triton kernel for op {op!r}"]
     try:
         a = _bind(op, args, kwargs)
     except TypeError as e:
         return [f"arguments do not match reference.{op}: {e}"]
+    return OPS[op][1](a)
+
+
+@triton_op("class_sums", "cnr_fast.ops._triton.class_sums:class_sums")
+def _class_sums_reasons(a: dict) -> list[str]:
     why: list[str] = []
-    if op == "class_sums":
-        feats, labels = a["feats"], a["labels"]
-        if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
-            return ["feats and labels must be tensors"]
-        if feats.dim() < 1:
-            why.append("feats must have a leading sample dimension (N, ...)")
-        why += _dtype_reasons("feats", feats) + _size_reasons("feats", feats)
-        why += _dtype_reasons("labels", labels, INDEX_DTYPES)
-        if why:
-            return why
-        return _device_reasons({"feats": feats, "labels": labels})
-    if op == "class_sums_add":
-        feats, labels, sums, counts = a["feats"], a["labels"], a["sums"], a.get("counts")
-        if not all(isinstance(t, torch.Tensor) for t in (feats, labels, sums)):
-            return ["feats, labels and sums must be tensors"]
-        if feats.dim() < 1 or sums.dim() < 1:
-            why.append("feats and sums must have a leading dimension (N, ...) / (C, ...)")
-        elif feats.shape[0] and sums[0].numel() != feats[0].numel():
-            why.append(f"sums {tuple(sums.shape)} does not have the {feats[0].numel()} units of feats")
-        why += _dtype_reasons("feats", feats) + _size_reasons("feats", feats) + _size_reasons("sums", sums)
-        why += _dtype_reasons("labels", labels, INDEX_DTYPES) + _dtype_reasons("sums", sums, (torch.float32,))
-        named = {"feats": feats, "labels": labels, "sums": sums}
-        if counts is not None:
-            if not isinstance(counts, torch.Tensor):
-                return ["counts must be a tensor or None"]
-            why += _dtype_reasons("counts", counts, (torch.int64,))
-            if counts.dim() != 1 or not counts.is_contiguous() or counts.shape[0] != sums.shape[0]:
-                why.append(f"counts must be a contiguous ({sums.shape[0]},) tensor")
-            named["counts"] = counts
-        if why:
-            return why
-        return _device_reasons(named)
-    if op == "selectivity_topk":
-        means = a["means"]
-        if not isinstance(means, torch.Tensor):
-            return ["means must be a tensor"]
-        if means.dim() != 2:
-            why.append(f"means must be 2-D (C, U), got shape {tuple(means.shape)}")
-        why += _dtype_reasons("means", means) + _size_reasons("means", means)
-        for name in ("forget", "retain"):
-            if not _is_index_seq(a[name]):
-                why.append(f"{name} must be a list of ints or a 1-D integer tensor")
-        if why:
-            return why
-        return _device_reasons({"means": means})
-    if op == "tv_loss":
-        x = a["x"]
-        if not isinstance(x, torch.Tensor):
-            return ["x must be a tensor"]
-        if x.dim() != 4:
-            why.append(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
-        why += _dtype_reasons("x", x) + _size_reasons("x", x)
-        if why:
-            return why
-        return _device_reasons({"x": x})
-    if op == "selective_loss":
-        feats, f_idx, r_idx = a["feats"], a["f_idx"], a["r_idx"]
-        if not isinstance(feats, (list, tuple)) or not feats or not all(isinstance(f, torch.Tensor) for f in feats):
-            return ["feats must be a non-empty list of tensors"]
-        if not isinstance(f_idx, (list, tuple)) or not isinstance(r_idx, (list, tuple)):
-            return ["f_idx and r_idx must be lists (one index set per tap)"]
-        if not (len(feats) == len(f_idx) == len(r_idx)):
-            return [f"{len(feats)} taps but {len(f_idx)} f_idx and {len(r_idx)} r_idx"]
-        named = {}
-        for i, f in enumerate(feats):
-            if f.dim() < 1:
-                why.append(f"feats[{i}] must have a leading batch dimension")
-            why += _dtype_reasons(f"feats[{i}]", f) + _size_reasons(f"feats[{i}]", f)
-            named[f"feats[{i}]"] = f
-        for name, idx in (("f_idx", f_idx), ("r_idx", r_idx)):
-            for i, ix in enumerate(idx):
-                if not _is_index_seq(ix):
-                    why.append(f"{name}[{i}] must be a 1-D integer tensor or a list of ints")
-                elif feats[i].dim() >= 1 and feats[i].shape[0] * len(ix) > MAX_ELEMENTS:
-                    why.append(f"{name}[{i}]: batch x indices exceeds {MAX_ELEMENTS} (int32 gather index)")
-        if why:
-            return why
-        return _device_reasons(named)
-    return [f"no triton kernel for op {op!r}"]
+    feats, labels = a["feats"], a["labels"]
+    if not isinstance(feats, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return ["feats and labels must be tensors"]
+    if feats.dim() < 1:
+        why.append("feats must have a leading sample dimension (N, ...)")
+    why += _dtype_reasons("feats", feats) + _size_reasons("feats", feats)
+    why += _dtype_reasons("labels", labels, INDEX_DTYPES)
+    if why:
+        return why
+    return _device_reasons({"feats": feats, "labels": labels})
+
+
+@triton_op("class_sums_add", "cnr_fast.ops._triton.class_sums:class_sums_add")
+def _class_sums_add_reasons(a: dict) -> list[str]:
+    why: list[str] = []
+    feats, labels, sums, counts = a["feats"], a["labels"], a["sums"], a.get("counts")
+    if not all(isinstance(t, torch.Tensor) for t in (feats, labels, sums)):
+        return ["feats, labels and sums must be tensors"]
+    if feats.dim() < 1 or sums.dim() < 1:
+        why.append("feats and sums must have a leading dimension (N, ...) / (C, ...)")
+    elif feats.shape[0] and sums[0].numel() != feats[0].numel():
+        why.append(f"sums {tuple(sums.shape)} does not have the {feats[0].numel()} units of feats")
+    why += _dtype_reasons("feats", feats) + _size_reasons("feats", feats) + _size_reasons("sums", sums)
+    why += _dtype_reasons("labels", labels, INDEX_DTYPES) + _dtype_reasons("sums", sums, (torch.float32,))
+    named = {"feats": feats, "labels": labels, "sums": sums}
+    if counts is not None:
+        if not isinstance(counts, torch.Tensor):
+            return ["counts must be a tensor or None"]
+        why += _dtype_reasons("counts", counts, (torch.int64,))
+        if counts.dim() != 1 or not counts.is_contiguous() or counts.shape[0] != sums.shape[0]:
+            why.append(f"counts must be a contiguous ({sums.shape[0]},) tensor")
+        named["counts"] = counts
+    if why:
+        return why
+    return _device_reasons(named)
+
+
+@triton_op("selectivity_topk", "cnr_fast.ops._triton.selectivity:selectivity_topk")
+def _selectivity_topk_reasons(a: dict) -> list[str]:
+    why: list[str] = []
+    means = a["means"]
+    if not isinstance(means, torch.Tensor):
+        return ["means must be a tensor"]
+    if means.dim() != 2:
+        why.append(f"means must be 2-D (C, U), got shape {tuple(means.shape)}")
+    why += _dtype_reasons("means", means) + _size_reasons("means", means)
+    for name in ("forget", "retain"):
+        if not _is_index_seq(a[name]):
+            why.append(f"{name} must be a list of ints or a 1-D integer tensor")
+    if why:
+        return why
+    return _device_reasons({"means": means})
+
+
+@triton_op("tv_loss", "cnr_fast.ops._triton.tv_loss:tv_loss")
+def _tv_loss_reasons(a: dict) -> list[str]:
+    why: list[str] = []
+    x = a["x"]
+    if not isinstance(x, torch.Tensor):
+        return ["x must be a tensor"]
+    if x.dim() != 4:
+        why.append(f"x must be 4-D (B, C, H, W), got shape {tuple(x.shape)}")
+    why += _dtype_reasons("x", x) + _size_reasons("x", x)
+    if why:
+        return why
+    return _device_reasons({"x": x})
+
+
+@triton_op("selective_loss", "cnr_fast.ops._triton.selective_loss:selective_loss")
+def _selective_loss_reasons(a: dict) -> list[str]:
+    why: list[str] = []
+    feats, f_idx, r_idx = a["feats"], a["f_idx"], a["r_idx"]
+    if not isinstance(feats, (list, tuple)) or not feats or not all(isinstance(f, torch.Tensor) for f in feats):
+        return ["feats must be a non-empty list of tensors"]
+    if not isinstance(f_idx, (list, tuple)) or not isinstance(r_idx, (list, tuple)):
+        return ["f_idx and r_idx must be lists (one index set per tap)"]
+    if not (len(feats) == len(f_idx) == len(r_idx)):
+        return [f"{len(feats)} taps but {len(f_idx)} f_idx and {len(r_idx)} r_idx"]
+    named = {}
+    for i, f in enumerate(feats):
+        if f.dim() < 1:
+            why.append(f"feats[{i}] must have a leading batch dimension")
+        why += _dtype_reasons(f"feats[{i}]", f) + _size_reasons(f"feats[{i}]", f)
+        named[f"feats[{i}]"] = f
+    for name, idx in (("f_idx", f_idx), ("r_idx", r_idx)):
+        for i, ix in enumerate(idx):
+            if not _is_index_seq(ix):
+                why.append(f"{name}[{i}] must be a 1-D integer tensor or a list of ints")
+            elif feats[i].dim() >= 1 and feats[i].shape[0] * len(ix) > MAX_ELEMENTS:
+                why.append(f"{name}[{i}]: batch x indices exceeds {MAX_ELEMENTS} (int32 gather index)")
+    if why:
+        return why
+    return _device_reasons(named)
 
 
 # ---- launcher helpers (no triton here either) ----

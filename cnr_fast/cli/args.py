@@ -1,18 +1,14 @@
-"""Arguments and steps that several verbs share: config from flags, the cached original model."""
+"""The flags several verbs share and the RunConfig they make: every name, number and choice checked
+before any work (one line and exit 2 on bad input)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-
-import torch
 
 from ..config import RunConfig, load_config_file
-from ..data import DATASETS, Dataset, load_dataset
+from ..data import DATASETS
 from ..errors import UserError
-from ..models import ARCHS, model_from_checkpoint, vit_patch
-from ..references import load_original, obtain_reference  # noqa: F401  (re-exported for the verbs)
-from ..train import resolve_device
+from ..models import ARCHS
 
 
 def parse_forget(text: str) -> tuple[int, ...]:
@@ -149,76 +145,11 @@ def check_backend() -> None:
                         "(or unset it)")
 
 
-from ..progress import log  # noqa: E402,F401  (the verbs' progress lines)
-
-
-def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
-    """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch."""
-    device = resolve_device(cfg.device)
-    if cfg.model.weights:
-        from ..models.pretrained import PRETRAINED_ARCHS, read_weights
-
-        if cfg.model.arch not in PRETRAINED_ARCHS:
-            raise UserError(f"--weights is for {', '.join(PRETRAINED_ARCHS)}; got --arch {cfg.model.arch}")
-        if cfg.model.checkpoint:
-            raise UserError("--weights and --checkpoint both give the original's weights; pass one of them")
-        read_weights(cfg.model.weights)  # exists and is a safe state dict, before any training
-    if cfg.amp and device.type == "cpu":
-        from ..hardware import cpu_amp_allowed
-
-        if not cpu_amp_allowed():  # warns once, says why; the run's config then records amp: false
-            cfg = cfg.replace(amp=False)
-    torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.data)
-    patch = vit_patch(cfg.model.arch)
-    if patch and cfg.data.image_size is None and ds.image_size % patch:
-        size = -(-ds.image_size // patch) * patch
-        log(f"data: {cfg.model.arch} needs a multiple of {patch} px; resizing {ds.image_size} -> {size} "
-            "(pass --image-size to choose)", quiet)
-        cfg = cfg.replace(data={"image_size": size})
-        ds = load_dataset(cfg.data)
-    if device.type == "cuda":
-        ds = ds.to_device_if_fits(device)
-    n_val = len(ds.val) if ds.val is not None else 0
-    log(f"data: {ds.name}: {len(ds.train)} train / {n_val} validation / {len(ds.test)} test, {ds.num_classes} classes, "
-        f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget {list(cfg.data.forget)}", quiet)
-    return cfg, ds, device
 
 
 def check_arch_known(cfg: RunConfig) -> None:
     if cfg.model.arch not in ARCHS:
         raise UserError(f"unknown arch {cfg.model.arch!r}; choose one of {', '.join(ARCHS)}")
-
-
-def add_audit_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
-    g.add_argument("--audit", choices=["full", "fast", "off"], default="fast",
-                   help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; off: accuracies only")
-    g.add_argument("--retrained", default="auto",
-                   help="retrain-from-scratch reference for the audit: auto (default; trained once and cached), "
-                        "off, or a checkpoint path")
-
-
-def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
-    if spec == "auto":
-        return obtain_reference("retrained", cfg, ds, device, cache, quiet)[0]
-    model, meta = model_from_checkpoint(spec, ds, cfg.model.arch, cfg.model.width)
-    recorded = meta.get("forget_classes")
-    if recorded is not None and sorted(recorded) != sorted(cfg.data.forget):
-        raise UserError(f"--retrained {spec!r} was trained without classes {recorded}, not {list(cfg.data.forget)}; "
-                        "pass a reference retrained on the same splits, or --retrained auto")
-    return model.to(device)
-
-
-def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
-              independent=None, done=None, on_model=None):
-    from ..audit import audit_models
-
-    log(f"audit: {', '.join(models)} ...", quiet)
-    return audit_models(models, ds, list(forget), device=device, original="original",
-                        retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
-                        quiet=quiet, null_model=null_model, independent=independent, done=done,
-                        on_model=on_model)
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
@@ -243,59 +174,6 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
 
 
-def merge_files(arg: str, what: str, merge) -> dict:
-    """Read the comma list of JSON result files in `arg` and merge them with `merge` (a driver's merge)."""
-    import json
-    from pathlib import Path
-
-    results = []
-    for path in [p.strip() for p in arg.split(",") if p.strip()]:
-        try:
-            results.append(json.loads(Path(path).read_text()))
-        except (OSError, ValueError) as e:
-            raise UserError(f"--merge: cannot read {path!r} ({e}); pass {what} files") from None
-    try:
-        return merge(results)
-    except (KeyError, TypeError) as e:
-        raise UserError(f"--merge: a file lacks the per-seed values ({e}); pass {what} files written by this "
-                        "version of cnr-fast") from None
-
-
 def add_resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="discard the state an interrupted run kept in OUT.state/ and start over")
-
-
-def driver_state(out, key: dict, restart: bool, quiet: bool = False):
-    """(state, resumed): the resume state of a run, `OUT.state/` beside --out (see cnr_fast.resume),
-    opened (or reset by --restart); resumed is True when it holds an earlier invocation's units.
-
-    Each completed unit of work (unlearn: a stage; compare / ablate: a (seed, method or variant[,
-    round]) and each audit) is kept there; the same command after a crash or Ctrl-C continues after
-    the last one. Removed once --out is written."""
-    from ..resume import RunState, state_dir_for
-
-    state = RunState(state_dir_for(out), key)
-    resumed = state.open(restart=restart)
-    if resumed:
-        log(f"resuming the interrupted run from {state.path}", quiet)
-        state.clean_stale(out)
-    return state, resumed
-
-
-def run_with_state(state, work):
-    """work() under `state`: kept on Ctrl-C (with a line saying how to resume) and on a crash; removed
-    when work() refuses its input (UserError) before anything was kept. The caller removes it once
-    its output is written. Returns work()'s value."""
-    fresh = not any(state.path.glob("*.pt"))  # no unit kept before this invocation
-    try:
-        result = work()
-    except KeyboardInterrupt:
-        print(f"completed work is kept in {state.path}; run the same command again to resume it",
-              file=sys.stderr, flush=True)
-        raise
-    except UserError:
-        if fresh and not any(state.path.glob("*.pt")):
-            state.remove()
-        raise
-    return result

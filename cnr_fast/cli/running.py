@@ -1,0 +1,102 @@
+"""What a verb does around its work: device and data for a run, the resume state beside --out (one
+Ctrl-C / refusal policy for every verb), and merging result files of runs over disjoint seeds."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from ..config import RunConfig
+from ..data import Dataset, load_dataset
+from ..errors import UserError
+from ..models import vit_patch
+from ..progress import log
+from ..train import resolve_device
+
+
+def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
+    """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch."""
+    device = resolve_device(cfg.device)
+    if cfg.model.weights:
+        from ..models.pretrained import PRETRAINED_ARCHS, read_weights
+
+        if cfg.model.arch not in PRETRAINED_ARCHS:
+            raise UserError(f"--weights is for {', '.join(PRETRAINED_ARCHS)}; got --arch {cfg.model.arch}")
+        if cfg.model.checkpoint:
+            raise UserError("--weights and --checkpoint both give the original's weights; pass one of them")
+        read_weights(cfg.model.weights)  # exists and is a safe state dict, before any training
+    if cfg.amp and device.type == "cpu":
+        from ..hardware import cpu_amp_allowed
+
+        if not cpu_amp_allowed():  # warns once, says why; the run's config then records amp: false
+            cfg = cfg.replace(amp=False)
+    torch.manual_seed(cfg.seed)
+    ds = load_dataset(cfg.data)
+    patch = vit_patch(cfg.model.arch)
+    if patch and cfg.data.image_size is None and ds.image_size % patch:
+        size = -(-ds.image_size // patch) * patch
+        log(f"data: {cfg.model.arch} needs a multiple of {patch} px; resizing {ds.image_size} -> {size} "
+            "(pass --image-size to choose)", quiet)
+        cfg = cfg.replace(data={"image_size": size})
+        ds = load_dataset(cfg.data)
+    if device.type == "cuda":
+        ds = ds.to_device_if_fits(device)
+    n_val = len(ds.val) if ds.val is not None else 0
+    log(f"data: {ds.name}: {len(ds.train)} train / {n_val} validation / {len(ds.test)} test, {ds.num_classes} classes, "
+        f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget {list(cfg.data.forget)}", quiet)
+    return cfg, ds, device
+
+
+def merge_files(arg: str, what: str, merge) -> dict:
+    """Read the comma list of JSON result files in `arg` and merge them with `merge` (a driver's merge)."""
+    import json
+    from pathlib import Path
+
+    results = []
+    for path in [p.strip() for p in arg.split(",") if p.strip()]:
+        try:
+            results.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as e:
+            raise UserError(f"--merge: cannot read {path!r} ({e}); pass {what} files") from None
+    try:
+        return merge(results)
+    except (KeyError, TypeError) as e:
+        raise UserError(f"--merge: a file lacks the per-seed values ({e}); pass {what} files written by this "
+                        "version of cnr-fast") from None
+
+
+def driver_state(out, key: dict, restart: bool, quiet: bool = False):
+    """(state, resumed): the resume state of a run, `OUT.state/` beside --out (see cnr_fast.resume),
+    opened (or reset by --restart); resumed is True when it holds an earlier invocation's units.
+
+    Each completed unit of work (unlearn: a stage; compare / ablate: a (seed, method or variant[,
+    round]) and each audit) is kept there; the same command after a crash or Ctrl-C continues after
+    the last one. Removed once --out is written."""
+    from ..resume import RunState, state_dir_for
+
+    state = RunState(state_dir_for(out), key)
+    resumed = state.open(restart=restart)
+    if resumed:
+        log(f"resuming the interrupted run from {state.path}", quiet)
+        state.clean_stale(out)
+    return state, resumed
+
+
+def run_with_state(state, work, who: str, discard_on_refusal: bool = False):
+    """work() under `state`, the one Ctrl-C and refusal policy of every verb: on Ctrl-C (and a crash)
+    the state is kept, with a line saying how to resume; when work() refuses its input (UserError) the
+    state is removed if nothing was kept before this invocation and, unless discard_on_refusal (unlearn
+    on a fresh run: a diverged stage leaves nothing behind), nothing was kept during it either. The
+    caller removes the state once its output is written. Returns work()'s value."""
+    fresh = not any(state.path.glob("*.pt"))  # nothing kept before this invocation
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print(f"{who}: completed work is kept in {state.path}; run the same command again to resume it",
+              file=sys.stderr, flush=True)
+        raise
+    except UserError:
+        if fresh and (discard_on_refusal or not any(state.path.glob("*.pt"))):
+            state.remove()
+        raise
