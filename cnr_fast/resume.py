@@ -4,8 +4,8 @@ per audit: experiments/runner.py.)
 
 A run's state lives in `<out>.state/`, a folder beside the run directory (not inside it: the run
 directory is written in one staged move at the end, see runs.staged_dir, so it does not exist while
-the run works). It is removed once the run directory is complete. Each unit of work is one file,
-written atomically (runs.atomic_write_bytes) when the unit completes:
+the run works). It is removed once the run directory is complete. Each entry (a completed piece of work) is
+one file, written atomically (runs.atomic_write_bytes) when it completes:
 
     run.json                  what the run is (its settings and the original's weights hash)
     detect.pt                 the detected units
@@ -18,14 +18,14 @@ written atomically (runs.atomic_write_bytes) when the unit completes:
                               completed epoch
     audit-<model>.pt          one audited model's metrics (and its audit time)
 
-A rerun of the same command loads every completed unit and continues with the first missing one;
+A rerun of the same command loads every completed entry and continues with the first missing one;
 work in progress when the process died (a partly trained epoch) is done again from its start, with
 the saved RNG states, so the result equals an uninterrupted run's. Files hold tensors and plain
 Python values only and load with weights_only=True.
 
 Test hook: CNR_FAST_TEST_KILL_AT=<point>[,<point>...] makes the process SIGKILL itself when it
 reaches a named point (`gan:<epoch>`, `latents:<class>`, `reset:<epoch>`, `stabilise:<epoch>`,
-`audit:<model>`, `final`; each right after that unit's state is written), and
+`audit:<model>`, `final`; each right after that entry is written), and
 CNR_FAST_TEST_KILL_AT=<point>:int sends itself SIGINT (Ctrl-C) there instead. Only the tests use it.
 """
 
@@ -78,12 +78,12 @@ def set_rng_state(state: dict) -> None:
 
 
 class RunState:
-    """The files of one run's state folder; `load(name)` is None for a unit not completed yet."""
+    """The files of one run's state folder; `load(name)` is None for an entry not completed yet."""
 
     def __init__(self, path, key: dict):
         self.path = Path(path)
         self.key = key
-        self.reused: list[str] = []  # units loaded from an earlier invocation (reported in results.json)
+        self.reused: list[str] = []  # entries loaded from an earlier invocation (results.json: resumed_units, a key kept from before the rename)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -148,12 +148,12 @@ class RunState:
         if dist.is_main():
             shutil.rmtree(self.path, ignore_errors=True)
 
-    # -- units -----------------------------------------------------------------------------------
+    # -- entries ---------------------------------------------------------------------------------
 
     def save(self, name: str, obj) -> None:
         from . import dist
 
-        if dist.is_main():  # under torchrun rank 0 writes; no rank goes on before the unit is on disk
+        if dist.is_main():  # under torchrun rank 0 writes; no rank goes on before the entry is on disk
             buf = io.BytesIO()
             torch.save(obj, buf)
             atomic_write_bytes(self.path / f"{name}.pt", buf.getvalue())
@@ -169,7 +169,7 @@ class RunState:
             import sys
 
             print(f"cnr-fast: warning: state file {str(path)!r} is unreadable ({str(e).splitlines()[0][:120]}); "
-                  "redoing that unit", file=sys.stderr, flush=True)
+                  "redoing that entry", file=sys.stderr, flush=True)
             return None
         if name not in self.reused:
             self.reused.append(name)
@@ -177,7 +177,7 @@ class RunState:
 
 
 class StateView:
-    """The units of a RunState under a name prefix (one candidate of a validation search keeps its own)."""
+    """The entries of a RunState under a name prefix (one candidate of a validation search keeps its own)."""
 
     def __init__(self, state: RunState, prefix: str):
         self.state, self.prefix = state, prefix
@@ -190,7 +190,7 @@ class StateView:
 
 
 def view(state, prefix: str):
-    """`state` with every unit name prefixed (None stays None)."""
+    """`state` with every entry name prefixed (None stays None)."""
     return None if state is None else StateView(state, prefix)
 
 

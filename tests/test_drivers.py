@@ -7,7 +7,7 @@ import pytest
 from cnr_fast import experiments as E
 from cnr_fast.errors import UserError
 from cnr_fast.experiments import methods as M
-from cnr_fast.experiments.runner import unit
+from cnr_fast.experiments.runner import kept_model
 from cnr_fast.cli import main
 from cnr_fast.config import RunConfig
 
@@ -188,9 +188,9 @@ def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
     # a loaded unit leaves the torch RNG where make() left it
     lin = torch.nn.Linear(2, 2)
     torch.manual_seed(5)
-    unit(state, "rng", lin, lambda: (torch.nn.Linear(2, 2), {"time": 1.0}))
+    kept_model(state, "rng", lin, lambda: (torch.nn.Linear(2, 2), {"time": 1.0}))
     after = torch.rand(3)
     torch.manual_seed(123)
-    model, info = unit(state, "rng", lin, lambda: pytest.fail("a kept unit was made again"))
+    model, info = kept_model(state, "rng", lin, lambda: pytest.fail("a kept entry was made again"))
     assert torch.equal(torch.rand(3), after) and info == {"time": 1.0}
     assert not torch.equal(model.weight, lin.weight)  # the kept weights, not the start model's

@@ -68,9 +68,9 @@ def merge_files(arg: str, what: str, merge) -> dict:
 
 def driver_state(out, key: dict, restart: bool, quiet: bool = False):
     """(state, resumed): the resume state of a run, `OUT.state/` beside --out (see cnr_fast.resume),
-    opened (or reset by --restart); resumed is True when it holds an earlier invocation's units.
+    opened (or reset by --restart); resumed is True when it holds an earlier invocation's entries.
 
-    Each completed unit of work (unlearn: a stage; compare / ablate: a (seed, method or variant[,
+    Each completed piece of work, a state entry (unlearn: a stage; compare / ablate: a (seed, method or variant[,
     round]) and each audit) is kept there; the same command after a crash or Ctrl-C continues after
     the last one. Removed once --out is written."""
     from ..resume import RunState, state_dir_for

@@ -21,7 +21,7 @@ def _sync(device):
 def run_cnr(original, ds, forget, cfg, *, device, quiet=False, reuse=None, state=None):
     """cfg: RunConfig. Returns (unlearned model, info) with info["timings_s"] per stage.
 
-    state: a resume.RunState (cnr-fast unlearn): every stage saves its completed units there and a
+    state: a resume.RunState (cnr-fast unlearn): every stage saves its completed state entries there and a
     rerun continues from them (see cnr_fast.resume). Not combined with reuse.
     """
     forget = list(forget)
@@ -85,7 +85,7 @@ def run_cnr(original, ds, forget, cfg, *, device, quiet=False, reuse=None, state
 def tuned_reset(original, ds, forget, x, cfg, *, device, quiet=False, state=None):
     """The reset at cfg.reset.lr, or, when it is null (default), at each step size of
     tuning.ADAM_LR_GRID with the validation choice kept (every baseline's step size gets the same
-    search). Each candidate keeps its own resume units. Returns (model, reset log with "lr" and, when
+    search). Each candidate keeps its own state entries. Returns (model, reset log with "lr" and, when
     searched, "validation" and "chosen_on_validation")."""
     from ..resume import view
     from ..tuning import maybe_tuned_lr

@@ -33,7 +33,7 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
     """Returns (unlearned model, log). cfg: ResetConfig. The original model is not modified.
 
     state: a resume.RunState: the model, Adam state, loss history and RNG states are saved after every
-    epoch of the reset (unit `reset`) and of the stabilisation (unit `stabilise`); a rerun continues
+    epoch of the reset (state entry `reset`) and of the stabilisation (entry `stabilise`); a rerun continues
     after the last saved epoch.
     """
     if cfg.relabel not in RELABEL:
@@ -86,11 +86,11 @@ def reset(original, retain_train: Split, synth_x: torch.Tensor, retain_classes, 
                     print(f"  reset: resumed after {phase} epoch {saved['epoch']}", file=__import__("sys").stderr)
                 break
 
-        def saver_for(unit, extra=None):
+        def saver_for(entry, extra=None):
             def save(s):
-                state.save(unit, {**s, **(extra or {}), "model": model.state_dict(), "gen": gen.get_state(),
+                state.save(entry, {**s, **(extra or {}), "model": model.state_dict(), "gen": gen.get_state(),
                                   "rng": rng_state()})
-                kill_point(f"{unit}:{s['epoch']}")
+                kill_point(f"{entry}:{s['epoch']}")
             return save
 
         saver = {"reset": saver_for("reset")}

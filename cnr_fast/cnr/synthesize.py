@@ -99,10 +99,10 @@ def gan_batch_size(n_images: int, requested: int | None) -> int:
 
 
 def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", quiet=False, state=None,
-              unit: str = "gan"):
+              entry: str = "gan"):
     """Standard DCGAN training (non-saturating BCE, Adam 2e-4, betas 0.5/0.999) on one class's images.
 
-    state: a resume.RunState; then G, D, both optimisers and the RNG states are saved as `unit` after
+    state: a resume.RunState; then G, D, both optimisers and the RNG states are saved as state entry `entry` after
     every epoch, and training continues from the last saved epoch.
     """
     torch.manual_seed(seed)
@@ -116,7 +116,7 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
     steps = -(-len(images) // bs)
     last = {}
     start = 0
-    saved = state.load(unit) if state is not None else None
+    saved = state.load(entry) if state is not None else None
     if saved is not None:
         from ..resume import set_rng_state
 
@@ -165,7 +165,7 @@ def train_gan(images: Split, cfg, *, device, seed=0, desc="synthesize: GAN", qui
         if state is not None:
             from ..resume import kill_point, rng_state
 
-            state.save(unit, {"epoch": epoch + 1, "g": g.state_dict(), "d": d.state_dict(),
+            state.save(entry, {"epoch": epoch + 1, "g": g.state_dict(), "d": d.state_dict(),
                               "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "gen": gen.get_state(),
                               "rng": rng_state(), "last": last})
             kill_point(f"gan:{epoch + 1}")
@@ -300,7 +300,7 @@ def synthesize(model, train: Split, detection, cfg, *, device, amp=False, seed=0
         else:
             t0 = time.perf_counter()
             g, d, gan_log = train_gan(own, cfg, device=device, seed=seed + i, desc=f"synthesize: GAN class {c}",
-                                      quiet=quiet, state=state, unit=f"gan-{c}")
+                                      quiet=quiet, state=state, entry=f"gan-{c}")
             if reuse is not None:
                 reuse[key] = (g, d, gan_log, time.perf_counter() - t0)
         gan_log = {**gan_log, "gan_reused_s": reused}

@@ -1,7 +1,7 @@
 """Drivers a Python user can call without the CLI, split by job:
 
 - methods.py: the method registry (`Method`, `register`, `get`, `names`) and `unlearn_model`;
-- runner.py: the per-seed runner every driver shares (references, resumable units, one audit);
+- runner.py: the per-seed runner every driver shares (references, resumable state entries, one audit);
 - compare.py, ablate.py, scenarios.py: the drivers (and the scenario registry);
 - stats.py: intervals, paired tests, Holm, the verdict; reports.py: Markdown and figures;
 - merge.py: runs over disjoint seeds into one result.

@@ -19,7 +19,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
 
     state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
-    kept there as it completes, and a rerun continues after the last one (see `runner.unit`).
+    kept there as it completes, and a rerun continues after the last one (see `runner.kept_model`).
 
     By default each seed trains (or takes from the cache) its own original, retrained reference and
     null model, so the intervals cover the randomness of training as well as of unlearning.

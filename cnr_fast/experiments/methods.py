@@ -3,7 +3,7 @@
 An entry declares what the rest of the code reads instead of hard-coding names: its function, its role
 (CNR, a control of CNR, a baseline), whether it is trained from scratch (RFS: its units do not
 correspond to the original's, so it is audited as an independent model and coordinate-bound metrics
-are not reported for it), whether it keeps resumable units of its own stages, the config sections and
+are not reported for it), whether it keeps resumable state entries of its own stages, the config sections and
 CLI flags it reads, and whether `compare` runs it by default. `cnr-fast ls`, `unlearn --method`,
 `compare --methods`, the audit's independence and the reports all read this registry.
 
@@ -42,7 +42,7 @@ class Method:
     role: str = "baseline"  # one of ROLES
     description: str = ""
     from_scratch: bool = False  # trained from scratch on the retain data, not derived from the original
-    staged: bool = False  # keeps resumable units of its stages (else the whole method is one unit)
+    staged: bool = False  # keeps resumable state entries of its stages (else the method is one entry)
     config_sections: tuple[str, ...] = ()  # the RunConfig sections it reads besides data / model
     flags: tuple[str, ...] = ()  # the CLI flags that set them (`cnr-fast ls` prints them)
     variant_of: str | None = None  # a config variant of this method (a control): run it with `changes`
@@ -127,8 +127,8 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
 
     reuse: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
     variants reuse one GAN per forget class; the reused GAN's training time is still charged.
-    state: a resume.RunState (`cnr-fast unlearn`): a staged method saves its stages' units there and a
-    rerun continues from them; any other method is one unit, done again if it did not finish.
+    state: a resume.RunState (`cnr-fast unlearn`): a staged method saves its stages' state entries there and a
+    rerun continues from them; any other method is one entry, done again if it did not finish.
     A method's info may carry "synthetic_images" (written as synthetic.pt / .png) and "timings_s" (per
     stage; "charged_reused_s" is time of reused work charged to this run).
     """

@@ -1,5 +1,5 @@
 """The per-seed runner every driver shares (compare, ablate, the multiclass and continual scenarios):
-one seed's references, each arm (a method or a variant, from its start model) as a resumable unit with
+one seed's references, each arm (a method or a variant, from its start model) as a resumable state entry with
 its time, validation choice and validation accuracy, and one audit of every model, flattened.
 """
 
@@ -25,10 +25,10 @@ def val_accuracy(model, ds, forget, device, amp: bool = False) -> dict:
     return {"val_forget_acc": acc["forget_acc"], "val_retain_acc": acc["retain_acc"]}
 
 
-def unit(state, name: str, start, make):
-    """One resumable unit of a driver (compare, multiclass, continual, ablate).
+def kept_model(state, name: str, start, make):
+    """One resumable state entry of a driver (compare, multiclass, continual, ablate): a model.
 
-    make() -> (model, info) with `info` plain values. With a resume.RunState, a unit that an earlier
+    make() -> (model, info) with `info` plain values. With a resume.RunState, an entry that an earlier
     invocation completed is loaded instead: its weights into a copy of `start` (the model the method
     started from), its info, and the torch RNG state it left, so the rest of the run draws what an
     uninterrupted run draws. A model of another class than `start` (LM's logit mask: no training,
@@ -45,12 +45,12 @@ def unit(state, name: str, start, make):
     model, info = make()
     if state is not None and type(model) is type(start):
         state.save(name, {"model": model.state_dict(), "info": info, "rng": rng_state()})
-        kill_point(f"unit:{name}")
+        kill_point(f"entry:{name}")
     return model, info
 
 
-def audit_unit(state, name: str, make) -> dict:
-    """make() -> a JSON-able audit summary; kept in `state` like `unit` (with the RNG state)."""
+def kept_audit(state, name: str, make) -> dict:
+    """make() -> a JSON-able audit summary; kept in `state` like `kept_model` (with the RNG state)."""
     from ..resume import kill_point, rng_state, set_rng_state
 
     saved = state.load(name) if state is not None else None
@@ -60,7 +60,7 @@ def audit_unit(state, name: str, make) -> dict:
     result = make()
     if state is not None:
         state.save(name, {"result": result, "rng": rng_state()})
-        kill_point(f"unit:{name}")
+        kill_point(f"entry:{name}")
     return result
 
 
@@ -119,7 +119,7 @@ class Arm:
 
 def run_seed(arms: list[Arm], refs: SeedReferences, ds, forget, *, device, state, prefix: str, seed: int,
              quiet=False, figures=False, relearn=True, log=None) -> dict:
-    """Every arm as a unit `<prefix><name>`, then one audit (`<prefix>audit`) of the original, the
+    """Every arm as a state entry `<prefix><name>`, then one audit (`<prefix>audit`) of the original, the
     retrained reference and every arm. Returns {"metrics": {name: flat metrics + val_*}, "times",
     "choices" (per arm), "cka_null", "settings" (the audit's), "models" (name -> model)}."""
     from ..audit import audit_models, json_view
@@ -135,7 +135,7 @@ def run_seed(arms: list[Arm], refs: SeedReferences, ds, forget, *, device, state
             model, info = arm.make()
             return model, {**info, "val": val_accuracy(model, ds, forget, device)}
 
-        model, info = unit(state, f"{prefix}{arm.name}", arm.start, make)
+        model, info = kept_model(state, f"{prefix}{arm.name}", arm.start, make)
         models[arm.name] = model
         times[arm.name] = info["time"]
         choices[arm.name] = info.get("choice")
@@ -150,7 +150,7 @@ def run_seed(arms: list[Arm], refs: SeedReferences, ds, forget, *, device, state
         return {"settings": view.get("settings"), "cka_null": view.get("references", {}).get("cka_null", {}),
                 "metrics": view["metrics"]}
 
-    view = audit_unit(state, f"{prefix}audit", audit)
+    view = kept_audit(state, f"{prefix}audit", audit)
     return {"metrics": {n: {**flatten(m), **val.get(n, {})} for n, m in view["metrics"].items()},
             "times": times, "choices": choices, "cka_null": view.get("cka_null", {}),
             "settings": view.get("settings"), "models": models}
