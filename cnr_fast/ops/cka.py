@@ -29,8 +29,9 @@ Three paths compute the same numbers:
 pairs="diag" (early wide taps on the Gram form, late narrow ones in feature space), per call with
 pairs="all". The native Gram is a candidate only on devices where it measured >= MIN_NATIVE_SPEEDUP
 times faster than the torch Gram (NATIVE_GRAM_SPEEDUP, from bench/bench_cka.py): elsewhere it is
-not chosen automatically. CNR_FAST_BACKEND=native / reference still forces a backend (through
-`backend.call`, so `cnr-fast doctor` sees them); "reference" is the torch Gram form.
+not chosen automatically. Every call goes through `backend.call` (so `cnr-fast doctor` shows the
+choice): "native" when the native Gram alone is cheapest, else "planned" (the plan above);
+CNR_FAST_BACKEND=native / planned / reference forces one; "reference" is the torch Gram form.
 """
 
 from __future__ import annotations
@@ -346,8 +347,13 @@ def cka_matrix(
     >>> cka_matrix(a, a, pairs="diag")  # tensor([1., 1.], dtype=torch.float64)
     """
     _check(feats_a, feats_b, unbiased, pairs)
-    if requested() != "auto":
-        return call("cka_matrix", list(feats_a), list(feats_b), unbiased=unbiased, pairs=pairs)
+    return call("cka_matrix", list(feats_a), list(feats_b), unbiased=unbiased, pairs=pairs)
+
+
+def cka_matrix_planned(feats_a, feats_b, unbiased: bool = False, pairs: str = "all") -> torch.Tensor:
+    """The cost model's choice (`plan`): feature space, torch Gram or native Gram for the call, or per
+    pair with pairs="diag". The dispatcher's automatic choice for cka_matrix when the native Gram alone
+    is not the cheapest (`cnr-fast doctor` shows it as "planned")."""
     return run_plan(plan(feats_a, feats_b, unbiased, pairs), feats_a, feats_b, unbiased, pairs)
 
 
@@ -428,6 +434,9 @@ def _native_check(op: str):
 # above) and for the single-pair linear_cka (reference = reference.linear_cka).
 register("cka_matrix", Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", lambda *a, **k: []))
 register("cka_matrix", Backend("native", "cnr_fast.ops.cka:cka_matrix_native", _native_check("cka_matrix")))
+# between them, the cost model's plan (feature space / Gram / native per pair): what auto runs unless
+# the native Gram alone is cheapest for the whole call (then "native", checked first)
+register("cka_matrix", Backend("planned", "cnr_fast.ops.cka:cka_matrix_planned", lambda *a, **k: []))
 register("linear_cka", Backend("native", "cnr_fast.ops.cka:linear_cka_native", _native_check("linear_cka")))
 
 

@@ -173,7 +173,10 @@ def test_plan_native_only_where_it_earned_its_place(monkeypatch):
     monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 1.2)
     p = ops_cka.plan(x, x, True, "all")
     assert p.path == "gram" and any("1.20x" in r for r in p.native_reasons)
-    assert backend.choose("cka_matrix", x, x, unbiased=True, pairs="all")[0].name == "reference"
+    # the dispatcher runs the plan (here the torch Gram), and says so: "planned", not the native Gram
+    chosen, why = backend.choose("cka_matrix", x, x, unbiased=True, pairs="all")
+    assert chosen.name == "planned" and why["native"]
+    torch.testing.assert_close(cka_matrix(x, x, unbiased=True), cka_matrix_torch(x, x, True, "all"), atol=1e-12, rtol=0)
     monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 2.0)
     p = ops_cka.plan(x, x, True, "all")
     if NATIVE:
@@ -299,7 +302,7 @@ def test_dispatch_and_errors():
     a = [torch.randn(10, 3, generator=gen)]
     chosen, reasons = backend.choose("cka_matrix", a, a, unbiased=False, pairs="all")
     # automatic choice: native only where the cost model (and the device's measured speedup) picks it
-    assert chosen.name == ("native" if ops_cka.plan(a, a).path == "native" else "reference")
+    assert chosen.name == ("native" if ops_cka.plan(a, a).path == "native" else "planned")
     if chosen.name != "native":
         assert "native" in reasons
     with pytest.raises(ValueError, match="pairs"):
@@ -319,7 +322,7 @@ def test_requires_grad_uses_the_differentiable_fallback():
     x = torch.randn(12, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     y = torch.randn(12, 4, generator=gen, dtype=torch.float64)
     chosen, reasons = backend.choose("cka_matrix", [x], [y], unbiased=True, pairs="all")
-    assert chosen.name == "reference"
+    assert chosen.name == "planned" and ops_cka.plan([x], [y], True).gram_engine == "gram"  # torch only
     if NATIVE:
         assert any("grad" in r for r in reasons["native"])
     torch.autograd.gradcheck(lambda t: cka_matrix([t], [y], unbiased=True), (x,))
@@ -352,7 +355,8 @@ def test_pure_python_path(no_native):
     fa = _taps(15, [3, 8], gen)
     fb = _taps(15, [8], gen, base=fa)
     chosen, reasons = backend.choose("cka_matrix", fa, fb, unbiased=False, pairs="all")
-    assert chosen.name == "reference" and "cannot import" in reasons["native"][0]
+    assert chosen.name == "planned" and "cannot import" in reasons["native"][0]
+    assert ops_cka.plan(fa, fb).gram_engine == "gram"  # the plan never uses the missing library
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         assert _native.lib() is None and _native.lib() is None
