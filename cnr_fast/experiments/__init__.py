@@ -46,7 +46,6 @@ from .reports import (  # noqa: F401
 from .runner import begin_provenance, machine_info, val_accuracy  # noqa: F401
 from .scenarios import CONTINUAL_ORDER, MULTICLASS_SETS, SCENARIOS, continual, merge_results, multiclass  # noqa: F401
 from .stats import (  # noqa: F401
-    COORDINATE_BOUND,
     SEPARATION,
     SEPARATION_ALPHA,
     flatten,

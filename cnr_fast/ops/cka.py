@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import _native
-from .backend import Backend, call, register, requested
+from .backend import Backend, always, call, register, requested
 
 # Beyond this many examples the native op's N x N Grams stop fitting comfortably in memory.
 MAX_NATIVE_N = 32768
@@ -432,11 +432,11 @@ def _native_check(op: str):
 # This file's backends, beside their kernels: the native library cnr_fast._C (csrc/; C++/OpenMP on CPU,
 # CUDA when built with it) for the batched CKA of every tap pair (reference = the torch Gram form
 # above) and for the single-pair linear_cka (reference = reference.linear_cka).
-register("cka_matrix", Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", lambda *a, **k: []))
+register("cka_matrix", Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", always))
 register("cka_matrix", Backend("native", "cnr_fast.ops.cka:cka_matrix_native", _native_check("cka_matrix")))
 # between them, the cost model's plan (feature space / Gram / native per pair): what auto runs unless
 # the native Gram alone is cheapest for the whole call (then "native", checked first)
-register("cka_matrix", Backend("planned", "cnr_fast.ops.cka:cka_matrix_planned", lambda *a, **k: []))
+register("cka_matrix", Backend("planned", "cnr_fast.ops.cka:cka_matrix_planned", always))
 register("linear_cka", Backend("native", "cnr_fast.ops.cka:linear_cka_native", _native_check("linear_cka")))
 
 
