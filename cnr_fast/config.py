@@ -163,9 +163,16 @@ class RunConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     reset: ResetConfig = field(default_factory=ResetConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    # Settings of methods that declare their own (methods.Option): {"method": {"option": value}}.
+    # Checked against the method registry by methods.check_options; omitted from to_dict when empty,
+    # so the configs, cache keys and resume keys of runs that set none are what they were.
+    method_options: dict = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["method_options"]:
+            del d["method_options"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -178,7 +185,10 @@ class RunConfig:
         """`cfg.replace(synth={"alpha": 2.0}, seed=1)`: nested keyword updates, validated."""
         merged = self.to_dict()
         for key, val in sections.items():
-            if isinstance(val, dict):
+            if key == "method_options":  # per method: the options given replace those of the same name
+                old = merged.get(key, {})
+                merged[key] = {**old, **{m: {**old.get(m, {}), **opts} for m, opts in val.items()}}
+            elif isinstance(val, dict):
                 merged[key] = {**merged[key], **val}
             else:
                 merged[key] = val
@@ -197,14 +207,30 @@ def _from_dict(cls, d: dict, where: str):
     hints = typing.get_type_hints(cls)
     for name, val in d.items():
         sub = _SECTIONS.get(name) if cls is RunConfig else None
-        if sub is not None:
+        if cls is RunConfig and name == "method_options":
+            kwargs[name] = _method_options(val, f"{where}.{name}")
+        elif sub is not None:
             kwargs[name] = val if isinstance(val, sub) else _from_dict(sub, val, f"{where}.{name}")
         else:
             if isinstance(val, list):
                 val = tuple(val)
-            _check_type(val, hints[name], f"{where}.{name}")
+            check_type(val, hints[name], f"{where}.{name}")
             kwargs[name] = val
     return cls(**kwargs)
+
+
+def _method_options(val, where: str) -> dict:
+    """The shape of method_options ({method: {option: JSON scalar}}); names and types are the method
+    registry's to check (methods.check_options)."""
+    if not isinstance(val, dict) or not all(isinstance(v, dict) for v in val.values()):
+        raise UserError(f"{where} must map a method name to its options, e.g. {{\"mine\": {{\"strength\": 2}}}}; "
+                        f"got {json.dumps(val, default=str)}")
+    for m, opts in val.items():
+        for k, v in opts.items():
+            if not isinstance(v, (bool, int, float, str)) and v is not None:
+                raise UserError(f"{where}.{m}.{k} must be a number, a string, true/false or null, not "
+                                f"{json.dumps(v, default=str)}")
+    return {m: dict(opts) for m, opts in val.items()}
 
 
 def _type_ok(val, tp) -> bool:
@@ -237,7 +263,7 @@ def _type_name(tp) -> str:
             type(None): "null"}.get(tp, str(tp))
 
 
-def _check_type(val, tp, where: str) -> None:
+def check_type(val, tp, where: str) -> None:
     if not _type_ok(val, tp):
         raise UserError(f"{where} must be {_type_name(tp)}, not {json.dumps(val, default=str)}; fix that value "
                         "(a previous run's config.json shows the expected form)")

@@ -23,14 +23,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--dataset", "digits", "--image-size", "8", "--train-epochs", "1", "--quiet"]
 
 
-def zero_head(original, ds, forget, cfg, *, device, quiet=False):
-    """A toy method: the original with its head's forget rows zeroed and their biases at -1e4."""
+def zero_head(original, ds, forget, cfg, *, device, quiet=False, options):
+    """A toy method: the original with its head's forget rows zeroed and their biases at options["bias"]."""
     model = copy.deepcopy(original)
     head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         for c in forget:
             head.weight[c] = 0
-            head.bias[c] = -1e4
+            head.bias[c] = options["bias"]
     return model.eval(), {"zeroed_rows": list(forget)}
 
 
@@ -60,7 +60,8 @@ def _margin_numpy(model, split, forget) -> float:
 
 @pytest.fixture()
 def toys():
-    M.register(M.Method("zero-head", zero_head, "baseline", "zero the forget rows of the head (a test toy)"))
+    M.register(M.Method("zero-head", zero_head, "baseline", "zero the forget rows of the head (a test toy)",
+                        options=(M.Option("bias", float, -1e4, "the forget rows' bias", low=-1e6),)))
     MM.register(MM.Metric("forget_margin", "scalar", "true minus largest other logit on forget test examples",
                           compute=forget_margin))
     yield
@@ -88,6 +89,42 @@ def test_a_registered_method_and_metric_reach_unlearn_and_its_files(tmp_path, to
     # the CLI's help and `ls` read the registry too
     with pytest.raises(SystemExit):
         main(["unlearn", "--help"])
+
+
+def test_a_method_declares_its_own_option_and_it_reaches_flag_config_and_run(tmp_path, toys, capsys):
+    out = tmp_path / "run"
+    assert main(["unlearn", "--method", "zero-head", "--zero-head-bias", "-50", "--out", str(out), "--cache-dir",
+                 str(tmp_path / "c"), "--audit", "off", *TINY]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method_options"] == {"zero-head": {"bias": -50.0}}
+    ds = load_dataset(DataConfig(dataset="digits", image_size=8))
+    model, _ = model_from_checkpoint(out / "model.pt", ds)
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert head.bias[2].item() == -50.0 and head.weight[2].abs().sum().item() == 0
+    # the option from a config file, and the checks: out of range, undeclared, of no registered method
+    conf = tmp_path / "c.json"
+    for opts, words in [({"zero-head": {"bias": -1e7}}, "at least -1000000.0"),
+                        ({"zero-head": {"bais": 1.0}}, "has no option 'bais'"),
+                        ({"zero-hed": {"bias": 1.0}}, "did you mean zero-head")]:
+        conf.write_text(json.dumps({"method_options": opts}))
+        capsys.readouterr()
+        assert main(["unlearn", "--method", "zero-head", "--config", str(conf), "--out", str(tmp_path / "x"),
+                     *TINY]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+    capsys.readouterr()
+    assert main(["ls"]) == 0
+    assert "--zero-head-bias float, default -10000.0" in capsys.readouterr().out
+
+
+def test_a_config_without_method_options_keeps_its_keys():
+    """Runs that set no method option hash as before the option table existed (cache and resume keys)."""
+    from cnr_fast.config import RunConfig
+    d = RunConfig().to_dict()
+    assert "method_options" not in d and RunConfig.from_dict(d) == RunConfig()
+    c = RunConfig().replace(method_options={"lm": {"a": 1}}).replace(method_options={"lm": {"b": 2}})
+    assert c.method_options == {"lm": {"a": 1, "b": 2}} and RunConfig.from_dict(c.to_dict()) == c
 
 
 def test_a_registered_method_and_metric_reach_compare_and_its_tables(tmp_path, toys, capsys):

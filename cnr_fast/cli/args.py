@@ -102,6 +102,13 @@ def config_from_args(args) -> RunConfig:
         updates.setdefault("baseline", {})["stabilize_epochs"] = args.stabilize_epochs
     if getattr(args, "reset_epochs", None) is not None and getattr(args, "baseline_epochs", None) is None:
         updates.setdefault("baseline", {})["epochs"] = args.reset_epochs
+    options: dict = {}
+    for dest, val in vars(args).items():
+        if dest.startswith(OPTION_DEST) and val is not None:
+            method, key = dest[len(OPTION_DEST):].split(":", 1)
+            options.setdefault(method, {})[key] = val
+    if options:
+        updates["method_options"] = options
     seeds = getattr(args, "seeds", None)
     if seeds is not None and seeds < 1:
         raise UserError(f"--seeds {seeds}: the number of seeds must be at least 1; pass --seeds 1 or more")
@@ -113,9 +120,10 @@ def config_from_args(args) -> RunConfig:
 def check_config(cfg: RunConfig) -> RunConfig:
     """Every name, number and choice of a run, and CNR_FAST_BACKEND, checked before any work."""
     from ..config import validate
-    from ..experiments.methods import get as get_method
+    from ..experiments.methods import check_options, get as get_method
 
     get_method(cfg.method)  # an unknown name is one line naming the closest ones
+    check_options(cfg)
     check_arch_known(cfg)
     name = cfg.data.dataset
     if name not in DATASETS[:-1] and not name.startswith("imagefolder:"):
@@ -172,6 +180,26 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--relabel",
                    help="random retain labels of the synthetic images: drawn once (default) or every step")
     g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
+    add_option_args(p)
+
+
+OPTION_DEST = "method_option:"  # argparse dest of a method's own option: method_option:METHOD:NAME
+
+
+def add_option_args(p: argparse.ArgumentParser) -> None:
+    """A flag for every option a registered method declares (methods.Option), grouped by method."""
+    from ..experiments import methods as M
+
+    for name in M.names():
+        entry = M.get(name)
+        if not entry.options:
+            continue
+        g = p.add_argument_group(f"{name}: {entry.description}")
+        for o in entry.options:
+            kind = argparse.BooleanOptionalAction if o.type is bool else None
+            extra = {"action": kind} if kind else {"type": o.type, "metavar": o.name.upper()}
+            g.add_argument(o.flag(name), dest=f"{OPTION_DEST}{name}:{o.name}", default=None,
+                           help=f"{o.help} (default {o.default})", **extra)
 
 
 def add_resume_args(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,9 @@ def run(args) -> int:
 
     print("methods:  " + ", ".join(m for m in M.names() if M.get(m).role != "control"))
     print("controls: " + "; ".join(f"{m} ({M.get(m).description})" for m in M.names("control")))
+    for m in M.names():
+        for o in M.get(m).options:
+            print(f"option of {m}: {o.flag(m)} {o.type.__name__}, default {o.default}: {o.help}")
     print("archs:    " + ", ".join(ARCHS))
     print("datasets: " + ", ".join(DATASETS))
     print("taps:     " + ", ".join(TAP_NAMES))

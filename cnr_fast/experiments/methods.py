@@ -13,9 +13,16 @@ info)` and one `register(Method(...))` call (here for the built-in ones, or from
     from cnr_fast.experiments.methods import Method, register
     register(Method("mine", run=my_run, role="baseline", description="what it does"))
 
-`run` receives `state` (a resume.RunState, when `staged`) and `reuse` (a dict kept across the runs of
-one driver on one original, e.g. CNR's GAN) as keywords; entries that take neither are wrapped.
-A control may be a config variant of another method (`variant_of` + `changes`) with no function.
+`run` receives `state` (a resume.RunState, when `staged`), `reuse` (a dict kept across the runs of
+one driver on one original, e.g. CNR's GAN) and `options` (its own settings, below) as keywords, each
+only if its signature names it. A control may be a config variant of another method (`variant_of` +
+`changes`) with no function.
+
+A method's own settings are `Option`s in its entry: each is a CLI flag `--METHOD-OPTION` of `unlearn`,
+`compare` and `ablate`, a key `method_options.METHOD.OPTION` of a config file and of config.json, and
+a key of the `options` dict its `run` receives (defaults filled in). Nothing else needs editing:
+
+    register(Method("mine", run=my_run, options=(Option("strength", float, 1.0, "how hard", low=0.0),)))
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import dataclasses
 import difflib
 import inspect
 import io
+import math
 import time
 from typing import Callable
 
@@ -33,6 +41,29 @@ from ..config import RunConfig
 from ..errors import UserError
 
 ROLES = ("cnr", "control", "baseline")
+OPTION_TYPES = (int, float, str, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting of one method: `--METHOD-NAME` on the CLI, `method_options.METHOD.NAME` in a config."""
+
+    name: str  # a Python identifier; the flag spells "_" as "-"
+    type: type  # one of OPTION_TYPES
+    default: object
+    help: str = ""
+    low: float | None = None  # lowest allowed value (numbers)
+    strict: bool = False  # the value must be above `low`, not equal to it
+    choices: tuple = ()  # the allowed values (strings)
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise ValueError(f"option {self.name!r}: the name must be a Python identifier")
+        if self.type not in OPTION_TYPES:
+            raise ValueError(f"option {self.name!r}: type must be one of int, float, str, bool")
+
+    def flag(self, method: str) -> str:
+        return f"--{method}-{self.name.replace('_', '-')}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +79,7 @@ class Method:
     variant_of: str | None = None  # a config variant of this method (a control): run it with `changes`
     changes: dict | None = None
     default_in_compare: bool = True
+    options: tuple[Option, ...] = ()  # its own settings (see the module docstring)
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -107,6 +139,40 @@ def check_names(methods: list[str]) -> None:
         raise UserError(f"--methods lists a method twice: {methods}")
 
 
+def option_values(name: str, cfg: RunConfig) -> dict:
+    """The options of method `name` (a control: of the method it varies) with cfg's values over the defaults."""
+    entry = resolve(name, None)[0]
+    given = cfg.method_options.get(entry.name, {})
+    return {o.name: given.get(o.name, o.default) for o in entry.options}
+
+
+def check_options(cfg: RunConfig) -> None:
+    """Every method option in cfg: of a registered method, declared by it, of its type and range."""
+    from ..config import check_type
+
+    for method, given in cfg.method_options.items():
+        entry = get(method)  # an unknown method: one line with the closest names
+        declared = {o.name: o for o in entry.options}
+        for key, val in given.items():
+            where = f"method_options.{method}.{key}"
+            if key not in declared:
+                known = ", ".join(declared) or "none"
+                raise UserError(f"{where}: method {method!r} has no option {key!r} (its options: {known}); "
+                                "drop it or fix the name")
+            o = declared[key]
+            if o.type is float and isinstance(val, int) and not isinstance(val, bool):
+                val = float(val)
+            check_type(val, o.type, where)
+            how = f"pass a valid value with {o.flag(method)}"
+            if o.choices and val not in o.choices:
+                raise UserError(f"{where} is {val!r}; choose one of {', '.join(map(str, o.choices))} ({how})")
+            if o.type in (int, float) and o.low is not None:
+                if o.type is float and not math.isfinite(val):
+                    raise UserError(f"{where} is {val}; {how}")
+                if (val <= o.low) if o.strict else (val < o.low):
+                    raise UserError(f"{where} is {val}, it must be {'above' if o.strict else 'at least'} {o.low}; {how}")
+
+
 def is_from_scratch(name: str | None) -> bool:
     """True for a registered method trained from scratch (unknown names: False)."""
     return bool(name) and name in _all() and resolve(name, None)[0].from_scratch
@@ -135,7 +201,8 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
     entry, cfg = resolve(method, cfg)
     forget = list(cfg.data.forget)
     t0 = time.perf_counter()
-    model, info = _call(entry, original, ds, forget, cfg, device=device, quiet=quiet, state=state, reuse=reuse)
+    model, info = _call(entry, original, ds, forget, cfg, device=device, quiet=quiet, state=state, reuse=reuse,
+                        options=option_values(entry.name, cfg))
     info = dict(info)
     files: dict[str, object] = {}
     synth = info.pop("synthetic_images", None)
