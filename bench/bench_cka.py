@@ -11,11 +11,11 @@ Workloads (same features, float32, N examples; tap dims of a small CNN: 8x28x28,
                    equivalent per-pair loop written here (same formula) and labelled so.
   pytorch_cka      pytorch-cka 1.1.3 `cka_from_features`: Grams per tap + one pair-batched einsum.
   native           ours, cnr_fast._C all-pairs (unbiased, the estimator the two above use).
-  native_biased    ours, biased estimator (= reference.linear_cka).
+  native_biased    ours, biased estimator (= spec.linear_cka).
   torch_batched    ours, pure-torch fallback (ops/cka.py cka_matrix_torch), unbiased.
 Verification (untimed): native (float32 in) vs the pure-torch form on float64 features and vs
 pytorch-cka on float64 features (<= 1e-4, after pytorch-cka's [0, 1] clamp); biased vs
-reference.linear_cka on the pairs of small taps; reported only: distance to pytorch-cka and
+spec.linear_cka on the pairs of small taps; reported only: distance to pytorch-cka and
 torch-cka fed the float32 features (their uncentred float32 U-statistic loses digits on ReLU data).
 
 Paths and dispatch ("paths" in the JSON): for each shape in PATH_SHAPES, the time of every path of
@@ -216,7 +216,7 @@ def bench_baselines(args, device: str) -> dict:
         print("pytorch-cka not installed (pip install --no-deps pytorch-cka==1.1.3): its workload is skipped",
               file=sys.stderr)
 
-    from cnr_fast.ops import reference
+    from cnr_fast.ops import spec
     from cnr_fast.ops.cka import cka_matrix_native, cka_matrix_torch
 
     fa, fb = make_features(args.n, device)
@@ -241,9 +241,9 @@ def bench_baselines(args, device: str) -> dict:
         torch64 = cka_matrix_torch(a64, b64, unbiased=True).cpu()
         torch64_b = cka_matrix_torch(a64, b64, unbiased=False).cpu()
         loop_vals = loop().double().cpu()
-        # reference.linear_cka (feature-space form, O(N D_a D_b)) on the pairs of small taps only
+        # spec.linear_cka (feature-space form, O(N D_a D_b)) on the pairs of small taps only
         small = [i for i, t in enumerate(flat_a) if t.shape[1] <= 1568]
-        ref_small = torch.tensor([[reference.linear_cka(flat_a[i].cpu(), flat_b[j].cpu()).item() for j in small]
+        ref_small = torch.tensor([[spec.linear_cka(flat_a[i].cpu(), flat_b[j].cpu()).item() for j in small]
                                   for i in small], dtype=torch.float64)
     verify = {
         "native_vs_torch_batched_f64_maxabs": (ours - torch64).abs().max().item(),

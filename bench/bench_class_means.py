@@ -1,7 +1,7 @@
 """Per-class means of a tap over a dataset (eq. 1), streamed in batches: three ways.
 
   mask_loop            what people write today: per batch, per class, feats[labels == c].sum(0)
-  reference_index_add  cnr_fast.ops.reference.class_sums (one index_add_ + bincount per batch)
+  reference_index_add  cnr_fast.ops.spec.class_sums (one index_add_ + bincount per batch)
   triton               cnr_fast.ops._triton.class_sums (one kernel per batch; CUDA only)
 
 Each workload accumulates sums and counts over N samples in batches and divides once; the timed
@@ -18,7 +18,7 @@ import argparse
 import torch
 
 from bench.harness import add_common_args, apply_common_args, finish, measure_all, speedups, summary_line
-from cnr_fast.ops import reference
+from cnr_fast.ops import spec
 
 
 def _mask_loop(batches, C, U, device):
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     dtypes = apply_common_args(args)
     device = args.device
     on_cuda = device.startswith("cuda")
-    methods = {"mask_loop": _mask_loop, "reference_index_add": _with(reference.class_sums)}
+    methods = {"mask_loop": _mask_loop, "reference_index_add": _with(spec.class_sums)}
     if on_cuda:
         from cnr_fast.ops._triton.class_sums import class_sums as triton_class_sums
 

@@ -1,4 +1,4 @@
-"""tv_loss and selective_loss, forward + backward: reference vs triton (triton on CUDA only).
+"""tv_loss and selective_loss, forward + backward: the torch spec ("reference" in the JSON) vs triton (triton on CUDA only).
 
 Workloads are the synthesis stage's: a batch of generated images for TV, and the ResNet-18 (CIFAR
 stem) taps L1..L4 with TopK = 1% of each tap's units for the selective loss. The timed call is one
@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from bench.harness import add_common_args, apply_common_args, finish, measure_all, speedups, summary_line
-from cnr_fast.ops import reference
+from cnr_fast.ops import spec
 
 TV_SHAPES = [(64, 3, 32, 32), (16, 3, 224, 224)]
 TAP_CHANNELS_HW = [(64, 32), (128, 16), (256, 8), (512, 4)]  # ResNet-18 CIFAR L1..L4
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     device = args.device
     on_cuda = device.startswith("cuda")
 
-    impls = {"tv_loss": {"reference": reference.tv_loss}, "selective_loss": {"reference": reference.selective_loss}}
+    impls = {"tv_loss": {"reference": spec.tv_loss}, "selective_loss": {"reference": spec.selective_loss}}
     if on_cuda:
         from cnr_fast.ops._triton.selective_loss import selective_loss as t_sel
         from cnr_fast.ops._triton.tv_loss import tv_loss as t_tv

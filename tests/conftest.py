@@ -3,7 +3,7 @@
 TRITON_INTERPRET must be in the environment before triton is first imported, and torchvision
 imports triton: so it is set here, in the root conftest, before any test module imports
 cnr_fast.models. The dispatch never picks the interpreter automatically (only with
-CNR_FAST_BACKEND=triton), so other tests keep the torch reference on CPU.
+CNR_FAST_BACKEND=triton), so other tests keep the torch backend on CPU.
 """
 
 import os

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import cka as _cka  # noqa: F401  (registers its native backends beside its kernels)
 from . import knn as _knn  # noqa: F401  (registers the torch and faiss k-NN searches)
-from . import reference
+from . import spec
 from .backend import call
 
 
@@ -18,7 +18,7 @@ def class_sums_add(feats, labels, sums, counts=None):
 
 
 def class_sums_buffer(feats, num_classes):
-    return reference.class_sums_buffer(feats, num_classes)
+    return spec.class_sums_buffer(feats, num_classes)
 
 
 def selectivity_topk(means, forget, retain, k):
@@ -42,7 +42,7 @@ __all__ = [
     "class_sums_add",
     "class_sums_buffer",
     "linear_cka",
-    "reference",
+    "spec",
     "selective_loss",
     "selectivity_topk",
     "tv_loss",

@@ -1,4 +1,4 @@
-"""One dispatch seam for every op: torch reference (always), fast backends when they can run.
+"""One dispatch seam for every op: the torch spec (always), fast backends when they can run.
 
 `CNR_FAST_BACKEND` unset or `auto`: the first backend that can run the call is used, quietly.
 `CNR_FAST_BACKEND=<name>`: that backend or a loud error listing why it cannot run.
@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from . import reference
+from . import spec
 
 
 @dataclass
@@ -38,25 +38,24 @@ class BackendError(RuntimeError):
 
 
 def always(*_a, **_k) -> list[str]:
-    """The check of a backend that runs every call (a reference)."""
+    """The check of a backend that runs every call (the torch spec)."""
     return []
 
 
-# op name -> backends in order of preference (fastest first, reference last)
+# op name -> backends in order of preference (fastest first, torch last)
 REGISTRY: dict[str, list[Backend]] = {
-    op: [Backend("reference", f"cnr_fast.ops.reference:{op}", always)] for op in reference.OPS
+    op: [Backend("torch", f"cnr_fast.ops.spec:{op}", always)] for op in spec.OPS
 }
 
 
 def register(op: str, backend: Backend) -> None:
-    """Add a backend of `op` (other pipelines may plug in their own): one named "reference", the op's
-    always-running spec, goes last; any other in front of the reference. A new op starts with its
-    reference."""
+    """Add a backend of `op` (other pipelines may plug in their own): one named "torch", the op's
+    always-running spec, goes last; any other in front of it. A new op starts with its torch spec."""
     chain = [b for b in REGISTRY.get(op, []) if b.name != backend.name]
-    if backend.name == "reference":
+    if backend.name == "torch":
         chain.append(backend)
     else:
-        chain.insert(len(chain) - 1 if chain and chain[-1].name == "reference" else len(chain), backend)
+        chain.insert(len(chain) - 1 if chain and chain[-1].name == "torch" else len(chain), backend)
     REGISTRY[op] = chain
 
 
@@ -85,7 +84,7 @@ def choose(op: str, *args, **kwargs) -> tuple[Backend, dict[str, list[str]]]:
         if not why:
             return b, reasons
         reasons[b.name] = why
-    raise BackendError(f"no backend can run {op!r}: {reasons}")  # unreachable: reference always runs
+    raise BackendError(f"no backend can run {op!r}: {reasons}")  # unreachable: the torch spec always runs
 
 
 def call(op: str, *args, **kwargs):
@@ -123,7 +122,7 @@ def describe() -> dict[str, dict]:
 
     Checks the environment only (each backend's not_supported_reasons() with no arguments), so
     "chosen" is the choice for tensors on the best device here (CUDA if present); CPU tensors still
-    get the reference unless CNR_FAST_BACKEND says otherwise. For `cnr-fast doctor`.
+    get the torch spec unless CNR_FAST_BACKEND says otherwise. For `cnr-fast doctor`.
     Returns {op: {"chosen": name or None, "requested": CNR_FAST_BACKEND or "auto",
     "reasons": {backend: [reasons]}}}; "chosen" is None when the requested backend cannot run.
     """
@@ -144,4 +143,4 @@ def describe() -> dict[str, dict]:
     return out
 
 
-__all__ = ["REGISTRY", "Backend", "BackendError", "always", "call", "choose", "describe", "reference", "register"]
+__all__ = ["REGISTRY", "Backend", "BackendError", "always", "call", "choose", "describe", "register", "spec"]

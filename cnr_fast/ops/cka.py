@@ -6,7 +6,7 @@
 feats_*: lists of (N, ...) activations on the same N examples, flattened to (N, D_t), centred.
 CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)) with K = Xc Xc^T, L = Yc Yc^T.
 
-* unbiased=False: the biased estimator, equal to `reference.linear_cka` (Kornblith et al. 2019).
+* unbiased=False: the biased estimator, equal to `spec.linear_cka` (Kornblith et al. 2019).
 * unbiased=True: the unbiased HSIC U-statistic (Song et al. 2012; Nguyen et al. 2020 eq. 3) that
   pytorch-cka 1.1.3 (`cka.cka_from_features`) and torch-cka 0.21 (`CKA._HSIC`) use. Unlike
   pytorch-cka we do not clamp to [0, 1] (a negative value is the estimator saying "unrelated") and
@@ -31,7 +31,7 @@ pairs="all". The native Gram is a candidate only on devices where it measured >=
 times faster than the torch Gram (NATIVE_GRAM_SPEEDUP, from bench/bench_cka.py): elsewhere it is
 not chosen automatically. Every call goes through `backend.call` (so `cnr-fast doctor` shows the
 choice): "native" when the native Gram alone is cheapest, else "planned" (the plan above);
-CNR_FAST_BACKEND=native / planned / reference forces one; "reference" is the torch Gram form.
+CNR_FAST_BACKEND=native / planned / torch forces one; "torch" is the torch Gram form.
 """
 
 from __future__ import annotations
@@ -341,7 +341,7 @@ def cka_matrix(
     """Linear CKA of every (tap of A, tap of B) pair: (T_a, T_b) float64, or (T,) with pairs="diag".
 
     The path (feature space, torch Gram, native Gram) comes from `plan`, by cost; with
-    CNR_FAST_BACKEND=native or =reference that backend runs instead (reference = torch Gram).
+    CNR_FAST_BACKEND=native or =torch that backend runs instead (torch = the torch Gram form).
 
     >>> a = [torch.randn(100, 8, 4, 4), torch.randn(100, 32)]
     >>> cka_matrix(a, a, pairs="diag")  # tensor([1., 1.], dtype=torch.float64)
@@ -357,7 +357,7 @@ def cka_matrix_planned(feats_a, feats_b, unbiased: bool = False, pairs: str = "a
     return run_plan(plan(feats_a, feats_b, unbiased, pairs), feats_a, feats_b, unbiased, pairs)
 
 
-# The "native" backend of backend.py's single-pair op linear_cka (same signature as reference.linear_cka).
+# The "native" backend of backend.py's single-pair op linear_cka (same signature as spec.linear_cka).
 
 
 def linear_cka_native_reasons(x, y) -> list[str]:
@@ -371,7 +371,7 @@ def linear_cka_native_reasons(x, y) -> list[str]:
     if not (x.is_floating_point() and y.is_floating_point()):
         why.append("needs floating-point inputs")
     if x.dim() >= 1 and x.shape[0] > MAX_NATIVE_N:
-        why.append(f"N={x.shape[0]} > {MAX_NATIVE_N}: N x N Grams too large, the reference's feature-space form is better")
+        why.append(f"N={x.shape[0]} > {MAX_NATIVE_N}: N x N Grams too large, the spec's feature-space form is better")
     return why
 
 
@@ -383,7 +383,7 @@ def _cost_reasons(op: str, *args, **kwargs) -> list[str]:
             if min(x.dim(), y.dim()) < 1 or x.shape[0] < 2:
                 return []
             p = plan([x], [y], False, "diag")
-            # linear_cka's other backend is the feature-space reference.linear_cka
+            # linear_cka's other backend is the feature-space spec.linear_cka
             if p.native_reasons:
                 return list(p.native_reasons)
             return [] if p.costs["native"] <= p.costs["feature"] else ["cost model: the feature-space form is cheaper"]
@@ -417,7 +417,7 @@ def native_reasons_for(op: str, *args, **kwargs) -> list[str]:
 
 
 def linear_cka_native(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """reference.linear_cka through the native op: a 0-d float64 tensor."""
+    """spec.linear_cka through the native op: a 0-d float64 tensor."""
     return torch.ops.cnr_fast.cka_matrix([x], [y], False, True)[0]
 
 
@@ -430,9 +430,9 @@ def _native_check(op: str):
 
 
 # This file's backends, beside their kernels: the native library cnr_fast._C (csrc/; C++/OpenMP on CPU,
-# CUDA when built with it) for the batched CKA of every tap pair (reference = the torch Gram form
-# above) and for the single-pair linear_cka (reference = reference.linear_cka).
-register("cka_matrix", Backend("reference", "cnr_fast.ops.cka:cka_matrix_torch", always))
+# CUDA when built with it) for the batched CKA of every tap pair (torch = the torch Gram form
+# above) and for the single-pair linear_cka (torch = spec.linear_cka).
+register("cka_matrix", Backend("torch", "cnr_fast.ops.cka:cka_matrix_torch", always))
 register("cka_matrix", Backend("native", "cnr_fast.ops.cka:cka_matrix_native", _native_check("cka_matrix")))
 # between them, the cost model's plan (feature space / Gram / native per pair): what auto runs unless
 # the native Gram alone is cheapest for the whole call (then "native", checked first)

@@ -4,7 +4,7 @@ indices of the nearest rows of `base`, nearest first.
 Two implementations, registered with backend.py beside them (so the choice goes through the same
 dispatcher as every op, and `cnr-fast doctor` shows it):
 
-- reference: chunked torch (`||q||^2 - 2 q.b + ||b||^2`, then topk), any device;
+- torch: chunked torch (`||q||^2 - 2 q.b + ||b||^2`, then topk), any device;
 - faiss: IndexFlatL2 (a GPU index with faiss-gpu), imported lazily, never at package import.
 
 Automatic choice (CNR_FAST_BACKEND unset): faiss for CUDA tensors when faiss-gpu is there, and for CPU
@@ -70,5 +70,5 @@ def faiss_reasons(query=None, base=None, k=None, chunk: int = 1024) -> list[str]
     return []
 
 
-register("knn_indices", Backend("reference", "cnr_fast.ops.knn:knn_torch", always))
+register("knn_indices", Backend("torch", "cnr_fast.ops.knn:knn_torch", always))
 register("knn_indices", Backend("faiss", "cnr_fast.ops.knn:knn_faiss", faiss_reasons))

@@ -52,7 +52,7 @@ def test_nn_purity_numpy(blobs):
 
 def test_knn_goes_through_the_op_dispatcher_and_doctor_shows_it(blobs, monkeypatch):
     """The automatic choice is the op dispatcher's (ops/knn.py registers both searches): small CPU
-    searches get the torch reference, searches above FAISS_MIN_WORK get faiss where it imports, and
+    searches get the torch backend, searches above FAISS_MIN_WORK get faiss where it imports, and
     `cnr-fast doctor` lists the op with its reasons."""
     from cnr_fast.cli.doctor import collect
     from cnr_fast.ops import backend
@@ -63,8 +63,8 @@ def test_knn_goes_through_the_op_dispatcher_and_doctor_shows_it(blobs, monkeypat
     monkeypatch.delenv("CNR_FAST_BACKEND", raising=False)
     chosen, reasons = backend.choose("knn_indices", q, b, 5)
     has_faiss = K._faiss() is not None
-    assert chosen.name == "reference" and (not has_faiss or "torch measured faster" in reasons["faiss"][0])
+    assert chosen.name == "torch" and (not has_faiss or "torch measured faster" in reasons["faiss"][0])
     monkeypatch.setattr(K, "FAISS_MIN_WORK", 1.0)
-    assert backend.choose("knn_indices", q, b, 5)[0].name == ("faiss" if has_faiss else "reference")
+    assert backend.choose("knn_indices", q, b, 5)[0].name == ("faiss" if has_faiss else "torch")
     assert (knn_indices(q, b, 5) == knn_indices(q, b, 5, backend="torch")).float().mean() > 0.99
     assert "knn_indices" in collect()["ops"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cnr_fast import _native
-from cnr_fast.ops import backend, reference
+from cnr_fast.ops import backend, spec
 from cnr_fast.ops import cka as ops_cka
 from cnr_fast.ops.cka import cka_matrix, cka_matrix_feature, cka_matrix_native, cka_matrix_torch
 
@@ -189,13 +189,13 @@ def test_plan_native_only_where_it_earned_its_place(monkeypatch):
         # a narrow call stays in feature space even where the native op is allowed
         y = [torch.randn(400, 5)]
         assert ops_cka.plan(y, y).path == "feature"
-        assert backend.choose("linear_cka", y[0], y[0])[0].name == "reference"
+        assert backend.choose("linear_cka", y[0], y[0])[0].name == "torch"
         assert backend.choose("linear_cka", x[0], x[1])[0].name == "native"  # n < d: the Gram form
     else:
         assert p.path == "gram" and p.native_reasons
     # with the recorded CPU speedup (under 1.5x) neither op gets the native Gram automatically
     monkeypatch.setitem(ops_cka.NATIVE_GRAM_SPEEDUP, "cpu", 1.48)
-    assert backend.choose("linear_cka", x[0], x[1])[0].name == "reference"
+    assert backend.choose("linear_cka", x[0], x[1])[0].name == "torch"
     assert ops_cka.plan(x, x).path == "gram"
     xg = x[0].clone().requires_grad_()
     assert ops_cka.plan([xg], [x[1]]).gram_engine == "gram"  # no backward in the native op
@@ -232,12 +232,12 @@ def test_feature_path_is_differentiable():
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_biased_equals_reference_linear_cka(impl):
+def test_biased_equals_spec_linear_cka(impl):
     gen = torch.Generator().manual_seed(5)
     fa = [torch.randn(31, 4, 3, 3, generator=gen), torch.randn(31, 17, generator=gen)]  # 4-d tap is flattened
     fb = [torch.randn(31, 6, generator=gen) + fa[1][:, :6], torch.randn(31, 2, 5, generator=gen)]
     got = _impl(impl)(fa, fb)
-    want = torch.stack([torch.stack([reference.linear_cka(a, b) for b in fb]) for a in fa])
+    want = torch.stack([torch.stack([spec.linear_cka(a, b) for b in fb]) for a in fa])
     torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
 
 
@@ -291,9 +291,9 @@ def test_matches_torch_cka_hsic():
 def test_linear_cka_backends_agree():
     gen = torch.Generator().manual_seed(4)
     x, y = torch.randn(50, 3, 4, generator=gen), torch.randn(50, 9, generator=gen)
-    want = reference.linear_cka(x, y)
+    want = spec.linear_cka(x, y)
     for b in backend.REGISTRY["linear_cka"]:
-        if b.name in ("native", "reference") and not b.not_supported_reasons(x, y):
+        if b.name in ("native", "torch") and not b.not_supported_reasons(x, y):
             torch.testing.assert_close(b.fn(x, y), want, atol=1e-6, rtol=0)
 
 

@@ -18,7 +18,7 @@ pytestmark = [
 pytest.importorskip("triton")
 
 from cnr_fast import ops
-from cnr_fast.ops import backend, reference
+from cnr_fast.ops import backend, spec
 from cnr_fast.ops._triton import class_sums as cs_mod
 from cnr_fast.ops._triton import selective_loss as sl_mod
 from cnr_fast.ops._triton import selectivity as sel_mod
@@ -58,7 +58,7 @@ def test_class_sums_gpu(n, fshape, c, cl, dtype):
     x = _randn(n, *fshape, seed=n + c, dtype=dtype, channels_last=cl)
     y = torch.randint(0, c, (n,), device="cuda")
     sums, counts = cs_mod.class_sums(x, y, c)
-    rs, rc = reference.class_sums(x, y, c)
+    rs, rc = spec.class_sums(x, y, c)
     ref64 = torch.zeros(c, x[0].numel(), dtype=torch.float64, device="cuda").index_add_(0, y, x.reshape(n, -1).double())
     assert torch.equal(counts, rc)
     _check(sums, rs, ref64, atol=1e-4 * (1 + ref64.abs().max().item()), what=f"class_sums {dtype}")
@@ -76,7 +76,7 @@ SELECTIVITY = [
 def test_selectivity_gpu(c, u, forget, retain, k, dtype):
     means = _randn(c, u, seed=c + u, dtype=dtype)
     s, fi, ri = sel_mod.selectivity_topk(means, forget, retain, k)
-    rs, rf, rr = reference.selectivity_topk(means, forget, retain, k)
+    rs, rf, rr = spec.selectivity_topk(means, forget, retain, k)
     m64 = means.double()
     ref64 = m64[forget] - m64[retain].mean(0)
     _check(s, rs, ref64, atol=1e-6, what=f"selectivity {dtype}")
@@ -88,7 +88,7 @@ def _tv64(x):
     x = x.double()
     dx = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
     dy = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
-    return torch.sqrt(dx**2 + dy**2 + reference.TV_EPS).sum(dim=(1, 2, 3)).mean()
+    return torch.sqrt(dx**2 + dy**2 + spec.TV_EPS).sum(dim=(1, 2, 3)).mean()
 
 
 TV = [(64, 3, 32, 32, False), (8, 3, 224, 224, True), (5, 3, 31, 29, False)]
@@ -100,7 +100,7 @@ def test_tv_loss_gpu(b, c, h, w, cl, dtype):
     x = _randn(b, c, h, w, seed=h * w, dtype=dtype, channels_last=cl)
     xk, xt, x64 = (x.clone().requires_grad_() for _ in range(3))
     vk = tv_mod.tv_loss(xk)
-    vt = reference.tv_loss(xt)
+    vt = spec.tv_loss(xt)
     v64 = _tv64(x64)
     _check(vk, vt, v64.detach(), atol=1e-5 * v64.item(), what=f"tv fwd {dtype}")
     (gk,) = torch.autograd.grad(vk, xk)
@@ -133,7 +133,7 @@ def test_selective_loss_gpu(dtype, channels_last):
     xt = [f.clone().requires_grad_() for f in feats]
     x64 = [f.clone().double().requires_grad_() for f in feats]
     vk = sl_mod.selective_loss(xk, fi, ri, 0.5)
-    vt = reference.selective_loss(xt, fi, ri, 0.5)
+    vt = spec.selective_loss(xt, fi, ri, 0.5)
     v64 = _sel64(x64, fi, ri, 0.5)
     _check(vk, vt, v64.detach(), atol=1e-6, what=f"selective fwd {dtype}")
     gk = torch.autograd.grad(vk, xk)
@@ -149,7 +149,7 @@ def test_auto_dispatch_picks_triton_on_cuda(monkeypatch):
     x = _randn(2, 3, 8, 8, seed=0, dtype=torch.float32)
     chosen, _ = backend.choose("tv_loss", x)
     assert chosen.name == "triton"
-    torch.testing.assert_close(ops.tv_loss(x), reference.tv_loss(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ops.tv_loss(x), spec.tv_loss(x), rtol=1e-5, atol=1e-5)
     assert backend.describe()["class_sums"]["chosen"] == "triton"
 
 
@@ -166,13 +166,13 @@ def test_class_sums_relu_accuracy_vs_index_add(c, dtype):
     x = torch.relu(torch.randn(n, u, generator=g, device="cuda") + 0.5).to(dtype)
     y = torch.randint(0, c, (n,), device="cuda", generator=g)
     sums, counts = cs_mod.class_sums(x, y, c)
-    rs, rc = reference.class_sums(x, y, c)
+    rs, rc = spec.class_sums(x, y, c)
     ref64 = torch.zeros(c, u, dtype=torch.float64, device="cuda").index_add_(0, y, x.double())
     assert torch.equal(counts, rc)
     ek, et = _err(sums, ref64), _err(rs, ref64)
     assert ek <= 2 * et + 1e-6 * ref64.abs().max().item(), f"err(kernel)={ek:.3g} > 2 x err(index_add_)={et:.3g}"
     # streamed in batches into one accumulator: same bound
-    acc = reference.class_sums_buffer(x, c)
+    acc = spec.class_sums_buffer(x, c)
     cnt = torch.zeros(c, dtype=torch.int64, device="cuda")
     for i in range(0, n, 256):
         cs_mod.class_sums_add(x[i : i + 256], y[i : i + 256], acc, cnt)
@@ -191,7 +191,7 @@ def test_class_sums_non_finite_rows_gpu(dtype):
     x[1, 0, 0, 0] = float("nan")
     x[2, 1, 2, 3] = -float("inf")
     sums, counts = cs_mod.class_sums(x, y, c)
-    rs, rc = reference.class_sums(x, y, c)
+    rs, rc = spec.class_sums(x, y, c)
     assert torch.equal(counts, rc)
     assert torch.equal(torch.isnan(sums), torch.isnan(rs)) and torch.equal(torch.isinf(sums), torch.isinf(rs))
     fin = torch.isfinite(rs)
@@ -204,13 +204,13 @@ def test_class_sums_add_channels_last_streaming_gpu():
     c = 100
     xs = [_randn(b, 128, 16, 16, seed=b, dtype=torch.bfloat16, channels_last=True) for b in (256, 256, 17)]
     ys = [torch.randint(0, c, (x.shape[0],), device="cuda") for x in xs]
-    acc = reference.class_sums_buffer(xs[0], c)
+    acc = spec.class_sums_buffer(xs[0], c)
     cnt = torch.zeros(c, dtype=torch.int64, device="cuda")
     for x, y in zip(xs, ys):
         ops.class_sums_add(x, y, acc, cnt)
     flat = torch.cat([x.reshape(x.shape[0], -1) for x in xs])
     yall = torch.cat(ys)
-    rs, rc = reference.class_sums(flat, yall, c)
+    rs, rc = spec.class_sums(flat, yall, c)
     ref64 = torch.zeros(c, flat.shape[1], dtype=torch.float64, device="cuda").index_add_(0, yall, flat.double())
     assert torch.equal(cnt, rc)
     _check(acc.reshape(c, -1), rs, ref64, atol=1e-4 * (1 + ref64.abs().max().item()), what="streamed channels_last")

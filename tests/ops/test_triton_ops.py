@@ -1,4 +1,4 @@
-"""Triton kernels against the reference (the spec), forward and gradients, plus the dispatch.
+"""Triton kernels against the spec (ops/spec.py), forward and gradients, plus the dispatch.
 
 Without a GPU the kernels run under the Triton interpreter (tests/ops/conftest.py sets
 TRITON_INTERPRET=1 before these modules import triton): fp32, small shapes, few programs.
@@ -17,7 +17,7 @@ import torch
 pytest.importorskip("triton")
 
 from cnr_fast import ops
-from cnr_fast.ops import backend, reference
+from cnr_fast.ops import backend, spec
 from cnr_fast.ops._triton import class_sums as cs_mod
 from cnr_fast.ops._triton import selective_loss as sl_mod
 from cnr_fast.ops._triton import selectivity as sel_mod
@@ -60,12 +60,12 @@ def _labels(n, c, pattern, seed):
 
 
 @pytest.mark.parametrize("fshape,n,c,pattern,cl", CLASS_SUMS_CASES)
-def test_class_sums_matches_reference(fshape, n, c, pattern, cl):
+def test_class_sums_matches_spec(fshape, n, c, pattern, cl):
     seed = n * 1000 + c
     x = _randn(n, *fshape, seed=seed, channels_last=cl)
     y = _labels(n, c, pattern, seed)
     sums, counts = cs_mod.class_sums(x, y, c)
-    rs, rc = reference.class_sums(x, y, c)
+    rs, rc = spec.class_sums(x, y, c)
     assert sums.dtype == torch.float32 and counts.dtype == torch.int64
     assert sums.shape == rs.shape and counts.shape == rc.shape
     torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5)
@@ -82,7 +82,7 @@ def test_class_sums_split_rows_and_int32_labels_and_accumulation():
     y = torch.randint(0, 6, (100,), generator=_gen(3)).to(DEVICE)
     s1, c1 = cs_mod.class_sums(x[:60], y[:60].int(), 6, _split=2)
     s2, c2 = cs_mod.class_sums(x[60:], y[60:], 6, _split=3)
-    rs, rc = reference.class_sums(x, y, 6)
+    rs, rc = spec.class_sums(x, y, 6)
     torch.testing.assert_close(s1 + s2, rs, rtol=1e-5, atol=1e-5)
     assert torch.equal(c1 + c2, rc)
 
@@ -110,7 +110,7 @@ def test_class_sums_falls_back_to_less_shared_memory(monkeypatch):
     x = _randn(37, 5, 6, seed=21)
     y = torch.randint(0, 7, (37,), generator=_gen(22)).to(DEVICE)
     s, n = cs_mod.class_sums(x, y, 7)
-    rs, rn = reference.class_sums(x, y, 7)
+    rs, rn = spec.class_sums(x, y, 7)
     torch.testing.assert_close(s, rs, rtol=1e-5, atol=1e-5)
     assert torch.equal(n, rn)
     assert seen == [(2, 4), (1, 4), (1, 2), (1, 1)]
@@ -127,7 +127,7 @@ def test_class_sums_exact_split_dot_path():
     x = (torch.rand(45, 50, generator=_gen(4)) + 0.5).to(DEVICE)
     y = torch.randint(0, 3, (45,), generator=_gen(4)).to(DEVICE)
     sums, counts = cs_mod.class_sums(x, y, 3, _fp32_mode=cs_mod._SPLIT3, _split_dtype=tl.float16)
-    rs, rc = reference.class_sums(x, y, 3)
+    rs, rc = spec.class_sums(x, y, 3)
     torch.testing.assert_close(sums, rs, rtol=1e-6, atol=1e-6)
     assert torch.equal(counts, rc)
 
@@ -142,7 +142,7 @@ def test_class_sums_tf32_split_dot_path(n, u, c):
     x = torch.relu(torch.randn(n, u, generator=g) + 0.3).to(DEVICE)
     y = torch.randint(0, c, (n,), generator=g).to(DEVICE)
     sums, counts = cs_mod.class_sums(x, y, c, _fp32_mode=cs_mod._TF32X2, _split=2)
-    rs, rc = reference.class_sums(x, y, c)
+    rs, rc = spec.class_sums(x, y, c)
     torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
     assert torch.equal(counts, rc)
 
@@ -197,7 +197,7 @@ def test_class_sums_low_precision_inputs(dtype):
     x = _randn(31, 20, seed=5, dtype=dtype)
     y = torch.randint(0, 4, (31,), generator=_gen(5)).to(DEVICE)
     sums, counts = cs_mod.class_sums(x, y, 4)
-    rs, rc = reference.class_sums(x, y, 4)
+    rs, rc = spec.class_sums(x, y, 4)
     torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5)  # exact inputs, fp32 accumulation in both
     assert torch.equal(counts, rc)
 
@@ -222,19 +222,19 @@ def test_class_sums_add_streams_batches_in_own_layout(fshape, cl):
         xs = [x.to(memory_format=torch.channels_last) for x in xs]
     ys = [torch.randint(0, C, (x.shape[0],), generator=g) for x in xs]
     xs, ys = [x.to(DEVICE) for x in xs], [y.to(DEVICE) for y in ys]
-    sums = reference.class_sums_buffer(xs[0], C)
+    sums = spec.class_sums_buffer(xs[0], C)
     assert sums.shape == (C, *fshape) and sums.stride()[1:] == torch.empty_like(xs[0][:1]).stride()[1:]
     counts = torch.zeros(C, dtype=torch.int64, device=DEVICE)
     rs = torch.zeros(C, xs[0][0].numel(), dtype=torch.float32, device=DEVICE)
     rc = torch.zeros(C, dtype=torch.int64, device=DEVICE)
     for i, (x, y) in enumerate(zip(xs, ys)):
         cs_mod.class_sums_add(x, y, sums, counts, _split=2 if i == 2 else None)
-        reference.class_sums_add(x, y, rs, rc)
+        spec.class_sums_add(x, y, rs, rc)
     torch.testing.assert_close(sums.reshape(C, -1), rs, rtol=1e-5, atol=1e-5, msg=f"seed {seed}")
     assert torch.equal(counts, rc), f"seed {seed}"
     flat = torch.cat([x.reshape(x.shape[0], -1) for x in xs])
     yall = torch.cat(ys)
-    torch.testing.assert_close(rs, reference.class_sums(flat, yall, C)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rs, spec.class_sums(flat, yall, C)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_class_sums_add_into_flat_buffer_and_without_counts():
@@ -243,7 +243,7 @@ def test_class_sums_add_into_flat_buffer_and_without_counts():
     y = torch.randint(0, 4, (9,), generator=_gen(8)).to(DEVICE)
     sums = torch.full((4, 30), 1.5, device=DEVICE)
     cs_mod.class_sums_add(x, y, sums)
-    torch.testing.assert_close(sums, 1.5 + reference.class_sums(x, y, 4)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sums, 1.5 + spec.class_sums(x, y, 4)[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("split", [1, 2])
@@ -260,7 +260,7 @@ def test_class_sums_non_finite_rows_poison_only_their_class(split):
     x[3, 5] = -float("inf")  # class 2: inf + -inf = NaN at unit 5
     x, y = x.to(DEVICE), y.to(DEVICE)
     sums, counts = cs_mod.class_sums(x, y, C, _split=split)
-    rs, rc = reference.class_sums(x, y, C)
+    rs, rc = spec.class_sums(x, y, C)
     torch.testing.assert_close(sums, rs, rtol=1e-5, atol=1e-5, equal_nan=True)
     assert torch.equal(counts, rc)
     assert torch.isfinite(sums[3:]).all() and torch.isfinite(sums[:, [u for u in range(U) if u not in (3, 5)]]).all()
@@ -279,10 +279,10 @@ SELECTIVITY_CASES = [
 
 @pytest.mark.parametrize("c,u,forget,retain,k", SELECTIVITY_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_selectivity_topk_matches_reference(c, u, forget, retain, k, dtype):
+def test_selectivity_topk_matches_spec(c, u, forget, retain, k, dtype):
     means = _randn(c, u, seed=c * 10 + u, dtype=dtype)  # random floats: no ties
     s, fi, ri = sel_mod.selectivity_topk(means, forget, retain, k)
-    rs, rf, rr = reference.selectivity_topk(means, forget, retain, k)
+    rs, rf, rr = spec.selectivity_topk(means, forget, retain, k)
     assert s.dtype == torch.float32 and s.shape == rs.shape
     torch.testing.assert_close(s, rs, rtol=1e-6, atol=1e-6)
     assert torch.equal(fi, rf) and torch.equal(ri, rr)
@@ -313,7 +313,7 @@ def test_tv_loss_forward_and_grad(b, c, h, w, cl):
     x1 = x.clone().requires_grad_()
     x2 = x.clone().requires_grad_()
     v1 = tv_mod.tv_loss(x1)
-    v2 = reference.tv_loss(x2)
+    v2 = spec.tv_loss(x2)
     assert v1.dtype == torch.float32 and v1.shape == ()
     torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
     (g1,) = torch.autograd.grad(v1 * 1.7, x1)
@@ -325,7 +325,7 @@ def test_tv_loss_forward_and_grad(b, c, h, w, cl):
 def test_tv_loss_flat_image_eps_and_finite_grad():
     x = torch.zeros(2, 1, 4, 4, device=DEVICE, requires_grad=True)
     v = tv_mod.tv_loss(x)
-    assert float(v.detach()) == pytest.approx(float(reference.tv_loss(x.detach())), rel=1e-6)
+    assert float(v.detach()) == pytest.approx(float(spec.tv_loss(x.detach())), rel=1e-6)
     (g,) = torch.autograd.grad(v, x)
     assert torch.isfinite(g).all() and torch.all(g == 0)
 
@@ -336,7 +336,7 @@ def test_tv_loss_bf16_keeps_dtype():
     (g,) = torch.autograd.grad(v, x)
     assert v.dtype == torch.float32 and g.dtype == torch.bfloat16
     xf = x.detach().float().requires_grad_()
-    vf = reference.tv_loss(xf)
+    vf = spec.tv_loss(xf)
     (gf,) = torch.autograd.grad(vf, xf)
     torch.testing.assert_close(v, vf, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g, gf.bfloat16(), rtol=1e-2, atol=1e-2)
@@ -358,7 +358,7 @@ def _indices(u, k, seed, allow_negative=False):
     lo = -u if allow_negative else 0
     ix = torch.randint(lo, u, (k,), generator=g)
     if k > 2:
-        ix[1] = ix[0]  # a duplicate counts twice, as in the reference's gather
+        ix[1] = ix[0]  # a duplicate counts twice, as in the spec's gather
     return ix.to(DEVICE)
 
 
@@ -370,7 +370,7 @@ def test_selective_loss_forward_and_grad(shapes, cls, kf, kr, alpha):
     x1 = [f.clone().requires_grad_() for f in feats]
     x2 = [f.clone().requires_grad_() for f in feats]
     v1 = sl_mod.selective_loss(x1, fi, ri, alpha)
-    v2 = reference.selective_loss(x2, fi, ri, alpha)
+    v2 = spec.selective_loss(x2, fi, ri, alpha)
     assert v1.dtype == torch.float32 and v1.shape == ()
     torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
     g1 = torch.autograd.grad(v1 * 1.3, x1)
@@ -384,7 +384,7 @@ def test_selective_loss_grad_only_where_required_and_list_indices():
     a = _randn(3, 10, seed=1).requires_grad_()
     b = _randn(3, 2, 4, seed=2)  # no grad wanted
     v1 = sl_mod.selective_loss([a, b], [[0, 3], [1]], [[9], [7, -1]], 0.25)
-    v2 = reference.selective_loss([a, b], [[0, 3], [1]], [[9], [7, -1]], 0.25)
+    v2 = spec.selective_loss([a, b], [[0, 3], [1]], [[9], [7, -1]], 0.25)
     torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-6)
     (g1,) = torch.autograd.grad(v1, a)
     (g2,) = torch.autograd.grad(v2, a)
@@ -420,31 +420,31 @@ def test_explicit_triton_backend_dispatch(op, monkeypatch):
         x, y, s, c = args
         s2, c2 = s.clone(), c.clone()
         ops.class_sums_add(x, y, s, c)
-        reference.class_sums_add(x, y, s2, c2)
+        spec.class_sums_add(x, y, s2, c2)
         got, want = (s, c), (s2, c2)
     else:
         got = getattr(ops, op)(*args)
-        want = getattr(reference, op)(*args)
+        want = getattr(spec, op)(*args)
     for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_reference_is_last_and_triton_registered(op):
+def test_torch_is_last_and_triton_registered(op):
     names = [b.name for b in backend.REGISTRY[op]]
-    assert names[-1] == "reference" and "triton" in names
+    assert names[-1] == "torch" and "triton" in names
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="CPU-only behaviour of the automatic choice")
-def test_auto_choice_stays_reference_on_cpu(monkeypatch):
+def test_auto_choice_stays_torch_on_cpu(monkeypatch):
     monkeypatch.delenv("CNR_FAST_BACKEND", raising=False)
     for op in OPS:
         chosen, why = backend.choose(op, *_args(op))
-        assert chosen.name == "reference"
+        assert chosen.name == "torch"
         assert why["triton"], "skipping triton must say why"
     monkeypatch.delenv("TRITON_INTERPRET")
     chosen, why = backend.choose("tv_loss", *_args("tv_loss"))
-    assert chosen.name == "reference" and "TRITON_INTERPRET" in why["triton"][0]
+    assert chosen.name == "torch" and "TRITON_INTERPRET" in why["triton"][0]
 
 
 def test_explicit_backend_that_cannot_run_raises_with_reason(monkeypatch):
@@ -464,9 +464,9 @@ def test_describe_reports_choice_and_reasons(monkeypatch):
     monkeypatch.delenv("CNR_FAST_BACKEND", raising=False)
     d = backend.describe()
     for op in OPS:
-        assert set(d[op]["reasons"]) == {"triton", "reference"}
-        assert d[op]["reasons"]["reference"] == []
-        expected = "triton" if DEVICE == "cuda" else "reference"
+        assert set(d[op]["reasons"]) == {"triton", "torch"}
+        assert d[op]["reasons"]["torch"] == []
+        expected = "triton" if DEVICE == "cuda" else "torch"
         assert d[op]["chosen"] == expected
         if DEVICE == "cpu":
             assert d[op]["reasons"]["triton"]

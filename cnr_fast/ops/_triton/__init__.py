@@ -9,7 +9,7 @@ Where the kernels run:
 - CPU tensors: only under the Triton interpreter (`TRITON_INTERPRET=1` set before the op modules
   are imported, since `triton.jit` reads it at decoration time), and only when asked for explicitly
   with `CNR_FAST_BACKEND=triton`: the interpreter is a numpy-speed test and debug tool, so automatic
-  choice keeps the reference on CPU even when a test session has set `TRITON_INTERPRET=1`.
+  choice keeps the torch backend on CPU even when a test session has set `TRITON_INTERPRET=1`.
 """
 
 from __future__ import annotations
@@ -106,20 +106,20 @@ def _size_reasons(name: str, t: torch.Tensor) -> list[str]:
 
 
 def _bind(op: str, args, kwargs):
-    from .. import reference
+    from .. import spec
 
-    return inspect.signature(getattr(reference, op)).bind(*args, **kwargs).arguments
+    return inspect.signature(getattr(spec, op)).bind(*args, **kwargs).arguments
 
 
 def _is_index_seq(x) -> bool:
     if isinstance(x, torch.Tensor):
         return x.dtype in INDEX_DTYPES and x.dim() <= 1
-    # lists/tuples/ranges of ints (numpy integers too), as the reference's indexing accepts
+    # lists/tuples/ranges of ints (numpy integers too), as the spec's indexing accepts
     return isinstance(x, Sequence) and not isinstance(x, str) and all(isinstance(i, numbers.Integral) for i in x)
 
 
 # The Triton ops: op name -> (its kernel, "module:function", imported only when chosen; the check of
-# what the kernel supports, on the call's arguments bound to reference.<op>'s signature). Adding a
+# what the kernel supports, on the call's arguments bound to spec.<op>'s signature). Adding a
 # Triton op is its kernel file and one `@triton_op` entry here; backend.py registers every entry.
 OPS: dict[str, tuple[str, object]] = {}
 
@@ -145,7 +145,7 @@ def reasons(op: str, *args, **kwargs) -> list[str]:
     try:
         a = _bind(op, args, kwargs)
     except TypeError as e:
-        return [f"arguments do not match reference.{op}: {e}"]
+        return [f"arguments do not match spec.{op}: {e}"]
     return OPS[op][1](a)
 
 

@@ -1,13 +1,13 @@
 """Triton `class_sums` / `class_sums_add`: per-class sums (C, U) fp32 and counts (C,) in one pass over feats.
 
-Spec: `reference.class_sums` (one batch, fresh sums) and `reference.class_sums_add` (streaming: add one
+Spec: `spec.class_sums` (one batch, fresh sums) and `spec.class_sums_add` (streaming: add one
 batch into a persistent fp32 accumulator, no host sync). `class_sums` is `class_sums_add` into a
 zeroed buffer.
 
 Layout. The kernel reads every row of feats as one dense run of U elements in the row's own memory
 order ("physical" unit order): a channels_last (N, Ch, H, W) map is read as (N, H*W*Ch) contiguous
 rows, an NCHW map as (N, Ch*H*W), whatever H and W, so the loads are 16-byte vectors and no flattening
-copy is made. The accumulator has the same per-row layout (`reference.class_sums_buffer` allocates it
+copy is made. The accumulator has the same per-row layout (`spec.class_sums_buffer` allocates it
 like that, e.g. (C, Ch, H, W) channels_last), so the kernel adds into it contiguously too; reading it
 as `sums.reshape(C, -1)` gives the usual (C, H, W) unit order. Feats whose rows are not dense, or
 whose layout differs from the accumulator's, are copied once into the accumulator's layout.
@@ -38,15 +38,15 @@ GPU (fp32 addition order then varies run to run, as `index_add_` on CUDA).
 
 Non-finite rows. A one-hot dot multiplies 0 * inf = NaN into every class of the tile. So after its
 rows each program checks its tile once (one reduction); if any entry is inf/NaN it recomputes the
-tile row by row with selects (no multiplication by 0), exactly as the reference's sequential adds:
+tile row by row with selects (no multiplication by 0), exactly as the spec's sequential adds:
 only the classes of the non-finite rows get inf/NaN. The check costs nothing inside the loop.
 
 Counts. The class counts are accumulated in an int32 (BLOCK_C, BLOCK_N) tile by one program per
 (class block, row range) only (pid_u == 0), in a separate pass over the labels after the main loop,
 reduced across threads once, and added into the int64 counts; the other programs never count.
 
-Differences from the reference, on invalid input only: labels outside [0, num_classes) are dropped
-(neither summed nor counted) where the reference raises (CPU) or asserts (CUDA); checking would cost
+Differences from the spec, on invalid input only: labels outside [0, num_classes) are dropped
+(neither summed nor counted) where the spec raises (CPU) or asserts (CUDA); checking would cost
 a device sync per batch.
 """
 
@@ -57,7 +57,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from .. import reference
+from .. import spec
 from . import cdiv, device_ctx, interp_safe, interpret, max_programs, next_pow2
 
 BLOCK_C_MAX = 128
@@ -139,7 +139,7 @@ def _class_sums_kernel(
         acc = tl.fma(part, 1.0, acc)
 
     # inf/NaN anywhere in the tile (x - x is NaN exactly for inf and NaN): recompute it without the
-    # one-hot products, so a non-finite row reaches only its own class (the reference's semantics)
+    # one-hot products, so a non-finite row reaches only its own class (the spec's semantics)
     bad = tl.max(tl.max(((acc - acc) != 0).to(tl.int32), axis=1), axis=0)
     if bad != 0:
         acc = tl.zeros((BLOCK_C, BLOCK_U), dtype=tl.float32)
@@ -243,7 +243,7 @@ def class_sums_add(
     feats: torch.Tensor, labels: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor | None = None, *,
     _split: int | None = None, _fp32_mode: int | None = None, _split_dtype=None,
 ) -> None:  # fmt: skip
-    """Same contract as `reference.class_sums_add`: sums += per-class sums of feats, counts += class
+    """Same contract as `spec.class_sums_add`: sums += per-class sums of feats, counts += class
     counts (when given), in place, without a host sync. `_split`, `_fp32_mode`, `_split_dtype` are
     test hooks (row split count, fp32 dot mode, split dtype)."""
     C = sums.shape[0]
@@ -265,7 +265,7 @@ def class_sums_add(
     except RuntimeError:
         s = None
     if s is None or _phys_order(s) is None:  # rows not dense (a user's slice): accumulate into a dense one
-        tmp = reference.class_sums_buffer(x, C)
+        tmp = spec.class_sums_buffer(x, C)
         class_sums_add(x, labels, tmp, counts, _split=_split, _fp32_mode=_fp32_mode, _split_dtype=_split_dtype)
         sums.add_(tmp.reshape(sums.shape))
         return
@@ -325,11 +325,11 @@ def class_sums(
     feats: torch.Tensor, labels: torch.Tensor, num_classes: int, *, _split: int | None = None,
     _fp32_mode: int | None = None, _split_dtype=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Same contract as `reference.class_sums`: (C, U) sums in the usual unit order, int64 counts."""
+    """Same contract as `spec.class_sums`: (C, U) sums in the usual unit order, int64 counts."""
     num_classes = int(num_classes)
     if feats.dim() < 1 or feats.shape[0] == 0 or feats[0].numel() == 0 or num_classes <= 0:
-        return reference.class_sums(feats, labels, num_classes)  # degenerate shapes: the spec's own answer
-    sums = reference.class_sums_buffer(feats, num_classes)
+        return spec.class_sums(feats, labels, num_classes)  # degenerate shapes: the spec's own answer
+    sums = spec.class_sums_buffer(feats, num_classes)
     counts = torch.zeros(num_classes, dtype=torch.int64, device=feats.device)
     class_sums_add(feats, labels, sums, counts, _split=_split, _fp32_mode=_fp32_mode, _split_dtype=_split_dtype)
     return sums.reshape(num_classes, -1), counts

@@ -1,10 +1,10 @@
 """Triton `selective_loss` (eq. 6), forward and backward over all taps.
 
-Spec: `reference.selective_loss`. The loss is linear in the features:
+Spec: `spec.selective_loss`. The loss is linear in the features:
     loss = sum_l sum_b [ cf_l * sum_{k} x_l[b, fi_l[k]] + cr_l * sum_{k} x_l[b, ri_l[k]] ],
     cf_l = 1 / (L * B_l * Kf_l),  cr_l = -alpha / (L * B_l * Kr_l),
 so its gradient does not depend on x: d loss / d x_l[b, u] = cf_l * #{k: fi_l[k] = u} + cr_l * #{k: ri_l[k] = u}
-(the same for every b; duplicates in an index set count twice, as in the reference's gather).
+(the same for every b; duplicates in an index set count twice, as in the spec's gather).
 
 Forward: one launch per tap over (index blocks of fi then ri) x (row splits of the samples); each
 program turns its BLOCK_K indices into element offsets once, then gathers BLOCK_B rows a step (one
@@ -14,8 +14,8 @@ Backward: one launch per tap; each program counts the index hits of its block of
 writes that gradient row to its block of samples (no zero-fill, no atomics, x's dtype and layout).
 
 Taps of any layout (e.g. channels_last (B, C, H, W)) are read through their strides: unit u is the
-row-major flat index the reference's `reshape(B, -1)` gives it. Negative indices wrap as in torch
-indexing; indices outside [-U, U) are ignored where the reference raises (checking would sync).
+row-major flat index the spec's `reshape(B, -1)` gives it. Negative indices wrap as in torch
+indexing; indices outside [-U, U) are ignored where the spec raises (checking would sync).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .. import reference
+from .. import spec
 from . import cdiv, device_ctx, interp_safe, interpret, max_programs, view4d
 
 
@@ -223,10 +223,10 @@ class SelectiveLoss(torch.autograd.Function):
 def selective_loss(
     feats: list[torch.Tensor], f_idx: list[torch.Tensor], r_idx: list[torch.Tensor], alpha: float
 ) -> torch.Tensor:
-    """Same contract as `reference.selective_loss`: fp32 scalar, differentiable once w.r.t. feats."""
+    """Same contract as `spec.selective_loss`: fp32 scalar, differentiable once w.r.t. feats."""
     feats = list(feats)
     if not feats:
-        return reference.selective_loss(feats, f_idx, r_idx, alpha)
+        return spec.selective_loss(feats, f_idx, r_idx, alpha)
     dev = feats[0].device
     fi = [_index(ix, dev) for ix in f_idx]
     ri = [_index(ix, dev) for ix in r_idx]
@@ -234,8 +234,8 @@ def selective_loss(
         f.dim() < 1 or f.shape[0] == 0 or a.numel() == 0 or b.numel() == 0 for f, a, b in zip(feats, fi, ri)
     )
     if degenerate or not (len(feats) == len(fi) == len(ri)):
-        # empty batch or index set: the reference's mean of nothing (NaN) or its error, as specified
-        return reference.selective_loss(feats, f_idx, r_idx, alpha)
+        # empty batch or index set: the spec's mean of nothing (NaN) or its error, as specified
+        return spec.selective_loss(feats, f_idx, r_idx, alpha)
     # taps of more than 4 dims: flatten here, so autograd owns the (copying) reshape
     feats = [f.reshape(f.shape[0], -1) if f.dim() > 4 else f for f in feats]
     return SelectiveLoss.apply(float(alpha), len(feats), *feats, *fi, *ri)

@@ -1,15 +1,15 @@
 """Triton `selectivity_topk`: retain centroid and S = means[forget] - centroid in one kernel, then TopK.
 
-Spec: `reference.selectivity_topk`. One program per block of units reads the R retain rows once
+Spec: `spec.selectivity_topk`. One program per block of units reads the R retain rows once
 (sum in fp32, divided by R: the unweighted mean of eq. 2, same order of operations as torch's
 `mean`), then writes S and -S for every forget row (eq. 3). Writing -S here saves the negation
-launch the reference does before its second TopK, and keeps its exact semantics (NaNs rank first
+launch the spec does before its second TopK, and keeps its exact semantics (NaNs rank first
 in both TopKs, as in `topk(-s)`).
 
 The TopK itself is torch.topk on the kernel's output: a per-row selection of k out of U is what
 torch.topk is built for (radix select), it runs once per forget class set, not per step, and a fused
 in-kernel selection would have to either bound k or sort U per row. Index results equal the
-reference's wherever S has no ties.
+spec's wherever S has no ties.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
+from .. import spec
 from . import cdiv, device_ctx, interp_safe, interpret
 
 
@@ -61,14 +61,14 @@ def _as_rows(idx, C: int, name: str, device) -> torch.Tensor:
 def selectivity_topk(
     means: torch.Tensor, forget: list[int], retain: list[int], k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract as `reference.selectivity_topk`: S (F, U) fp32, f_idx (F, k), r_idx (F, k)."""
+    """Same contract as `spec.selectivity_topk`: S (F, U) fp32, f_idx (F, k), r_idx (F, k)."""
     if (
         means.dim() != 2
         or len(forget) == 0
-        or len(retain) == 0  # the reference's centroid is then NaN (mean of nothing): let it say so
+        or len(retain) == 0  # the spec's centroid is then NaN (mean of nothing): let it say so
         or means.shape[1] == 0
     ):
-        return reference.selectivity_topk(means, forget, retain, k)
+        return spec.selectivity_topk(means, forget, retain, k)
     m = interp_safe(means)
     C, U = m.shape
     f_rows = _as_rows(forget, C, "forget", m.device)

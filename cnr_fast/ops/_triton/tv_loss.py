@@ -1,7 +1,7 @@
 """Triton `tv_loss`: total variation, forward and backward, reading x through its strides.
 
-Spec: `reference.tv_loss`: mean over the batch of sum_{c,i<H-1,j<W-1} sqrt(dx^2 + dy^2 + TV_EPS) with
-dx = x[i+1,j] - x[i,j], dy = x[i,j+1] - x[i,j]. TV_EPS comes from reference.py (one constant).
+Spec: `spec.tv_loss`: mean over the batch of sum_{c,i<H-1,j<W-1} sqrt(dx^2 + dy^2 + TV_EPS) with
+dx = x[i+1,j] - x[i,j], dy = x[i,j+1] - x[i,j]. TV_EPS comes from spec.py (one constant).
 
 Tiling (both passes): each program owns BLOCK_P image planes (b, c) x BLOCK_Q groups of 8 columns
 and a chunk of rows, and streams down its rows: row i+1 is loaded once, used as the lower neighbour,
@@ -19,8 +19,8 @@ from the term of (i,j-1) (the previous column's own term, in registers; for a gr
 the term left of the group, recomputed), each where that term exists (a factor go or 0 per column,
 fixed for the program), t = sqrt(dx^2 + dy^2 + TV_EPS).
 
-Numerics: differences are taken in fp32 after loading. For fp32 input this is the reference's
-formula bit for bit; for fp16/bf16 the reference subtracts in the low dtype first, so ours is the
+Numerics: differences are taken in fp32 after loading. For fp32 input this is the spec's
+formula bit for bit; for fp16/bf16 the spec subtracts in the low dtype first, so ours is the
 more accurate of the two. The gradient is computed in fp32 and cast once to x's dtype.
 """
 
@@ -31,10 +31,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .. import reference
+from .. import spec
 from . import cdiv, device_ctx, interpret, max_programs, next_pow2
 
-TV_EPS = reference.TV_EPS  # must stay the reference's constant: the loss value and its gradient depend on it
+TV_EPS = spec.TV_EPS  # must stay the spec's constant: the loss value and its gradient depend on it
 
 
 @triton.jit
@@ -358,7 +358,7 @@ class TVLoss(torch.autograd.Function):
 
 
 def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """Same contract as `reference.tv_loss` (fp32 scalar, differentiable once w.r.t. x)."""
+    """Same contract as `spec.tv_loss` (fp32 scalar, differentiable once w.r.t. x)."""
     if x.dim() != 4 or x.shape[2] < 2 or x.shape[3] < 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        return reference.tv_loss(x)  # no pixel has both neighbours (or no sample): the spec's own answer
+        return spec.tv_loss(x)  # no pixel has both neighbours (or no sample): the spec's own answer
     return TVLoss.apply(x)

@@ -11,8 +11,8 @@ import torch
 # Inside the square root of TV, so its gradient stays finite on flat regions (where dx = dy = 0).
 TV_EPS = 1e-8
 
-# The dispatched ops this file specifies (backend.py registers each as its "reference" backend; the
-# batched CKA's reference lives with it in cka.py). A new op: its function here and its name in OPS.
+# The dispatched ops this file specifies (backend.py registers each as its "torch" backend; the
+# batched CKA's torch form lives with it in cka.py). A new op: its function here and its name in OPS.
 OPS = ("class_sums", "class_sums_add", "selectivity_topk", "tv_loss", "selective_loss", "linear_cka")
 
 
