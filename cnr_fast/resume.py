@@ -83,7 +83,7 @@ class RunState:
     def __init__(self, path, key: dict):
         self.path = Path(path)
         self.key = key
-        self.reused: list[str] = []  # entries loaded from an earlier invocation (results.json: resumed_units, a key kept from before the rename)
+        self.reused: list[str] = []  # entries loaded from an earlier invocation (results.json: resumed_entries)
 
     # -- lifecycle -------------------------------------------------------------------------------
 

@@ -84,7 +84,7 @@ def test_killed_in_gan_reset_and_audit_resumes_to_the_same_numbers(cache, refere
     r = _cli(cache, out, AUDIT)
     assert r.returncode == 0, r.stderr
     resumed = json.loads((out / "results.json").read_text())
-    assert "audit-original" in resumed["resumed_units"] and f"{RESET}stabilise" in resumed["resumed_units"]
+    assert "audit-original" in resumed["resumed_entries"] and f"{RESET}stabilise" in resumed["resumed_entries"]
     assert resumed["metrics"] == _metrics(reference["audit"])  # bit-identical (CPU, one thread, fixed seed)
     assert not _state(out).exists()
     _no_temporaries(out, tmp_path)
@@ -101,7 +101,7 @@ def test_finished_run_is_a_noop_and_restart_redoes_it(cache, reference):
     assert r.returncode == 0, r.stderr
     after = json.loads((out / "results.json").read_text())
     assert (out / "results.json").read_bytes() != before  # written again (timings differ) ...
-    assert after["metrics"] == json.loads(before)["metrics"] and after["resumed_units"] == []  # ... same numbers
+    assert after["metrics"] == json.loads(before)["metrics"] and after["resumed_entries"] == []  # ... same numbers
     assert not _state(out).exists()
 
 

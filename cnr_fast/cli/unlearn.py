@@ -175,7 +175,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         # the setting chosen on validation (step size, SSD's alpha, SCRUB's preset) and every candidate's scores
         "validation_choice": M.validation_choice(info),
         "details": _jsonable(info),
-        "run_key": stable_hash(key), "resumed_units": list(state.reused),
+        "run_key": stable_hash(key), "resumed_entries": list(state.reused),
     }
     if audit_view is not None:
         results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
