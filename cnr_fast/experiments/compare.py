@@ -15,7 +15,7 @@ from .stats import SEPARATION, judge, null_table, summarise, summarise_runs
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
             fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None, state=None,
-            unit_prefix: str = "") -> dict:
+            entry_prefix: str = "") -> dict:
     """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
 
     state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
@@ -53,7 +53,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
             return model, {"time": t["unlearn"], "choice": M.validation_choice(minfo)}
 
         arms = [Arm(m, refs.original, lambda m=m: make(m), M.is_from_scratch(m)) for m in methods]
-        r = run_seed(arms, refs, ds, forget, device=device, state=state, prefix=f"{unit_prefix}s{seed}-", seed=seed,
+        r = run_seed(arms, refs, ds, forget, device=device, state=state, prefix=f"{entry_prefix}s{seed}-", seed=seed,
                      quiet=quiet, figures=figures, log=lambda n, seed=seed: log(f"compare: seed {seed}, method {n}",
                                                                                quiet))
         for m in methods:

@@ -43,7 +43,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
         key = ",".join(str(c) for c in classes)
         log(f"multiclass: forget {key}", quiet)
         out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
-                                   cache=cache, quiet=quiet, ds=ds, state=state, unit_prefix=f"f{key}-")
+                                   cache=cache, quiet=quiet, ds=ds, state=state, entry_prefix=f"f{key}-")
     out["total_time_s"] = time.perf_counter() - t0
     out["machine"] = machine_info(started)
     return out
