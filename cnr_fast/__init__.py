@@ -9,4 +9,21 @@ from .errors import UserError
 
 __version__ = "0.1.0"
 
-__all__ = ["RunConfig", "UserError", "__version__"]
+
+
+def unlearn(model, data, forget, method="cnr", **kw):
+    """Remove classes from any nn.Module classifier: see cnr_fast.api.unlearn."""
+    from .api import unlearn as _unlearn
+
+    return _unlearn(model, data, forget, method, **kw)
+
+
+def audit_model(model, *, original, data, forget, **kw):
+    """Audit an unlearned classifier against its original: see cnr_fast.api.audit_model.
+    (Not `cnr_fast.audit`: that name is the audit subpackage.)"""
+    from .api import audit_model as _audit
+
+    return _audit(model, original=original, data=data, forget=forget, **kw)
+
+
+__all__ = ["RunConfig", "UserError", "__version__", "audit_model", "unlearn"]

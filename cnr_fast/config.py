@@ -40,6 +40,12 @@ class ModelConfig:
     checkpoint: str | None = None
     # torchvision ImageNet state-dict file: original and references start from it (models/pretrained.py)
     weights: str | None = None
+    # For a model source other than cnr-fast's own archs (`arch` = torchvision:NAME, timm:NAME,
+    # FILE.py:FUNCTION, package.module:FUNCTION; models/sources.py): its builder's keyword
+    # arguments ("key=value"), its input normalisation, and taps by module path ("L1=layer1").
+    model_args: tuple[str, ...] = ()
+    normalize: str = "pm1"
+    tap_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,8 +176,10 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if not d["method_options"]:
-            del d["method_options"]
+        for section, key, default in OMITTED_AT_DEFAULT:  # settings added later: old keys stay as they were
+            where = d if section is None else d[section]
+            if where[key] == default:
+                del where[key]
         return d
 
     def to_json(self) -> str:
@@ -193,6 +201,12 @@ class RunConfig:
             else:
                 merged[key] = val
         return RunConfig.from_dict(merged)
+
+
+# Settings added after configs were first hashed (cache keys, resume keys, digests): left out of
+# to_dict while at their default, so every run that does not use them keeps the keys it had.
+OMITTED_AT_DEFAULT = ((None, "method_options", {}), ("model", "model_args", ()), ("model", "normalize", "pm1"),
+                      ("model", "tap_paths", ()))
 
 
 def _from_dict(cls, d: dict, where: str):

@@ -20,6 +20,7 @@ import contextlib
 import functools
 import hashlib
 import os
+import re
 import sys
 import time
 
@@ -65,9 +66,10 @@ def reference_key(kind: str, cfg: RunConfig, ds) -> str:
     weights = {"weights_sha256": file_sha256(cfg.model.weights)} if cfg.model.weights else {}
     # The thread count is part of the key: on CPU, 1 and 2 threads sum in other orders and train other
     # models from the same seed, so a shared cache must not serve one for the other.
+    source = {k: v for k, v in cfg.to_dict()["model"].items() if k in ("model_args", "normalize", "tap_paths")}
     return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
                         "train": cfg.to_dict()["train"], "seed": cfg.seed, "seeds": reference_seeds(kind, cfg),
-                        "forget": forget, "torch_threads": torch.get_num_threads(), **weights})
+                        "forget": forget, "torch_threads": torch.get_num_threads(), **weights, **source})
 
 
 def file_sha256(path) -> str:
@@ -92,6 +94,11 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+def source_options(cfg: RunConfig) -> dict:
+    """build_model's keywords for a model source other than cnr-fast's own archs."""
+    return {"model_args": cfg.model.model_args, "normalize": cfg.model.normalize, "tap_paths": cfg.model.tap_paths}
+
+
 def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):
     """Train a fresh original / retrained / retrained_null / RFS model. Returns (model, meta)."""
     from .models import build_model, model_meta
@@ -113,7 +120,8 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
             + (f"; adapted {', '.join(info['adapted'])}" if info["adapted"] else "") + ")", quiet)
         model = model.to(device)
     else:
-        model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width).to(device)
+        model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
+                            **source_options(cfg)).to(device)
     desc = desc or kind
     log(f"{desc}: training {cfg.model.arch} (width {cfg.model.width}) on classes {classes} for "
         f"{cfg.train.epochs} epochs ...", quiet)
@@ -121,7 +129,7 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
     train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, amp=cfg.amp, seed=order_seed,
                      compile=cfg.compile, desc=desc, quiet=quiet)
     acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)
-    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model), **weights, "kind": kind,
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model, **source_options(cfg)), **weights, "kind": kind,
             "trained_classes": classes,
             "forget_classes": [] if kind == "original" else list(cfg.data.forget), "seed": cfg.seed,
             "init_seed": init_seed, "data_order_seed": order_seed, "reference_init": cfg.train.reference_init,
@@ -140,7 +148,8 @@ def obtain_reference(kind: str, cfg: RunConfig, ds, device, cache: str | None, q
     """
     from .runs import cache_dir
 
-    path = cache_dir(cache) / "models" / f"{kind}-{cfg.model.arch}-{ds.name.replace('/', '_').replace(':', '_')}-" \
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.model.arch}-{ds.name}")[-80:]  # sources name files and modules
+    path = cache_dir(cache) / "models" / f"{kind}-{safe}-" \
         f"{reference_key(kind, cfg, ds)}.pt"
     from . import dist
 
@@ -216,12 +225,24 @@ def load_original(cfg: RunConfig, ds, device, cache, quiet=False):
     from .models import model_from_checkpoint
 
     if cfg.model.checkpoint:
-        model, meta = model_from_checkpoint(cfg.model.checkpoint, ds, cfg.model.arch, cfg.model.width)
+        model, meta = model_from_checkpoint(cfg.model.checkpoint, ds, cfg.model.arch, cfg.model.width,
+                                            source_options(cfg))
         if meta.get("logit_mask"):
             raise UserError(f"checkpoint {cfg.model.checkpoint!r} is a logit-masked model; pass the original model")
         log(f"original: {cfg.model.checkpoint}", quiet)
+        _log_taps(model, quiet)
         return model.to(device), meta, cfg.model.checkpoint, True
-    return obtain_reference("original", cfg, ds, device, cache, quiet)
+    found = obtain_reference("original", cfg, ds, device, cache, quiet)
+    _log_taps(found[0], quiet)
+    return found
+
+
+def _log_taps(model, quiet) -> None:
+    """The taps found in a model of another source, before any work on them."""
+    found = getattr(model, "cnr_fast_taps", None)
+    if found:
+        log("taps: " + ", ".join(f"{n}={p} ({layout})" for n, (p, layout) in found.items())
+            + " (found automatically; --taps L1=module.path,... overrides; `cnr-fast taps` lists candidates)", quiet)
 
 
 

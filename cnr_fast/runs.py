@@ -140,12 +140,16 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     if kind == "empty":
         raise UserError(f"checkpoint {str(path)!r} cannot be read: it is empty (0 bytes), probably an interrupted "
                         "copy or save; pass a complete checkpoint")
-    if kind == "safetensors":
-        raise UserError(
-            f"checkpoint {str(path)!r} is a safetensors file, which cnr-fast does not read; convert it with "
-            "`python -c \"import sys, torch, safetensors.torch as st; torch.save(st.load_file(sys.argv[1]), "
-            "sys.argv[2])\" IN.safetensors OUT.pt` and pass OUT.pt (with --arch / --width)"
-        )
+    if kind == "safetensors":  # tensors only by construction: nothing in it can execute
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise UserError(f"checkpoint {str(path)!r} is a safetensors file; pip install safetensors to read it") from None
+        try:
+            return dict(load_file(str(path), device="cpu")), {}
+        except Exception as e:
+            raise UserError(f"checkpoint {str(path)!r} is a safetensors file that cannot be read "
+                            f"({(str(e).splitlines() or [type(e).__name__])[0][:160]}); pass a complete file") from None
     if kind == "text":
         raise UserError(f"checkpoint {str(path)!r} cannot be read safely: it is a text file, not a torch "
                         "checkpoint; pass a checkpoint saved by cnr-fast or a state_dict saved with torch.save")

@@ -136,7 +136,7 @@ def setup_text(d, sh):
 
 def setup_safetensors(d, sh):
     header = json.dumps({"fc.bias": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
-    (d / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 8)
+    (d / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 4)  # truncated
 
 
 def setup_five_classes(d, sh):
@@ -247,7 +247,7 @@ U = "unlearn"
 CASES = [
     # unknown names
     ("method", U, ["--method", "magic"], "unknown method 'magic'; choose one of", {}),
-    ("arch", U, ["--arch", "vgg16"], "unknown arch 'vgg16'; choose one of", {}),
+    ("arch", U, ["--arch", "vgg16"], "unknown model 'vgg16'; choose one of", {}),
     ("dataset", U, ["--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of", {}),
     ("selection", U, ["--selection", "best"], "unknown selection 'best'; choose one of activation", {}),
     ("sign", U, ["--sign", "up"], "unknown sign 'up'; choose one of excite, paper", {}),
@@ -302,7 +302,7 @@ CASES = [
     ("ckpt_pickled_code", U, ["--checkpoint", "{in}/m.pt"], "holds pickled Python objects, not just tensors",
      {"files": "pickled_code"}),
     ("ckpt_text", U, ["--checkpoint", "{in}/m.pt"], "it is a text file, not a torch checkpoint", {"files": "text"}),
-    ("ckpt_safetensors", U, ["--checkpoint", "{in}/m.safetensors"], "is a safetensors file, which cnr-fast does not read",
+    ("ckpt_safetensors", U, ["--checkpoint", "{in}/m.safetensors"], "is a safetensors file that cannot be read",
      {"files": "safetensors"}),
     ("ckpt_wrong_arch", U, ["--checkpoint", "{ckpt}", "--arch", "resnet34"], "not resnet34; pass --arch resnet18",
      {}),

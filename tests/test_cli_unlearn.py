@@ -100,7 +100,7 @@ def test_unlearn_from_checkpoint_never_modifies_it(tmp_path, cache):
 
 
 BAD = [
-    (["--arch", "vgg16"], "unknown arch"),
+    (["--arch", "vgg16"], "unknown model"),
     (["--dataset", "imagenet"], "unknown dataset"),
     (["--method", "magic"], "unknown method"),
     (["--dataset", "cifar10"], "--data-root"),

@@ -25,7 +25,7 @@ FLOORS = {
     "models": 2, "runs": 2, "train": 2, "resume": 2, "tuning": 2,
     "references": 3, "audit": 3, "cnr": 3, "baselines": 3,
     "experiments": 4,
-    "cli": 5,
+    "cli": 5, "api": 5,
 }
 # on floor 3, only `references` may be imported by its neighbours
 SIBLINGS_ALLOWED = {"references"}
@@ -68,8 +68,9 @@ def _edges(mods: dict[str, Path]) -> dict[str, set[str]]:
                 if t.split(".")[0] == "bench":
                     edges[mod].add("bench")
                 k = known(t) if t.startswith("cnr_fast") else None
-                if k and k != mod and not (k == mod.rpartition(".")[0] and isinstance(node, ast.ImportFrom)
-                                           and node.level and node.module is None):
+                # an ancestor package (`from .. import dist` names cnr_fast) is not an edge: Python has
+                # run its __init__ before this module's first line anyway
+                if k and k != mod and not mod.startswith(k + "."):
                     edges[mod].add(k)
     return edges
 

@@ -72,7 +72,7 @@ def audit_models(
     device="cpu",
     original: str = "original",
     retrained: str | None = None,
-    taps=TAP_NAMES,
+    taps=None,
     seed: int = 0,
     figures: bool = True,
     quiet: bool = False,
@@ -105,7 +105,14 @@ def audit_models(
     run): their metrics are taken as they are; only what later models need of them (the original's
     features and probes, the retrained model's features) and their figures are computed again.
     on_model(name, {"metrics", "time_s"}) is called as each model's metrics are complete.
+    taps: default every tap the original has (L0..L4 for the own archs; a model whose taps were found
+    automatically may have fewer).
     """
+    if taps is None:
+        from ..models.taps import tap_modules
+
+        have = tap_modules(models[original])
+        taps = [t for t in TAP_NAMES if t in have]
     if num_threads:
         before = torch.get_num_threads()
         torch.set_num_threads(int(num_threads))

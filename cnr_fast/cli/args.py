@@ -9,6 +9,7 @@ from ..config import RunConfig, load_config_file
 from ..data import DATASETS
 from ..errors import UserError
 from ..models import ARCHS
+from ..models.sources import NORMALIZE_HELP
 
 
 def parse_forget(text: str) -> tuple[int, ...]:
@@ -32,7 +33,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default resnet18)")
+    g.add_argument("--model", dest="arch", metavar="SOURCE",
+                   help=f"the model: one of cnr-fast's own ({', '.join(ARCHS)}; default resnet18), torchvision:NAME, "
+                        "timm:NAME, FILE.py:FUNCTION or package.module:FUNCTION (your builder); see README")
+    g.add_argument("--arch", dest="arch", help="the same as --model (cnr-fast's own archs)")
+    g.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
+                   help="a keyword argument of the --model builder (repeatable), e.g. --model-arg depth=4")
+    g.add_argument("--normalize", help=f"the model's input normalisation: {NORMALIZE_HELP}")
     g.add_argument("--width", type=float, help="ResNet channel multiplier (default 0.125 = 8..64 channels; 1 = torchvision)")
     g.add_argument("--train-epochs", type=int, help="epochs for training the original / retrained model (default 6)")
     g.add_argument("--weights", help="torchvision ImageNet state-dict file (resnet18/34/50/101 at --width 1, vit_b16): "
@@ -70,7 +77,8 @@ def one_line_errors(p: argparse.ArgumentParser) -> None:
 FLAG_MAP = {
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "download": ("data", "download"),
     "image_size": ("data", "image_size"), "forget": ("data", "forget"),
-    "arch": ("model", "arch"), "width": ("model", "width"), "checkpoint": ("model", "checkpoint"), "weights": ("model", "weights"),
+    "arch": ("model", "arch"), "model_args": ("model", "model_args"), "normalize": ("model", "normalize"),
+    "width": ("model", "width"), "checkpoint": ("model", "checkpoint"), "weights": ("model", "weights"),
     "train_epochs": ("train", "epochs"), "lr": ("train", "lr"), "reference_init": ("train", "reference_init"),
     "val_fraction": ("data", "val_fraction"),
     "method": (None, "method"), "seed": (None, "seed"), "device": (None, "device"), "amp": (None, "amp"), "compile": (None, "compile"),
@@ -102,6 +110,10 @@ def config_from_args(args) -> RunConfig:
         updates.setdefault("baseline", {})["stabilize_epochs"] = args.stabilize_epochs
     if getattr(args, "reset_epochs", None) is not None and getattr(args, "baseline_epochs", None) is None:
         updates.setdefault("baseline", {})["epochs"] = args.reset_epochs
+    taps = getattr(args, "taps", None)
+    if taps is not None and any("=" in t for t in taps):  # L1=module.path,...: the taps and where they are
+        updates.setdefault("model", {})["tap_paths"] = tuple(t for t in taps if "=" in t)
+        updates.setdefault("detect", {})["taps"] = tuple(t.split("=", 1)[0] for t in taps)
     options: dict = {}
     for dest, val in vars(args).items():
         if dest.startswith(OPTION_DEST) and val is not None:
@@ -156,14 +168,22 @@ def check_backend() -> None:
 
 
 def check_arch_known(cfg: RunConfig) -> None:
-    if cfg.model.arch not in ARCHS:
-        raise UserError(f"unknown arch {cfg.model.arch!r}; choose one of {', '.join(ARCHS)}")
+    """An own arch must be known; other sources are checked when built (models/sources.py)."""
+    from ..models.sources import kind, parse_model_args, parse_normalize
+
+    if kind(cfg.model.arch) == "own" and cfg.model.arch not in ARCHS:
+        raise UserError(f"unknown model {cfg.model.arch!r}; choose one of {', '.join(ARCHS)}, or torchvision:NAME, "
+                        "timm:NAME, FILE.py:FUNCTION")
+    parse_model_args(cfg.model.model_args)
+    parse_normalize(cfg.model.normalize)
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CNR (paper defaults; Table 3 ablations are these switches)")
     g.add_argument("--k", type=int, help="units per tap and forget class (default 12; at most half a tap's units)")
-    g.add_argument("--taps", type=lambda s: tuple(s.split(",")), help="detection taps (default L1,L2,L3,L4)")
+    g.add_argument("--taps", type=lambda s: tuple(s.split(",")),
+                   help="detection taps (default L1,L2,L3,L4); NAME=module.path,... also says where they are "
+                        "(any --model; `cnr-fast taps` lists candidates)")
     g.add_argument("--selection", help="unit selection: activation (default), gradient or random")
     g.add_argument("--alpha", type=float, help="retain-unit weight of eq. 6 (default 1.5)")
     g.add_argument("--lambda-real", type=float, help="realism weight (default 0.1; 0 = w/o realism)")

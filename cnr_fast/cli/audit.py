@@ -73,10 +73,15 @@ def add_parser(sub) -> None:
     p.add_argument("--image-size", type=int, default=None, help="resize images to this side (as at training)")
     p.add_argument("--forget", default=None,
                    help="forget class(es), comma-separated; default: the forget_classes the checkpoint records")
-    p.add_argument("--arch", default=None, help="architecture of bare state_dicts (cnr-fast checkpoints record it)")
+    p.add_argument("--model", "--arch", dest="arch", default=None,
+                   help="model source of bare state_dicts: an own arch, torchvision:NAME, timm:NAME, FILE.py:FUNCTION "
+                        "(cnr-fast checkpoints record it)")
+    p.add_argument("--model-arg", dest="model_args", action="append", default=None, metavar="KEY=VALUE",
+                   help="a keyword argument of the --model builder (repeatable)")
+    p.add_argument("--normalize", default="pm1", help="the model's input normalisation (see `cnr-fast unlearn --help`)")
     p.add_argument("--width", type=float, default=None, help="ResNet width of bare state_dicts (default 1.0)")
-    p.add_argument("--taps", "--layers", dest="taps", default="L0,L1,L2,L3,L4",
-                   help="taps to audit, comma-separated (default all; --layers is the old name)")
+    p.add_argument("--taps", "--layers", dest="taps", default=None,
+                   help="taps to audit, comma-separated (default all the model has; --layers is the old name)")
     p.add_argument("--no-figures", action="store_true", help="skip t-SNE and Grad-CAM (faster)")
     p.add_argument("--no-relearn", action="store_true", help="skip the relearn attack")
     p.add_argument("--probe-train-size", type=int, default=2000, help="probe-train examples, at most (default 2000)")
@@ -132,7 +137,8 @@ def run(args) -> int:
     from ..runs import atomic_write_json, check_out_dir, load_checkpoint, staged_dir
     from ..train import resolve_device
 
-    taps = [s.strip() for s in args.taps.split(",") if s.strip()]
+    given = args.taps is not None
+    taps = [s.strip() for s in (args.taps if given else ",".join(TAP_NAMES)).split(",") if s.strip()]
     if not taps:
         raise UserError(f"--taps is empty; pass some of {','.join(TAP_NAMES)}")
     check_taps(taps)
@@ -161,21 +167,26 @@ def run(args) -> int:
     ds = load_dataset(DataConfig(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
                                  forget=tuple(forget)))
     models, metas = {}, {}
+    source = {"model_args": tuple(args.model_args or ()), "normalize": args.normalize, "tap_paths": ()}
     for name, path in (("original", args.original), ("unlearned", args.checkpoint), ("retrained", args.retrained)):
         if path is None:
             continue
-        model, meta = model_from_checkpoint(path, ds, arch=args.arch, width=args.width)
+        model, meta = model_from_checkpoint(path, ds, arch=args.arch, width=args.width, source=source)
         if name != "original":
             check_same_splits(meta, ds, forget, path, name)
         models[name], metas[name] = model, meta
 
     from ..audit import audit_models, json_view, write_report
+    from ..models.taps import tap_modules
+
+    if not given:  # all the taps the model has (one found automatically may have no L0)
+        taps = [t for t in taps if t in tap_modules(models["original"])]
 
     null = None
     if args.null:
         if "retrained" not in models:
             raise UserError("--null needs --retrained: the null reference is CKA(retrained, null)")
-        null, null_meta = model_from_checkpoint(args.null, ds, arch=args.arch, width=args.width)
+        null, null_meta = model_from_checkpoint(args.null, ds, arch=args.arch, width=args.width, source=source)
         check_same_splits(null_meta, ds, forget, args.null, "null")
     independent = [n for n in ("retrained",) if n in models]
     if is_from_scratch(metas["unlearned"].get("method")) or metas["unlearned"].get("kind") in ("retrained",

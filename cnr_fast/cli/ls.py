@@ -20,7 +20,8 @@ def run(args) -> int:
     for m in M.names():
         for o in M.get(m).options:
             print(f"option of {m}: {o.flag(m)} {o.type.__name__}, default {o.default}: {o.help}")
-    print("archs:    " + ", ".join(ARCHS))
+    print("archs:    " + ", ".join(ARCHS) + "; any other model: --model torchvision:NAME, timm:NAME, "
+          "FILE.py:FUNCTION or package.module:FUNCTION")
     print("datasets: " + ", ".join(DATASETS))
     print("taps:     " + ", ".join(TAP_NAMES))
     for op, backends in REGISTRY.items():

@@ -18,12 +18,12 @@ from ..experiments import methods as M
 from ..experiments.runner import begin_provenance, machine_info, val_accuracy
 from ..config import RunConfig
 from ..data import Dataset
-from ..models import LogitMask, model_from_checkpoint, model_meta
+from ..models import ARCHS, LogitMask, model_from_checkpoint, model_meta
 from ..progress import log
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
 from ..train import forget_retain_accuracy
-from ..references import load_original, obtain_reference
+from ..references import load_original, obtain_reference, source_options
 from .args import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args
 from .running import driver_state, prepare_run, run_with_state
 
@@ -69,6 +69,9 @@ def _adopt_checkpoint_arch(args) -> None:
             args.arch = meta["arch"]
         if args.width is None and meta.get("width") is not None:
             args.width = float(meta["width"])
+        for key in ("model_args", "normalize"):  # how a source other than the own archs was built
+            if meta.get(key) and getattr(args, key, None) is None:
+                setattr(args, key, meta[key])
 
 
 def run(args) -> int:
@@ -128,7 +131,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         quiet)
 
     inner = model.model if isinstance(model, LogitMask) else model
-    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model), "kind": "unlearned", "method": cfg.method,
+    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model, **source_options(cfg)), "kind": "unlearned", "method": cfg.method,
             "forget_classes": forget, "seed": cfg.seed, "original_checkpoint": str(orig_path),
             "test_accuracy": acc_new}
     if isinstance(model, LogitMask):
@@ -225,7 +228,8 @@ def _print_table(results: dict, out: Path, quiet: bool) -> None:
             row += (_f(m[name].get("probe_acc", {}).get(deep)), _f(m[name].get("mia_acc")), _f(m[name].get("nn_purity")))
         rows.append(row)
     t = results["timings_s"]
-    print(f"\n{results['method']} on {results['dataset']} / {results['arch']} (width {results['width']}), "
+    width = f" (width {results['width']})" if results['arch'] in ARCHS else ""
+    print(f"\n{results['method']} on {results['dataset']} / {results['arch']}{width}, "
           f"forget {results['forget_classes']}, seed {results['seed']}")
     for r in rows:
         print(f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]))

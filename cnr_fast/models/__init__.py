@@ -1,7 +1,10 @@
-"""Architecture factory with named taps L0..L4, the same API for every arch.
+"""Architecture factory with named taps L0..L4, the same API for every model.
 
+cnr-fast's own archs (ARCHS) name their taps:
 ResNet: L0 = stem (after bn1/relu, before maxpool), L1..L4 = layer1..layer4 outputs.
 ViT:    L0 = patch embedding (conv_proj output), L1..L4 = encoder blocks at depth 1/4, 1/2, 3/4, end.
+Any other source (`torchvision:NAME`, `timm:NAME`, the user's builder; models/sources.py) gets its
+taps found automatically or from `--taps L1=path,...` (models/taps.py) and its input contract.
 
 `Taps(model, names)` records those activations through forward hooks (with their autograd graph,
 so losses on them can be back-propagated).
@@ -17,8 +20,8 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from torchvision.models.vision_transformer import VisionTransformer
 
 from ..errors import UserError
-
-TAP_NAMES = ("L0", "L1", "L2", "L3", "L4")
+from . import sources
+from .taps import TAP_NAMES, tap_layouts, tap_modules
 
 _RESNETS = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -111,8 +114,21 @@ def vit_patch(arch: str) -> int | None:
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
-                stem: str | None = None) -> nn.Module:
-    """stem (ResNet): "small" (3x3 stride 1, no max-pool), "imagenet" (torchvision's), None: small up to 64 px."""
+                stem: str | None = None, model_args=(), normalize: str = "pm1", tap_paths=()) -> nn.Module:
+    """stem (ResNet): "small" (3x3 stride 1, no max-pool), "imagenet" (torchvision's), None: small up to 64 px.
+
+    `arch` is a model source (models/sources.py); for one not of cnr-fast's own, model_args
+    ("key=value" strings) go to its builder, `normalize` is its input normalisation, tap_paths
+    ("L1=module.path" strings) override the taps found automatically.
+    """
+    if sources.kind(arch) != "own":
+        from . import taps
+
+        model = sources.build(arch, num_classes, image_size, sources.parse_model_args(model_args))
+        sources.apply_input_contract(model, in_channels, normalize, arch)
+        example = torch.zeros(2, in_channels, image_size, image_size)
+        taps.attach(model, example, taps.parse_overrides(tap_paths))
+        return model
     if arch in _RESNETS:
         block, layers = _RESNETS[arch]
         small = image_size <= 64 if stem is None else stem == "small"
@@ -142,13 +158,23 @@ class Taps:
         self._handles = []
 
     def __enter__(self):
-        mods = self.model.tap_modules()
+        mods = tap_modules(self.model)
+        layouts = tap_layouts(getattr(self.model, "model", self.model))
+        missing = [n for n in self.names if n not in mods]
+        if missing:
+            raise UserError(f"the model has no tap(s) {missing} (it has {', '.join(mods)}); pass --taps with those, "
+                            "or name modules with --taps L1=module.path,...")
         for name in self.names:
-            self._handles.append(mods[name].register_forward_hook(self._hook(name)))
+            self._handles.append(mods[name].register_forward_hook(self._hook(name, layouts.get(name))))
         return self
 
-    def _hook(self, name):
+    def _hook(self, name, layout=None):
         def fn(_mod, _inp, out):
+            if not isinstance(out, torch.Tensor):
+                raise UserError(f"tap {name}'s module returns {type(out).__name__}, not a tensor; choose another "
+                                f"module with --taps {name}=module.path")
+            if layout == "nhwc":
+                out = out.permute(0, 3, 1, 2)
             self.out[name] = out.detach() if self.detach else out
 
         return fn
@@ -187,7 +213,7 @@ def load_model_state(model: nn.Module, state: dict, meta: dict, arch: str, num_c
     if parts:
         raise UserError(
             f"checkpoint {path!r} does not fit {arch} with {num_classes} classes ({'; '.join(parts)}); "
-            "pass the --arch, --width and dataset it was trained with"
+            "pass the --model (or --arch and --width), --model-arg and dataset it was trained with"
         )
     try:
         model.load_state_dict(state, strict=True)
@@ -195,7 +221,7 @@ def load_model_state(model: nn.Module, state: dict, meta: dict, arch: str, num_c
         detail = str(e).splitlines()[0][:200]
         raise UserError(
             f"checkpoint {path!r} does not fit {arch} with {num_classes} classes ({detail}); "
-            "pass the --arch, --width and dataset it was trained with"
+            "pass the --model (or --arch and --width), --model-arg and dataset it was trained with"
         ) from None
 
 
@@ -208,29 +234,38 @@ class LogitMask(nn.Module):
     def __init__(self, model: nn.Module, forget):
         super().__init__()
         self.model = model
-        self.register_buffer("forget_mask", torch.zeros(model.fc.out_features if hasattr(model, "fc")
-                                                        else model.heads[-1].out_features, dtype=torch.bool))
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # the classifier's last layer
+        self.register_buffer("forget_mask", torch.zeros(head.out_features, dtype=torch.bool))
         self.forget_mask[list(forget)] = True
 
     def tap_modules(self):
-        return self.model.tap_modules()
+        return tap_modules(self.model)
 
     def forward(self, x):
         return self.model(x).masked_fill(self.forget_mask, float("-inf"))
 
 
-def model_meta(arch: str, width: float, ds, model: nn.Module | None = None) -> dict:
-    """What a checkpoint records about its model and data (ds: cnr_fast.data.Dataset)."""
+def model_meta(arch: str, width: float, ds, model: nn.Module | None = None, model_args=(), normalize="pm1",
+               tap_paths=()) -> dict:
+    """What a checkpoint records about its model and data (ds: cnr_fast.data.Dataset); for a model
+    source other than cnr-fast's own, how it was built and its taps (path and layout)."""
     inner = getattr(model, "model", model)  # LogitMask wraps
     stem = {"stem": inner.stem} if getattr(inner, "stem", None) else {}
-    return {"arch": arch, "width": width, **stem, **ds.fingerprint()}
+    source = {}
+    if sources.kind(arch) != "own":
+        found = getattr(inner, "cnr_fast_taps", None) or {}
+        source = {"model_args": list(model_args), "normalize": normalize,
+                  "tap_paths": [f"{n}={p}" for n, (p, _layout) in found.items()] or list(tap_paths)}
+    return {"arch": arch, "width": width, **stem, **source, **ds.fingerprint()}
 
 
-def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None = None):
+def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None = None, source: dict | None = None):
     """Build the model a checkpoint holds and check it against the dataset `ds`.
 
     Returns (model in eval mode, meta). cnr-fast checkpoints carry arch / width / class count in
-    their meta; a bare state_dict from another tool needs `arch` and `width` from the caller.
+    their meta; a bare state_dict from another tool needs `arch` and `width` from the caller, and for
+    a source other than cnr-fast's own, `source` (references.source_options: model_args, normalize,
+    tap_paths).
     A `logit_mask` entry in meta (LM baseline) wraps the model in LogitMask.
     """
     from ..runs import load_checkpoint
@@ -253,7 +288,11 @@ def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None
                 f"checkpoint {str(path)!r} expects {key}={meta[key]} but dataset {ds.name!r} gives "
                 f"{getattr(ds, key)}; pass the dataset (and --image-size) it was trained with"
             )
-    model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width, stem=meta.get("stem"))
+    given = source or {}
+    model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width, stem=meta.get("stem"),
+                        model_args=meta.get("model_args", given.get("model_args", ())),
+                        normalize=meta.get("normalize", given.get("normalize", "pm1")),
+                        tap_paths=meta.get("tap_paths", given.get("tap_paths", ())))
     load_model_state(model, state, meta, arch, ds.num_classes, str(path))
     if meta.get("logit_mask"):
         model = LogitMask(model, meta["logit_mask"])

@@ -1,0 +1,207 @@
+"""Where `--model` builds a classifier from, and the input contract it is fed through.
+
+A model source is one string:
+
+- an architecture of cnr-fast's own (`resnet18`, `vit_tiny`, ...; see models.ARCHS);
+- `torchvision:NAME`: any torchvision classification builder (`torchvision.models.get_model`), no
+  weights, `num_classes` from the data, other keyword arguments from `--model-arg key=value`;
+- `timm:NAME`: `timm.create_model(NAME, pretrained=False, num_classes=..., in_chans=...)`, nothing
+  downloaded; `img_size` is passed the data's image size where the model takes it;
+- `path/to/file.py:FUNCTION` or `package.module:FUNCTION`: the user's own builder, called with the
+  `--model-arg` keywords (plus `num_classes` where its signature takes it), returning an nn.Module.
+
+The input contract (recorded in config.json and in every checkpoint's meta): cnr-fast keeps images
+in [-1, 1] with the data's channels; a model that takes 3 channels gets grey data repeated to RGB,
+and `normalize` maps [-1, 1] to what the model was trained on ("pm1": as is; "imagenet": ImageNet's
+mean and std on [0, 1]; or "m1,m2,m3/s1,s2,s3" on [0, 1]). Both are a forward pre-hook on the model
+(`InputContract`), so every stage, the GAN and the audit feed the model as its own pipeline did, and
+the model's state_dict stays the user's.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+NORMALIZE_HELP = "pm1 (images in [-1, 1], default), imagenet, or MEAN/STD per channel on [0, 1] like 0.5,0.5,0.5/0.2,0.2,0.2"
+
+
+def kind(spec: str) -> str:
+    """"own", "torchvision", "timm", "file" or "module"."""
+    if ":" not in spec:
+        return "own"
+    head, _ = spec.rsplit(":", 1)
+    if head in ("torchvision", "timm"):
+        return head
+    return "file" if head.endswith(".py") or os.sep in head else "module"
+
+
+def parse_model_args(items) -> dict:
+    """("depth=4", "drop_path_rate=0.1", "act=gelu") -> {"depth": 4, "drop_path_rate": 0.1, "act": "gelu"}."""
+    out = {}
+    for item in items or ():
+        key, sep, val = str(item).partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"--model-arg {item!r} is not KEY=VALUE; pass e.g. --model-arg depth=4")
+        try:
+            out[key.strip()] = json.loads(val)
+        except ValueError:
+            out[key.strip()] = val
+    return out
+
+
+def _closest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def build(spec: str, num_classes: int, image_size: int, model_args: dict | None = None) -> nn.Module:
+    """A fresh, randomly initialised classifier from a non-own source (see the module docstring)."""
+    kw = dict(model_args or {})
+    k = kind(spec)
+    name = spec.rsplit(":", 1)[1]
+    if k == "torchvision":
+        import torchvision.models as tvm
+
+        known = tvm.list_models(module=tvm)
+        if name not in known:
+            raise UserError(f"unknown torchvision classification model {name!r}{_closest(name, known)}; "
+                            "`python -c 'import torchvision; print(torchvision.models.list_models())'` lists them")
+        if name.startswith("vit_") and "image_size" not in kw:
+            kw["image_size"] = image_size
+        return _call(spec, lambda: tvm.get_model(name, weights=None, num_classes=num_classes, **kw))
+    if k == "timm":
+        try:
+            import timm
+        except ImportError:
+            raise UserError("--model timm:... needs timm; pip install timm") from None
+        if not timm.is_model(name):
+            raise UserError(f"unknown timm model {name!r}{_closest(name, timm.list_models())}; "
+                            "`python -c 'import timm; print(timm.list_models())'` lists them")
+        base = dict(pretrained=False, num_classes=num_classes, **kw)
+        if "img_size" not in kw:
+            try:  # transformers take the image size; convnets refuse the keyword
+                return timm.create_model(name, img_size=image_size, **base)
+            except TypeError:
+                pass
+        return _call(spec, lambda: timm.create_model(name, **base))
+    fn = _user_builder(spec)
+    params = inspect.signature(fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "num_classes" in params or takes_any:
+        kw.setdefault("num_classes", num_classes)
+    return _call(spec, lambda: fn(**kw))
+
+
+def _call(spec: str, make) -> nn.Module:
+    try:
+        model = make()
+    except UserError:
+        raise
+    except Exception as e:  # a builder's own error: one line, with the fix
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"building --model {spec} failed ({type(e).__name__}: {detail}); "
+                        "check its --model-arg keywords") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"--model {spec} returned {type(model).__name__}, not a torch nn.Module; "
+                        "make the builder return the classifier")
+    return model
+
+
+def _user_builder(spec: str):
+    where, func = spec.rsplit(":", 1)
+    if kind(spec) == "file":
+        if not os.path.isfile(where):
+            raise UserError(f"--model {spec}: no file {where!r}; pass FILE.py:FUNCTION with an existing file")
+        mod_name = "cnr_fast_user_model_" + os.path.splitext(os.path.basename(where))[0]
+        loader = importlib.util.spec_from_file_location(mod_name, where)
+        module = importlib.util.module_from_spec(loader)
+        try:
+            loader.loader.exec_module(module)
+        except Exception as e:
+            raise UserError(f"--model {spec}: importing {where!r} failed ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:200]}); fix the file") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except Exception as e:
+            raise UserError(f"--model {spec}: cannot import module {where!r} ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:200]}); check the name and sys.path") from None
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise UserError(f"--model {spec}: {where!r} has no function {func!r}{_closest(func, found)}")
+    return fn
+
+
+def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """None for "pm1" (as is), else (mean, std) on [0, 1]."""
+    if text == "pm1":
+        return None
+    if text == "imagenet":
+        return IMAGENET
+    mean, sep, std = text.partition("/")
+    try:
+        m, s = tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))
+    except ValueError:
+        m = s = ()
+    if not sep or not m or len(m) != len(s) or min(s) <= 0:
+        raise UserError(f"--normalize {text!r}: choose {NORMALIZE_HELP}")
+    return m, s
+
+
+def first_input_channels(model: nn.Module) -> int | None:
+    """Input channels of the first convolution (in module order), None if the model has none."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    return None
+
+
+class InputContract:
+    """Forward pre-hook: [-1, 1] data with `data_channels` -> the model's channels and normalisation."""
+
+    def __init__(self, data_channels: int, model_channels: int, normalize: str = "pm1"):
+        self.data_channels, self.model_channels, self.normalize = data_channels, model_channels, normalize
+        ms = parse_normalize(normalize)
+        self.mean = self.std = None
+        if ms is not None:
+            if len(ms[0]) not in (1, model_channels):
+                raise UserError(f"--normalize {normalize!r} gives {len(ms[0])} channel(s), the model takes "
+                                f"{model_channels}; give one value or {model_channels}")
+            self.mean = torch.tensor(ms[0]).view(1, -1, 1, 1)
+            self.std = torch.tensor(ms[1]).view(1, -1, 1, 1)
+
+    def __call__(self, _module, args):
+        x = args[0]
+        if self.model_channels != self.data_channels:
+            x = x.expand(-1, self.model_channels, -1, -1)
+        if self.mean is not None:
+            x = ((x + 1) * 0.5 - self.mean.to(x)) / self.std.to(x)
+        return (x, *args[1:])
+
+    def record(self) -> dict:
+        return {"model_channels": self.model_channels, "data_channels": self.data_channels,
+                "normalize": self.normalize}
+
+
+def apply_input_contract(model: nn.Module, data_channels: int, normalize: str = "pm1", spec: str = "") -> dict:
+    """Fit `model` to cnr-fast's images (see the module docstring); returns the contract's record."""
+    want = first_input_channels(model) or data_channels
+    if want != data_channels and not (data_channels == 1 and want == 3):
+        raise UserError(f"--model {spec} takes {want} input channel(s), the data has {data_channels}; "
+                        "only grey data is repeated to RGB: build the model for the data's channels")
+    contract = InputContract(data_channels, want, normalize)
+    if want != data_channels or contract.mean is not None:
+        model.register_forward_pre_hook(contract)
+    return contract.record()
