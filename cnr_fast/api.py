@@ -96,6 +96,11 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | No
     cfg = (config or RunConfig()).replace(method=method, data={"forget": tuple(int(c) for c in forget)})
     get(method)  # an unknown name: one line with the closest ones
     check_options(validate(cfg))
+    from .experiments.methods import is_from_scratch
+
+    if is_from_scratch(method):
+        raise UserError(f"{method} trains a new model from scratch, which needs a way to build one: run it on the CLI "
+                        "with --model SOURCE (torchvision:NAME, timm:NAME, FILE.py:FUNCTION), or train it yourself")
     ds = as_dataset(data, val_fraction=cfg.data.val_fraction)
     original = _prepare(model, ds, taps, normalize).to(device)
     out, info, timings, files = unlearn_model(method, original, ds, cfg, device=device, quiet=quiet)
