@@ -280,3 +280,17 @@ def test_the_example_runs_on_a_tiny_budget(tmp_path):
     m = json.loads(out.read_text())["metrics"]
     assert m["unlearned"]["forget_acc"] < m["original"]["forget_acc"] - 0.3
     assert m["retrained"]["forget_acc"] == 0.0 and "L4" in m["unlearned"]["cka_neg"]
+
+
+def test_compare_takes_a_model_source(tmp_path):
+    """`compare --model FILE.py:FUNCTION`: references, methods and the audit on the user's builder."""
+    (tmp_path / "mine.py").write_text(USER_FILE)
+    out = tmp_path / "cmp"
+    assert main(["compare", "--model", f"{tmp_path / 'mine.py'}:tiny", "--model-arg", "width=4", "--methods", "lm,rl",
+                 "--seeds", "1", "--train-epochs", "8", "--baseline-epochs", "2", "--stabilize-epochs", "0",
+                 "--out", str(out), "--cache-dir", str(tmp_path / "c"), *TINY]) == 0
+    r = json.loads((out / "compare.json").read_text())
+    assert r["arch"].endswith("mine.py:tiny") and r["config"]["model"]["model_args"] == ["width=4"]
+    assert r["methods"]["lm"]["forget_acc"]["values"] == [0.0]
+    assert r["references"]["original"]["forget_acc"]["mean"] > r["methods"]["rl"]["forget_acc"]["mean"]
+    assert "L4" in json.dumps(r["methods"]["rl"]) and "cka_neg" in json.dumps(r["references"])
