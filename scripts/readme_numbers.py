@@ -52,6 +52,7 @@ ALIASES = {
     "cont": "bench/results/runs/continual_mnist5k/continual.json",
     "cont0": "bench/results/runs/continual_mnist5k_rerun/continual.json",
     "avit": "bench/results/runs/any_model_timm_vit/compare.json",
+    "amob": "bench/results/runs/any_model_tv_mobilenet_v2/compare.json",
     "e40": "bench/results/runs/cost_vs_retrain_e40_cpu.json",
     "e80": "bench/results/runs/cost_vs_retrain_e80_cpu.json",
     "refinit": "bench/results/runs/reference_init_mnist5k.json",
