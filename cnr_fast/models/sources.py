@@ -89,12 +89,16 @@ def build(spec: str, num_classes: int, image_size: int, model_args: dict | None 
             raise UserError(f"unknown timm model {name!r}{_closest(name, timm.list_models())}; "
                             "`python -c 'import timm; print(timm.list_models())'` lists them")
         base = dict(pretrained=False, num_classes=num_classes, **kw)
-        if "img_size" not in kw:
-            try:  # transformers take the image size; convnets refuse the keyword
-                return timm.create_model(name, img_size=image_size, **base)
-            except TypeError:
-                pass
-        return _call(spec, lambda: timm.create_model(name, **base))
+
+        def make():
+            if "img_size" not in kw:
+                try:  # transformers take the image size; convnets refuse the keyword
+                    return timm.create_model(name, img_size=image_size, **base)
+                except TypeError:
+                    pass
+            return timm.create_model(name, **base)
+
+        return _call(spec, make)
     fn = _user_builder(spec)
     params = inspect.signature(fn).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -190,13 +194,9 @@ class InputContract:
             x = ((x + 1) * 0.5 - self.mean.to(x)) / self.std.to(x)
         return (x, *args[1:])
 
-    def record(self) -> dict:
-        return {"model_channels": self.model_channels, "data_channels": self.data_channels,
-                "normalize": self.normalize}
 
-
-def apply_input_contract(model: nn.Module, data_channels: int, normalize: str = "pm1", spec: str = "") -> dict:
-    """Fit `model` to cnr-fast's images (see the module docstring); returns the contract's record."""
+def apply_input_contract(model: nn.Module, data_channels: int, normalize: str = "pm1", spec: str = "") -> None:
+    """Fit `model` to cnr-fast's images (see the module docstring)."""
     want = first_input_channels(model) or data_channels
     if want != data_channels and not (data_channels == 1 and want == 3):
         raise UserError(f"--model {spec} takes {want} input channel(s), the data has {data_channels}; "
@@ -204,4 +204,3 @@ def apply_input_contract(model: nn.Module, data_channels: int, normalize: str = 
     contract = InputContract(data_channels, want, normalize)
     if want != data_channels or contract.mean is not None:
         model.register_forward_pre_hook(contract)
-    return contract.record()

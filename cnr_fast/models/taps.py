@@ -87,9 +87,10 @@ def _layout(shape, channels_hint: int | None = None) -> str:
     return "nchw" if len(shape) == 4 else "flat"
 
 
-def find(model: nn.Module, example: torch.Tensor) -> dict[str, tuple[str, str]]:
-    """{L0..L4: (module path, layout)} for `model` (see the module docstring)."""
-    cands = candidates(model, example)
+def find(model: nn.Module, example: torch.Tensor, cands=None) -> dict[str, tuple[str, str]]:
+    """{L0..L4: (module path, layout)} for `model` (see the module docstring); `cands`: its
+    `candidates(model, example)` when the caller has them already (one forward pass, not two)."""
+    cands = candidates(model, example) if cands is None else cands
     shapes = dict(cands)
     found = _transformer_blocks(model, shapes) or _feature_info(model, cands) or _resolution_stages(model, cands)
     if not found:
@@ -198,9 +199,10 @@ def parse_overrides(text_items) -> dict[str, str]:
 def attach(model: nn.Module, example: torch.Tensor, overrides: dict[str, str] | None = None) -> dict[str, tuple[str, str]]:
     """Find the taps of `model` (overrides win) and attach them; returns {name: (path, layout)}."""
     overrides = dict(overrides or {})
-    found = {} if len(overrides) == len(TAP_NAMES) else find(model, example)
+    cands = candidates(model, example)
+    found = {} if len(overrides) == len(TAP_NAMES) else find(model, example, cands)
     if overrides:
-        shapes = dict(candidates(model, example))
+        shapes = dict(cands)
         names = dict(model.named_modules())
         for name, path in overrides.items():
             if path not in names:
