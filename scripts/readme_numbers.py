@@ -159,7 +159,7 @@ def h_join(refs, spec):
 def _verdict_keys(refs, want: bool):
     (v,) = refs
     if not isinstance(v, dict) or not all(isinstance(x, dict) and "separates" in x for x in v.values()):
-        raise TypeError("needs a compare.json `verdicts` dict (metric: {..., 'separates': bool})")
+        raise TypeError("needs a compare.json `separation` dict (metric: {..., 'separates': bool})")
     keys = [k for k, x in v.items() if bool(x["separates"]) is want]
     if not keys:
         raise ValueError(f"no metric with separates = {want}")
@@ -175,12 +175,12 @@ def h_count_keys(refs, spec):
 
 
 def h_separating(refs, spec):
-    """The metrics of a `verdicts` dict that separate retrained from original, as `a`, `b`, ..."""
+    """The metrics of a `separation` dict that separate retrained from original, as `a`, `b`, ..."""
     return _verdict_keys(refs, True)
 
 
 def h_nonseparating(refs, spec):
-    """The metrics of a `verdicts` dict that do not separate retrained from original."""
+    """The metrics of a `separation` dict that do not separate retrained from original."""
     return _verdict_keys(refs, False)
 
 

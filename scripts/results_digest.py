@@ -43,7 +43,7 @@ def main() -> int:
         torch.manual_seed(tiny.seed)
         c = E.compare(tiny, methods, seeds=1, device="cpu", cache=cache, quiet=True)
         out["compare"] = {"per_seed": c["per_seed"], "per_seed_choices": c["per_seed_choices"],
-                          "per_seed_originals": c["per_seed_originals"], "verdict_keys": sorted(c["verdicts"])}
+                          "per_seed_originals": c["per_seed_originals"], "verdict_keys": sorted(c.get("separation", c.get("verdicts", {})))}
         torch.manual_seed(tiny.seed)
         a = E.ablate(tiny, ["relabel-step", "b32"], seeds=1, device="cpu", cache=cache, quiet=True)
         out["ablate"] = {"per_seed": a["per_seed"]}

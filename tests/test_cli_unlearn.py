@@ -54,10 +54,10 @@ def test_unlearn_with_audit_contract(tmp_path, cache):
     assert _run(["--out", str(out), *DIGITS, *TINY, "--audit", "fast", "--retrained", "auto"], cache) == 0
     r = json.loads((out / "results.json").read_text())
     _check_schema(r, "cnr", "digits")
-    assert set(r["metrics"]) == {"original", "unlearned", "retrained"}
+    assert set(r["metrics"]) == {"original", "unlearned", "retrained", "retrained_null"}
     for name, m in r["metrics"].items():
         keys = ("probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg")
-        if name != "retrained":  # coordinate-bound metrics only for models derived from the original
+        if name not in ("retrained", "retrained_null"):  # coordinate-bound metrics only for models derived from the original
             keys += ("transfer_probe_acc", "selectivity_delta")
         else:
             assert "transfer_probe_acc" not in m
@@ -71,6 +71,12 @@ def test_unlearn_with_audit_contract(tmp_path, cache):
     assert r["metrics"]["retrained"]["forget_acc"] == 0.0  # never saw the class
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     assert r["timings_s"]["audit"] > 0
+    # the verdict: top level of results.json, first in the report
+    v = r["verdict"]
+    assert set(v["models"]) == {"unlearned"} and "verdict" not in r["audit"]
+    assert v["references"] == {"original": "original", "retrained": "retrained", "null": "retrained_null"}
+    report = (out / "report.md").read_text()
+    assert report.index(v["models"]["unlearned"]["sentence"]) < report.index("## Headline")
 
 
 @pytest.mark.parametrize("method", ["rfs", "roft", "gau", "kdu", "lm", "rl", "ssd", "cnr-raw"])

@@ -113,7 +113,7 @@ def _fake_compare(seeds, vals):
 def test_merge_compare_and_multiclass_equal_one_run_over_all_seeds():
     both = _fake_compare([0, 1, 2], [0.2, 0.4, 0.3])
     merged = E.merge_results([_fake_compare([0], [0.2]), _fake_compare([1, 2], [0.4, 0.3])])
-    assert merged["methods"] == both["methods"] and merged["verdicts"] == both["verdicts"]
+    assert merged["methods"] == both["methods"] and merged["separation"] == both["separation"]
     assert merged["methods"]["lm"]["forget_acc"]["p_vs_cnr"] == pytest.approx(
         __import__("scipy").stats.ttest_rel([0.2, 0.4, 0.3], [0.0, 0.0, 0.0]).pvalue)
     multi = [{"scenario": "multiclass", "runs": {"2,5": _fake_compare([s], [v])}, "total_time_s": 1.0}

@@ -280,7 +280,7 @@ def test_compare_library_call_fresh_originals_and_schema(tmp_path):
     assert len(orig) == 2
     assert "transfer_probe_acc.L4" not in r["methods"]["rfs"] and "transfer_probe_acc.L4" in r["methods"]["ssd"]
     assert set(r["references"]["cka_null"]["pos"]) == {"L0", "L1", "L2", "L3", "L4"}
-    assert all(not E.is_coordinate_bound(k) for k in r["verdicts"])
+    assert all(not E.is_coordinate_bound(k) for k in r["separation"])
     # two seeds trained two different originals (fresh per seed); --fixed-original keeps one
     files = sorted(p.name for p in (tmp_path / "models").glob("original-*.pt"))
     assert len(files) == 2
@@ -318,7 +318,7 @@ def test_holm_adjustment_matches_an_independent_computation():
     assert E.format_p(1e-9) == "<1e-4" and E.format_p(0.0) != "0"
 
 
-def test_verdicts_use_holm_adjusted_p_over_the_metrics_judged():
+def test_separation_uses_holm_adjusted_p_over_the_metrics_judged():
     # 3 seeds, 12 metrics: "big" differs by ~0.5 with tiny noise (t large), "edge" by ~0.2 with an interval
     # that excludes 0 at 95% but a p (~0.02) that Holm over 12 metrics lifts above 0.05, the rest by ~0,
     # "const" by exactly 0.3 on every seed (no t statistic: the interval decides), "cka_neg.L4"-style keys too.

@@ -61,7 +61,7 @@ DATA = {
     "ps": {"cnr": {"p": None}, "ssd": {"p": 0.5}, "rl": {"p": 0.04}},
     "name": "AMD EPYC",
     "nested": {"inf": float("inf")},
-    "verdicts": {"forget_acc": {"separates": True}, "mia_acc": {"separates": False},
+    "separation": {"forget_acc": {"separates": True}, "mia_acc": {"separates": False},
                  "cka_neg.L4": {"separates": True}},
 }
 
@@ -97,9 +97,9 @@ def test_values_formats_helpers_tables_and_counts(r):
     assert r("{{hmin:d:seconds}} / {{minutes:d:seconds}} min") == "2 h 03 min / 123 min"
     assert r("{{join:d:flags}}") == "avx2, fma"
     assert r("{{min:d:ps/*/p:.2f}}") == "0.04"  # nulls inside a list are skipped
-    assert r("{{separating:d:verdicts}}") == "`forget_acc`, `cka_neg.L4`"
-    assert r("{{nonseparating:d:verdicts}}") == "`mia_acc`"
-    assert r("{{count_keys:d:verdicts}} {{count_keys:d:flags}}") == "3 2"
+    assert r("{{separating:d:separation}}") == "`forget_acc`, `cka_neg.L4`"
+    assert r("{{nonseparating:d:separation}}") == "`mia_acc`"
+    assert r("{{count_keys:d:separation}} {{count_keys:d:flags}}") == "3 2"
     assert r("{{table:methods}}") == "cnr | cnr-raw"
     assert r("{{count:t.py:CASES}} cases") == "3 cases"
     assert r('plain {"json": {"a": 1}} text}}') == 'plain {"json": {"a": 1}} text}}'  # single braces, '}}' alone
@@ -142,7 +142,7 @@ def test_missing_file_helper_table_and_format_errors_are_named(r):
     assert "table 'broken' from d.json: key 'rl' missing" in _err(r, "{{table:broken}}")
     assert "not a number" in _err(r, "{{range:d:flags}}")
     assert "not a number" in _err(r, "{{min:d:ps/cnr/p}}")  # a null alone is still an error
-    assert "needs a compare.json `verdicts` dict" in _err(r, "{{separating:d:methods}}")
+    assert "needs a compare.json `separation` dict" in _err(r, "{{separating:d:methods}}")
     assert "{{d:name:.2f}}" in _err(r, "{{d:name:.2f}}")  # a format that does not fit the value
     assert "no list literal NOPE" in _err(r, "{{count:t.py:NOPE}}")
     assert "write {{ALIAS:PATH}}" in _err(r, "{{d}}")

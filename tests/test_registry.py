@@ -77,7 +77,9 @@ def test_a_registered_method_and_metric_reach_unlearn_and_its_files(tmp_path, to
     assert r["method"] == "zero-head"
     m = r["metrics"]
     assert m["unlearned"]["forget_acc"] == 0.0 and m["original"]["forget_acc"] > 0.2
-    assert set(m) == {"original", "unlearned", "retrained"} and all("forget_margin" in v for v in m.values())
+    assert set(m) == {"original", "unlearned", "retrained", "retrained_null"}
+    assert all("forget_margin" in v for v in m.values())
+    assert "forget_margin" in r["verdict"]["measures"]  # a registered metric is judged by default
     assert "forget_margin" in r["audit"]["definitions"]
     ds = load_dataset(DataConfig(dataset="digits", image_size=8))
     model, _ = model_from_checkpoint(out / "model.pt", ds)
@@ -135,7 +137,7 @@ def test_a_registered_method_and_metric_reach_compare_and_its_tables(tmp_path, t
     assert list(r["methods"]) == ["zero-head", "lm"]
     assert r["methods"]["zero-head"]["forget_acc"]["values"] == [0.0]
     assert "forget_margin" in r["methods"]["zero-head"] and "forget_margin" in r["references"]["retrained"]
-    assert "forget_margin" in r["verdicts"]  # judged like every coordinate-free metric
+    assert "forget_margin" in r["separation"]  # judged like every coordinate-free metric
     md = (out / "report.md").read_text()
     head = next(line for line in md.splitlines() if line.startswith("| metric | original | retrained | null |"))
     assert head.endswith("| zero-head | lm |")  # a column of the table

@@ -2,7 +2,9 @@
 
 `audit_models(models, ds, forget, device=...)` measures every model on the same splits with the same
 feature reduction and returns {"metrics", "references", "definitions", "settings", "timings_s"} (all
-JSON-able) plus "_figures" (arrays for the report, dropped from JSON). `write_report(out_dir, result,
+JSON-able), with a retrained reference and a null model also "verdict" (verdict.py: where each audited
+model stands between the original and the retrained model), plus "_figures" (arrays for the report,
+dropped from JSON). `write_report(out_dir, result,
 extra)` writes report.md, report.html (figures embedded) and figures/*.png.
 
 Splits, fixed for every model: probe-train = a seeded class-stratified subset of ds.train (at most
@@ -31,12 +33,14 @@ from . import relearn as _relearn
 from .features import DEFAULT_MAX_DIM, Reducer, extract
 from .neighbors import nn_purity
 from .selectivity import DEFAULT_K, selectivity_profile
+from .verdict import verdict as _verdict
 
 SHOTS = (1, 5, 25)
 PROBE_TRAIN_SIZE = 2000
 CKA_MAX = 1000  # retain (and forget) test examples CKA compares, at most
 GRADCAM_TAPS = ("L3", "L4")
 GRADCAM_N = 6
+NULL = "retrained_null"  # the null model's name among the audited models
 
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
 PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
@@ -100,7 +104,8 @@ def audit_models(
     independent: names of models NOT derived from the original (trained from scratch); default
     [retrained]. Their coordinate-bound metrics (transfer probe, selectivity) are left out: units of
     independently trained networks do not correspond. null_model: a second independently trained
-    retrained model; with `retrained` it gives references["cka_null"], CKA(retrained, null_model).
+    retrained model; with `retrained` it is audited like every model (as "retrained_null", without
+    figures) and gives references["cka_null"], CKA(retrained, null_model), and the "verdict".
     done: {name: {"metrics", "time_s"}} of models audited earlier with the same arguments (a resumed
     run): their metrics are taken as they are; only what later models need of them (the original's
     features and probes, the retrained model's features) and their figures are computed again.
@@ -136,6 +141,10 @@ def audit_models(
     if retrained is not None and retrained not in models:
         raise ValueError(f"the retrained model {retrained!r} is not among the models {list(models)}")
     device = resolve_device(device) if isinstance(device, str) else device
+    if null_model is not None and retrained is not None:
+        if NULL in models:
+            raise ValueError(f"{NULL!r} names the null model: give the audited models other names")
+        models = {**models, NULL: null_model}
     forget = sorted(int(c) for c in forget)
     retain = ds.retain_classes(forget)
     deepest = taps[-1]
@@ -155,7 +164,7 @@ def audit_models(
     f_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:n_cka]].sort().values
     if independent is None:
         independent = [retrained] if retrained is not None else []
-    independent = set(independent) - {original}
+    independent = (set(independent) | ({NULL} & set(models))) - {original}
     cam_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:GRADCAM_N]].sort().values
     from .embedding import tsne_subsample
 
@@ -183,7 +192,7 @@ def audit_models(
             metrics[name] = dict(done[name]["metrics"])
             timings[name] = float(done[name]["time_s"])
             _say(quiet, f"{name}: metrics reused from an interrupted run")
-            if name not in (original, retrained) and not figures:
+            if name not in (original, retrained, NULL) and not figures:
                 continue
             tr = extract(model, probe_train, device=device, taps=taps, reducer=reducer, num_classes=ds.num_classes,
                          class_sums=True)
@@ -197,7 +206,9 @@ def audit_models(
                 orig["means"] = {t: tr.class_means(t) for t in taps}
             if name == retrained:
                 orig["retrained_full"] = te.full
-            if figures:
+            if name == NULL:
+                orig["null_full"] = te.full
+            if figures and name != NULL:
                 _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet)
             del tr, te
             continue
@@ -233,6 +244,8 @@ def audit_models(
         m["cka_neg"] = _cka.cka_per_tap(orig["full"], te.full, f_rows, unbiased=cka_unbiased)
         if name == retrained:
             orig["retrained_full"] = te.full
+        if name == NULL:
+            orig["null_full"] = te.full
         if name in independent:
             for key in _metrics.coordinate_bound():
                 m.pop(key, None)
@@ -267,7 +280,7 @@ def audit_models(
         timings[name] = time.perf_counter() - t0
         if on_model is not None:
             on_model(name, {"metrics": m, "time_s": timings[name]})
-        if figures:
+        if figures and name != NULL:
             _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet)
         metrics[name] = m
         del tr, te
@@ -275,14 +288,11 @@ def audit_models(
     chance = _metrics.chances(ds.num_classes, float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()))
     references = {"chance": chance, "original": original, "retrained": retrained,
                   "independent": sorted(independent)}
-    if null_model is not None and "retrained_full" in orig:
-        _say(quiet, "null model: features (CKA null reference)")
-        nf = extract(null_model.to(device).eval(), test, device=device, taps=taps, reducer=reducer, keep_full=True)
+    if "null_full" in orig and "retrained_full" in orig:
         references["cka_null"] = {
-            "pos": _cka.cka_per_tap(orig["retrained_full"], nf.full, r_rows, unbiased=cka_unbiased),
-            "neg": _cka.cka_per_tap(orig["retrained_full"], nf.full, f_rows, unbiased=cka_unbiased),
+            "pos": _cka.cka_per_tap(orig["retrained_full"], orig["null_full"], r_rows, unbiased=cka_unbiased),
+            "neg": _cka.cka_per_tap(orig["retrained_full"], orig["null_full"], f_rows, unbiased=cka_unbiased),
         }
-        del nf
     if retrained is not None:
         references["distance_to_retrained"] = {
             name: distances(metrics[name], metrics[retrained]) for name in metrics
@@ -292,11 +302,16 @@ def audit_models(
         "probe_train_size": len(probe_train), "test_size": len(test), "deepest_tap": deepest,
         "reduction": reducer.describe(), "max_dim": max_dim, "shots": list(shots),
         "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
+        "forget_test_size": int(fmask_test.sum()),
         "cka_estimator": "unbiased" if cka_unbiased else "biased",
         "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
     out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}
+    if retrained is not None and NULL in metrics:
+        out["verdict"] = _verdict(metrics, original=original, retrained=retrained, null=NULL,
+                                  audited=[n for n in order if n not in (original, retrained, NULL)],
+                                  n_forget=int(fmask_test.sum()))
     if figures:
         out["_figures"] = figs
     return out
@@ -346,4 +361,4 @@ def write_report(out_dir, audit_result: dict, extra: dict | None = None) -> list
     return _w(out_dir, audit_result, extra or {})
 
 
-__all__ = ["DEFINITIONS", "audit_models", "distances", "json_view", "probe_train_indices", "write_report"]
+__all__ = ["DEFINITIONS", "NULL", "audit_models", "distances", "json_view", "probe_train_indices", "write_report"]

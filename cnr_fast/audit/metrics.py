@@ -50,6 +50,7 @@ class Metric:
     chance: Callable | None = None  # chance(num_classes, forget_share_of_probe_train) -> float
     coordinate_bound: bool = False
     compute: Callable | None = None  # compute(MetricContext) -> value (a float, or {tap or n: float})
+    judged: bool = True  # about the forget class: placed between original and retrained by verdict.py
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -108,13 +109,13 @@ for _m in (
            "Share of forget-class test examples the model classifies as their true class "
            "(train.forget_retain_accuracy).", chance=_per_class),
     Metric("retain_acc", "scalar", "the model's own test accuracy on the retain classes",
-           "Share of retain-class test examples the model classifies correctly."),
+           "Share of retain-class test examples the model classifies correctly.", judged=False),
     Metric("probe_acc", "per_tap", "forget accuracy of a logistic-regression probe on the tap's features (recovery)",
            "Per tap: accuracy on forget-class test examples of a multinomial logistic-regression probe (C=1, "
            "standardised features) fitted on this model's probe-train features with all classes (recovery).",
            chance=_per_class),
     Metric("probe_overall_acc", "per_tap", "that probe's accuracy on all test examples",
-           "Per tap: the same recovery probe's accuracy on all test examples."),
+           "Per tap: the same recovery probe's accuracy on all test examples.", judged=False),
     Metric("transfer_probe_acc", "per_tap",
            "forget accuracy of the ORIGINAL model's probe applied unchanged to this model's features",
            "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, "
@@ -129,7 +130,7 @@ for _m in (
     Metric("cka_pos", "per_tap", "unbiased linear CKA with the original on retain test examples (1 = unchanged)",
            "Per tap: linear CKA, unbiased (debiased HSIC) estimator, between the original's and this model's "
            "unreduced activations on retain-class test examples, as many as cka_neg uses (1 = same representation "
-           "up to rotation and scale; ~0 = unrelated). Compare with references.cka_null."),
+           "up to rotation and scale; ~0 = unrelated). Compare with references.cka_null.", judged=False),
     Metric("cka_neg", "per_tap", "the same CKA on forget test examples, equal N (~0 = unrelated)",
            "Per tap: the same unbiased linear CKA on forget-class test examples (same N as cka_pos)."),
     Metric("fewshot_probe_acc", "per_n", "forget accuracy of the deepest tap's probe fitted with only n forget examples",
@@ -146,7 +147,7 @@ for _m in (
            "signal.", chance=lambda _c, _s: 0.5),
     Metric("mia_attack_train_acc", "scalar", "the membership attack's accuracy on its own training pairs",
            "The membership attack's accuracy on its own training pairs (retain-train members vs retain-test "
-           "non-members): how much membership signal the outputs carry at all."),
+           "non-members): how much membership signal the outputs carry at all.", judged=False),
     Metric("mia_shadow_acc", "scalar", "the same attack trained on shadow models (--mia-shadows N)",
            "Shadow-model membership attack (paper Table 10): the same attack features, attack trained on shadow "
            "models (same architecture, fresh weights, the project's training recipe on a random half of the "
@@ -156,7 +157,8 @@ for _m in (
            "forget share of the 10 nearest probe-train neighbours of forget test examples (deepest tap)",
            "At the deepest audited tap: mean over forget-class test examples of the share of their 10 nearest "
            "probe-train neighbours (Euclidean) that carry the forget label; chance = the forget share of "
-           "probe-train.", chance=lambda _c, share: share),
+           "probe-train.", chance=lambda _c, share: share,
+           judged=False),  # the verdict counts it once, as nn_purity_by_layer at the deepest tap
     Metric("nn_purity_by_layer", "per_tap", "nn_purity at every tap", "nn_purity at every tap."),
     Metric("selectivity", "per_tap", "forget selectivity of the original's top-12 forget units",
            "Per tap: mean over the original's top-K forget-selective units (K=12, eqs. 1-3 on probe-train) of "

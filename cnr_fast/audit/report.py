@@ -1,7 +1,10 @@
 """Audit report: report.md, a self-contained report.html (PNG figures base64-embedded) and figures/*.png.
 
-Every number printed comes from the audit result dict through `fmt` (4 decimals), so the report
-and results.json agree to the printed precision. Every file is written atomically.
+Order: the verdict first (verdict.py: one sentence per audited model and the separating measures
+behind it), then the figures (depth curves with the retrained model and the null as a band), then the
+tables, then the run, the definitions and the timings. Every number printed comes from the audit
+result dict through `fmt` (4 decimals), so the report and results.json agree to the printed precision.
+Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -29,6 +32,34 @@ def fmt(v) -> str:
     if isinstance(v, (int, float)):
         return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
     return str(v)
+
+
+ZONE_WORDS = {"with_retrained": "with retrained", "with_original": "with original", "between": "between",
+              "beyond_retrained": "past retrained", "beyond_original": "past original"}
+
+
+def _verdict_parts(result: dict) -> tuple[list[str], tuple[list[str], list[list[str]]] | None, str]:
+    """(sentences, (header, rows) of the separating measures, a note on the rest)."""
+    v = result.get("verdict")
+    if not v:
+        return [], None, ("No verdict: it needs a retrained reference and a null model (a second, "
+                          "independently retrained model); `cnr-fast unlearn` trains both by default.")
+    sentences = [m["sentence"] + "." for m in v["models"].values()]
+    names = list(v["models"])
+    head = ["measure", "original", "retrained", "null", "margin"] + names
+    rows = []
+    for k in v["separating"]:
+        e = v["measures"][k]
+        cells = []
+        for n in names:
+            mm = e["models"].get(n)
+            cells.append("-" if mm is None else f"{fmt(mm['value'])} ({ZONE_WORDS[mm['zone']]})")
+        rows.append([k, fmt(e["original"]), fmt(e["retrained"]), fmt(e["null"]), fmt(e["margin"])] + cells)
+    rest = [k for k in v["measures"] if k not in v["separating"]]
+    note = (f"Rule: {v['rule']} (resolution 1/sqrt({v['n_forget']}) = {v['resolution']:.3f}). "
+            + (f"Measures that do not separate retrained from original on this run, and so say nothing about "
+               f"where a model stands: {', '.join(rest)}." if rest else "Every judged measure separates them."))
+    return sentences, ((head, rows) if rows else None), note
 
 
 def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -98,16 +129,35 @@ def _figures(result: dict) -> dict[str, bytes]:
     taps = result.get("settings", {}).get("taps") or list(next(iter(metrics.values()))["probe_acc"])
     figs: dict[str, bytes] = {}
     # probe / decoder / CKA curves over depth
-    panels = [k for k in ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg") if
-              all(k in metrics[n] for n in names)]
+    refs = result.get("references", {})
+    band = [n for n in (refs.get("retrained"), "retrained_null") if n in metrics]
+    lines = [n for n in names if n not in band]
+    panels = [k for k in ("cka_neg", "probe_acc", "knn_acc", "svm_acc", "nn_purity_by_layer", "cka_pos",
+                          "transfer_probe_acc") if all(isinstance(metrics[n].get(k), dict) for n in lines)]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
-        for ax, key in zip(axes[0], panels):
-            for n in names:
-                ax.plot(taps, [metrics[n][key].get(t, np.nan) for t in taps], marker="o", label=n)
-            ax.set_title(key)
+        cols = 2
+        rows_n = (len(panels) + cols - 1) // cols
+        fig, axes = plt.subplots(rows_n, cols, figsize=(6.5 * cols, 4.2 * rows_n), squeeze=False)
+        x = np.arange(len(taps))
+        for i, key in enumerate(panels):
+            ax = axes[i // cols][i % cols]
+            have = [n for n in band if isinstance(metrics[n].get(key), dict)]
+            if have:  # the models that never saw the class: the band an unlearned model should fall in
+                vals = np.array([[metrics[n][key].get(t, np.nan) for t in taps] for n in have], dtype=float)
+                ax.fill_between(x, np.nanmin(vals, 0), np.nanmax(vals, 0), color="tab:green", alpha=0.25,
+                                label="retrained / null" if len(have) > 1 else "retrained")
+                ax.plot(x, vals[0], color="tab:green", lw=1)
+            for n in lines:
+                style = dict(color="black", ls="--") if n == refs.get("original") else {}
+                ax.plot(x, [metrics[n][key].get(t, np.nan) for t in taps], marker="o", label=n, **style)
+            ax.set_xticks(x, taps)
+            ax.set_title(key, fontsize=12)
             ax.set_ylim(-0.02, 1.02)
-        axes[0][0].legend(fontsize=7)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=9)
+        for j in range(len(panels), rows_n * cols):
+            axes[j // cols][j % cols].axis("off")
+        fig.tight_layout()
         figs["depth_curves.png"] = _png(fig)
     # selectivity depth profile
     if all("selectivity_delta" in metrics[n] for n in names):
@@ -200,14 +250,18 @@ def write_report(out_dir, result: dict, extra: dict) -> list[str]:
              f"{', '.join(settings.get('taps', []))}; probe-train {settings.get('probe_train_size')} examples "
              f"(class-stratified subset of the training split), test {settings.get('test_size')} examples. "
              f"Features: {settings.get('reduction')}.")
+    sentences, vtable, vnote = _verdict_parts(result)
     # markdown
-    md = [f"# {title}", "", intro, ""]
-    if extra:
-        md += ["## Run", "", "```json", json.dumps(extra, indent=2, default=str), "```", ""]
-    for t, head, rows in tables:
-        md += [f"## {t}", "", _md_table(head, rows), ""]
+    md = [f"# {title}", "", intro, "", "## Verdict", ""] + [f"- {x}" for x in sentences] + [""]
+    if vtable:
+        md += [_md_table(*vtable), ""]
+    md += [vnote, ""]
     if figs:
         md += ["## Figures", ""] + [f"![{n}](figures/{n})" for n in figs] + [""]
+    for t, head, rows in tables:
+        md += [f"## {t}", "", _md_table(head, rows), ""]
+    if extra:
+        md += ["## Run", "", "```json", json.dumps(extra, indent=2, default=str), "```", ""]
     md += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in defs.items()] + [""]
     if result.get("timings_s"):
         md += ["## Timings (s)", "", _md_table(["step", "seconds"], [[k, f"{v:.1f}"] for k, v in
@@ -215,18 +269,27 @@ def write_report(out_dir, result: dict, extra: dict) -> list[str]:
     atomic_write_text(out / "report.md", "\n".join(md))
     written.append(str(out / "report.md"))
     # html
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:0.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-             "th:first-child,td:first-child{text-align:left}img{max-width:100%}")
+    style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;line-height:1.4}"
+             "table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+             "th:first-child,td:first-child{text-align:left}img{max-width:100%}"
+             ".verdict{background:#f4f8f4;border-left:6px solid #4a4;padding:0.6em 1.2em;font-size:1.1em}"
+             ".note{color:#555;font-size:0.9em}details{margin:0.6em 0}summary{cursor:pointer;font-weight:bold}")
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style>"
               f"</head><body><h1>{title}</h1><p>{html.escape(intro)}</p>")]
-    if extra:
-        parts.append(f"<h2>Run</h2><pre>{html.escape(json.dumps(extra, indent=2, default=str))}</pre>")
-    for t, head, rows in tables:
-        parts.append(f"<h2>{html.escape(t)}</h2>{_html_table(head, rows)}")
+    parts.append("<h2>Verdict</h2><div class='verdict'>" + "".join(f"<p>{html.escape(x)}</p>" for x in sentences)
+                 + "</div>")
+    if vtable:
+        parts.append(_html_table(*vtable))
+    parts.append(f"<p class='note'>{html.escape(vnote)}</p>")
     for n, data in figs.items():
         b64 = base64.b64encode(data).decode()
         parts.append(f"<h2>{html.escape(n[:-4])}</h2><img alt='{html.escape(n)}' src='data:image/png;base64,{b64}'>")
+    for t, head, rows in tables:
+        parts.append(f"<h2>{html.escape(t)}</h2>{_html_table(head, rows)}")
+    if extra:
+        parts.append(f"<details><summary>Run</summary><pre>{html.escape(json.dumps(extra, indent=2, default=str))}"
+                     "</pre></details>")
     parts.append("<h2>Definitions</h2><ul>" + "".join(
         f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in defs.items()) + "</ul>")
     parts.append("</body></html>")

@@ -38,6 +38,10 @@ label; per-tap numbers for each of L0..L4):
 references.cka_null (with --null) = the CKA of the retrained model with a second, independently trained
 one: "unrelated" at each tap. Lower is better for every forget-side number; retain_acc and cka_pos
 should stay high.
+verdict (with --retrained and --null; first in results.json and the reports): per forget-class
+measure, whether it separates the retrained model from the original on this run (by more than twice
+the spread between the two retrained models, and at least 2/sqrt(forget test examples)), and whether
+the audited model stands with the retrained model, with the original or between them on it.
 """
 
 
@@ -65,7 +69,8 @@ def add_parser(sub) -> None:
     p.add_argument("--retrained", default=None, help="optional reference retrained without the forget classes")
     p.add_argument("--null", default=None,
                    help="optional second retrained model, trained independently of --retrained: gives the CKA null "
-                        "reference (what an unrelated model scores at each tap)")
+                        "reference (what an unrelated model scores at each tap) and the verdict (where the audited "
+                        "model stands between the original and the retrained model, judged against their spread)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, report.html, figures/)")
     p.add_argument("--dataset", default="mnist5k", help="mnist5k, digits, mnist, fashion_mnist, cifar10, cifar100 "
                    "or imagefolder:PATH (default mnist5k)")
@@ -216,5 +221,8 @@ def run(args) -> int:
         print(f"unlearned (audited): forget_acc {a['forget_acc']:.4f}  retain_acc {a['retain_acc']:.4f}  "
               f"probe_acc[{deep}] {a['probe_acc'][deep]:.4f}  mia_acc {a['mia_acc']:.4f}  "
               f"nn_purity {a['nn_purity']:.4f}", file=sys.stderr)
+        v = (result.get("verdict") or {}).get("models", {}).get("unlearned")
+        if v:
+            print(f"verdict: {v['sentence']}", file=sys.stderr)
         print(f"wrote {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}", file=sys.stderr)
     return 0

@@ -149,7 +149,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         if M.is_from_scratch(cfg.method):
             independent.append("unlearned")
         t0 = time.perf_counter()
-        done = {n: part for n in models if (part := state.load(f"audit-{n}")) is not None}
+        done = {n: part for n in [*models, "retrained_null"] if (part := state.load(f"audit-{n}")) is not None}
 
         def on_model(name, part):
             state.save(f"audit-{name}", part)
@@ -181,7 +181,9 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         "run_key": stable_hash(key), "resumed_entries": list(state.reused),
     }
     if audit_view is not None:
-        results["audit"] = {k: v for k, v in audit_view.items() if k != "metrics"}
+        # the auditor's answer first: where the unlearned model stands between original and retrained
+        results["verdict"] = audit_view.get("verdict")
+        results["audit"] = {k: v for k, v in audit_view.items() if k not in ("metrics", "verdict")}
     results["world_size"] = dist.world()
     if not dist.is_main():  # under torchrun rank 0 alone writes the run directory
         dist.barrier()
@@ -233,6 +235,9 @@ def _print_table(results: dict, out: Path, quiet: bool) -> None:
           f"forget {results['forget_classes']}, seed {results['seed']}")
     for r in rows:
         print(f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]))
+    v = (results.get("verdict") or {}).get("models", {}).get("unlearned")
+    if v:
+        print(f"  verdict: {v['sentence']}")
     print("  time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     print(f"  run directory: {out}")
 

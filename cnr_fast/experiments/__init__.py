@@ -43,12 +43,12 @@ from .reports import (  # noqa: F401
     scenario_figure,
     scenario_report_md,
 )
+from ..audit.verdict import flatten  # noqa: F401
 from .runner import begin_provenance, machine_info, val_accuracy  # noqa: F401
 from .scenarios import CONTINUAL_ORDER, MULTICLASS_SETS, SCENARIOS, continual, merge_results, multiclass  # noqa: F401
 from .stats import (  # noqa: F401
     SEPARATION,
     SEPARATION_ALPHA,
-    flatten,
     format_p,
     holm,
     is_coordinate_bound,

@@ -10,7 +10,7 @@ from ..progress import log
 from . import methods as M
 from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
 from ..audit.metrics import coordinate_bound
-from .stats import SEPARATION, judge, null_table, summarise, summarise_runs
+from .stats import SEPARATION, judge, null_table, summarise, summarise_runs, verdict_over_seeds
 
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
@@ -78,7 +78,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
 
 
 def compare_tables(result: dict) -> dict:
-    """(Re)compute a compare result's tables and verdicts from its per-seed values."""
+    """(Re)compute a compare result's tables, separation judgements and verdict from its per-seed values."""
     per_seed, methods = result["per_seed"], list(result["per_seed_times"])
     names = ["original", "retrained", *methods]
     keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names]))
@@ -87,9 +87,16 @@ def compare_tables(result: dict) -> dict:
         "methods": {m: table[m] for m in methods},
         "references": {"original": table["original"], "retrained": table["retrained"],
                        "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"])},
-        "verdicts": judge(per_seed, table, methods, keys),
+        "separation": judge(per_seed, table, methods, keys),
+        "verdict": verdict_over_seeds(per_seed, methods, _forget_test_size(result)),
         "unlearn_time_s": {m: summarise(v, None) for m, v in result["per_seed_times"].items()},
         "reference_train_time_s": {k: summarise(v, None) for k, v in result["per_seed_reference_times"].items()
                                    if v},
     })
     return result
+
+
+def _forget_test_size(result: dict) -> int:
+    """Forget-class test examples (the verdict's resolution); files from before it was recorded: CKA's N."""
+    s = result.get("audit_settings") or {}
+    return int(s.get("forget_test_size") or (s.get("cka_examples") or {}).get("forget") or 1)

@@ -53,6 +53,17 @@ def choices_md(choices: dict, seeds: list) -> list[str]:
     return out
 
 
+def verdict_md(v: dict | None) -> list[str]:
+    """The verdict over seeds (stats.verdict_over_seeds): one sentence per method, then the rule."""
+    if not v:
+        return ["Verdict: not in this file (it predates the audit of the null model).", ""]
+    out = ["## Verdict", ""] + [f"- {m['sentence']}." for m in v["methods"].values()]
+    first = v["per_seed"][0]
+    out += ["", f"Per seed, audit/verdict.py: {first['rule']}; per-seed measures and positions in `verdict.per_seed` "
+            "of the JSON.", ""]
+    return out
+
+
 def compare_report_md(result: dict, short: bool = False) -> str:
     methods = list(result["methods"])
     refs = result["references"]
@@ -67,6 +78,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
              f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
              f"reference initialisation: {result['reference_init']}.", ""]
     lines += originals_md(result)
+    lines += verdict_md(result.get("verdict"))
     head = ["metric", "original", "retrained", "null", *methods]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     null = refs.get("cka_null", {})
@@ -97,11 +109,11 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
     lines += ["", "## Which metrics tell the retrained model from the original",
               "", f"Separates = |original - retrained| >= {result['separation_threshold']} and the paired t-test "
-              f"p, Holm-adjusted over the {len(result['verdicts'])} metrics judged, below {SEPARATION_ALPHA} "
+              f"p, Holm-adjusted over the {len(result['separation'])} metrics judged, below {SEPARATION_ALPHA} "
               "(with one seed, or the same difference on every seed, there is no p and the 95% interval must "
               "exclude 0). Coordinate-bound metrics are not judged.", ""]
     for k in keys:
-        v = result["verdicts"].get(k)
+        v = result["separation"].get(k)
         if v is None:
             continue
         diff = f"difference {v['difference']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"

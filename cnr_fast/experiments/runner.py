@@ -12,7 +12,7 @@ from typing import Callable
 from ..provenance import begin as begin_provenance  # noqa: F401  (the drivers' provenance, re-exported)
 from ..provenance import provenance as machine_info  # noqa: F401
 from ..references import load_original, obtain_reference, original_record
-from .stats import flatten
+from ..audit.verdict import flatten
 
 
 def val_accuracy(model, ds, forget, device, amp: bool = False) -> dict:

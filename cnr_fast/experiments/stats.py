@@ -22,18 +22,6 @@ def is_coordinate_bound(key: str) -> bool:
     return key.split(".")[0] in _metrics.coordinate_bound()
 
 
-def flatten(metrics: dict) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        if isinstance(v, dict):
-            for kk, vv in v.items():
-                if isinstance(vv, (int, float)) and not isinstance(vv, bool):
-                    out[f"{k}.{kk}"] = float(vv)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
-    return out
-
-
 def t_interval(values) -> tuple[float, float, float]:
     """(mean, low, high) of a Student-t 95% interval; NaN bounds for fewer than 2 finite values."""
     from scipy import stats
@@ -176,3 +164,43 @@ def summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None,
                 table[n][k].setdefault(p_key + "_holm", None)
     return table
 
+
+
+def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int) -> dict | None:
+    """audit/verdict.py's verdict on every seed that audited a null model ("retrained_null"), and per
+    method over those seeds: the share of the separating measures it stands with the retrained model
+    (with the original, between, past either), mean and 95% t-interval, and one sentence. None when no
+    seed has a null model (files written before the null was audited)."""
+    from ..audit.verdict import ZONES, verdict
+
+    runs = [(i, ps) for i, ps in enumerate(per_seed) if "retrained_null" in ps]
+    if not runs:
+        return None
+    per = [verdict(ps, original="original", retrained="retrained", null="retrained_null",
+                   audited=[m for m in methods if m in ps], n_forget=n_forget) for _, ps in runs]
+    out = {"seeds_judged": [i for i, _ in runs], "per_seed": per, "methods": {}}
+    for m in methods:
+        shares = {z: [] for z in ZONES}
+        for v in per:
+            mv = v["models"].get(m)
+            if mv is None or not mv["judged"]:
+                continue
+            for z in ZONES:
+                shares[z].append(mv["counts"][z] / mv["judged"])
+        summary = {z: summarise(vals, None) for z, vals in shares.items() if vals}
+        seps = [len(v["separating"]) for v in per]
+        if summary:
+            w, o = summary["with_retrained"], summary["with_original"]
+            sentence = (f"{m}: with the retrained model on {_pct(w)} of the separating measures, with the original "
+                        f"on {_pct(o)}, between or past them on the rest (mean [95% interval] over "
+                        f"{len(shares['with_retrained'])} seeds; {min(seps)}-{max(seps)} measures separate per seed)")
+        else:
+            sentence = f"{m}: no measure separates the retrained model from the original on any seed"
+        out["methods"][m] = {"shares": summary, "sentence": sentence}
+    return out
+
+
+def _pct(s: dict) -> str:
+    if not math.isfinite(s["ci_low"]):
+        return f"{100 * s['mean']:.0f}%"
+    return f"{100 * s['mean']:.0f}% [{100 * max(0.0, s['ci_low']):.0f}, {100 * min(1.0, s['ci_high']):.0f}]"

@@ -1,5 +1,6 @@
 """audit_models end to end on a tiny synthetic dataset, and the report writers."""
 
+import copy
 import json
 import math
 
@@ -42,10 +43,14 @@ def result():
 
 def _audit(build_model):
     torch.manual_seed(0)
-    models = {"original": build_model("resnet18", 10, 1, 28, 0.0625).eval(),
+    original = build_model("resnet18", 10, 1, 28, 0.0625).eval()
+    models = {"original": original, "unlearned": copy.deepcopy(original),
               "retrained": build_model("resnet18", 10, 1, 28, 0.0625).eval()}
+    with torch.no_grad():  # an "unlearned" model: the original with its forget logit pushed down
+        models["unlearned"].fc.bias[2] -= 50.0
     return audit_models(models, _ds(), [2], device="cpu", retrained="retrained", taps=["L3", "L4"], shots=(1, 5),
-                        quiet=True, figures=True, relearn_steps=3)
+                        quiet=True, figures=True, relearn_steps=3,
+                        null_model=build_model("resnet18", 10, 1, 28, 0.0625).eval())
 
 
 def test_contract_keys_and_definitions(result):
@@ -64,6 +69,12 @@ def test_contract_keys_and_definitions(result):
     assert o["transfer_probe_acc"] == o["probe_acc"]
     assert all(v == 0.0 for v in o["selectivity_delta"].values())
     refs = result["references"]
+    # the null model is audited like every independent model and gives the CKA null and the verdict
+    null = result["metrics"]["retrained_null"]
+    assert "transfer_probe_acc" not in null and "probe_acc" in null
+    assert set(refs["cka_null"]["neg"]) == {"L3", "L4"} and "retrained_null" in refs["independent"]
+    assert set(result["verdict"]["models"]) == {"unlearned"}
+    assert result["verdict"]["n_forget"] == 10
     assert refs["chance"]["mia_acc"] == 0.5 and refs["chance"]["probe_acc"] == pytest.approx(0.1)
     assert refs["distance_to_retrained"]["retrained"]["probe_acc"] == 0.0
     json.dumps(json_view(result))  # JSON-able without the figure arrays
@@ -88,6 +99,13 @@ def test_report_numbers_equal_dict(result, tmp_path):
             if not math.isnan(v):
                 assert fmt(v) in md and fmt(v) in html
     assert not list(tmp_path.glob(".*.tmp"))  # atomic: no leftovers
+    # the verdict comes first: before the figures and the tables, one sentence per audited model
+    v = result["verdict"]
+    for doc in (md, html):
+        assert doc.index("Verdict") < doc.index("depth_curves") < doc.index("Headline") < doc.index("Definitions")
+        assert v["models"]["unlearned"]["sentence"] in doc
+        for k in v["measures"]:
+            assert k in doc
 
 
 def test_probe_train_is_stratified():

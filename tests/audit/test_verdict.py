@@ -1,0 +1,74 @@
+"""The verdict rule (audit/verdict.py) on hand-made metrics, checked against the rule written out here."""
+
+import math
+
+import pytest
+
+from cnr_fast.audit.verdict import flatten, verdict, zone
+
+
+def _m(forget_acc, cka_l3, cka_l4, mia, retain=0.97):
+    return {"forget_acc": forget_acc, "retain_acc": retain, "cka_neg": {"L3": cka_l3, "L4": cka_l4},
+            "cka_pos": {"L3": 0.9, "L4": 0.9}, "mia_acc": mia, "transfer_probe_acc": {"L4": 0.9}}
+
+
+METRICS = {
+    "original": _m(0.96, 1.0, 1.0, 0.52),
+    "retrained": _m(0.0, 0.60, 0.45, 0.50),
+    "retrained_null": _m(0.0, 0.55, 0.50, 0.51),
+    # forget acc like retrained; CKA L3 like the original; CKA L4 halfway; MIA not separating anyway
+    "a": _m(0.01, 0.98, 0.72, 0.70),
+    # past the retrained model on CKA L4 (less like the original than an unrelated model)
+    "b": _m(0.50, 0.62, 0.10, 0.5),
+}
+
+
+def _expected(key, n_forget=100):
+    f = {n: flatten(m) for n, m in METRICS.items()}
+    o, r, n = f["original"][key], f["retrained"][key], f["retrained_null"][key]
+    margin = max(abs(r - n), 1 / math.sqrt(n_forget))
+    return o, r, margin, abs(o - r) > 2 * margin
+
+
+def test_rule_per_measure():
+    v = verdict(METRICS, original="original", retrained="retrained", null="retrained_null", audited=["a", "b"],
+                n_forget=100)
+    # judged: forget-class measures only (no retain_acc, cka_pos), never coordinate-bound ones
+    assert set(v["measures"]) == {"forget_acc", "cka_neg.L3", "cka_neg.L4", "mia_acc"}
+    assert v["separating"] == ["forget_acc", "cka_neg.L3", "cka_neg.L4"]  # MIA: |0.52-0.50| <= 2*0.1
+    for key, e in v["measures"].items():
+        o, r, margin, sep = _expected(key)
+        assert e["margin"] == pytest.approx(margin) and e["separates"] == sep
+        for name in ("a", "b"):
+            a = flatten(METRICS[name])[key]
+            assert e["models"][name]["position"] == pytest.approx((a - r) / (o - r))
+    z = {k: {n: e["models"][n]["zone"] for n in ("a", "b")} for k, e in v["measures"].items()}
+    assert z["forget_acc"] == {"a": "with_retrained", "b": "between"}
+    assert z["cka_neg.L3"] == {"a": "with_original", "b": "with_retrained"}
+    assert z["cka_neg.L4"] == {"a": "between", "b": "beyond_retrained"}
+    assert z["mia_acc"] == {"a": None, "b": None}  # not separating: no place given
+    a = v["models"]["a"]
+    assert a["counts"]["with_retrained"] == 1 and a["counts"]["with_original"] == 1 and a["counts"]["between"] == 1
+    assert a["sentence"].startswith("a: with the retrained model on 1 of 3 separating measures, with the original "
+                                    "on 1, between them on 1")
+    assert "past the retrained model on 1" in v["models"]["b"]["sentence"]
+
+
+def test_resolution_floor_and_no_separating_measure():
+    # with 4 forget examples the resolution is 0.5: nothing separates, and the sentence says so
+    v = verdict(METRICS, original="original", retrained="retrained", null="retrained_null", audited=["a"],
+                n_forget=4)
+    assert v["resolution"] == 0.5 and v["separating"] == []
+    assert "no measure separates" in v["models"]["a"]["sentence"]
+    with pytest.raises(ValueError):
+        verdict(METRICS, original="original", retrained="retrained", null="retrained_null", audited=["a"],
+                n_forget=0)
+
+
+def test_zone_boundaries():
+    assert zone(0.1, o=1.0, r=0.0, margin=0.1) == "with_retrained"
+    assert zone(0.9, o=1.0, r=0.0, margin=0.1) == "with_original"
+    assert zone(0.5, o=1.0, r=0.0, margin=0.1) == "between"
+    assert zone(-0.2, o=1.0, r=0.0, margin=0.1) == "beyond_retrained"
+    assert zone(1.2, o=1.0, r=0.0, margin=0.1) == "beyond_original"
+    assert zone(0.5, o=0.0, r=1.0, margin=0.1) == "between"  # a metric that falls as the class goes
