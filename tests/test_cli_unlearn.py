@@ -115,6 +115,8 @@ BAD = [
     (["--forget", "0,1,2,3,4,5,6,7,8,9"], "all 10 classes"),
     (["--k", "100000"], "larger than half"),
     (["--config", "/nonexistent/config.json"], "does not exist"),
+    (["--ulira-pairs", "2"], "at least 3 shadow pairs"),
+    (["--ulira-pairs", "3"], "needs the audit"),  # TINY has --audit off
 ]
 
 
@@ -185,3 +187,26 @@ def test_ls_tells_the_rl_baseline_from_the_cnr_real_control(capsys):
     controls = next(line for line in out.splitlines() if line.startswith("controls:"))
     assert " rl," in methods and "cnr-real" not in methods
     assert controls.startswith("controls: cnr-real (") and "real forget images" in controls
+
+
+def test_ulira_tells_a_logit_mask_from_retrained(tmp_path, cache):
+    """U-LiRA end to end (3 shadow pairs): a logit mask (the forget logit at -inf, hidden states untouched)
+    is told apart from the retrained model on every forget example, by the audited-vs-reference test and
+    by the leave-one-out test over the shadows; the null (2nd retrained) scores below the audited model."""
+    out = tmp_path / "ulira"
+    assert _run(["--out", str(out), *DIGITS, *TINY, "--method", "lm", "--audit", "fast", "--ulira-pairs", "3"],
+                cache) == 0
+    r = json.loads((out / "results.json").read_text())
+    u = r["audit"]["ulira"]
+    n_forget_train = 0
+    from cnr_fast.config import DataConfig
+    from cnr_fast.data import load_dataset
+
+    ds = load_dataset(DataConfig(dataset="digits", image_size=16))
+    n_forget_train = int((ds.train.y == 2).sum())
+    assert u["pairs"] == 3 and u["shadow_seeds"] == [1, 2, 3] and u["n_examples"] == n_forget_train
+    assert u["audited"]["auc"] == 1.0 and u["audited"]["tpr_at_1pct_fpr"] == 1.0
+    assert u["shadows"]["auc"] == 1.0 and u["shadows"]["n_pos"] == 3 * n_forget_train
+    assert u["null"]["auc"] < u["audited"]["auc"]
+    report = (out / "report.md").read_text()
+    assert "U-LiRA" in report and "lm (audited) vs retrained" in report

@@ -43,6 +43,7 @@ GRADCAM_N = 6
 NULL = "retrained_null"  # the null model's name among the audited models
 
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
+DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc")  # trained probes, seconds per tap: only with deep_probes=True
 PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
 DEFINITIONS = _metrics.definitions()
 
@@ -95,6 +96,7 @@ def audit_models(
     cka_unbiased: bool = True,
     done: dict | None = None,
     on_model=None,
+    deep_probes: bool = False,
 ) -> dict:
     """Audit every model in `models` (the original included, first) on the same splits. See module doc.
 
@@ -111,7 +113,8 @@ def audit_models(
     features and probes, the retrained model's features) and their figures are computed again.
     on_model(name, {"metrics", "time_s"}) is called as each model's metrics are complete.
     taps: default every tap the original has (L0..L4 for the own archs; a model whose taps were found
-    automatically may have fewer).
+    automatically may have fewer). deep_probes: also the paper's Table 10 MLP and ResNet-based probes per
+    tap (deep_probes.py; several seconds per tap and model on a CPU).
     """
     if taps is None:
         from ..models.taps import tap_modules
@@ -128,7 +131,7 @@ def audit_models(
                                 relearn=relearn, relearn_steps=relearn_steps, selectivity_k=selectivity_k,
                                 mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg,
                                 independent=independent, null_model=null_model, cka_unbiased=cka_unbiased,
-                                done=done, on_model=on_model)
+                                done=done, on_model=on_model, deep_probes=deep_probes)
         finally:
             torch.set_num_threads(before)
     taps = [t for t in TAP_NAMES if t in list(taps)]  # depth order
@@ -219,7 +222,8 @@ def audit_models(
         m: dict = {}
         m.update(forget_retain_accuracy(model, test, forget, device=device))
         for key in PER_TAP:
-            m[key] = {}
+            if deep_probes or key not in DEEP_PROBES:
+                m[key] = {}
         _say(quiet, f"{name}: probes")
         for t in taps:
             s, probe = _probes.linear_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget)
@@ -232,6 +236,13 @@ def audit_models(
             m["knn_acc"][t] = _probes.knn_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget, k=5)["forget_acc"]
             m["svm_acc"][t] = _probes.svm_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget)["forget_acc"]
             m["nn_purity_by_layer"][t] = nn_purity(tr.vec[t], tr.y, te.vec[t][fmask_test], te.y[fmask_test], k=10)
+            if deep_probes:
+                from .deep_probes import conv_probe, mlp_probe
+
+                m["mlp_probe_acc"][t] = mlp_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget, seed=seed)["forget_acc"]
+                maps_tr, maps_te = reducer.maps(tr.vec[t], t), reducer.maps(te.vec[t], t)
+                if maps_tr is not None:
+                    m["conv_probe_acc"][t] = conv_probe(maps_tr, tr.y, maps_te, te.y, forget, seed=seed)["forget_acc"]
         m["nn_purity"] = m["nn_purity_by_layer"][deepest]
         m["fewshot_probe_acc"] = {
             str(n): _probes.fewshot_probe(tr.vec[deepest], tr.y, te.vec[deepest], te.y, forget, n, seed=seed)["forget_acc"]
@@ -304,7 +315,7 @@ def audit_models(
         "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
         "forget_test_size": int(fmask_test.sum()),
         "cka_estimator": "unbiased" if cka_unbiased else "biased",
-        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
+        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "deep_probes": bool(deep_probes), "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
     out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}

@@ -93,6 +93,7 @@ class Reducer:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, not {mode!r}")
         self.mode, self.max_dim, self.seed = mode, int(max_dim), int(seed)
         self._proj: dict[tuple[int, str], torch.Tensor] = {}
+        self.grids: dict[str, tuple[int, int, int]] = {}  # tap -> (C, h, w) of the map at the head of `vec`
 
     def __call__(self, t: torch.Tensor, tap: str = "") -> torch.Tensor:
         grid, cls = tap_to_map(t.float())
@@ -101,11 +102,22 @@ class Reducer:
             s = pooled_side(c, max(h, w), self.max_dim)
             grid = F.adaptive_avg_pool2d(grid, (min(s, h), min(s, w)))
         v = grid.reshape(n, -1)
+        if self.mode != "project" or v.shape[1] <= self.max_dim:
+            self.grids[tap] = tuple(grid.shape[1:])
         if self.mode == "project" and v.shape[1] > self.max_dim:
             v = v @ self._matrix(v.shape[1], tap, v.device)
         if cls is not None:
             v = torch.cat([v, cls], 1)
         return v
+
+    def maps(self, vec: torch.Tensor, tap: str) -> torch.Tensor | None:
+        """The (N, C, h, w) spatial map at the head of a reduced `vec` of `tap` (its ViT class token
+        dropped); None where the reduction mixed the coordinates (projection) or the map has no extent."""
+        shape = self.grids.get(tap)
+        if shape is None or shape[1] * shape[2] <= 1:
+            return None
+        c, h, w = shape
+        return vec[:, : c * h * w].reshape(len(vec), c, h, w)
 
     def _matrix(self, dim: int, tap: str, device) -> torch.Tensor:
         key = (dim, tap)

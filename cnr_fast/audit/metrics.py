@@ -121,6 +121,19 @@ for _m in (
            "Per tap: forget-class test accuracy of the probe fitted on the ORIGINAL model's probe-train features, "
            "applied unchanged (its standardisation included) to this model's test features. Coordinate-bound: "
            "reported only for models derived from the original.", coordinate_bound=True),
+    Metric("mlp_probe_acc", "per_tap", "forget accuracy of a 3-layer MLP probe (paper Table 10; --audit thorough)",
+           "Per tap: forget-class test accuracy of a 3-layer MLP (two ReLU hidden layers) fitted on this model's "
+           "standardised probe-train features with all classes, its width ((256, 128) or (64, 32)) and stopping epoch "
+           "chosen on a class-stratified 20% of probe-train (deep_probes.py; the paper's Table 10 gives the row "
+           "name only). Computed with deep_probes=True (`unlearn --audit thorough`, `audit --deep-probes`).",
+           chance=_per_class),
+    Metric("conv_probe_acc", "per_tap", "forget accuracy of a small residual conv probe on the tap's spatial map "
+           "(paper Table 10's ResNet-based probe; --audit thorough)",
+           "Per tap with a spatial map: forget-class test accuracy of a small residual conv net (1x1 stem with "
+           "coordinate channels, one basic block, global pooling, linear) on the tap's pooled map (at most 8x8), "
+           "width chosen and training stopped on a class-stratified 20% of probe-train (deep_probes.py). Absent for "
+           "taps without spatial extent or with --reduce project. Computed with deep_probes=True.",
+           chance=_per_class),
     Metric("knn_acc", "per_tap", "forget accuracy of a k=5 nearest-neighbour vote",
            "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train "
            "features as the neighbours)."),

@@ -29,6 +29,8 @@ PER_N_TABLES = ("fewshot_probe_acc", "relearn_acc")
 def fmt(v) -> str:
     if v is None:
         return "-"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
     if isinstance(v, (int, float)):
         return "nan" if isinstance(v, float) and math.isnan(v) else f"{v:.4f}"
     return str(v)
@@ -45,6 +47,13 @@ def _verdict_parts(result: dict) -> tuple[list[str], tuple[list[str], list[list[
         return [], None, ("No verdict: it needs a retrained reference and a null model (a second, "
                           "independently retrained model); `cnr-fast unlearn` trains both by default.")
     sentences = [m["sentence"] + "." for m in v["models"].values()]
+    u = result.get("ulira")
+    if u and u.get("audited"):
+        null = u.get("null") or {}
+        sentences.append(f"U-LiRA ({u['pairs']} shadow pairs, {u['n_examples']} forget training examples): AUC "
+                         f"{fmt(u['audited']['auc'])} at telling the audited model from the retrained one per "
+                         f"example" + (f", {fmt(null['auc'])} for a second retrained model in its place (0.5 = "
+                                       "cannot tell)" if null else "") + ".")
     names = list(v["models"])
     head = ["measure", "original", "retrained", "null", "margin"] + names
     rows = []
@@ -96,6 +105,14 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         if null:  # what two independently trained networks score: "unrelated" at each tap
             rows.append(["null (retrained vs 2nd retrained)"] + [fmt(null.get(k)) for k in keys])
         out.append((key, ["model"] + keys, rows))
+    u = result.get("ulira")
+    if u:
+        cols = ["auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "acc_at_0", "n_pos", "n_neg"]
+        rows = [[label] + [fmt(u[part].get(c)) for c in cols] for part, label in
+                (("audited", f"{u['method']} (audited) vs retrained"), ("null", "2nd retrained (null) vs retrained"),
+                 ("shadows", f"shadows, leave-one-out ({u['pairs']} pairs)")) if u.get(part)]
+        out.append((f"U-LiRA: per-example likelihood ratio, {u['pairs']} shadow pairs (seeds {u['shadow_seeds']}), "
+                    f"{u['time_s']:.0f} s", ["attack"] + cols, rows))
     dist = refs.get("distance_to_retrained")
     if dist:
         keys = [k for k in ("forget_acc", "retain_acc", "probe_acc", "transfer_probe_acc", "fewshot_probe_acc",

@@ -81,6 +81,7 @@ def run(args) -> int:
     cfg = config_from_args(args)
     M.get(cfg.method)  # an unknown name is one line naming the closest ones
     check_arch_known(cfg)
+    pairs = ulira_pairs(args)
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
     if args.out:
@@ -105,7 +106,23 @@ def run(args) -> int:
 
 def _run_key(cfg, args) -> dict:
     """What decides a run's results: a rerun with the same key resumes (or finds finished) the run."""
-    return {"format": 1, "config": cfg.to_dict(), "audit": args.audit, "retrained": args.retrained}
+    key = {"format": 1, "config": cfg.to_dict(), "audit": args.audit, "retrained": args.retrained}
+    if ulira_pairs(args):  # left out at 0, so runs without U-LiRA keep their keys
+        key["ulira_pairs"] = ulira_pairs(args)
+    return key
+
+
+def ulira_pairs(args) -> int:
+    """The U-LiRA shadow pairs a run asks for (0 = off); a bad value is one line, exit 2."""
+    pairs = args.ulira_pairs if args.ulira_pairs is not None else (8 if args.audit == "thorough" else 0)
+    if pairs and pairs < 3:
+        raise UserError(f"--ulira-pairs {pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
+    if pairs < 0:
+        raise UserError(f"--ulira-pairs {pairs} is negative; pass 0 (off) or at least 3")
+    if pairs and (args.audit == "off" or args.retrained in (None, "off")):
+        raise UserError("--ulira-pairs needs the audit and the retrained reference: drop --audit off / "
+                        "--retrained off, or pass --ulira-pairs 0")
+    return pairs
 
 
 def _finished(out: Path, key: dict) -> bool:
@@ -155,9 +172,20 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
             state.save(f"audit-{name}", part)
             kill_point(f"audit:{name}")
 
-        audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed, figures=args.audit == "full",
+        audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed,
+                                 figures=args.audit in ("full", "thorough"),
+                                 deep_probes=args.audit == "thorough",
                                  quiet=quiet, null_model=null, independent=independent, done=done,
                                  on_model=on_model)
+        if ulira_pairs(args):
+            from ..experiments.shadows import ulira_attack
+
+            log(f"U-LiRA: {ulira_pairs(args)} shadow pairs, each unlearned with {cfg.method}", quiet)
+            targets = {"unlearned": model, "retrained": models["retrained"]}
+            if null is not None:
+                targets["retrained_null"] = null
+            audit_result["ulira"] = ulira_attack(cfg.method, cfg, ds, targets, pairs=ulira_pairs(args),
+                                                 device=device, cache=args.cache_dir, quiet=quiet, state=state)
         timings["audit"] = time.perf_counter() - t0
         from ..audit import json_view
 
@@ -248,8 +276,12 @@ def _f(v) -> str:
 
 def add_audit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
-    g.add_argument("--audit", choices=["full", "fast", "off"], default="fast",
-                   help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; off: accuracies only")
+    g.add_argument("--audit", choices=["thorough", "full", "fast", "off"], default="fast",
+                   help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; thorough: "
+                        "full plus the MLP and conv probes of the paper's Table 10 and U-LiRA over --ulira-pairs shadow pairs (default 8: trains pairs x (original + "
+                        "retrained + this method), less what the cache holds); off: accuracies only")
+    g.add_argument("--ulira-pairs", type=int, default=None, metavar="K",
+                   help="U-LiRA shadow pairs (>= 3; 0 = off); default 8 with --audit thorough, else off")
     g.add_argument("--retrained", default="auto",
                    help="retrain-from-scratch reference for the audit: auto (default; trained once and cached), "
                         "off, or a checkpoint path")
@@ -267,11 +299,11 @@ def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=
 
 
 def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
-              independent=None, done=None, on_model=None):
+              independent=None, done=None, on_model=None, deep_probes=False):
     from ..audit import audit_models
 
     log(f"audit: {', '.join(models)} ...", quiet)
     return audit_models(models, ds, list(forget), device=device, original="original",
                         retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
                         quiet=quiet, null_model=null_model, independent=independent, done=done,
-                        on_model=on_model)
+                        on_model=on_model, deep_probes=deep_probes)

@@ -58,3 +58,22 @@ def test_vit_tokens_become_grid_plus_cls(tiny_resnet):
     vit = build_model("vit_tiny", 10, 1, 28, 1.0).eval()
     f = extract(vit, _split(4), device="cpu", taps=["L0", "L4"], reducer=Reducer("pool", 512))
     assert f.vec["L4"].shape == (4, 96 * 2 * 2 + 96) and f.vec["L0"].shape == (4, 96 * 2 * 2)
+
+
+def test_reducer_maps_give_back_the_pooled_grid():
+    """The conv probe's input: the spatial map at the head of `vec` (ViT class token dropped), None for a
+    projection, which mixes coordinates."""
+    import torch.nn.functional as F
+
+    from cnr_fast.audit.features import Reducer, tap_to_map
+
+    cnn = torch.randn(3, 8, 14, 14)
+    r = Reducer("pool", max_dim=128)
+    v = r(cnn, "L1")
+    assert torch.equal(r.maps(v, "L1"), F.adaptive_avg_pool2d(cnn, (4, 4)))
+    vit = torch.randn(3, 1 + 16, 6)
+    v = r(vit, "L2")
+    grid, cls = tap_to_map(vit)
+    assert torch.equal(r.maps(v, "L2"), grid) and torch.equal(v[:, -6:], cls)
+    p = Reducer("project", max_dim=64)
+    assert p.maps(p(cnn, "L1"), "L1") is None
