@@ -111,10 +111,12 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | No
 
 
 def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retrained: nn.Module | None = None,
-          taps: dict | None = None, device: str = "cpu", normalize: str = "pm1", quiet: bool = True, **kw) -> dict:
+                null: nn.Module | None = None, taps: dict | None = None, device: str = "cpu", normalize: str = "pm1",
+                quiet: bool = True, **kw) -> dict:
     """The audit of `model` against `original` (and a model retrained without `forget`, when given):
     the JSON view of audit.audit_models (metrics per model, definitions). Taps are found on the
-    original and read at the same module paths of every model."""
+    original and read at the same module paths of every model. null: a second model retrained without
+    `forget`, independently of `retrained`: with it the result carries the "verdict" (audit/verdict.py)."""
     from .audit import audit_models, json_view
 
     ds = as_dataset(data)
@@ -124,6 +126,10 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
     if retrained is not None:
         models["retrained"] = _prepare(retrained, ds, paths or taps, normalize).to(device)
     names = list(T.tap_modules(orig))
+    if null is not None:
+        if retrained is None:
+            raise ValueError("null needs retrained: the verdict judges against the spread between the two")
+        kw["null_model"] = _prepare(null, ds, paths or taps, normalize).to(device)
     result = audit_models(models, ds, [int(c) for c in forget], device=device,
                           retrained="retrained" if retrained is not None else None, taps=names, figures=False,
                           quiet=quiet, **kw)

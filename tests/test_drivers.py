@@ -194,3 +194,29 @@ def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
     model, info = kept_model(state, "rng", lin, lambda: pytest.fail("a kept entry was made again"))
     assert torch.equal(torch.rand(3), after) and info == {"time": 1.0}
     assert not torch.equal(model.weight, lin.weight)  # the kept weights, not the start model's
+
+
+def test_compare_with_ulira(tmp_path):
+    """compare --ulira-pairs 3: U-LiRA per method (a logit mask is told from the retrained model on every forget
+    example; its AUC beside the null's), the null audited like the methods, and the verdict per method."""
+    r = E.compare(TINY, ["lm"], seeds=1, device="cpu", cache=str(tmp_path / "c"), quiet=True, ulira_pairs=3)
+    ps = r["per_seed"][0]
+    assert "probe_acc.L4" in ps["retrained_null"]
+    assert ps["lm"]["ulira_auc"] == 1.0 and r["methods"]["lm"]["ulira_auc"]["mean"] == 1.0
+    assert 0 <= ps["lm"]["ulira_null_auc"] < 1.0
+    u = r["per_seed_ulira"]["lm"][0]
+    assert u["pairs"] == 3 and u["shadow_seeds"] == [TINY.seed + 1, TINY.seed + 2, TINY.seed + 3]
+    assert set(r["verdict"]["methods"]) == {"lm"}
+    assert "## Verdict" in E.compare_report_md(r)
+
+
+def test_compare_passes_attacks_to_every_audit(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_audit(models, ds, forget, **kw):
+        seen.append(kw.get("attacks"))
+        return {"metrics": {n: {"forget_acc": 0.0} for n in models}}
+
+    monkeypatch.setattr("cnr_fast.audit.audit_models", fake_audit)
+    E.compare(TINY, ["lm"], seeds=2, device="cpu", cache=str(tmp_path / "c"), quiet=True, attacks=True)
+    assert seen == [True, True]

@@ -43,7 +43,7 @@ GRADCAM_N = 6
 NULL = "retrained_null"  # the null model's name among the audited models
 
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
-DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc")  # trained probes, seconds per tap: only with deep_probes=True
+DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc")  # trained probes, seconds per tap: only with attacks=True
 PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
 DEFINITIONS = _metrics.definitions()
 
@@ -96,7 +96,7 @@ def audit_models(
     cka_unbiased: bool = True,
     done: dict | None = None,
     on_model=None,
-    deep_probes: bool = False,
+    attacks: bool = False,
 ) -> dict:
     """Audit every model in `models` (the original included, first) on the same splits. See module doc.
 
@@ -113,8 +113,9 @@ def audit_models(
     features and probes, the retrained model's features) and their figures are computed again.
     on_model(name, {"metrics", "time_s"}) is called as each model's metrics are complete.
     taps: default every tap the original has (L0..L4 for the own archs; a model whose taps were found
-    automatically may have fewer). deep_probes: also the paper's Table 10 MLP and ResNet-based probes per
-    tap (deep_probes.py; several seconds per tap and model on a CPU).
+    automatically may have fewer). attacks: also the paper's Table 10 attacks the default audit leaves out:
+    the MLP and ResNet-based probes per tap (deep_probes.py) and model inversion judged by an independent
+    classifier (inversion.py); several seconds per tap and model on a CPU.
     """
     if taps is None:
         from ..models.taps import tap_modules
@@ -131,7 +132,7 @@ def audit_models(
                                 relearn=relearn, relearn_steps=relearn_steps, selectivity_k=selectivity_k,
                                 mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg,
                                 independent=independent, null_model=null_model, cka_unbiased=cka_unbiased,
-                                done=done, on_model=on_model, deep_probes=deep_probes)
+                                done=done, on_model=on_model, attacks=attacks)
         finally:
             torch.set_num_threads(before)
     taps = [t for t in TAP_NAMES if t in list(taps)]  # depth order
@@ -182,6 +183,15 @@ def audit_models(
         shadows = _mia.train_shadows(models[original], ds.train, mia_shadows, device=device, seed=seed,
                                      train_cfg=shadow_train_cfg, quiet=quiet)
         timings["mia_shadows"] = time.perf_counter() - t0
+    inv = None
+    if attacks:  # model inversion's independent judge (all classes) and image prior (no forget class), once
+        from . import inversion as _inv
+
+        _say(quiet, "model inversion: training the judge")
+        t0 = time.perf_counter()
+        inv = {"judge": _inv.train_judge(ds.train, ds.num_classes, seed=seed, device=device, test=test),
+               "prior": _inv.fit_prior(ds.train, exclude=forget, seed=seed), "shape": tuple(test.x.shape[1:])}
+        timings["inversion_judge"] = time.perf_counter() - t0
     order = [original] + [n for n in models if n != original]
     figs = {"tsne": {}, "gradcam": {}, "tsne_labels": test.y[tsne_rows].numpy(), "forget": forget,
             "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
@@ -222,7 +232,7 @@ def audit_models(
         m: dict = {}
         m.update(forget_retain_accuracy(model, test, forget, device=device))
         for key in PER_TAP:
-            if deep_probes or key not in DEEP_PROBES:
+            if attacks or key not in DEEP_PROBES:
                 m[key] = {}
         _say(quiet, f"{name}: probes")
         for t in taps:
@@ -236,7 +246,7 @@ def audit_models(
             m["knn_acc"][t] = _probes.knn_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget, k=5)["forget_acc"]
             m["svm_acc"][t] = _probes.svm_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget)["forget_acc"]
             m["nn_purity_by_layer"][t] = nn_purity(tr.vec[t], tr.y, te.vec[t][fmask_test], te.y[fmask_test], k=10)
-            if deep_probes:
+            if attacks:
                 from .deep_probes import conv_probe, mlp_probe
 
                 m["mlp_probe_acc"][t] = mlp_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget, seed=seed)["forget_acc"]
@@ -244,6 +254,12 @@ def audit_models(
                 if maps_tr is not None:
                     m["conv_probe_acc"][t] = conv_probe(maps_tr, tr.y, maps_te, te.y, forget, seed=seed)["forget_acc"]
         m["nn_purity"] = m["nn_purity_by_layer"][deepest]
+        if inv is not None:
+            _say(quiet, f"{name}: model inversion")
+            a = _inv.inversion_attack(model, inv["judge"], forget, shape=inv["shape"], prior=inv["prior"], seed=seed,
+                                      device=device)
+            m["inversion_judge_rate"] = a["judge_forget_rate"]
+            m["inversion_audited_confidence"] = a["audited_confidence"]
         m["fewshot_probe_acc"] = {
             str(n): _probes.fewshot_probe(tr.vec[deepest], tr.y, te.vec[deepest], te.y, forget, n, seed=seed)["forget_acc"]
             for n in shots
@@ -315,7 +331,7 @@ def audit_models(
         "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
         "forget_test_size": int(fmask_test.sum()),
         "cka_estimator": "unbiased" if cka_unbiased else "biased",
-        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "deep_probes": bool(deep_probes), "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
+        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "attacks": bool(attacks), "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
     out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}

@@ -125,15 +125,27 @@ for _m in (
            "Per tap: forget-class test accuracy of a 3-layer MLP (two ReLU hidden layers) fitted on this model's "
            "standardised probe-train features with all classes, its width ((256, 128) or (64, 32)) and stopping epoch "
            "chosen on a class-stratified 20% of probe-train (deep_probes.py; the paper's Table 10 gives the row "
-           "name only). Computed with deep_probes=True (`unlearn --audit thorough`, `audit --deep-probes`).",
+           "name only). Computed with attacks=True (`unlearn --audit thorough`, `audit --attacks`).",
            chance=_per_class),
     Metric("conv_probe_acc", "per_tap", "forget accuracy of a small residual conv probe on the tap's spatial map "
            "(paper Table 10's ResNet-based probe; --audit thorough)",
            "Per tap with a spatial map: forget-class test accuracy of a small residual conv net (1x1 stem with "
            "coordinate channels, one basic block, global pooling, linear) on the tap's pooled map (at most 8x8), "
            "width chosen and training stopped on a class-stratified 20% of probe-train (deep_probes.py). Absent for "
-           "taps without spatial extent or with --reduce project. Computed with deep_probes=True.",
+           "taps without spatial extent or with --reduce project. Computed with attacks=True.",
            chance=_per_class),
+    Metric("inversion_judge_rate", "scalar",
+           "share of model-inversion images of the forget class an independent judge labels as it (attacks)",
+           "Model inversion (paper Table 10; inversion.py): 16 inputs per forget class optimised to maximise this "
+           "model's forget-class log-softmax (TV and L2 priors, a Gaussian image prior fitted on the retain "
+           "classes' training images only), then labelled by an independent judge (a small CNN trained on every "
+           "class, not derived from any audited model): the share it labels as the forget class. Computed with "
+           "attacks=True (`unlearn --audit thorough`, `audit --attacks`, `compare --attacks`).",
+           chance=_per_class),
+    Metric("inversion_audited_confidence", "scalar",
+           "the audited model's own mean forget-class probability on its inversions (attacks)",
+           "Mean softmax probability this model gives the forget class on its own inversions: how well the "
+           "optimisation did on the model, whatever the judge sees.", judged=False),
     Metric("knn_acc", "per_tap", "forget accuracy of a k=5 nearest-neighbour vote",
            "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train "
            "features as the neighbours)."),

@@ -71,9 +71,9 @@ def add_parser(sub) -> None:
                    help="optional second retrained model, trained independently of --retrained: gives the CKA null "
                         "reference (what an unrelated model scores at each tap) and the verdict (where the audited "
                         "model stands between the original and the retrained model, judged against their spread)")
-    p.add_argument("--deep-probes", action="store_true",
-                   help="also the paper's Table 10 MLP and ResNet-based (conv) probes per tap (seconds per tap "
-                        "and model on a CPU)")
+    p.add_argument("--attacks", action="store_true",
+                   help="also the paper's Table 10 attacks: MLP and ResNet-based (conv) probes per tap, model "
+                        "inversion judged by an independent classifier (seconds per tap and model on a CPU)")
     p.add_argument("--out", required=True, help="output folder (results.json, report.md, report.html, figures/)")
     p.add_argument("--dataset", default="mnist5k", help="mnist5k, digits, mnist, fashion_mnist, cifar10, cifar100 "
                    "or imagefolder:PATH (default mnist5k)")
@@ -205,7 +205,7 @@ def run(args) -> int:
                           retrained="retrained" if "retrained" in models else None, taps=taps, seed=args.seed,
                           figures=not args.no_figures, quiet=args.quiet, probe_train_size=args.probe_train_size,
                           relearn=not args.no_relearn, mia_shadows=args.mia_shadows, num_threads=args.threads,
-                          independent=independent, null_model=null, deep_probes=args.deep_probes)
+                          independent=independent, null_model=null, attacks=args.attacks)
     out = Path(args.out)
     extra = {
         "checkpoint": str(args.checkpoint), "original": str(args.original),

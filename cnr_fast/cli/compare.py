@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import UserError
 from ..experiments import methods as M
 from ..experiments.scenarios import SCENARIOS, merge_results
 from ..experiments.scenarios import get as get_scenario
@@ -50,6 +51,12 @@ def add_parser(sub) -> None:
                         "scenario over disjoint seeds (run with --seed S --seeds 1): write their union, run nothing")
     p.add_argument("--out", required=True, help="output directory (compare.json, report.md)")
     p.add_argument("--figures", action="store_true", help="also t-SNE / Grad-CAM figures per seed (slow)")
+    p.add_argument("--attacks", action="store_true",
+                   help="also the paper's Table 10 attacks (MLP and conv probes per tap, model inversion) in every "
+                        "audit (single scenario)")
+    p.add_argument("--ulira-pairs", type=int, default=0, metavar="K",
+                   help="U-LiRA per method and seed over K >= 3 shadow pairs (single scenario; 0 = off, default): "
+                        "K x (original + retrained + each method's run), less what the cache and the state hold")
     add_data_args(p)
     add_model_args(p)
     add_run_args(p)
@@ -68,11 +75,20 @@ def run(args) -> int:
                else list(M.names(default_only=True)))
     M.check_names(methods)
     scenario = get_scenario(args.scenario)
+    if args.ulira_pairs and args.ulira_pairs < 3 or args.ulira_pairs < 0:
+        raise UserError(f"--ulira-pairs {args.ulira_pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
+    for name in ("attacks", "ulira_pairs"):
+        if getattr(args, name) and name not in scenario.options:
+            raise UserError(f"--{name.replace('_', '-')} is taken by the single scenario only, not "
+                            f"--scenario {args.scenario}")
     out = Path(args.out)
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet)
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
+    for name in ("attacks", "ulira_pairs"):  # in the key only when used: earlier runs keep theirs
+        if getattr(args, name):
+            key[name] = getattr(args, name)
     state, _ = driver_state(out, key, args.restart, args.quiet)
     options = {k: getattr(args, k) for k in scenario.options}
 

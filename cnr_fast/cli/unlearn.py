@@ -174,7 +174,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
 
         audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed,
                                  figures=args.audit in ("full", "thorough"),
-                                 deep_probes=args.audit == "thorough",
+                                 attacks=args.audit == "thorough",
                                  quiet=quiet, null_model=null, independent=independent, done=done,
                                  on_model=on_model)
         if ulira_pairs(args):
@@ -278,8 +278,9 @@ def add_audit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
     g.add_argument("--audit", choices=["thorough", "full", "fast", "off"], default="fast",
                    help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; thorough: "
-                        "full plus the MLP and conv probes of the paper's Table 10 and U-LiRA over --ulira-pairs shadow pairs (default 8: trains pairs x (original + "
-                        "retrained + this method), less what the cache holds); off: accuracies only")
+                        "full plus the paper's Table 10 attacks (MLP and conv probes, model inversion) and U-LiRA over "
+                        "--ulira-pairs shadow pairs (default 8: trains pairs x (original + retrained + this method), "
+                        "less what the cache holds); off: accuracies only")
     g.add_argument("--ulira-pairs", type=int, default=None, metavar="K",
                    help="U-LiRA shadow pairs (>= 3; 0 = off); default 8 with --audit thorough, else off")
     g.add_argument("--retrained", default="auto",
@@ -299,11 +300,11 @@ def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=
 
 
 def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
-              independent=None, done=None, on_model=None, deep_probes=False):
+              independent=None, done=None, on_model=None, attacks=False):
     from ..audit import audit_models
 
     log(f"audit: {', '.join(models)} ...", quiet)
     return audit_models(models, ds, list(forget), device=device, original="original",
                         retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
                         quiet=quiet, null_model=null_model, independent=independent, done=done,
-                        on_model=on_model, deep_probes=deep_probes)
+                        on_model=on_model, attacks=attacks)

@@ -15,7 +15,7 @@ from .stats import SEPARATION, judge, null_table, summarise, summarise_runs, ver
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
             fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None, state=None,
-            entry_prefix: str = "") -> dict:
+            entry_prefix: str = "", attacks: bool = False, ulira_pairs: int = 0) -> dict:
     """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
 
     state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
@@ -24,6 +24,10 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     By default each seed trains (or takes from the cache) its own original, retrained reference and
     null model, so the intervals cover the randomness of training as well as of unlearning.
     fixed_original=True keeps one original / reference / null (seed cfg.seed) for every seed.
+    attacks: the audit's Table 10 MLP / conv probes. ulira_pairs > 0: U-LiRA per method and seed
+    (experiments/shadows.py) over that many shadow pairs; its AUCs join each method's metrics
+    ("ulira_auc": audited vs retrained, "ulira_null_auc": the null in its place) and the full results
+    go to "per_seed_ulira". The unlearned shadows are state entries shared by every seed.
     """
     methods = list(methods)
     M.check_names(methods)
@@ -34,6 +38,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     t_start = time.perf_counter()
     started = begin_provenance()
     per_seed, cka_null, originals, audit_settings = [], [], [], None
+    ulira: dict[str, list] = {m: [] for m in methods}
     timings: dict[str, list[float]] = {m: [] for m in methods}
     choices: dict[str, list] = {m: [] for m in methods}  # per seed: the validation choice, or None
     ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
@@ -55,7 +60,18 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         arms = [Arm(m, refs.original, lambda m=m: make(m), M.is_from_scratch(m)) for m in methods]
         r = run_seed(arms, refs, ds, forget, device=device, state=state, prefix=f"{entry_prefix}s{seed}-", seed=seed,
                      quiet=quiet, figures=figures, log=lambda n, seed=seed: log(f"compare: seed {seed}, method {n}",
-                                                                               quiet))
+                                                                               quiet), attacks=attacks)
+        if ulira_pairs:
+            from .shadows import ulira_attack
+
+            for m in methods:
+                log(f"compare: seed {seed}, U-LiRA of {m} ({ulira_pairs} shadow pairs)", quiet)
+                u = ulira_attack(m, ref_cfg.replace(seed=seed), ds, {"unlearned": r["models"][m],
+                                 "retrained": refs.retrained, "retrained_null": refs.null}, pairs=ulira_pairs,
+                                 device=device, cache=cache, quiet=quiet, state=state)
+                ulira[m].append(u)
+                r["metrics"][m]["ulira_auc"] = u["audited"]["auc"]
+                r["metrics"][m]["ulira_null_auc"] = u["null"]["auc"]
         for m in methods:
             timings[m].append(r["times"][m])
             choices[m].append(r["choices"][m])
@@ -74,6 +90,8 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
         "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
         "per_seed_reference_times": ref_times, "per_seed_choices": choices, "per_seed_originals": originals,
     }
+    if ulira_pairs:
+        result["per_seed_ulira"] = ulira
     return compare_tables(result)
 
 

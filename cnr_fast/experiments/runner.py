@@ -118,7 +118,7 @@ class Arm:
 
 
 def run_seed(arms: list[Arm], refs: SeedReferences, ds, forget, *, device, state, prefix: str, seed: int,
-             quiet=False, figures=False, relearn=True, log=None) -> dict:
+             quiet=False, figures=False, relearn=True, log=None, attacks=False) -> dict:
     """Every arm as a state entry `<prefix><name>`, then one audit (`<prefix>audit`) of the original, the
     retrained reference and every arm. Returns {"metrics": {name: flat metrics + val_*}, "times",
     "choices" (per arm), "cka_null", "settings" (the audit's), "models" (name -> model)}."""
@@ -146,7 +146,8 @@ def run_seed(arms: list[Arm], refs: SeedReferences, ds, forget, *, device, state
     def audit():
         view = json_view(audit_models(models, ds, list(forget), device=device, original="original",
                                       retrained="retrained", seed=seed, figures=figures, quiet=quiet,
-                                      independent=independent, null_model=refs.null, relearn=relearn))
+                                      independent=independent, null_model=refs.null, relearn=relearn,
+                                      attacks=attacks))
         return {"settings": view.get("settings"), "cka_null": view.get("references", {}).get("cka_null", {}),
                 "metrics": view["metrics"]}
 

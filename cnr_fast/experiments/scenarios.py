@@ -118,7 +118,10 @@ def merge_single(results: list[dict]) -> dict:
     check_mergeable(results, "compare", "methods", key=lambda r: list(r["per_seed_times"]))
     merged = concat_seeds(results, ("per_seed", "per_seed_cka_null"),
                           ("per_seed_times", "per_seed_reference_times")
-                          + (("per_seed_choices",) if all("per_seed_choices" in r for r in results) else ()))
+                          + (("per_seed_choices",) if all("per_seed_choices" in r for r in results) else ())
+                          + (("per_seed_ulira",) if all("per_seed_ulira" in r for r in results) else ()))
+    if not all("per_seed_ulira" in r for r in results):  # some seeds without U-LiRA: none is reported
+        merged.pop("per_seed_ulira", None)
     return compare_tables(merged)
 
 
@@ -191,7 +194,7 @@ def merge_results(results: list[dict]) -> dict:
 
 
 register(Scenario("single", "--forget as given", compare, merge_single, _single_files,
-                  options=("fixed_original", "figures")))
+                  options=("fixed_original", "figures", "attacks", "ulira_pairs")))
 register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", multiclass, merge_multiclass,
                   _scenario_files))
 register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",

@@ -49,7 +49,7 @@ def _audit(build_model):
     with torch.no_grad():  # an "unlearned" model: the original with its forget logit pushed down
         models["unlearned"].fc.bias[2] -= 50.0
     return audit_models(models, _ds(), [2], device="cpu", retrained="retrained", taps=["L3", "L4"], shots=(1, 5),
-                        quiet=True, figures=True, relearn_steps=3, deep_probes=True,
+                        quiet=True, figures=True, relearn_steps=3, attacks=True,
                         null_model=build_model("resnet18", 10, 1, 28, 0.0625).eval())
 
 
@@ -65,6 +65,7 @@ def test_contract_keys_and_definitions(result):
         # Table 10's probes, at every tap (both taps keep a spatial map at 28 px)
         assert set(m["mlp_probe_acc"]) == {"L3", "L4"} and set(m["conv_probe_acc"]) == {"L3", "L4"}
         assert all(0 <= v <= 1 for v in m["mlp_probe_acc"].values())
+        assert 0 <= m["inversion_judge_rate"] <= 1 and 0 <= m["inversion_audited_confidence"] <= 1
         for key in m:
             assert key in result["definitions"], f"{key} has no definition"
     o = result["metrics"]["original"]

@@ -72,3 +72,24 @@ def test_zone_boundaries():
     assert zone(-0.2, o=1.0, r=0.0, margin=0.1) == "beyond_retrained"
     assert zone(1.2, o=1.0, r=0.0, margin=0.1) == "beyond_original"
     assert zone(0.5, o=0.0, r=1.0, margin=0.1) == "between"  # a metric that falls as the class goes
+
+
+def test_python_api_gives_the_verdict_with_a_null():
+    """cnr_fast.audit_model(..., retrained=, null=): the null is audited and the verdict placed; null without
+    retrained is refused."""
+    import torch
+
+    import cnr_fast
+    from cnr_fast.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (120, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.arange(120) % 10
+    data = {"train": (x[:80], y[:80]), "test": (x[80:], y[80:])}
+    torch.manual_seed(0)
+    m = [build_model("resnet18", 10, 1, 8, 0.0625).eval() for _ in range(3)]
+    r = cnr_fast.audit_model(m[0], original=m[0], retrained=m[1], null=m[2], data=data, forget=[2], relearn=False,
+                             shots=(1,))
+    assert "retrained_null" in r["metrics"] and set(r["verdict"]["models"]) == {"unlearned"}
+    with pytest.raises(ValueError, match="null needs retrained"):
+        cnr_fast.audit_model(m[0], original=m[0], null=m[2], data=data, forget=[2])
