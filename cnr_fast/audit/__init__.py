@@ -9,7 +9,7 @@ extra)` writes report.md, report.html (figures embedded) and figures/*.png.
 
 Splits, fixed for every model: probe-train = a seeded class-stratified subset of ds.train (at most
 `probe_train_size` examples); test = ds.test. Decoders are fitted on probe-train and scored on test.
-This package imports models, data, ops, train and runs only: it judges any checkpoint without
+This package imports models, data, ops, train, runs and errors only: it judges any checkpoint without
 knowing which method made it.
 """
 
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset, check_forget
+from ..errors import UserError
 from ..models import TAP_NAMES, check_taps
 from ..train import forget_retain_accuracy, resolve_device
 from . import cka as _cka
@@ -31,6 +32,7 @@ from . import mia as _mia
 from . import probes as _probes
 from . import relearn as _relearn
 from .features import DEFAULT_MAX_DIM, Reducer, extract
+from .gradcam import gradcam_overlap
 from .neighbors import nn_purity
 from .selectivity import DEFAULT_K, selectivity_profile
 from .verdict import verdict as _verdict
@@ -40,6 +42,7 @@ PROBE_TRAIN_SIZE = 2000
 CKA_MAX = 1000  # retain (and forget) test examples CKA compares, at most
 GRADCAM_TAPS = ("L3", "L4")
 GRADCAM_N = 6
+OVERLAP_N = 50  # forget test examples the scalar Grad-CAM overlap and the attention-head table use, at most
 NULL = "retrained_null"  # the null model's name among the audited models
 
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
@@ -170,6 +173,11 @@ def audit_models(
         independent = [retrained] if retrained is not None else []
     independent = (set(independent) | ({NULL} & set(models))) - {original}
     cam_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:GRADCAM_N]].sort().values
+    from ..data import to_float
+
+    x_forget, y_forget = to_float(test.x[f_rows[:OVERLAP_N]]), test.y[f_rows[:OVERLAP_N]]
+    # a ViT's last block gives Grad-CAM no patch gradient (gradcam.gradcam_overlap): one tap before the deepest
+    overlap_tap = "L3" if "L3" in taps else taps[max(0, len(taps) - 2)]
     from .embedding import tsne_subsample
 
     tsne_rows = tsne_subsample(test.y.numpy(), seed=seed)
@@ -254,6 +262,7 @@ def audit_models(
                 if maps_tr is not None:
                     m["conv_probe_acc"][t] = conv_probe(maps_tr, tr.y, maps_te, te.y, forget, seed=seed)["forget_acc"]
         m["nn_purity"] = m["nn_purity_by_layer"][deepest]
+        m["gradcam_overlap"] = gradcam_overlap(models[original], model, x_forget, y_forget, overlap_tap, device=device)
         if inv is not None:
             _say(quiet, f"{name}: model inversion")
             a = _inv.inversion_attack(model, inv["judge"], forget, shape=inv["shape"], prior=inv["prior"], seed=seed,
@@ -312,6 +321,16 @@ def audit_models(
         metrics[name] = m
         del tr, te
 
+    attention = None
+    try:  # ViTs: Table 6's per-head attention on the patches that matter for the forget class
+        from .attention import attention_head_table, attention_modules
+
+        attention_modules(models[original])
+    except UserError:
+        pass  # no attention module to read (a CNN)
+    else:
+        _say(quiet, "attention heads")
+        attention = attention_head_table({n: models[n] for n in order}, original, x_forget, y_forget, device=device)
     chance = _metrics.chances(ds.num_classes, float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()))
     references = {"chance": chance, "original": original, "retrained": retrained,
                   "independent": sorted(independent)}
@@ -329,12 +348,15 @@ def audit_models(
         "probe_train_size": len(probe_train), "test_size": len(test), "deepest_tap": deepest,
         "reduction": reducer.describe(), "max_dim": max_dim, "shots": list(shots),
         "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
+        "gradcam_overlap": {"tap": overlap_tap, "examples": len(x_forget)},
         "forget_test_size": int(fmask_test.sum()),
         "cka_estimator": "unbiased" if cka_unbiased else "biased",
         "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "attacks": bool(attacks), "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
     out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}
+    if attention is not None:
+        out["attention_heads"] = attention
     if retrained is not None and NULL in metrics:
         out["verdict"] = _verdict(metrics, original=original, retrained=retrained, null=NULL,
                                   audited=[n for n in order if n not in (original, retrained, NULL)],

@@ -49,3 +49,52 @@ def gradcam(model: nn.Module, x: torch.Tensor, tap: str, target, *, resize: bool
         cam = F.interpolate(cam.unsqueeze(1), size=x.shape[-2:], mode="bilinear", align_corners=False).squeeze(1)
         cam = _scale(F.relu(cam))  # min-max again after resizing, as pytorch-grad-cam does
     return cam.cpu()
+
+
+def gradcam_overlap(original: nn.Module, model: nn.Module, x: torch.Tensor, y, tap: str, *, device,
+                    batch_size: int = 64, resize: bool = False) -> float:
+    """Mean over examples of the cosine similarity between `model`'s and `original`'s Grad-CAM maps
+    for class y (the forget class on forget examples) at `tap`: 1 = the model still looks where the
+    original looked for the class; 0 = its evidence lies only where the original's had none.
+
+    Cosine (not Pearson): the maps are non-negative and min-max scaled (their scale does not matter
+    to either), and cosine stays defined for a map that is constant zero, which Pearson is not.
+    Chance is not 0: two unrelated non-negative maps still overlap, the more so the broader they are.
+    Maps are compared on the tap's own grid (resize=False: no interpolation; ViT: the patch grid),
+    each flattened.
+    Masked logits: a LogitMask model is audited through the model it wraps (its hidden states are
+    that model's, untouched; its -inf logit has no gradient, so its own map would be all zero, an
+    artefact of the mask, not of the representation). Examples where either model's class-y logit
+    is still not finite, or where the original's map is all zero (no reference), are left out; an
+    all-zero map of the audited model with a finite logit (no positive evidence anywhere) scores 0.
+    NaN when no example is left -- always the case for a ViT at its last block (tap L4): only the class
+    token of that block's output reaches the head, so the patch grid gets no gradient and the map is
+    zero; use an earlier tap (L3).
+    """
+    from ..models import LogitMask
+
+    if isinstance(model, LogitMask):
+        model = model.model
+    if isinstance(original, LogitMask):
+        original = original.model
+    y = torch.as_tensor(y).long().expand(len(x))
+    sims = []
+    for s in range(0, len(x), batch_size):
+        xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)
+        ok = torch.ones(len(xb), dtype=torch.bool)
+        for m in (original, model):
+            was = m.training
+            m.eval()
+            try:
+                with torch.no_grad():
+                    ok &= torch.isfinite(m(xb).float().gather(1, yb.view(-1, 1)).squeeze(1)).cpu()
+            finally:
+                m.train(was)
+        a = gradcam(original, xb, tap, yb, resize=resize).reshape(len(xb), -1).double()
+        b = gradcam(model, xb, tap, yb, resize=resize).reshape(len(xb), -1).double()
+        na, nb = a.norm(dim=1), b.norm(dim=1)
+        ok &= na > 0
+        cos = (a * b).sum(1) / (na * nb).clamp(min=1e-300)  # nb == 0 -> 0
+        sims.append(cos[ok])
+    sims = torch.cat(sims)
+    return float(sims.mean()) if len(sims) else float("nan")

@@ -146,6 +146,13 @@ for _m in (
            "the audited model's own mean forget-class probability on its inversions (attacks)",
            "Mean softmax probability this model gives the forget class on its own inversions: how well the "
            "optimisation did on the model, whatever the judge sees.", judged=False),
+    Metric("gradcam_overlap", "scalar",
+           "cosine of this model's Grad-CAM maps with the original's on forget test examples (1 = same evidence)",
+           "Mean over up to 50 forget-class test examples of the cosine similarity between this model's and the "
+           "original's Grad-CAM maps for the true (forget) class at tap L3 (ViT: the last block gives Grad-CAM no "
+           "patch gradient), each on the tap's own grid (gradcam.gradcam_overlap). 1 = the model still looks where "
+           "the original looked for the class; chance is above 0 (non-negative maps overlap). A logit-masked model "
+           "is measured through the model it wraps."),
     Metric("knn_acc", "per_tap", "forget accuracy of a k=5 nearest-neighbour vote",
            "Per tap: forget-class test accuracy of a k=5 nearest-neighbour majority vote (Euclidean, probe-train "
            "features as the neighbours)."),

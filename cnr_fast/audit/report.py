@@ -113,6 +113,15 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                  ("shadows", f"shadows, leave-one-out ({u['pairs']} pairs)")) if u.get(part)]
         out.append((f"U-LiRA: per-example likelihood ratio, {u['pairs']} shadow pairs (seeds {u['shadow_seeds']}), "
                     f"{u['time_s']:.0f} s", ["attack"] + cols, rows))
+    att = result.get("attention_heads")
+    if att:  # ViT: Table 6
+        groups = list(next(iter(att["models"].values()))["groups"])
+        rows = [[n] + [fmt(v["groups"][k]) for k in groups] + [fmt(v["global"]), fmt(v["change"]["global"])]
+                for n, v in att["models"].items()]
+        out.append((f"Attention heads (paper Table 6): the class token's attention mass at block {att['layer']} on the "
+                    f"{att['patches']['k']} of {att['patches']['n_patches']} patches that matter most to the original "
+                    f"({att['patches']['method']}), mean over {att['n_examples']} forget examples; uniform attention "
+                    f"gives {att['uniform']:.3f}", ["model"] + groups + ["global", "change (global)"], rows))
     dist = refs.get("distance_to_retrained")
     if dist:
         keys = [k for k in ("forget_acc", "retain_acc", "probe_acc", "transfer_probe_acc", "fewshot_probe_acc",

@@ -66,9 +66,13 @@ def test_contract_keys_and_definitions(result):
         assert set(m["mlp_probe_acc"]) == {"L3", "L4"} and set(m["conv_probe_acc"]) == {"L3", "L4"}
         assert all(0 <= v <= 1 for v in m["mlp_probe_acc"].values())
         assert 0 <= m["inversion_judge_rate"] <= 1 and 0 <= m["inversion_audited_confidence"] <= 1
+        assert 0 <= m["gradcam_overlap"] <= 1 + 1e-6
         for key in m:
             assert key in result["definitions"], f"{key} has no definition"
     o = result["metrics"]["original"]
+    assert o["gradcam_overlap"] == pytest.approx(1.0, abs=1e-6)  # the original against itself
+    assert result["settings"]["gradcam_overlap"]["tap"] == "L3"
+    assert "attention_heads" not in result  # a CNN has no attention head
     assert all(v == pytest.approx(1.0, abs=1e-6) for v in o["cka_pos"].values())
     assert o["transfer_probe_acc"] == o["probe_acc"]
     assert all(v == 0.0 for v in o["selectivity_delta"].values())
@@ -123,3 +127,27 @@ def test_relearn_split_sizes():
     ds = _ds()
     sp = relearn_split(ds.train, [2], 5, seed=0)
     assert (sp.y == 2).sum() == 5 and (sp.y != 2).sum() == 5
+
+
+def test_vit_audit_has_the_attention_head_table(tmp_path):
+    """On a ViT the audit adds Table 6's per-head attention table (the original's change against itself 0)
+    and the report shows it."""
+    from cnr_fast.models import build_model
+
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        y = torch.arange(n) % 10
+        return Split(torch.randint(0, 256, (n, 1, 16, 16), generator=g, dtype=torch.uint8), y)
+
+    ds = Dataset("synthetic16", split(100), split(60), 10, [str(i) for i in range(10)])
+    torch.manual_seed(0)
+    vit = [build_model("vit_tiny", 10, 1, 16, 1.0).eval() for _ in range(3)]
+    r = audit_models({"original": vit[0], "unlearned": copy.deepcopy(vit[0]), "retrained": vit[1]}, ds, [2],
+                     retrained="retrained", null_model=vit[2], quiet=True, figures=False, relearn=False, shots=(1,))
+    att = r["attention_heads"]
+    assert set(att["models"]) == {"original", "unlearned", "retrained", "retrained_null"}
+    assert att["models"]["original"]["change"]["global"] == 0.0
+    assert att["models"]["unlearned"]["global"] == pytest.approx(att["models"]["original"]["global"])
+    write_report(tmp_path, r, {})
+    assert "Attention heads (paper Table 6)" in (tmp_path / "report.md").read_text()
