@@ -35,6 +35,10 @@ def test_gradcam_logit_mask_is_zero_not_nan(tiny_resnet):
 
 def test_gradcam_vit_token_grid(tiny_resnet):
     vit = build_model("vit_tiny", 10, 1, 28, 1.0).eval()
+    head = [m for m in vit.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.manual_seed(0)
+    torch.nn.init.normal_(head.weight, std=0.5)  # torchvision zero-initialises the head: all-zero maps else
     cam = gradcam(vit, _x(2), "L3", 1)
     assert cam.shape == (2, 28, 28) and torch.isfinite(cam).all()
     assert float(cam.max()) <= 1.0 + 1e-6 and float(cam.min()) >= 0.0
+    assert float(cam.amax(dim=(1, 2)).min()) > 0.5  # a real map on each example, not the zero map
