@@ -31,9 +31,10 @@ def ckpts(tmp_path_factory):
     cfg = TrainConfig(epochs=1, batch_size=64)
     small = ds.train.subset(slice(0, 300))
     paths = {}
-    for name, split, extra in (("original", small, {}),
-                               ("retrained", small.subset(small.y != 2), {"forget_classes": [2]})):
-        torch.manual_seed(0)
+    for name, split, extra, seed in (("original", small, {}, 0),
+                                     ("retrained", small.subset(small.y != 2), {"forget_classes": [2]}, 0),
+                                     ("null", small.subset(small.y != 2), {"forget_classes": [2]}, 1)):
+        torch.manual_seed(seed)
         m = build_model(ARCH, 10, 1, 28, WIDTH)
         train_classifier(m, split, cfg, device=torch.device("cpu"), quiet=True)
         paths[name] = d / f"{name}.pt"
@@ -91,6 +92,19 @@ def test_audit_end_to_end(ckpts, tmp_path):
     md = (out / "report.md").read_text()
     assert f"{a['probe_acc']['L4']:.4f}" in md and (out / "report.html").stat().st_size > 1000
     assert (out / "figures" / "tsne.png").is_file()
+
+
+def test_audit_with_a_null_gives_the_verdict(ckpts, tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(_args(ckpts, out, "--taps", "L4", "--no-figures", "--null", str(ckpts["null"]))) == 0
+    res = json.loads((out / "results.json").read_text())
+    v = res["verdict"]
+    assert "retrained_null" in res["metrics"] and set(v["models"]) == {"unlearned"}
+    assert v["references"]["null"] == "retrained_null"
+    fa = v["measures"]["forget_acc"]
+    if fa["separates"]:  # the logit mask gives forget accuracy 0, as the retrained model does
+        assert fa["models"]["unlearned"]["zone"] == "with_retrained"
+    assert (out / "report.md").read_text().index("## Verdict") < (out / "report.md").read_text().index("## Headline")
 
 
 def test_help_explains_numbers(capsys):
