@@ -53,6 +53,7 @@ ALIASES = {
     "cont0": "bench/results/runs/continual_mnist5k_rerun/continual.json",
     "avit": "bench/results/runs/any_model_timm_vit/compare.json",
     "amob": "bench/results/runs/any_model_tv_mobilenet_v2/compare.json",
+    "view": "bench/results/runs/report_view_mnist5k/results.json",
     "e40": "bench/results/runs/cost_vs_retrain_e40_cpu.json",
     "e80": "bench/results/runs/cost_vs_retrain_e80_cpu.json",
     "refinit": "bench/results/runs/reference_init_mnist5k.json",
@@ -156,7 +157,7 @@ def h_join(refs, spec):
     return ", ".join(format(x, spec) for x in v)
 
 
-def _verdict_keys(refs, want: bool):
+def _separation_keys(refs, want: bool):
     (v,) = refs
     if not isinstance(v, dict) or not all(isinstance(x, dict) and "separates" in x for x in v.values()):
         raise TypeError("needs a compare.json `separation` dict (metric: {..., 'separates': bool})")
@@ -176,12 +177,12 @@ def h_count_keys(refs, spec):
 
 def h_separating(refs, spec):
     """The metrics of a `separation` dict that separate retrained from original, as `a`, `b`, ..."""
-    return _verdict_keys(refs, True)
+    return _separation_keys(refs, True)
 
 
 def h_nonseparating(refs, spec):
     """The metrics of a `separation` dict that do not separate retrained from original."""
-    return _verdict_keys(refs, False)
+    return _separation_keys(refs, False)
 
 
 # name: (function, number of ALIAS:PATH references; None = one or more)
