@@ -277,7 +277,8 @@ def _f(v) -> str:
 def add_audit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
     g.add_argument("--audit", choices=["thorough", "full", "fast", "off"], default="fast",
-                   help="fast (default): every metric, no t-SNE / Grad-CAM figures; full: with figures; thorough: "
+                   help="fast (default): every metric but the Table 10 attacks, no t-SNE / Grad-CAM figures; full: "
+                        "with figures; thorough: "
                         "full plus the paper's Table 10 attacks (MLP and conv probes, model inversion) and U-LiRA over "
                         "--ulira-pairs shadow pairs (default 8: trains pairs x (original + retrained + this method), "
                         "less what the cache holds); off: accuracies only")
