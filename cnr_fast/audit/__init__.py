@@ -46,7 +46,7 @@ OVERLAP_N = 50  # forget test examples the scalar Grad-CAM overlap and the atten
 NULL = "retrained_null"  # the null model's name among the audited models
 
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
-DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc")  # trained probes, seconds per tap: only with attacks=True
+DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc", "mlp_probe_overall_acc", "conv_probe_overall_acc")  # trained probes, seconds per tap: only with attacks=True
 PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
 DEFINITIONS = _metrics.definitions()
 
@@ -257,10 +257,12 @@ def audit_models(
             if attacks:
                 from .deep_probes import conv_probe, mlp_probe
 
-                m["mlp_probe_acc"][t] = mlp_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget, seed=seed)["forget_acc"]
+                r = mlp_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget, seed=seed)
+                m["mlp_probe_acc"][t], m["mlp_probe_overall_acc"][t] = r["forget_acc"], r["overall_acc"]
                 maps_tr, maps_te = reducer.maps(tr.vec[t], t), reducer.maps(te.vec[t], t)
                 if maps_tr is not None:
-                    m["conv_probe_acc"][t] = conv_probe(maps_tr, tr.y, maps_te, te.y, forget, seed=seed)["forget_acc"]
+                    r = conv_probe(maps_tr, tr.y, maps_te, te.y, forget, seed=seed)
+                    m["conv_probe_acc"][t], m["conv_probe_overall_acc"][t] = r["forget_acc"], r["overall_acc"]
         m["nn_purity"] = m["nn_purity_by_layer"][deepest]
         m["gradcam_overlap"] = gradcam_overlap(models[original], model, x_forget, y_forget, overlap_tap, device=device)
         if inv is not None:

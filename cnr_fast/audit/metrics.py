@@ -134,6 +134,13 @@ for _m in (
            "width chosen and training stopped on a class-stratified 20% of probe-train (deep_probes.py). Absent for "
            "taps without spatial extent or with --reduce project. Computed with attacks=True.",
            chance=_per_class),
+    Metric("mlp_probe_overall_acc", "per_tap", "the MLP probe's accuracy on all test examples (attacks)",
+           "Per tap: the same MLP probe's accuracy on all test examples: read it beside mlp_probe_acc (an early-"
+           "stopped probe that labels most examples as one class can show a high forget accuracy at chance "
+           "overall).", judged=False),
+    Metric("conv_probe_overall_acc", "per_tap", "the conv probe's accuracy on all test examples (attacks)",
+           "Per tap: the same conv probe's accuracy on all test examples (see mlp_probe_overall_acc).",
+           judged=False),
     Metric("inversion_judge_rate", "scalar",
            "share of model-inversion images of the forget class an independent judge labels as it (attacks)",
            "Model inversion (paper Table 10; inversion.py): 16 inputs per forget class optimised to maximise this "

@@ -65,6 +65,7 @@ def test_contract_keys_and_definitions(result):
         # Table 10's probes, at every tap (both taps keep a spatial map at 28 px)
         assert set(m["mlp_probe_acc"]) == {"L3", "L4"} and set(m["conv_probe_acc"]) == {"L3", "L4"}
         assert all(0 <= v <= 1 for v in m["mlp_probe_acc"].values())
+        assert set(m["mlp_probe_overall_acc"]) == {"L3", "L4"} and set(m["conv_probe_overall_acc"]) == {"L3", "L4"}
         assert 0 <= m["inversion_judge_rate"] <= 1 and 0 <= m["inversion_audited_confidence"] <= 1
         assert 0 <= m["gradcam_overlap"] <= 1 + 1e-6
         for key in m:
