@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Dataset, check_forget
+from ..data import Dataset, check_forget, to_float
 from ..errors import UserError
 from ..models import TAP_NAMES, check_taps
 from ..train import forget_retain_accuracy, resolve_device
@@ -35,6 +35,7 @@ from .features import DEFAULT_MAX_DIM, Reducer, extract
 from .gradcam import gradcam_overlap
 from .neighbors import nn_purity
 from .selectivity import DEFAULT_K, selectivity_profile
+from .verdict import NULL
 from .verdict import verdict as _verdict
 
 SHOTS = (1, 5, 25)
@@ -43,10 +44,10 @@ CKA_MAX = 1000  # retain (and forget) test examples CKA compares, at most
 GRADCAM_TAPS = ("L3", "L4")
 GRADCAM_N = 6
 OVERLAP_N = 50  # forget test examples the scalar Grad-CAM overlap and the attention-head table use, at most
-NULL = "retrained_null"  # the null model's name among the audited models
 
+# trained probes, seconds per tap and model: computed only with attacks=True
+DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc", "mlp_probe_overall_acc", "conv_probe_overall_acc")
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
-DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc", "mlp_probe_overall_acc", "conv_probe_overall_acc")  # trained probes, seconds per tap: only with attacks=True
 PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
 DEFINITIONS = _metrics.definitions()
 
@@ -173,8 +174,6 @@ def audit_models(
         independent = [retrained] if retrained is not None else []
     independent = (set(independent) | ({NULL} & set(models))) - {original}
     cam_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:GRADCAM_N]].sort().values
-    from ..data import to_float
-
     x_forget, y_forget = to_float(test.x[f_rows[:OVERLAP_N]]), test.y[f_rows[:OVERLAP_N]]
     # a ViT's last block gives Grad-CAM no patch gradient (gradcam.gradcam_overlap): one tap before the deepest
     overlap_tap = "L3" if "L3" in taps else taps[max(0, len(taps) - 2)]
@@ -353,7 +352,8 @@ def audit_models(
         "gradcam_overlap": {"tap": overlap_tap, "examples": len(x_forget)},
         "forget_test_size": int(fmask_test.sum()),
         "cka_estimator": "unbiased" if cka_unbiased else "biased",
-        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "attacks": bool(attacks), "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
+        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "attacks": bool(attacks),
+        "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
     }
     out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}

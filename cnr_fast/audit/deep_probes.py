@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import stratified_split
 from .linear import Standardizer, _t
 from .probes import _y, scores
 
@@ -57,21 +58,6 @@ CONV_LR = 1e-2
 CONV_BATCH = 128
 CONV_MAX_EPOCHS = 60
 CONV_PATIENCE = 5
-
-
-def stratified_split(y, val_frac: float = VAL_FRAC, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fit indices, validation indices) of labels y: per class, round(val_frac * n_c) seeded examples
-    go to validation, but at least one stays in fit (a class with one example is fit-only)."""
-    y = _y(y)
-    g = torch.Generator().manual_seed(seed)
-    fit, val = [], []
-    for c in torch.unique(y):
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        nv = min(round(val_frac * len(idx)), len(idx) - 1)
-        val.append(idx[:nv])
-        fit.append(idx[nv:])
-    return torch.cat(fit).sort().values, torch.cat(val).sort().values
 
 
 def _train_early_stopped(model: nn.Module, xf, yf, xv, yv, *, lr, weight_decay, max_epochs, patience, batch_size, g):
@@ -112,7 +98,7 @@ def _select_and_score(make, candidates, train_x, train_y, test_x, test_y, forget
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         g = torch.Generator().manual_seed(seed)
-        fit, val = stratified_split(y, val_frac, seed)
+        fit, val = (torch.as_tensor(i) for i in stratified_split(y.numpy(), val_frac, seed))
         if len(val) == 0:  # too few examples to hold any out: select and stop on the fit part itself
             val = fit
         xf, yf, xv, yv = train_x[fit], yi[fit], train_x[val], yi[val]

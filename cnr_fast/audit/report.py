@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runs import atomic_write_bytes, atomic_write_text
+from .verdict import NULL
 
 SCALARS = ("forget_acc", "retain_acc", "mia_acc", "nn_purity")
 PER_TAP_TABLES = ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg",
@@ -156,7 +157,7 @@ def _figures(result: dict) -> dict[str, bytes]:
     figs: dict[str, bytes] = {}
     # probe / decoder / CKA curves over depth
     refs = result.get("references", {})
-    band = [n for n in (refs.get("retrained"), "retrained_null") if n in metrics]
+    band = [n for n in (refs.get("retrained"), NULL) if n in metrics]
     lines = [n for n in names if n not in band]
     panels = [k for k in ("cka_neg", "probe_acc", "knn_acc", "svm_acc", "nn_purity_by_layer", "cka_pos",
                           "transfer_probe_acc") if all(isinstance(metrics[n].get(k), dict) for n in lines)]

@@ -30,6 +30,7 @@ import math
 from . import metrics as _metrics
 
 ZONES = ("with_retrained", "between", "with_original", "beyond_retrained", "beyond_original")
+NULL = "retrained_null"  # the null model's name among the audited models (and its reference kind)
 
 
 def flatten(metrics: dict) -> dict[str, float]:
@@ -121,4 +122,4 @@ def sentence(name: str, tally: dict, judged: int, n_separating: int, n_measures:
     return f"{name}: " + ", ".join(parts) + f" ({n_separating} of {n_measures} measures separate them here)"
 
 
-__all__ = ["ZONES", "flatten", "judged_keys", "sentence", "verdict", "zone"]
+__all__ = ["NULL", "ZONES", "flatten", "judged_keys", "sentence", "verdict", "zone"]

@@ -225,3 +225,12 @@ def add_option_args(p: argparse.ArgumentParser) -> None:
 def add_resume_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true",
                    help="discard the state an interrupted run kept in OUT.state/ and start over")
+
+
+def check_ulira_pairs(pairs: int) -> int:
+    """--ulira-pairs K: 0 (off) or at least 3 (U-LiRA's leave-one-out fits on K - 1 >= 2 pairs)."""
+    if pairs < 0:
+        raise UserError(f"--ulira-pairs {pairs} is negative; pass 0 (off) or at least 3")
+    if 0 < pairs < 3:
+        raise UserError(f"--ulira-pairs {pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
+    return pairs

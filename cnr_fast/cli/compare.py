@@ -17,7 +17,8 @@ from ..experiments import methods as M
 from ..experiments.scenarios import SCENARIOS, merge_results
 from ..experiments.scenarios import get as get_scenario
 from ..runs import check_out_dir, write_run_files
-from .args import add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, config_from_args
+from .args import (add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, check_ulira_pairs,
+                   config_from_args)
 from .running import driver_state, merge_files, prepare_run, run_with_state
 
 EXAMPLES = """examples:
@@ -75,8 +76,7 @@ def run(args) -> int:
                else list(M.names(default_only=True)))
     M.check_names(methods)
     scenario = get_scenario(args.scenario)
-    if args.ulira_pairs and args.ulira_pairs < 3 or args.ulira_pairs < 0:
-        raise UserError(f"--ulira-pairs {args.ulira_pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
+    check_ulira_pairs(args.ulira_pairs)
     for name in ("attacks", "ulira_pairs"):
         if getattr(args, name) and name not in scenario.options:
             raise UserError(f"--{name.replace('_', '-')} is taken by the single scenario only, not "

@@ -24,7 +24,9 @@ from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
 from ..train import forget_retain_accuracy
 from ..references import load_original, obtain_reference, source_options
-from .args import add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, config_from_args
+from ..audit.verdict import NULL
+from .args import (add_data_args, add_method_args, add_model_args, add_run_args, check_arch_known, check_ulira_pairs,
+                   config_from_args)
 from .running import driver_state, prepare_run, run_with_state
 
 EXAMPLES = """examples:
@@ -81,7 +83,7 @@ def run(args) -> int:
     cfg = config_from_args(args)
     M.get(cfg.method)  # an unknown name is one line naming the closest ones
     check_arch_known(cfg)
-    pairs = ulira_pairs(args)
+    args.ulira_pairs = ulira_pairs(args)  # resolved once: thorough's default, checked
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
     if args.out:
@@ -107,18 +109,17 @@ def run(args) -> int:
 def _run_key(cfg, args) -> dict:
     """What decides a run's results: a rerun with the same key resumes (or finds finished) the run."""
     key = {"format": 1, "config": cfg.to_dict(), "audit": args.audit, "retrained": args.retrained}
-    if ulira_pairs(args):  # left out at 0, so runs without U-LiRA keep their keys
-        key["ulira_pairs"] = ulira_pairs(args)
+    if args.ulira_pairs:  # left out at 0, so runs without U-LiRA keep their keys
+        key["ulira_pairs"] = args.ulira_pairs
     return key
 
 
 def ulira_pairs(args) -> int:
     """The U-LiRA shadow pairs a run asks for (0 = off); a bad value is one line, exit 2."""
-    pairs = args.ulira_pairs if args.ulira_pairs is not None else (8 if args.audit == "thorough" else 0)
-    if pairs and pairs < 3:
-        raise UserError(f"--ulira-pairs {pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
-    if pairs < 0:
-        raise UserError(f"--ulira-pairs {pairs} is negative; pass 0 (off) or at least 3")
+    from ..experiments.shadows import PAIRS
+
+    pairs = check_ulira_pairs(args.ulira_pairs if args.ulira_pairs is not None
+                              else (PAIRS if args.audit == "thorough" else 0))
     if pairs and (args.audit == "off" or args.retrained in (None, "off")):
         raise UserError("--ulira-pairs needs the audit and the retrained reference: drop --audit off / "
                         "--retrained off, or pass --ulira-pairs 0")
@@ -166,7 +167,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         if M.is_from_scratch(cfg.method):
             independent.append("unlearned")
         t0 = time.perf_counter()
-        done = {n: part for n in [*models, "retrained_null"] if (part := state.load(f"audit-{n}")) is not None}
+        done = {n: part for n in [*models, NULL] if (part := state.load(f"audit-{n}")) is not None}
 
         def on_model(name, part):
             state.save(f"audit-{name}", part)
@@ -177,14 +178,14 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
                                  attacks=args.audit == "thorough",
                                  quiet=quiet, null_model=null, independent=independent, done=done,
                                  on_model=on_model)
-        if ulira_pairs(args):
+        if args.ulira_pairs:
             from ..experiments.shadows import ulira_attack
 
-            log(f"U-LiRA: {ulira_pairs(args)} shadow pairs, each unlearned with {cfg.method}", quiet)
+            log(f"U-LiRA: {args.ulira_pairs} shadow pairs, each unlearned with {cfg.method}", quiet)
             targets = {"unlearned": model, "retrained": models["retrained"]}
             if null is not None:
-                targets["retrained_null"] = null
-            audit_result["ulira"] = ulira_attack(cfg.method, cfg, ds, targets, pairs=ulira_pairs(args),
+                targets[NULL] = null
+            audit_result["ulira"] = ulira_attack(cfg.method, cfg, ds, targets, pairs=args.ulira_pairs,
                                                  device=device, cache=args.cache_dir, quiet=quiet, state=state)
         timings["audit"] = time.perf_counter() - t0
         from ..audit import json_view

@@ -10,6 +10,7 @@ from ..progress import log
 from . import methods as M
 from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
 from ..audit.metrics import coordinate_bound
+from ..audit.verdict import NULL
 from .stats import SEPARATION, judge, null_table, summarise, summarise_runs, verdict_over_seeds
 
 
@@ -24,7 +25,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     By default each seed trains (or takes from the cache) its own original, retrained reference and
     null model, so the intervals cover the randomness of training as well as of unlearning.
     fixed_original=True keeps one original / reference / null (seed cfg.seed) for every seed.
-    attacks: the audit's Table 10 MLP / conv probes. ulira_pairs > 0: U-LiRA per method and seed
+    attacks: the audit's Table 10 attacks (MLP / conv probes, model inversion). ulira_pairs > 0: U-LiRA per method and seed
     (experiments/shadows.py) over that many shadow pairs; its AUCs join each method's metrics
     ("ulira_auc": audited vs retrained, "ulira_null_auc": the null in its place) and the full results
     go to "per_seed_ulira". The unlearned shadows are state entries shared by every seed.
@@ -67,7 +68,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
             for m in methods:
                 log(f"compare: seed {seed}, U-LiRA of {m} ({ulira_pairs} shadow pairs)", quiet)
                 u = ulira_attack(m, ref_cfg.replace(seed=seed), ds, {"unlearned": r["models"][m],
-                                 "retrained": refs.retrained, "retrained_null": refs.null}, pairs=ulira_pairs,
+                                 "retrained": refs.retrained, NULL: refs.null}, pairs=ulira_pairs,
                                  device=device, cache=cache, quiet=quiet, state=state)
                 ulira[m].append(u)
                 r["metrics"][m]["ulira_auc"] = u["audited"]["auc"]

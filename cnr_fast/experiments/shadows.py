@@ -29,6 +29,7 @@ import time
 import torch
 
 from ..audit import ulira as U
+from ..audit.verdict import NULL
 from ..progress import log
 from ..references import obtain_reference
 from ..train import predict
@@ -81,8 +82,8 @@ def ulira_attack(method: str, cfg, ds, targets: dict, *, pairs: int = PAIRS, dev
     out = {"pairs": pairs, "shadow_seeds": seeds, "n_examples": int(len(split)), "method": method,
            "audited": _plain(res["evaluation"]), "mean_score": res["mean_score"],
            "frac_positive": res["frac_positive"], "settings": res["settings"]}
-    if "retrained_null" in tphis:
-        null = U.ulira(u, r, tphis, unlearned_targets=["retrained_null"], retrained_targets=["retrained"])
+    if NULL in tphis:
+        null = U.ulira(u, r, tphis, unlearned_targets=[NULL], retrained_targets=["retrained"])
         out["null"] = _plain(null["evaluation"])
     loo = U.ulira_loo(u, r)
     out["shadows"] = _plain({k: v for k, v in loo.items() if k not in ("mean_llr", "mean_llr_retrained",

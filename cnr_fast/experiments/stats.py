@@ -171,12 +171,12 @@ def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int) 
     method over those seeds: the share of the separating measures it stands with the retrained model
     (with the original, between, past either), mean and 95% t-interval, and one sentence. None when no
     seed has a null model (files written before the null was audited)."""
-    from ..audit.verdict import ZONES, verdict
+    from ..audit.verdict import NULL, ZONES, verdict
 
-    runs = [(i, ps) for i, ps in enumerate(per_seed) if "retrained_null" in ps]
+    runs = [(i, ps) for i, ps in enumerate(per_seed) if NULL in ps]
     if not runs:
         return None
-    per = [verdict(ps, original="original", retrained="retrained", null="retrained_null",
+    per = [verdict(ps, original="original", retrained="retrained", null=NULL,
                    audited=[m for m in methods if m in ps], n_forget=n_forget) for _, ps in runs]
     out = {"seeds_judged": [i for i, _ in runs], "per_seed": per, "methods": {}}
     for m in methods:

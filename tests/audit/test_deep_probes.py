@@ -155,12 +155,16 @@ def test_single_hidden_pair_disables_the_choice(blobs):
 
 
 def test_stratified_split():
+    """The probes hold out validation with the project's split (cnr_fast.data.stratified_split)."""
+    from cnr_fast.data import stratified_split
+
     y = np.repeat(np.arange(3), [50, 10, 1])
-    fit, val = deep_probes.stratified_split(y, 0.2, seed=0)
-    assert len(np.intersect1d(fit.numpy(), val.numpy())) == 0 and len(fit) + len(val) == len(y)
-    assert [int((y[val.numpy()] == c).sum()) for c in range(3)] == [10, 2, 0]  # the lone example stays in fit
-    assert torch.equal(deep_probes.stratified_split(y, 0.2, seed=0)[1], val)
-    assert not torch.equal(deep_probes.stratified_split(y, 0.2, seed=1)[1], val)
+    fit, val = stratified_split(y, 0.2, seed=0)
+    assert len(np.intersect1d(fit, val)) == 0 and len(fit) + len(val) == len(y)
+    assert [int((y[val] == c).sum()) for c in range(3)] == [10, 2, 0]  # the lone example stays in fit
+    assert np.array_equal(stratified_split(y, 0.2, seed=0)[1], val)
+    assert not np.array_equal(stratified_split(y, 0.2, seed=1)[1], val)
+    assert deep_probes.stratified_split is stratified_split
 
 
 def test_pool_maps_caps_side():
