@@ -16,13 +16,31 @@ accuracy is 0, so this rewards forgetting and keeping retain accuracy equally); 
 candidate (the smaller step). The test split never takes part. Every candidate's validation scores and
 the choice go into the method's info (`validation`, `chosen_on_validation`), which every run JSON and
 report carries.
+
+`applied_choice(name)` runs a method at a choice made before (U-LiRA's shadows take the audited run's
+choice, so each shadow is the method at one setting as Hayes et al. run it, not a fresh search): inside
+it, select_on_validation runs that candidate only, and still records its validation scores.
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from .errors import UserError
+
+_APPLIED: ContextVar[str | None] = ContextVar("applied_choice", default=None)
+
+
+@contextmanager
+def applied_choice(name: str | None):
+    """Within this block every validation search runs only the candidate `name` (None: search as usual)."""
+    token = _APPLIED.set(name)
+    try:
+        yield
+    finally:
+        _APPLIED.reset(token)
 
 ADAM_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3)
 
@@ -42,6 +60,11 @@ def select_on_validation(candidates: dict, run_one, ds, forget, device, desc: st
     if ds.val is None or len(ds.val) == 0:
         raise UserError(f"{desc}: choosing on validation needs a validation split; pass --val-fraction > 0 "
                         "or set the value in the config")
+    applied = _APPLIED.get()
+    if applied is not None:
+        if applied not in candidates:
+            raise ValueError(f"{desc}: the applied choice {applied!r} is not one of its candidates {list(candidates)}")
+        candidates = {applied: candidates[applied]}
     best, table = None, {}
     for i, (name, value) in enumerate(candidates.items(), 1):
         if not quiet:

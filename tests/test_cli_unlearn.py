@@ -208,5 +208,6 @@ def test_ulira_tells_a_logit_mask_from_retrained(tmp_path, cache):
     assert u["audited"]["auc"] == 1.0 and u["audited"]["tpr_at_1pct_fpr"] == 1.0
     assert u["shadows"]["auc"] == 1.0 and u["shadows"]["n_pos"] == 3 * n_forget_train
     assert u["null"]["auc"] < u["audited"]["auc"]
+    assert u["original"]["auc"] > 0.9  # the attack's reach: the original saw these examples
     report = (out / "report.md").read_text()
-    assert "U-LiRA" in report and "lm (audited) vs retrained" in report
+    assert "U-LiRA" in report and "lm (audited) vs retrained" in report and "original vs retrained" in report

@@ -206,8 +206,31 @@ def test_compare_with_ulira(tmp_path):
     assert 0 <= ps["lm"]["ulira_null_auc"] < 1.0
     u = r["per_seed_ulira"]["lm"][0]
     assert u["pairs"] == 3 and u["shadow_seeds"] == [TINY.seed + 1, TINY.seed + 2, TINY.seed + 3]
+    # the attack's reach: the original, which saw the forget examples, against the retrained reference
+    assert ps["original"]["ulira_auc"] == u["original"]["auc"] > 0.9
+    assert r["references"]["original"]["ulira_auc"]["mean"] == u["original"]["auc"]
     assert set(r["verdict"]["methods"]) == {"lm"}
     assert "## Verdict" in E.compare_report_md(r)
+
+
+def test_ulira_shadows_run_at_the_audited_choice(tmp_path, monkeypatch):
+    """Each shadow is the method at the setting the seed's own run chose on validation (one candidate, not the
+    search), and the choice is recorded with the U-LiRA result."""
+    from cnr_fast.experiments import methods as M
+
+    seen, real = [], M.unlearn_model
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append(M.validation_choice(out[1]))
+        return out
+
+    monkeypatch.setattr(M, "unlearn_model", spy)
+    r = E.compare(TINY, ["ssd"], seeds=1, device="cpu", cache=str(tmp_path / "c"), quiet=True, ulira_pairs=3)
+    chosen = r["per_seed_choices"]["ssd"][0]["chosen"]
+    assert r["per_seed_ulira"]["ssd"][0]["choice"] == chosen
+    assert len(seen) == 4 and len(seen[0]["validation"]) == 4  # the run's search, then 3 shadows
+    assert all(list(c["validation"]) == [chosen] for c in seen[1:])
 
 
 def test_compare_passes_attacks_to_every_audit(tmp_path, monkeypatch):

@@ -256,6 +256,31 @@ def test_select_on_validation_keeps_the_best_validation_score():
         select_on_validation({"a": 1}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True)
 
 
+def test_applied_choice_runs_that_candidate_only():
+    """U-LiRA's shadows: inside tuning.applied_choice a search runs the one candidate named (and still scores
+    it on validation); outside, the whole grid again; a name that is not a candidate is refused."""
+    from cnr_fast.tuning import applied_choice, select_on_validation
+
+    ds = _tiny_ds()
+    ran = []
+
+    class Zero(torch.nn.Module):  # any model; the scores do not matter here
+        def forward(self, x):
+            return torch.zeros(len(x), 3)
+
+    def run_one(c):
+        ran.append(c)
+        return Zero(), {}
+
+    with applied_choice("b"):
+        _, info = select_on_validation({"a": 1, "b": 2, "c": 3}, run_one, ds, [1], CPU, "t", quiet=True)
+    assert ran == [2] and info["chosen_on_validation"] == "b" and list(info["validation"]) == ["b"]
+    select_on_validation({"a": 1, "b": 2}, run_one, ds, [1], CPU, "t", quiet=True)
+    assert ran == [2, 1, 2]
+    with applied_choice("z"), pytest.raises(ValueError, match="not one of its candidates"):
+        select_on_validation({"a": 1}, run_one, ds, [1], CPU, "t", quiet=True)
+
+
 def test_scrub_max_step_moves_away_from_the_teacher_on_forget_data():
     from cnr_fast.baselines.scrub import distill_kl, scrub
 

@@ -54,7 +54,9 @@ def _verdict_parts(result: dict) -> tuple[list[str], tuple[list[str], list[list[
         sentences.append(f"U-LiRA ({u['pairs']} shadow pairs, {u['n_examples']} forget training examples): AUC "
                          f"{fmt(u['audited']['auc'])} at telling the audited model from the retrained one per "
                          f"example" + (f", {fmt(null['auc'])} for a second retrained model in its place (0.5 = "
-                                       "cannot tell)" if null else "") + ".")
+                                       "cannot tell)" if null else "")
+                         + (f"; {fmt(u['original']['auc'])} for the original, fitted on the shadow originals (the "
+                            "attack's reach here)" if u.get("original") else "") + ".")
     names = list(v["models"])
     head = ["measure", "original", "retrained", "null", "margin"] + names
     rows = []
@@ -111,6 +113,7 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         cols = ["auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr", "acc_at_0", "n_pos", "n_neg"]
         rows = [[label] + [fmt(u[part].get(c)) for c in cols] for part, label in
                 (("audited", f"{u['method']} (audited) vs retrained"), ("null", "2nd retrained (null) vs retrained"),
+                 ("original", "original vs retrained (the attack's reach; fitted on the shadow originals)"),
                  ("shadows", f"shadows, leave-one-out ({u['pairs']} pairs)")) if u.get(part)]
         out.append((f"U-LiRA: per-example likelihood ratio, {u['pairs']} shadow pairs (seeds {u['shadow_seeds']}), "
                     f"{u['time_s']:.0f} s", ["attack"] + cols, rows))

@@ -182,10 +182,11 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
             from ..experiments.shadows import ulira_attack
 
             log(f"U-LiRA: {args.ulira_pairs} shadow pairs, each unlearned with {cfg.method}", quiet)
-            targets = {"unlearned": model, "retrained": models["retrained"]}
+            targets = {"unlearned": model, "retrained": models["retrained"], "original": original}
             if null is not None:
                 targets[NULL] = null
-            audit_result["ulira"] = ulira_attack(cfg.method, cfg, ds, targets, pairs=args.ulira_pairs,
+            chosen = (M.validation_choice(info) or {}).get("chosen")
+            audit_result["ulira"] = ulira_attack(cfg.method, cfg, ds, targets, choice=chosen, pairs=args.ulira_pairs,
                                                  device=device, cache=args.cache_dir, quiet=quiet, state=state)
         timings["audit"] = time.perf_counter() - t0
         from ..audit import json_view

@@ -27,8 +27,10 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     fixed_original=True keeps one original / reference / null (seed cfg.seed) for every seed.
     attacks: the audit's Table 10 attacks (MLP / conv probes, model inversion). ulira_pairs > 0: U-LiRA per method and seed
     (experiments/shadows.py) over that many shadow pairs; its AUCs join each method's metrics
-    ("ulira_auc": audited vs retrained, "ulira_null_auc": the null in its place) and the full results
-    go to "per_seed_ulira". The unlearned shadows are state entries shared by every seed.
+    ("ulira_auc": audited vs retrained, "ulira_null_auc": the null in its place; the original's
+    "ulira_auc" is the attack's reach, fitted on the shadow originals) and the full results
+    go to "per_seed_ulira". Each method's shadows run at the choice the method made on that seed
+    (tuning.applied_choice); they are state entries shared by the seeds that chose alike.
     """
     methods = list(methods)
     M.check_names(methods)
@@ -67,12 +69,15 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
 
             for m in methods:
                 log(f"compare: seed {seed}, U-LiRA of {m} ({ulira_pairs} shadow pairs)", quiet)
+                chosen = (r["choices"][m] or {}).get("chosen")
                 u = ulira_attack(m, ref_cfg.replace(seed=seed), ds, {"unlearned": r["models"][m],
-                                 "retrained": refs.retrained, NULL: refs.null}, pairs=ulira_pairs,
-                                 device=device, cache=cache, quiet=quiet, state=state)
+                                 "retrained": refs.retrained, NULL: refs.null, "original": refs.original},
+                                 choice=chosen, pairs=ulira_pairs, device=device, cache=cache, quiet=quiet,
+                                 state=state)
                 ulira[m].append(u)
                 r["metrics"][m]["ulira_auc"] = u["audited"]["auc"]
                 r["metrics"][m]["ulira_null_auc"] = u["null"]["auc"]
+                r["metrics"]["original"]["ulira_auc"] = u["original"]["auc"]  # the same shadow originals for every method
         for m in methods:
             timings[m].append(r["times"][m])
             choices[m].append(r["choices"][m])
