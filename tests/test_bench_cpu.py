@@ -82,3 +82,23 @@ def test_cost_model_writes_json(tmp_path):
     assert res["total"]["dominant_stage"] in res["stages"]
     assert data["assumptions"]["hardware"]["peak_bf16_dense_flops"] == 989e12
     assert all(r["h100_s_model"] > 0 and r["dp8_speedup"] > 0 for r in res["stages"].values())
+
+
+def test_cost_vs_retrain_interleaves_rounds_and_takes_the_median_ratio(tmp_path, one_thread):
+    """Every round times RFS and each method (order rotated), and the file's ratio is the median over rounds
+    of RFS time / method time, recomputed here from the recorded times."""
+    from bench import bench_cost_vs_retrain as B
+
+    assert B.main(["--dataset", "digits", "--image-size", "8", "--train-epochs", "1", "--methods", "lm,ssd",
+                   "--rounds", "3", "--threads", "1", "--out", str(tmp_path), "--name", "c"]) == 0
+    d = json.loads((tmp_path / "c.json").read_text())
+    assert [r["order"] for r in d["rounds"]] == [["rfs", "lm", "ssd"], ["lm", "ssd", "rfs"], ["ssd", "rfs", "lm"]]
+    for m in ("lm", "ssd"):
+        ratios = [r["rows"]["rfs"]["time_s"] / r["rows"][m]["time_s"] for r in d["rounds"]]
+        assert d["retrain_time_over_method_time_per_round"][m] == pytest.approx(ratios)
+        assert d["retrain_time_over_method_time"][m] == pytest.approx(sorted(ratios)[1])
+    assert all(0 <= r["rows"]["rfs"]["forget_acc"] <= 1 and r["rows"]["ssd"]["load_before"] for r in d["rounds"])
+    assert d["machine"]["git_sha"] and "load_avg_before" in d["machine"]
+    with pytest.raises(SystemExit) as e:
+        B.main(["--methods", "nope", "--out", str(tmp_path)])
+    assert e.value.code == 2

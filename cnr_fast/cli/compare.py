@@ -57,7 +57,8 @@ def add_parser(sub) -> None:
                         "audit (single scenario)")
     p.add_argument("--ulira-pairs", type=int, default=0, metavar="K",
                    help="U-LiRA per method and seed over K >= 3 shadow pairs (single scenario; 0 = off, default): "
-                        "K x (original + retrained + each method's run), less what the cache and the state hold")
+                        "K x (original + retrained + one run of each method at its chosen setting), less what the cache "
+                        "and the state hold")
     add_data_args(p)
     add_model_args(p)
     add_run_args(p)

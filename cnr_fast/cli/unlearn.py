@@ -282,8 +282,8 @@ def add_audit_args(p: argparse.ArgumentParser) -> None:
                    help="fast (default): every metric but the Table 10 attacks, no t-SNE / Grad-CAM figures; full: "
                         "with figures; thorough: "
                         "full plus the paper's Table 10 attacks (MLP and conv probes, model inversion) and U-LiRA over "
-                        "--ulira-pairs shadow pairs (default 8: trains pairs x (original + retrained + this method), "
-                        "less what the cache holds); off: accuracies only")
+                        "--ulira-pairs shadow pairs (default 8: trains pairs x (original + retrained + this method at "
+                        "its chosen setting), less what the cache holds); off: accuracies only")
     g.add_argument("--ulira-pairs", type=int, default=None, metavar="K",
                    help="U-LiRA shadow pairs (>= 3; 0 = off); default 8 with --audit thorough, else off")
     g.add_argument("--retrained", default="auto",
