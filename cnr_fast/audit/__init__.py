@@ -32,7 +32,7 @@ from . import mia as _mia
 from . import probes as _probes
 from . import relearn as _relearn
 from .features import DEFAULT_MAX_DIM, Reducer, extract
-from .gradcam import gradcam_overlap
+from .gradcam import gradcam_overlap, reaches_map
 from .neighbors import nn_purity
 from .selectivity import DEFAULT_K, selectivity_profile
 from .verdict import NULL
@@ -200,6 +200,10 @@ def audit_models(
                "prior": _inv.fit_prior(ds.train, exclude=forget, seed=seed), "shape": tuple(test.x.shape[1:])}
         timings["inversion_judge"] = time.perf_counter() - t0
     order = [original] + [n for n in models if n != original]
+    cam_taps = []
+    if figures:  # Grad-CAM figure taps: those whose map the original's class scores reach (not a ViT's last block)
+        x_probe = to_float(test.x[cam_rows[:2]]).to(device)
+        cam_taps = [t for t in GRADCAM_TAPS if t in taps and reaches_map(models[original].to(device), x_probe, t)]
     figs = {"tsne": {}, "gradcam": {}, "tsne_labels": test.y[tsne_rows].numpy(), "forget": forget,
             "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
     orig = {}
@@ -229,7 +233,8 @@ def audit_models(
             if name == NULL:
                 orig["null_full"] = te.full
             if figures and name != NULL:
-                _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet)
+                _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, cam_taps, device, seed,
+                         quiet)
             del tr, te
             continue
         _say(quiet, f"{name}: features")
@@ -318,7 +323,8 @@ def audit_models(
         if on_model is not None:
             on_model(name, {"metrics": m, "time_s": timings[name]})
         if figures and name != NULL:
-            _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet)
+            _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, cam_taps, device, seed,
+                         quiet)
         metrics[name] = m
         del tr, te
 
@@ -368,17 +374,16 @@ def audit_models(
     return out
 
 
-def _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, device, seed, quiet) -> None:
+def _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, cam_taps, device, seed, quiet) -> None:
     _say(quiet, f"{name}: figures")
     t1 = time.perf_counter()
-    from ..data import to_float
     from .embedding import tsne
     from .gradcam import gradcam
 
     figs["tsne"][name] = {t: tsne(te.vec[t][tsne_rows], seed=seed) for t in taps}
     x_cam = to_float(test.x[cam_rows]).to(device)
     figs["gradcam"][name] = {
-        t: gradcam(model, x_cam, t, test.y[cam_rows].to(device)).numpy() for t in GRADCAM_TAPS if t in taps
+        t: gradcam(model, x_cam, t, test.y[cam_rows].to(device)).numpy() for t in cam_taps
     }
     timings[f"{name}:figures"] = time.perf_counter() - t1
 

@@ -51,6 +51,22 @@ def gradcam(model: nn.Module, x: torch.Tensor, tap: str, target, *, resize: bool
     return cam.cpu()
 
 
+def reaches_map(model: nn.Module, x: torch.Tensor, tap: str) -> bool:
+    """Whether the class scores reach the tap's spatial map by gradient, i.e. whether a Grad-CAM map can
+    exist there. False at a ViT's last block when the classifier reads the class token alone: its patch
+    tokens get no gradient and every map would be blank. (A trained model: a zero-initialised head
+    passes no gradient anywhere.)"""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad(), Taps(model, [tap], detach=False) as rec:
+            logits = model(x)
+            grad = torch.autograd.grad(logits.sum(), rec[tap], allow_unused=True)[0]
+    finally:
+        model.train(was_training)
+    return grad is not None and bool(tap_to_map(grad.float())[0].abs().sum() > 0)
+
+
 def gradcam_overlap(original: nn.Module, model: nn.Module, x: torch.Tensor, y, tap: str, *, device,
                     batch_size: int = 64, resize: bool = False) -> float:
     """Mean over examples of the cosine similarity between `model`'s and `original`'s Grad-CAM maps

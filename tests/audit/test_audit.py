@@ -73,6 +73,7 @@ def test_contract_keys_and_definitions(result):
     o = result["metrics"]["original"]
     assert o["gradcam_overlap"] == pytest.approx(1.0, abs=1e-6)  # the original against itself
     assert result["settings"]["gradcam_overlap"]["tap"] == "L3"
+    assert all(set(c) == {"L3", "L4"} for c in result["_figures"]["gradcam"].values())  # a CNN: both taps drawn
     assert "attention_heads" not in result  # a CNN has no attention head
     assert all(v == pytest.approx(1.0, abs=1e-6) for v in o["cka_pos"].values())
     assert o["transfer_probe_acc"] == o["probe_acc"]

@@ -42,3 +42,18 @@ def test_gradcam_vit_token_grid(tiny_resnet):
     assert cam.shape == (2, 28, 28) and torch.isfinite(cam).all()
     assert float(cam.max()) <= 1.0 + 1e-6 and float(cam.min()) >= 0.0
     assert float(cam.amax(dim=(1, 2)).min()) > 0.5  # a real map on each example, not the zero map
+
+
+def test_reaches_map_finds_the_taps_a_gradcam_figure_can_draw(tiny_resnet):
+    """A ViT whose head reads the class token: its last block's patch tokens get no gradient (every map there
+    would be blank), the block before does; a CNN's deepest maps do."""
+    from cnr_fast.audit.gradcam import reaches_map
+
+    vit = build_model("vit_tiny", 10, 1, 28, 1.0).eval()
+    head = [m for m in vit.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.manual_seed(0)
+    torch.nn.init.normal_(head.weight, std=0.5)
+    assert reaches_map(vit, _x(2), "L3") and not reaches_map(vit, _x(2), "L4")
+    assert float(gradcam(vit, _x(2), "L4", 1).abs().max()) == 0.0  # what the figure drew before
+    m = tiny_resnet()
+    assert reaches_map(m, _x(2), "L3") and reaches_map(m, _x(2), "L4")
