@@ -196,10 +196,22 @@ def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
     assert not torch.equal(model.weight, lin.weight)  # the kept weights, not the start model's
 
 
-def test_compare_with_ulira(tmp_path):
+def test_compare_with_ulira(tmp_path, monkeypatch):
     """compare --ulira-pairs 3: U-LiRA per method (a logit mask is told from the retrained model on every forget
-    example; its AUC beside the null's), the null audited like the methods, and the verdict per method."""
-    r = E.compare(TINY, ["lm"], seeds=1, device="cpu", cache=str(tmp_path / "c"), quiet=True, ulira_pairs=3)
+    example; its AUC beside the null's and the original's), the null audited like the methods, the verdict per
+    method; each shadow is the method at the setting the seed's own run chose on validation (one candidate, not
+    the search), and the choice is recorded with the U-LiRA result."""
+    from cnr_fast.experiments import methods as M
+
+    seen, real = [], M.unlearn_model
+
+    def spy(*a, **k):
+        out = real(*a, **k)
+        seen.append((a[0], M.validation_choice(out[1])))
+        return out
+
+    monkeypatch.setattr(M, "unlearn_model", spy)
+    r = E.compare(TINY, ["lm", "ssd"], seeds=1, device="cpu", cache=str(tmp_path / "c"), quiet=True, ulira_pairs=3)
     ps = r["per_seed"][0]
     assert "probe_acc.L4" in ps["retrained_null"]
     assert ps["lm"]["ulira_auc"] == 1.0 and r["methods"]["lm"]["ulira_auc"]["mean"] == 1.0
@@ -209,28 +221,13 @@ def test_compare_with_ulira(tmp_path):
     # the attack's reach: the original, which saw the forget examples, against the retrained reference
     assert ps["original"]["ulira_auc"] == u["original"]["auc"] > 0.9
     assert r["references"]["original"]["ulira_auc"]["mean"] == u["original"]["auc"]
-    assert set(r["verdict"]["methods"]) == {"lm"}
+    assert set(r["verdict"]["methods"]) == {"lm", "ssd"}
     assert "## Verdict" in E.compare_report_md(r)
-
-
-def test_ulira_shadows_run_at_the_audited_choice(tmp_path, monkeypatch):
-    """Each shadow is the method at the setting the seed's own run chose on validation (one candidate, not the
-    search), and the choice is recorded with the U-LiRA result."""
-    from cnr_fast.experiments import methods as M
-
-    seen, real = [], M.unlearn_model
-
-    def spy(*a, **k):
-        out = real(*a, **k)
-        seen.append(M.validation_choice(out[1]))
-        return out
-
-    monkeypatch.setattr(M, "unlearn_model", spy)
-    r = E.compare(TINY, ["ssd"], seeds=1, device="cpu", cache=str(tmp_path / "c"), quiet=True, ulira_pairs=3)
     chosen = r["per_seed_choices"]["ssd"][0]["chosen"]
-    assert r["per_seed_ulira"]["ssd"][0]["choice"] == chosen
-    assert len(seen) == 4 and len(seen[0]["validation"]) == 4  # the run's search, then 3 shadows
-    assert all(list(c["validation"]) == [chosen] for c in seen[1:])
+    assert u["choice"] is None and r["per_seed_ulira"]["ssd"][0]["choice"] == chosen
+    ssd = [c for m, c in seen if m == "ssd"]
+    assert len(ssd) == 4 and len(ssd[0]["validation"]) == 4  # the run's search, then 3 shadows at its choice
+    assert all(list(c["validation"]) == [chosen] for c in ssd[1:])
 
 
 def test_compare_passes_attacks_to_every_audit(tmp_path, monkeypatch):
