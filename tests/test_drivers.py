@@ -35,6 +35,13 @@ def test_ablate_reuses_synthesis_and_reports_against_full(tmp_path):
     assert r["unlearn_time_s"]["relabel-step"]["mean"] > 0
     assert r["sweeps"]["B"] == {"b32": 32, "full": 64} and (out / "ablate_B.png").is_file()
     assert "| variant |" in (out / "ablate.md").read_text()
+    # full CNR searches its step size per seed; the variants run at its choice (one candidate), not a search
+    for i in range(2):
+        full = r["per_seed_choices"]["full"][i]
+        assert len(full["validation"]) == 4
+        for v in ("relabel-step", "b32"):
+            assert list(r["per_seed_choices"][v][i]["validation"]) == [full["chosen"]]
+    assert "Settings chosen on validation" in (out / "ablate.md").read_text()
     assert not (tmp_path / "ab.state").exists()  # the resume state goes once the output is written
 
 

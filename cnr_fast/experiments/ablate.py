@@ -7,6 +7,7 @@ import time
 from ..config import RunConfig
 from ..errors import UserError
 from ..progress import log
+from ..tuning import applied_choice
 from . import methods as M
 from .merge import check_mergeable, concat_seeds
 from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
@@ -40,6 +41,10 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
     synthetic images of variants that do not change detection or synthesis, are made once and reused
     (their time charged to each run that uses them). One audit per seed measures every variant
     (relearn attack off by default: it is the slowest metric and not part of Table 3).
+
+    Step size: full CNR chooses its reset's step size on the seed's validation split (tuning.py); every
+    other variant runs at that choice (tuning.applied_choice), so a variant differs from full CNR in its
+    one change alone. The choices go to "per_seed_choices".
     """
     variants = list(variants or ABLATIONS)
     bad = [v for v in variants if v not in ABLATIONS]
@@ -54,23 +59,28 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
     t_start = time.perf_counter()
     started = begin_provenance()
     per_seed, timings, cka_null, originals = [], {v: [] for v in variants}, [], []
+    choices: dict[str, list] = {v: [] for v in variants}
     for s in range(seeds):
         scfg = cfg.replace(seed=cfg.seed + s, method="cnr")
         refs = seed_references(scfg, ds, device, cache, quiet)
         originals.append(refs.record)
         reuse: dict = {}
+        done: dict = {}  # run_seed fills it arm by arm: full CNR (the first arm) gives the step size
 
-        def make(v, original=refs.original, scfg=scfg, reuse=reuse):
-            model, _, t, _ = M.unlearn_model("cnr", original, ds, scfg.replace(**ABLATIONS[v]), device=device,
-                                             quiet=quiet, reuse=reuse)
-            return model, {"time": t["unlearn"]}
+        def make(v, original=refs.original, scfg=scfg, reuse=reuse, done=done):
+            held = None if v == "full" else (done.get("full") or {}).get("chosen")
+            with applied_choice(held):
+                model, info, t, _ = M.unlearn_model("cnr", original, ds, scfg.replace(**ABLATIONS[v]), device=device,
+                                                    quiet=quiet, reuse=reuse)
+            return model, {"time": t["unlearn"], "choice": M.validation_choice(info)}
 
         arms = [Arm(v, refs.original, lambda v=v: make(v)) for v in variants]
         r = run_seed(arms, refs, ds, forget, device=device, state=state, prefix=f"s{scfg.seed}-", seed=scfg.seed,
-                     quiet=quiet, relearn=relearn,
+                     quiet=quiet, relearn=relearn, choices=done,
                      log=lambda n, seed=scfg.seed: log(f"ablate: seed {seed}, variant {n}", quiet))
         for v in variants:
             timings[v].append(r["times"][v])
+            choices[v].append(r["choices"][v])
         cka_null.append(r["cka_null"])
         per_seed.append(r["metrics"])
     result = {"dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
@@ -81,7 +91,7 @@ def ablate(cfg: RunConfig, variants: list[str] | None = None, seeds: int = 3, *,
                          "test": len(ds.test)},
               "config": cfg.to_dict(), "total_time_s": time.perf_counter() - t_start, "machine": machine_info(started),
               "per_seed": per_seed, "per_seed_cka_null": cka_null, "per_seed_times": timings,
-              "per_seed_originals": originals}
+              "per_seed_choices": choices, "per_seed_originals": originals}
     return ablate_tables(result)
 
 
@@ -98,4 +108,5 @@ def ablate_tables(result: dict) -> dict:
 def merge_ablate(results: list[dict]) -> dict:
     """One ablate result from several runs over disjoint seeds with the same variants and config."""
     check_mergeable(results, "ablate", "variants")
-    return ablate_tables(concat_seeds(results, ("per_seed", "per_seed_cka_null"), ("per_seed_times",)))
+    dicts = ("per_seed_times",) + (("per_seed_choices",) if all("per_seed_choices" in r for r in results) else ())
+    return ablate_tables(concat_seeds(results, ("per_seed", "per_seed_cka_null"), dicts))

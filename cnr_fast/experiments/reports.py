@@ -156,6 +156,10 @@ def ablate_report_md(result: dict, figures: dict | None = None) -> str:
     if null:
         lines += ["", "CKA null (retrained vs an independently trained second retrained model), forget examples: "
                   + ", ".join(f"{tap} {_cell(s)}" for tap, s in null.items()) + "."]
+    if result.get("per_seed_choices"):
+        lines += choices_md(result["per_seed_choices"], result["seeds"])
+        lines += ["", "Full CNR chooses its reset's step size on validation; every other variant runs at that choice "
+                  "(its one candidate above), so it differs from full CNR in its one change alone."]
     for name in (figures or {}):
         lines += ["", f"![{name}]({name})"]
     return "\n".join(lines) + "\n"

@@ -118,15 +118,18 @@ class Arm:
 
 
 def run_seed(arms: list[Arm], refs: SeedReferences, ds, forget, *, device, state, prefix: str, seed: int,
-             quiet=False, figures=False, relearn=True, log=None, attacks=False) -> dict:
+             quiet=False, figures=False, relearn=True, log=None, attacks=False, choices: dict | None = None) -> dict:
     """Every arm as a state entry `<prefix><name>`, then one audit (`<prefix>audit`) of the original, the
     retrained reference and every arm. Returns {"metrics": {name: flat metrics + val_*}, "times",
-    "choices" (per arm), "cka_null", "settings" (the audit's), "models" (name -> model)}."""
+    "choices" (per arm), "cka_null", "settings" (the audit's), "models" (name -> model)}.
+    choices: the caller's dict to fill, arm by arm, as each finishes (or is taken from the state), so a later
+    arm's make() can read an earlier arm's validation choice."""
     from ..audit import audit_models, json_view
 
     models = {"original": refs.original, "retrained": refs.retrained}
     val = {n: val_accuracy(models[n], ds, forget, device) for n in models}
-    times, choices, independent = {}, {}, ["retrained"]
+    times, independent = {}, ["retrained"]
+    choices = {} if choices is None else choices
     for arm in arms:
         if log is not None:
             log(arm.name)
