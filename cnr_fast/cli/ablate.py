@@ -3,7 +3,8 @@
 Each variant is CNR with one change, on the same original per seed (one original, retrained
 reference and null model per seed, shared by every variant); the GAN, and the synthetic images of
 variants that change neither detection nor synthesis, are made once per seed and reused, their time
-charged to every run that uses them. Writes ablate.json, ablate.md and ablate_k.png / ablate_B.png
+charged to every run that uses them. Full CNR chooses its reset's step size on validation (unless
+--config sets reset.lr); every other variant runs at that choice. Writes ablate.json, ablate.md and ablate_k.png / ablate_B.png
 (forget accuracy, retain accuracy and CKA_neg against the knob). The driver is
 `cnr_fast.experiments.ablate`.
 """
