@@ -5,6 +5,7 @@ alone, this prints one:
 
     python -m bench.findings_table compare bench/results/runs/compare_mnist5k/compare.json
     python -m bench.findings_table seed bench/results/runs/compare_mnist5k/compare.json    # seed 0's row
+    python -m bench.findings_table attacks RUN/compare.json   # a compare run with --attacks --ulira-pairs K
     python -m bench.findings_table ablate bench/results/runs/ablate_mnist5k/ablate.json
     python -m bench.findings_table multiclass bench/results/runs/multiclass_mnist5k/multiclass.json
     python -m bench.findings_table continual bench/results/runs/continual_mnist5k/continual.json
@@ -107,6 +108,46 @@ def compare_table(r: dict) -> str:
     return "\n".join(out)
 
 
+ATTACK_PREFIXES = ("mlp_probe_acc.", "conv_probe_acc.", "inversion_judge_rate", "mia_acc", "probe_acc.",
+                   "fewshot_probe_acc.", "cka_neg.")
+
+
+def _mean(values) -> float:
+    vals = [v for v in values if isinstance(v, (int, float)) and _finite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def attacks_table(r: dict) -> str:
+    """Which attacks tell the retrained model from the original on a compare.json run with `--attacks` (and
+    `--ulira-pairs`): per attack, the original, retrained and null (mean over seeds), each method, and the
+    over-seeds test of original against retrained (`separation`: Holm-adjusted p, separates or not).
+    U-LiRA rows: the AUC of telling a model from the retrained reference per example (0.5 = cannot tell):
+    the original's (fitted on the shadow originals: the attack's reach), each method's, and the null's in
+    each method's place."""
+    methods = list(r["methods"])
+    sep = r.get("separation", {})
+    keys = [k for pre in ATTACK_PREFIXES for k in sorted(sep) if k.startswith(pre)]
+    head = ["measure", "original", "retrained", "null", *methods, "separates (Holm p)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    null = [ps.get("retrained_null", {}) for ps in r["per_seed"]]
+    for k in keys:
+        s = sep[k]
+        row = [k, cell(r["references"]["original"].get(k)), cell(r["references"]["retrained"].get(k)),
+               f"{_mean(n.get(k) for n in null):.2f}" if any(k in n for n in null) else "-"]
+        row += [cell(r["methods"][m].get(k)) for m in methods]
+        row.append(f"{'yes' if s['separates'] else 'no'} ({p_cell(s.get('p_holm'))})")
+        out.append("| " + " | ".join(row) + " |")
+    u = r.get("per_seed_ulira")
+    if u:
+        pairs = next(iter(u.values()))[0]["pairs"]
+        reach = r["references"]["original"].get("ulira_auc")
+        out.append(f"| U-LiRA AUC ({pairs} shadow pairs) | {cell(reach)} (reach) | 0.5 by definition | - | "
+                   + " | ".join(cell(r["methods"][m].get("ulira_auc")) for m in methods) + " | - |")
+        out.append("| U-LiRA AUC, the null in the method's place | - | - | - | "
+                   + " | ".join(cell(r["methods"][m].get("ulira_null_auc")) for m in methods) + " | - |")
+    return "\n".join(out)
+
+
 def seed_table(r: dict, seed_index: int = 0, method: str = "cnr") -> str:
     """One seed of a compare.json (`values[seed_index]`): original, `method` (unlearned), retrained."""
     if method not in r["methods"]:
@@ -184,8 +225,8 @@ def continual_table(r: dict) -> str:
     return "\n".join(out)
 
 
-TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table, "ablate": ablate_table, "multiclass": multiclass_table,
-          "continual": continual_table}
+TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table, "attacks": attacks_table,
+          "ablate": ablate_table, "multiclass": multiclass_table, "continual": continual_table}
 
 
 if __name__ == "__main__":

@@ -169,3 +169,24 @@ def test_check_exits_1_with_a_diff_and_write_is_atomic(tmp_path, monkeypatch, ca
     (tmp_path / "README.in.md").write_text("{{d:nope}}\n")
     assert rn.main(["--check"]) == 2
     assert "README.in.md:1: {{d:nope}}: key 'nope' not found" in capsys.readouterr().err
+
+
+def test_attacks_table_cells_come_from_the_file():
+    """The attacks table: references and methods as 'mean ±half-width', the null as its mean over seeds, the
+    separation column from `separation`, U-LiRA rows from the methods' and the original's ulira_auc."""
+    from bench.findings_table import attacks_table
+
+    summ = lambda m: {"mean": m, "ci_low": m - 0.1, "ci_high": m + 0.1}  # noqa: E731
+    r = {"methods": {"cnr": {"mlp_probe_acc.L4": summ(0.3), "ulira_auc": summ(0.61), "ulira_null_auc": summ(0.52)}},
+         "references": {"original": {"mlp_probe_acc.L4": summ(0.9), "ulira_auc": summ(0.97)},
+                        "retrained": {"mlp_probe_acc.L4": summ(0.2)}},
+         "per_seed": [{"retrained_null": {"mlp_probe_acc.L4": 0.25}}, {"retrained_null": {"mlp_probe_acc.L4": 0.35}}],
+         "separation": {"mlp_probe_acc.L4": {"separates": True, "p_holm": 0.004},
+                        "retain_acc": {"separates": False, "p_holm": 1.0}},
+         "per_seed_ulira": {"cnr": [{"pairs": 8}]}}
+    lines = attacks_table(r).splitlines()
+    assert lines[0] == "| measure | original | retrained | null | cnr | separates (Holm p) |"
+    assert lines[2] == "| mlp_probe_acc.L4 | 0.90 ±0.10 | 0.20 ±0.10 | 0.30 | 0.30 ±0.10 | yes (0.004) |"
+    assert not any(line.startswith("| retain_acc") for line in lines)  # not an attack
+    assert lines[3].startswith("| U-LiRA AUC (8 shadow pairs) | 0.97 ±0.10 (reach) |") and "| 0.61 ±0.10 |" in lines[3]
+    assert "| 0.52 ±0.10 |" in lines[4]
