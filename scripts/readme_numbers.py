@@ -50,7 +50,7 @@ ALIASES = {
     "abl": "bench/results/runs/ablate_mnist5k/ablate.json",
     "multi": "bench/results/runs/multiclass_mnist5k/multiclass.json",
     "cont": "bench/results/runs/continual_mnist5k/continual.json",
-    "cont0": "bench/results/runs/continual_mnist5k_rerun/continual.json",
+    "contold": "bench/results/runs/continual_mnist5k_before_issue15/continual.json",
     "avit": "bench/results/runs/any_model_timm_vit/compare.json",
     "amob": "bench/results/runs/any_model_tv_mobilenet_v2/compare.json",
     "view": "bench/results/runs/report_view_mnist5k/results.json",

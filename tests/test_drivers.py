@@ -78,6 +78,11 @@ def test_continual_rounds_start_from_the_previous_model_and_seeds_merge(tmp_path
     assert merged["seeds"] == [0, 1] and "| 2 (2,5) |" in (out / "continual.md").read_text()
     assert (out / "continual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot against the round
     assert "![continual.png](continual.png)" in (out / "continual.md").read_text()
+    # SSD chooses its alpha on validation in every round, and each seed's choice survives the merge
+    assert [len(rm["per_seed_choices"]["ssd"]) for rm in merged["rounds"]] == [2, 2]
+    assert merged["rounds"][1]["per_seed_choices"]["ssd"][1] == parts[1]["rounds"][1]["per_seed_choices"]["ssd"][0]
+    assert merged["rounds"][0]["per_seed_choices"]["lm"] == [None, None]
+    assert "Settings chosen on validation, round 2" in (out / "continual.md").read_text()
     for i, rm in enumerate(merged["rounds"]):
         for name in ("retrained", "lm", "ssd"):
             for key in ("forget_acc", "retain_acc", "cka_neg.L4"):

@@ -190,3 +190,20 @@ def test_attacks_table_cells_come_from_the_file():
     assert not any(line.startswith("| retain_acc") for line in lines)  # not an attack
     assert lines[3].startswith("| U-LiRA AUC (8 shadow pairs) | 0.97 ±0.10 (reach) |") and "| 0.61 ±0.10 |" in lines[3]
     assert "| 0.52 ±0.10 |" in lines[4]
+
+
+def test_committed_runs_said_to_share_originals_do():
+    """The README says the committed comparison, multiclass and continual runs share their three originals."""
+    runs = ROOT / "bench" / "results" / "runs"
+
+    def digests(rel, *inner):
+        d = json.loads((runs / rel).read_text())
+        for k in inner:
+            d = d[k]
+        return [(r["seed"], r["weights_sha256"], r["torch_threads"]) for r in d["per_seed_originals"]]
+
+    cmp = digests("compare_mnist5k/compare.json")
+    assert len(cmp) == 3 and len({h for _, h, _ in cmp}) == 3
+    assert digests("continual_mnist5k/continual.json") == cmp
+    for key in ("2,5", "2,5,7,1,9"):
+        assert digests("multiclass_mnist5k/multiclass.json", "runs", key) == cmp

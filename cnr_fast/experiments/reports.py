@@ -33,14 +33,15 @@ def originals_md(result: dict) -> list[str]:
                                          f"{'s' if r['torch_threads'] != 1 else ''})" for r in recs) + ".", ""]
 
 
-def choices_md(choices: dict, seeds: list) -> list[str]:
+def choices_md(choices: dict, seeds: list, title: str = "## Settings chosen on validation",
+               where: str = "per seed on that seed's original") -> list[str]:
     """Markdown lines: each method's validation choice per seed, with every candidate's scores."""
     rows = [(m, seed, c) for m, per in choices.items() for seed, c in zip(seeds, per) if c]
     if not rows:
         return []
-    out = ["", "## Settings chosen on validation", "",
+    out = ["", title, "",
            "Each candidate: validation forget / retain accuracy (score = retain - forget); the chosen one in bold. "
-           "Chosen per seed on that seed's original (`tuning.py`).", "",
+           f"Chosen {where} (`tuning.py`).", "",
            "| method | seed | candidates |", "|---|---|---|"]
     for m, seed, c in rows:
         cells = []
@@ -270,4 +271,8 @@ def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_ac
             lines.append(f"| {len(rd['forget'])} ({','.join(map(str, rd['forget']))}) | "
                          + " | ".join(_cell(rd["table"][m].get(key)) for m in methods) + " |")
         lines.append("")
+    for rd in result["rounds"]:
+        lines += choices_md(rd.get("per_seed_choices", {}), result["seeds"],
+                            title=f"### Settings chosen on validation, round {len(rd['forget'])}",
+                            where="per seed on the method's model of the previous round (round 1: the original)")
     return "\n".join(lines) + "\n"

@@ -64,6 +64,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
     started = begin_provenance()
     rounds: list[list[dict]] = [[] for _ in order]
     times: list[dict[str, list[float]]] = [{m: [] for m in methods} for _ in order]
+    choices: list[dict[str, list]] = [{m: [] for m in methods} for _ in order]
     originals: list[dict] = []
     for s in range(seeds):
         scfg = cfg.replace(seed=cfg.seed + s)
@@ -80,9 +81,9 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
 
             def make(m, rcfg=rcfg, current=current):
                 base = M.resolve(m, cfg)[0].name
-                model, _, t, _ = M.unlearn_model(m, current[m], ds, rcfg.replace(method=base), device=device,
-                                                 quiet=quiet, reuse=reuse[m])
-                return model, {"time": t["unlearn"]}
+                model, info, t, _ = M.unlearn_model(m, current[m], ds, rcfg.replace(method=base), device=device,
+                                                    quiet=quiet, reuse=reuse[m])
+                return model, {"time": t["unlearn"], "choice": M.validation_choice(info)}
 
             arms = [Arm(m, current[m], lambda m=m: make(m), M.is_from_scratch(m)) for m in methods]
             res = run_seed(arms, refs, ds, list(forget), device=device, state=state, prefix=f"s{scfg.seed}-r{r + 1}-",
@@ -92,11 +93,12 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
             for m in methods:
                 current[m] = res["models"][m]
                 times[r][m].append(res["times"][m])
+                choices[r][m].append(res["choices"][m])
             rounds[r].append(res["metrics"])
     result = {"scenario": "continual", "dataset": ds.name, "order": list(order), "methods": list(methods),
               "seeds": [cfg.seed + s for s in range(seeds)], "config": cfg.to_dict(),
-              "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r]}
-                         for r, per_seed in enumerate(rounds)],
+              "rounds": [{"forget": list(order[: r + 1]), "per_seed": per_seed, "per_seed_times": times[r],
+                          "per_seed_choices": choices[r]} for r, per_seed in enumerate(rounds)],
               "total_time_s": time.perf_counter() - t0, "machine": machine_info(started),
               "per_seed_originals": originals}
     return continual_tables(result)
@@ -136,10 +138,11 @@ def merge_multiclass(results: list[dict]) -> dict:
 def merge_continual(results: list[dict]) -> dict:
     check_mergeable(results, "continual", "methods")
     merged = concat_seeds(results, (), ())
+    keys = ("per_seed_times",) + (("per_seed_choices",) if all("per_seed_choices" in rd for r in results
+                                                                  for rd in r["rounds"]) else ())
     merged["rounds"] = [{"forget": rd["forget"],
                          "per_seed": [x for r in results for x in r["rounds"][i]["per_seed"]],
-                         "per_seed_times": {m: [x for r in results for x in r["rounds"][i]["per_seed_times"][m]]
-                                            for m in rd["per_seed_times"]}}
+                         **{k: {m: [x for r in results for x in r["rounds"][i][k][m]] for m in rd[k]} for k in keys}}
                         for i, rd in enumerate(results[0]["rounds"])]
     return continual_tables(merged)
 
