@@ -80,7 +80,8 @@ def select_on_validation(candidates: dict, run_one, ds, forget, device, desc: st
             best = (score, name, model, info)
     _, name, model, info = best
     if not quiet:
-        print(f"  {desc}: chose {name} on validation", file=sys.stderr, flush=True)
+        print(f"  {desc}: " + (f"ran at {name}, chosen on validation before" if applied is not None
+                               else f"chose {name} on validation"), file=sys.stderr, flush=True)
     return model, {**info, "chosen_on_validation": str(name), "validation": table}
 
 
