@@ -55,6 +55,7 @@ ALIASES = {
     "amob": "bench/results/runs/any_model_tv_mobilenet_v2/compare.json",
     "view": "bench/results/runs/report_view_mnist5k/results.json",
     "e40": "bench/results/runs/cost_vs_retrain_e40_cpu.json",
+    "e40old": "bench/results/runs/cost_vs_retrain_e40_cpu_before_issue15.json",
     "e80": "bench/results/runs/cost_vs_retrain_e80_cpu.json",
     "refinit": "bench/results/runs/reference_init_mnist5k.json",
     "stages": "bench/results/cpu_stages_cpu.json",
