@@ -57,6 +57,7 @@ ALIASES = {
     "e40": "bench/results/runs/cost_vs_retrain_e40_cpu.json",
     "e40old": "bench/results/runs/cost_vs_retrain_e40_cpu_before_issue15.json",
     "e80": "bench/results/runs/cost_vs_retrain_e80_cpu.json",
+    "e80old": "bench/results/runs/cost_vs_retrain_e80_cpu_before_issue15.json",
     "refinit": "bench/results/runs/reference_init_mnist5k.json",
     "stages": "bench/results/cpu_stages_cpu.json",
     "ddp": "bench/results/ddp_cpu.json",
