@@ -17,9 +17,10 @@ candidate (the smaller step). The test split never takes part. Every candidate's
 the choice go into the method's info (`validation`, `chosen_on_validation`), which every run JSON and
 report carries.
 
-`applied_choice(name)` runs a method at a choice made before (U-LiRA's shadows take the audited run's
-choice, so each shadow is the method at one setting as Hayes et al. run it, not a fresh search): inside
-it, select_on_validation runs that candidate only, and still records its validation scores.
+`applied_choice(name)` runs a method at a choice made before: U-LiRA's shadows take the audited run's
+choice (each shadow is the method at one setting, as Hayes et al. run it, not a fresh search), and
+`ablate`'s variants take full CNR's step size on that seed. Inside it, select_on_validation runs that
+candidate only, and still records its validation scores.
 """
 
 from __future__ import annotations
