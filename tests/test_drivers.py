@@ -134,6 +134,18 @@ def test_merge_compare_and_multiclass_equal_one_run_over_all_seeds():
     assert m["runs"]["2,5"]["methods"] == both["methods"] and m["seeds"] == [0, 1, 2]
 
 
+def test_concat_seeds_merges_optional_lists_only_where_every_file_has_them():
+    from cnr_fast.experiments.merge import concat_seeds
+
+    def part(seed, **extra):
+        return {"seeds": [seed], "total_time_s": 1.0, "per_seed": [seed], "per_seed_times": {"m": [seed]}, **extra}
+
+    both = concat_seeds([part(0, c={"m": ["a"]}, u={"m": [1]}), part(1, c={"m": ["b"]})], ("per_seed",),
+                        ("per_seed_times",), optional=("c", "u"))
+    assert both["c"] == {"m": ["a", "b"]} and both["per_seed_times"] == {"m": [0, 1]}
+    assert "u" not in both  # seed 0's alone would not cover the merged seeds
+
+
 def test_merge_rejects_old_or_mismatched_files(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"seeds": [0], "config": {}, "methods": {}}))  # no per-seed values

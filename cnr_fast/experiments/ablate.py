@@ -108,5 +108,5 @@ def ablate_tables(result: dict) -> dict:
 def merge_ablate(results: list[dict]) -> dict:
     """One ablate result from several runs over disjoint seeds with the same variants and config."""
     check_mergeable(results, "ablate", "variants")
-    dicts = ("per_seed_times",) + (("per_seed_choices",) if all("per_seed_choices" in r for r in results) else ())
-    return ablate_tables(concat_seeds(results, ("per_seed", "per_seed_cka_null"), dicts))
+    return ablate_tables(concat_seeds(results, ("per_seed", "per_seed_cka_null"), ("per_seed_times",),
+                                      optional=("per_seed_choices",)))

@@ -19,8 +19,11 @@ def check_mergeable(results: list[dict], what: str, same: str, key=None) -> None
         raise UserError(f"{what} results to merge must cover disjoint seeds; got seeds {seeds}")
 
 
-def concat_seeds(results: list[dict], lists: tuple[str, ...], dicts: tuple[str, ...]) -> dict:
-    """The first result with its per-seed lists (and dicts of lists) extended by the others'."""
+def concat_seeds(results: list[dict], lists: tuple[str, ...], dicts: tuple[str, ...],
+                 optional: tuple[str, ...] = ()) -> dict:
+    """The first result with its per-seed lists (and dicts of lists) extended by the others'. `optional`
+    dicts of lists (written by later versions, or only with some flags) are merged where every result has
+    them and left out where one lacks them (the first's alone would not cover the merged seeds)."""
     first = results[0]
     merged = {**first, "seeds": [s for r in results for s in r["seeds"]],
               "total_time_s": sum(r["total_time_s"] for r in results),
@@ -30,6 +33,11 @@ def concat_seeds(results: list[dict], lists: tuple[str, ...], dicts: tuple[str, 
         lists = (*lists, "per_seed_originals")
     for key in lists:
         merged[key] = [x for r in results for x in r[key]]
+    for key in optional:
+        if all(key in r for r in results):
+            dicts = (*dicts, key)
+        else:
+            merged.pop(key, None)
     for key in dicts:
         merged[key] = {k: [x for r in results for x in r[key][k]] for k in first[key]}
     return merged

@@ -118,11 +118,8 @@ def continual_tables(result: dict) -> dict:
 
 def merge_single(results: list[dict]) -> dict:
     check_mergeable(results, "compare", "methods", key=lambda r: list(r["per_seed_times"]))
-    optional = tuple(k for k in ("per_seed_choices", "per_seed_ulira") if all(k in r for r in results))
-    merged = concat_seeds(results, ("per_seed", "per_seed_cka_null"),
-                          ("per_seed_times", "per_seed_reference_times") + optional)
-    if "per_seed_ulira" not in optional:  # some seeds without U-LiRA (the first's would stand alone): none
-        merged.pop("per_seed_ulira", None)
+    merged = concat_seeds(results, ("per_seed", "per_seed_cka_null"), ("per_seed_times", "per_seed_reference_times"),
+                          optional=("per_seed_choices", "per_seed_ulira"))
     return compare_tables(merged)
 
 
