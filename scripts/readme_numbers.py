@@ -48,6 +48,7 @@ ALIASES = {
     "cmp": "bench/results/runs/compare_mnist5k/compare.json",
     "dflt": "bench/results/runs/default_mnist5k/results.json",
     "abl": "bench/results/runs/ablate_mnist5k/ablate.json",
+    "ablold": "bench/results/runs/ablate_mnist5k_before_issue15/ablate.json",
     "multi": "bench/results/runs/multiclass_mnist5k/multiclass.json",
     "cont": "bench/results/runs/continual_mnist5k/continual.json",
     "contold": "bench/results/runs/continual_mnist5k_before_issue15/continual.json",
