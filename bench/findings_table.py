@@ -6,6 +6,7 @@ alone, this prints one:
     python -m bench.findings_table compare bench/results/runs/compare_mnist5k/compare.json
     python -m bench.findings_table seed bench/results/runs/compare_mnist5k/compare.json    # seed 0's row
     python -m bench.findings_table attacks RUN/compare.json   # a compare run with --attacks --ulira-pairs K
+    python -m bench.findings_table verdict RUN/compare.json   # per method, where it stands (a run with a verdict)
     python -m bench.findings_table ablate bench/results/runs/ablate_mnist5k/ablate.json
     python -m bench.findings_table multiclass bench/results/runs/multiclass_mnist5k/multiclass.json
     python -m bench.findings_table continual bench/results/runs/continual_mnist5k/continual.json
@@ -123,28 +124,57 @@ def attacks_table(r: dict) -> str:
     over-seeds test of original against retrained (`separation`: Holm-adjusted p, separates or not).
     U-LiRA rows: the AUC of telling a model from the retrained reference per example (0.5 = cannot tell):
     the original's (fitted on the shadow originals: the attack's reach), each method's, and the null's in
-    each method's place."""
+    each method's place; then the same for the TPR at 1% FPR, as means over the seeds of `per_seed_ulira`. `separates per seed`: on how many of the judged seeds the verdict's margin rule
+    (audit/verdict.py: |original - retrained| > 2 x max(|retrained - null|, 1/sqrt(N_forget))) says the
+    measure separates; '-' where the file has no verdict."""
     methods = list(r["methods"])
     sep = r.get("separation", {})
     keys = [k for pre in ATTACK_PREFIXES for k in sorted(sep) if k.startswith(pre)]
-    head = ["measure", "original", "retrained", "null", *methods, "separates (Holm p)"]
+    head = ["measure", "original", "retrained", "null", *methods, "separates (Holm p)", "separates per seed"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     null = [ps.get("retrained_null", {}) for ps in r["per_seed"]]
+    judged = r.get("verdict", {}).get("per_seed", [])
     for k in keys:
         s = sep[k]
         row = [k, cell(r["references"]["original"].get(k)), cell(r["references"]["retrained"].get(k)),
                f"{_mean(n.get(k) for n in null):.2f}" if any(k in n for n in null) else "-"]
         row += [cell(r["methods"][m].get(k)) for m in methods]
         row.append(f"{'yes' if s['separates'] else 'no'} ({p_cell(s.get('p_holm'))})")
+        seen = [v["measures"][k]["separates"] for v in judged if k in v.get("measures", {})]
+        row.append(f"{sum(seen)}/{len(seen)}" if seen else "-")
         out.append("| " + " | ".join(row) + " |")
     u = r.get("per_seed_ulira")
     if u:
         pairs = next(iter(u.values()))[0]["pairs"]
         reach = r["references"]["original"].get("ulira_auc")
         out.append(f"| U-LiRA AUC ({pairs} shadow pairs) | {cell(reach)} (reach) | 0.5 by definition | - | "
-                   + " | ".join(cell(r["methods"][m].get("ulira_auc")) for m in methods) + " | - |")
+                   + " | ".join(cell(r["methods"][m].get("ulira_auc")) for m in methods) + " | - | - |")
         out.append("| U-LiRA AUC, the null in the method's place | - | - | - | "
-                   + " | ".join(cell(r["methods"][m].get("ulira_null_auc")) for m in methods) + " | - |")
+                   + " | ".join(cell(r["methods"][m].get("ulira_null_auc")) for m in methods) + " | - | - |")
+        def tpr(m, who):  # mean over seeds of the TPR at 1% FPR (per_seed_ulira only)
+            vals = [run[who]["tpr_at_1pct_fpr"] for run in u.get(m, []) if run.get(who)]
+            return f"{_mean(vals):.2f}" if vals else "-"
+        first = next(iter(u))
+        out.append(f"| U-LiRA TPR at 1% FPR (mean over seeds) | {tpr(first, 'original')} (reach) | 0.01 by definition | - | "
+                   + " | ".join(tpr(m, "audited") for m in methods) + " | - | - |")
+        out.append("| U-LiRA TPR at 1% FPR, the null in the method's place | - | - | - | "
+                   + " | ".join(tpr(m, "null") for m in methods) + " | - | - |")
+    return "\n".join(out)
+
+
+VERDICT_ZONES = (("with_retrained", "with the retrained"), ("between", "between"),
+                 ("with_original", "with the original"), ("beyond_retrained", "past the retrained"),
+                 ("beyond_original", "past the original"))
+
+
+def verdict_table(r: dict) -> str:
+    """compare's verdict (`verdict.methods`): per method, the share of the separating measures (judged per
+    seed by audit/verdict.py's margin rule) on which it stands with the retrained model, between the two
+    references, with the original, or past either; mean [95% interval] over seeds."""
+    v = r["verdict"]
+    out = ["| method | " + " | ".join(h for _, h in VERDICT_ZONES) + " |", "|" + "---|" * (len(VERDICT_ZONES) + 1)]
+    for m, d in v["methods"].items():
+        out.append(f"| {m} | " + " | ".join(ci_cell(d["shares"].get(z)) for z, _ in VERDICT_ZONES) + " |")
     return "\n".join(out)
 
 
@@ -226,6 +256,7 @@ def continual_table(r: dict) -> str:
 
 
 TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table, "attacks": attacks_table,
+          "verdict": verdict_table,
           "ablate": ablate_table, "multiclass": multiclass_table, "continual": continual_table}
 
 

@@ -183,13 +183,35 @@ def test_attacks_table_cells_come_from_the_file():
          "per_seed": [{"retrained_null": {"mlp_probe_acc.L4": 0.25}}, {"retrained_null": {"mlp_probe_acc.L4": 0.35}}],
          "separation": {"mlp_probe_acc.L4": {"separates": True, "p_holm": 0.004},
                         "retain_acc": {"separates": False, "p_holm": 1.0}},
-         "per_seed_ulira": {"cnr": [{"pairs": 8}]}}
+         "per_seed_ulira": {"cnr": [{"pairs": 8, "audited": {"tpr_at_1pct_fpr": 0.2}, "null": {"tpr_at_1pct_fpr": 0.0},
+                                     "original": {"tpr_at_1pct_fpr": 0.9}},
+                                    {"pairs": 8, "audited": {"tpr_at_1pct_fpr": 0.4}, "null": {"tpr_at_1pct_fpr": 0.02},
+                                     "original": {"tpr_at_1pct_fpr": 1.0}}]},
+         "verdict": {"per_seed": [{"measures": {"mlp_probe_acc.L4": {"separates": True}}},
+                                  {"measures": {"mlp_probe_acc.L4": {"separates": False}}}]}}
     lines = attacks_table(r).splitlines()
-    assert lines[0] == "| measure | original | retrained | null | cnr | separates (Holm p) |"
-    assert lines[2] == "| mlp_probe_acc.L4 | 0.90 ±0.10 | 0.20 ±0.10 | 0.30 | 0.30 ±0.10 | yes (0.004) |"
+    assert lines[0] == "| measure | original | retrained | null | cnr | separates (Holm p) | separates per seed |"
+    assert lines[2] == "| mlp_probe_acc.L4 | 0.90 ±0.10 | 0.20 ±0.10 | 0.30 | 0.30 ±0.10 | yes (0.004) | 1/2 |"
     assert not any(line.startswith("| retain_acc") for line in lines)  # not an attack
     assert lines[3].startswith("| U-LiRA AUC (8 shadow pairs) | 0.97 ±0.10 (reach) |") and "| 0.61 ±0.10 |" in lines[3]
     assert "| 0.52 ±0.10 |" in lines[4]
+    assert lines[5] == "| U-LiRA TPR at 1% FPR (mean over seeds) | 0.95 (reach) | 0.01 by definition | - | 0.30 | - | - |"
+    assert lines[6] == "| U-LiRA TPR at 1% FPR, the null in the method's place | - | - | - | 0.01 | - | - |"
+
+
+def test_verdict_table_cells_come_from_the_file():
+    """The verdict table: one row per method, each zone's share as 'mean [low, high]' in the zones' order."""
+    from bench.findings_table import VERDICT_ZONES, verdict_table
+
+    shares = {z: {"mean": i / 10, "ci_low": i / 10 - 0.05, "ci_high": i / 10 + 0.05}
+              for i, (z, _) in enumerate(VERDICT_ZONES)}
+    r = {"verdict": {"methods": {"cnr": {"shares": shares}, "ssd": {"shares": {"with_retrained": {"mean": 1.0}}}}}}
+    lines = verdict_table(r).splitlines()
+    assert lines[0] == ("| method | with the retrained | between | with the original | past the retrained "
+                        "| past the original |")
+    assert lines[2] == ("| cnr | 0.00 [-0.05, 0.05] | 0.10 [0.05, 0.15] | 0.20 [0.15, 0.25] | 0.30 [0.25, 0.35] "
+                        "| 0.40 [0.35, 0.45] |")
+    assert lines[3] == "| ssd | 1.00 | - | - | - | - |"
 
 
 def test_committed_runs_said_to_share_originals_do():
