@@ -246,8 +246,15 @@ def test_compare_with_ulira(tmp_path, monkeypatch):
     assert ps["original"]["ulira_auc"] == u["original"]["auc"] > 0.9
     assert r["references"]["original"]["ulira_auc"]["mean"] == u["original"]["auc"]
     assert set(r["verdict"]["methods"]) == {"lm", "ssd"}
-    assert "## Verdict" in E.compare_report_md(r)
+    md = E.compare_report_md(r)
+    assert "## Verdict" in md
     chosen = r["per_seed_choices"]["ssd"][0]["chosen"]
+    # the report's U-LiRA rows are the file's numbers: audited, null and reach as AUC / TPR at 1% FPR
+    s_u = r["per_seed_ulira"]["ssd"][0]
+    row = next(line for line in md.splitlines() if line.startswith(f"| ssd | {r['seeds'][0]} | 3 |"))
+    assert (f"| {chosen} | {s_u['audited']['auc']:.2f} / {s_u['audited']['tpr_at_1pct_fpr']:.2f} | "
+            f"{s_u['null']['auc']:.2f} / {s_u['null']['tpr_at_1pct_fpr']:.2f} | "
+            f"{s_u['original']['auc']:.2f} / {s_u['original']['tpr_at_1pct_fpr']:.2f} |") in row
     assert u["choice"] is None and r["per_seed_ulira"]["ssd"][0]["choice"] == chosen
     ssd = [c for m, c in seen if m == "ssd"]
     assert len(ssd) == 4 and len(ssd[0]["validation"]) == 4  # the run's search, then 3 shadows at its choice

@@ -65,6 +65,36 @@ def verdict_md(v: dict | None) -> list[str]:
     return out
 
 
+def _rate(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}"
+
+
+def ulira_md(result: dict) -> list[str]:
+    """Per method and seed, U-LiRA (`per_seed_ulira`): AUC and TPR at 1% FPR of the audited model against the
+    retrained reference, of the null in its place, and of the original (the attack's reach), with the setting
+    the shadows ran at and the attack's wall time. Nothing when the run had no U-LiRA."""
+    u = result.get("per_seed_ulira")
+    if not u:
+        return []
+    out = ["", "## U-LiRA (per forget example, Hayes et al.)", "",
+           "AUC / TPR at 1% FPR of telling the model from the retrained reference, per forget training example "
+           "(0.5 / 0.01: cannot tell). `null`: the independently retrained model in the audited model's place; "
+           "`original (reach)`: the model before unlearning, fitted on the shadow originals. `time`: the attack's "
+           "wall time in that process (small where the shadows came from a resumed state).", "",
+           "| method | seed | pairs | shadows at | audited | null | original (reach) | time (s) |",
+           "|---|---|---|---|---|---|---|---|"]
+    for m, runs in u.items():
+        for seed, run in zip(result["seeds"], runs):
+            if not run:
+                continue
+            cells = [f"{_rate(run[w]['auc'])} / {_rate(run[w]['tpr_at_1pct_fpr'])}" if run.get(w) else "-"
+                     for w in ("audited", "null", "original")]
+            t = run.get("time_s")
+            out.append(f"| {m} | {seed} | {run['pairs']} | {run.get('choice') or '-'} | " + " | ".join(cells)
+                       + f" | {'-' if t is None else f'{t:.0f}'} |")
+    return out
+
+
 def compare_report_md(result: dict, short: bool = False) -> str:
     methods = list(result["methods"])
     refs = result["references"]
@@ -108,6 +138,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
         f"{m} {t[m]['mean']:.1f}" for m in methods) + (f"; retraining from scratch (reference) {rt['mean']:.1f}"
                                                        if rt else "") + ".")
     lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
+    lines += ulira_md(result)
     lines += ["", "## Which metrics tell the retrained model from the original",
               "", f"Separates = |original - retrained| >= {result['separation_threshold']} and the paired t-test "
               f"p, Holm-adjusted over the {len(result['separation'])} metrics judged, below {SEPARATION_ALPHA} "
