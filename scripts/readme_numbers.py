@@ -46,6 +46,7 @@ README = "README.md"
 
 ALIASES = {
     "cmp": "bench/results/runs/compare_mnist5k/compare.json",
+    "att": "bench/results/runs/attacks_mnist5k/compare.json",
     "dflt": "bench/results/runs/default_mnist5k/results.json",
     "abl": "bench/results/runs/ablate_mnist5k/ablate.json",
     "ablold": "bench/results/runs/ablate_mnist5k_before_issue15/ablate.json",
@@ -203,6 +204,8 @@ def _tables():
     return {"default_run": ("dflt", ft.run_table),
             "compare_findings": ("cmp", ft.compare_table),
             "compare_choices": ("cmp", ft.choices_table),
+            "attacks": ("att", ft.attacks_table),
+            "attacks_verdict": ("att", ft.verdict_table),
             "ablate": ("abl", ft.ablate_table),
             "multiclass": ("multi", ft.multiclass_table),
             "continual": ("cont", ft.continual_table)}

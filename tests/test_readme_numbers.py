@@ -215,7 +215,8 @@ def test_verdict_table_cells_come_from_the_file():
 
 
 def test_committed_runs_said_to_share_originals_do():
-    """The README says the committed comparison, ablation, multiclass and continual runs share their three originals."""
+    """The README says the committed comparison, attacks comparison, ablation, multiclass and continual runs share
+    their three originals."""
     runs = ROOT / "bench" / "results" / "runs"
 
     def digests(rel, *inner):
@@ -228,5 +229,6 @@ def test_committed_runs_said_to_share_originals_do():
     assert len(cmp) == 3 and len({h for _, h, _ in cmp}) == 3
     assert digests("continual_mnist5k/continual.json") == cmp
     assert digests("ablate_mnist5k/ablate.json") == cmp
+    assert digests("attacks_mnist5k/compare.json") == cmp
     for key in ("2,5", "2,5,7,1,9"):
         assert digests("multiclass_mnist5k/multiclass.json", "runs", key) == cmp
