@@ -56,6 +56,7 @@ ALIASES = {
     "avit": "bench/results/runs/any_model_timm_vit/compare.json",
     "amob": "bench/results/runs/any_model_tv_mobilenet_v2/compare.json",
     "view": "bench/results/runs/report_view_mnist5k/results.json",
+    "vith": "bench/results/runs/vit_heads_digits/results.json",
     "e40": "bench/results/runs/cost_vs_retrain_e40_cpu.json",
     "e40old": "bench/results/runs/cost_vs_retrain_e40_cpu_before_issue15.json",
     "e80": "bench/results/runs/cost_vs_retrain_e80_cpu.json",
