@@ -118,15 +118,22 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def _ulira_tpr(u: dict, method: str, who: str) -> str:
+    """Mean over the seeds of `per_seed_ulira[method][i][who]`'s TPR at 1% FPR; '-' where there is none."""
+    vals = [run[who]["tpr_at_1pct_fpr"] for run in u.get(method, []) if run and run.get(who)]
+    return f"{_mean(vals):.2f}" if vals else "-"
+
+
 def attacks_table(r: dict) -> str:
     """Which attacks tell the retrained model from the original on a compare.json run with `--attacks` (and
     `--ulira-pairs`): per attack, the original, retrained and null (mean over seeds), each method, and the
     over-seeds test of original against retrained (`separation`: Holm-adjusted p, separates or not).
     U-LiRA rows: the AUC of telling a model from the retrained reference per example (0.5 = cannot tell):
     the original's (fitted on the shadow originals: the attack's reach), each method's, and the null's in
-    each method's place; then the same for the TPR at 1% FPR, as means over the seeds of `per_seed_ulira`. `separates per seed`: on how many of the judged seeds the verdict's margin rule
-    (audit/verdict.py: |original - retrained| > 2 x max(|retrained - null|, 1/sqrt(N_forget))) says the
-    measure separates; '-' where the file has no verdict."""
+    each method's place; then the same for the TPR at 1% FPR, as means over the seeds of `per_seed_ulira`.
+    `separates per seed`: on how many of the judged seeds the verdict's margin rule (audit/verdict.py:
+    |original - retrained| > 2 x max(|retrained - null|, 1/sqrt(N_forget))) says the measure separates; '-'
+    where the file has no verdict."""
     methods = list(r["methods"])
     sep = r.get("separation", {})
     keys = [k for pre in ATTACK_PREFIXES for k in sorted(sep) if k.startswith(pre)]
@@ -151,14 +158,11 @@ def attacks_table(r: dict) -> str:
                    + " | ".join(cell(r["methods"][m].get("ulira_auc")) for m in methods) + " | - | - |")
         out.append("| U-LiRA AUC, the null in the method's place | - | - | - | "
                    + " | ".join(cell(r["methods"][m].get("ulira_null_auc")) for m in methods) + " | - | - |")
-        def tpr(m, who):  # mean over seeds of the TPR at 1% FPR (per_seed_ulira only)
-            vals = [run[who]["tpr_at_1pct_fpr"] for run in u.get(m, []) if run.get(who)]
-            return f"{_mean(vals):.2f}" if vals else "-"
-        first = next(iter(u))
-        out.append(f"| U-LiRA TPR at 1% FPR (mean over seeds) | {tpr(first, 'original')} (reach) | 0.01 by definition | - | "
-                   + " | ".join(tpr(m, "audited") for m in methods) + " | - | - |")
+        reach_tpr = _ulira_tpr(u, next(iter(u)), "original")
+        out.append(f"| U-LiRA TPR at 1% FPR (mean over seeds) | {reach_tpr} (reach) | 0.01 by definition | - | "
+                   + " | ".join(_ulira_tpr(u, m, "audited") for m in methods) + " | - | - |")
         out.append("| U-LiRA TPR at 1% FPR, the null in the method's place | - | - | - | "
-                   + " | ".join(tpr(m, "null") for m in methods) + " | - | - |")
+                   + " | ".join(_ulira_tpr(u, m, "null") for m in methods) + " | - | - |")
     return "\n".join(out)
 
 
