@@ -3,9 +3,17 @@
 Nothing is asked of the model but being an `nn.Module` that maps (B, C, H, W) images to (B, classes)
 logits; its taps are found as for `--model` (models/taps.py) unless `taps={"L1": "module.path", ...}`
 names them. Data may be a `cnr_fast.data.Dataset`, a dict {"train": (x, y), "test": (x, y)} of
-tensors, or {"train": torch Dataset, "test": torch Dataset} yielding (image, label). Float images are
-taken as [-1, 1] (cnr-fast's convention; pass `normalize="imagenet"` etc. when the model was trained
-on another scaling of [0, 1] images) and uint8 images as [0, 255].
+tensors, or {"train": torch Dataset, "test": torch Dataset} yielding (image, label) (and "val" where
+a validation split of your own exists; else it is carved from train). uint8 images are taken as
+[0, 255]; float images as [-1, 1] (cnr-fast's convention), or as [0, 1] with `value_range="01"`
+(what `ToTensor()` gives). The images go in before any normalisation: the model's own goes in
+`normalize=` ("imagenet", or "MEAN/STD"), applied in front of the model. Float images that look
+like another range than the one stated (already normalised, or [0, 1] taken as [-1, 1]) are refused
+with the fix. A forward that returns a tuple, dict or output object is read by the rule of
+`logits_from` (models/sources.pick_logits).
+
+The model `unlearn` returns is your model's own class with the unlearned weights: it takes your
+pipeline's (normalised) inputs exactly as the original did.
 
     model2, info = cnr_fast.unlearn(model, {"train": (x, y), "test": (xt, yt)}, forget=[2], method="cnr")
     report = cnr_fast.audit_model(model2, original=model, retrained=None, data=..., forget=[2])
@@ -20,27 +28,55 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
-from .data import Dataset, Split, carve_validation
+from .data import Dataset, Split, carve_validation, check_test_classes
 from .errors import UserError
 from .models import sources, taps as T
 
 
-def as_dataset(data, name: str = "user", val_fraction: float = 0.1, seed: int = 1) -> Dataset:
-    """A cnr_fast Dataset from a Dataset, a dict of (x, y) tensors or a dict of torch Datasets."""
+VALUE_RANGES = ("auto", "pm1", "01")
+
+
+def as_dataset(data, name: str = "user", val_fraction: float = 0.1, seed: int = 1, value_range: str = "auto") -> Dataset:
+    """A cnr_fast Dataset from a Dataset, a dict of (x, y) tensors or a dict of torch Datasets.
+    value_range: how float images are scaled: "auto" ([-1, 1], checked), "pm1" ([-1, 1], unchecked)
+    or "01" ([0, 1], as ToTensor() gives)."""
     if isinstance(data, Dataset):
         return data
+    if value_range not in VALUE_RANGES:
+        raise UserError(f"value_range={value_range!r}: choose one of {', '.join(VALUE_RANGES)}")
     if not isinstance(data, dict) or "train" not in data or "test" not in data:
-        raise UserError("data must be a cnr_fast Dataset or a dict with 'train' and 'test', each (x, y) tensors "
-                        "or a torch Dataset of (image, label)")
-    train, test = _split(data["train"], "train"), _split(data["test"], "test")
-    num_classes = int(max(train.y.max(), test.y.max())) + 1
-    ds = Dataset(name, train, test, num_classes, [str(c) for c in range(num_classes)])
-    if val_fraction > 0:
+        raise UserError("data must be a cnr_fast Dataset or a dict with 'train' and 'test' (and 'val' where you "
+                        "have one), each (x, y) tensors or a torch Dataset of (image, label)")
+    unknown = sorted(set(data) - {"train", "val", "test"})
+    if unknown:
+        raise UserError(f"data has key(s) {unknown}; it takes 'train', 'test' and optionally 'val'")
+    parts = {k: _split(data[k], k, value_range) for k in ("train", "val", "test") if k in data}
+    train, test = parts["train"], parts["test"]
+    num_classes = int(max(p.y.max() for p in parts.values())) + 1
+    ds = Dataset(name, train, test, num_classes, _class_names(data, num_classes), val=parts.get("val"))
+    check_test_classes(ds)
+    if ds.val is None and val_fraction > 0:
         ds.train, ds.val = carve_validation(ds.train, val_fraction, seed)
     return ds
 
 
-def _split(part, where: str) -> Split:
+def _class_names(data: dict, num_classes: int) -> list[str]:
+    """The torch Datasets' own class names (ImageFolder's .classes), the same in every split; else indices."""
+    named = {k: list(map(str, v.classes)) for k, v in data.items() if isinstance(getattr(v, "classes", None),
+                                                                                 (list, tuple))}
+    if not named:
+        return [str(c) for c in range(num_classes)]
+    first = next(iter(named.values()))
+    for k, names in named.items():
+        if names != first:
+            missing, extra = sorted(set(first) - set(names)), sorted(set(names) - set(first))
+            raise UserError(f"data[{k!r}] has other classes than data[{next(iter(named))!r}]"
+                            + (f" (lacks {missing})" if missing else "") + (f" (has {extra} too)" if extra else "")
+                            + "; its labels number the classes otherwise: give every split the same class folders")
+    return first + [str(c) for c in range(len(first), num_classes)]
+
+
+def _split(part, where: str, value_range: str = "auto") -> Split:
     if isinstance(part, (tuple, list)) and len(part) == 2:
         x, y = part
     elif isinstance(part, torch.utils.data.Dataset):
@@ -57,20 +93,48 @@ def _split(part, where: str) -> Split:
                         f"{tuple(x.shape)} images and {len(y)} labels")
     if x.shape[-1] != x.shape[-2]:
         raise UserError(f"data[{where!r}]: images must be square (H = W); got {tuple(x.shape[-2:])}: resize them")
-    if x.dtype != torch.uint8:  # [-1, 1] floats -> the uint8 cnr-fast keeps (it feeds models x / 127.5 - 1)
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if x.dtype != torch.uint8:  # floats -> the uint8 cnr-fast keeps (it feeds models x / 127.5 - 1)
+        x = x.float()
+        if value_range == "auto":
+            _check_range(x, where)
+        if value_range == "01":
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -0.01 or hi > 1.01:
+                raise UserError(f"data[{where!r}] holds floats in [{lo:.2f}, {hi:.2f}], not [0, 1] as value_range='01' "
+                                "says; give the images before normalisation, the model's in normalize=")
+            x = x * 2 - 1
+        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return Split(x.contiguous(), y)
 
 
-def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str) -> nn.Module:
-    """A copy of the user's model with its input contract and taps (the user's object is not touched)."""
+def _check_range(x: torch.Tensor, where: str) -> None:
+    """Float images must be [-1, 1] (value_range="auto"): a normalised or a [0, 1] range is named with the fix."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.01 or hi > 1.01:
+        raise UserError(f"data[{where!r}] holds floats in [{lo:.2f}, {hi:.2f}]: normalised already (by your "
+                        "pipeline's Normalize?); give the images before normalisation (uint8, or ToTensor()'s [0, 1] "
+                        "with value_range='01') and the normalisation as normalize='imagenet' or 'MEAN/STD'")
+    if lo >= 0.0:
+        raise UserError(f"data[{where!r}] holds floats in [{lo:.2f}, {hi:.2f}], which reads as [0, 1] (ToTensor()'s), "
+                        "not cnr-fast's [-1, 1]; pass value_range='01' (or x * 2 - 1), or value_range='pm1' if they "
+                        "are [-1, 1] images with no pixel below mid-grey")
+
+
+def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str, logits_from=None) -> nn.Module:
+    """A copy of the user's model with its input contract, logits rule and taps (the user's object is not touched)."""
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a torch nn.Module, not {type(model).__name__}")
+    from .models import LogitMask
+
+    if isinstance(model, LogitMask):  # the wrapper `unlearn` returns for logit masking: prepare what it wraps
+        inner = _prepare(model.model, ds, taps, normalize, logits_from)
+        return LogitMask(inner, model.forget_mask.nonzero().flatten().tolist()).eval()
     model = copy.deepcopy(model).cpu()
     example = torch.zeros(2, ds.in_channels, ds.image_size, ds.image_size)
     own = callable(getattr(model, "tap_modules", None))
     if not own and getattr(model, T.ATTR, None) is None:  # a model cnr_fast has not prepared before
         sources.apply_input_contract(model, ds.in_channels, normalize, type(model).__name__)
+        sources.apply_logits_rule(model, example, logits_from, type(model).__name__)
         T.attach(model, example, dict(taps or {}))
     elif not own and taps:
         T.attach(model, example, dict(taps))
@@ -83,12 +147,19 @@ def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str) -
 
 
 def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | None = None,
-            config: RunConfig | None = None, device: str = "cpu", normalize: str = "pm1", quiet: bool = True):
+            config: RunConfig | None = None, device: str = "cpu", normalize: str = "pm1", quiet: bool = True,
+            value_range: str = "auto", logits_from=None, expect_acc: float | None = None, force: bool = False):
     """Remove the classes `forget` from `model` with `method` (any registered: `cnr-fast ls`).
 
-    Returns (unlearned model, info); info holds the method's log, "timings_s" and, for CNR and its
-    controls, "synthetic_images" (what the reset was fed). `config` gives every
-    other setting (defaults: the paper's, as the CLI's). The model is copied, never modified.
+    Returns (unlearned model, info). The unlearned model is a copy of `model` (its own class, no hook
+    of cnr-fast's on it) holding the unlearned weights: feed it as you fed the original. info holds the
+    method's log, "timings_s", "preflight" (the input checks, preflight.py) and, for CNR and its
+    controls, "synthetic_images" (what the reset was fed, in [-1, 1]). `config` gives every other
+    setting (defaults: the paper's, as the CLI's). `model` is never modified.
+
+    Before any work the original is checked against the data (its first BatchNorm's statistics, its
+    test accuracy against chance and `expect_acc`): a model fed otherwise than it was trained raises
+    UserError naming the likely cause, unless force=True.
     """
     from .config import validate
     from .experiments.methods import check_options, get, unlearn_model
@@ -101,35 +172,62 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | No
     if is_from_scratch(method):
         raise UserError(f"{method} trains a new model from scratch, which needs a way to build one: run it on the CLI "
                         "with --model SOURCE (torchvision:NAME, timm:NAME, FILE.py:FUNCTION), or train it yourself")
-    ds = as_dataset(data, val_fraction=cfg.data.val_fraction)
-    original = _prepare(model, ds, taps, normalize).to(device)
+    ds = as_dataset(data, val_fraction=cfg.data.val_fraction, value_range=value_range)
+    original = _prepare(model, ds, taps, normalize, logits_from).to(device)
+    from .preflight import check_model
+
+    checks = {"original": check_model(original, ds, device, forget=list(cfg.data.forget), expect_acc=expect_acc,
+                                      force=force, quiet=quiet)}
     out, info, timings, files = unlearn_model(method, original, ds, cfg, device=device, quiet=quiet)
     extra = {}
     if "synthetic.pt" in files:  # CNR's counterfactual images, in [-1, 1] with the data's channels
         extra["synthetic_images"] = torch.load(io.BytesIO(files["synthetic.pt"]), weights_only=True)
-    return out, {**info, "timings_s": timings, **extra}
+    return _bare(model, out, device), {**info, "timings_s": timings, "preflight": checks, **extra}
+
+
+def _bare(user_model: nn.Module, unlearned: nn.Module, device) -> nn.Module:
+    """The user's own model object, copied, holding the unlearned weights: no input-contract or logits
+    hook of cnr-fast's, so it takes the user's inputs as the original did. Logit masking stays a wrapper."""
+    from .models import LogitMask
+
+    inner = unlearned.model if isinstance(unlearned, LogitMask) else unlearned
+    bare = copy.deepcopy(user_model)
+    bare.load_state_dict(inner.state_dict())
+    bare = bare.to(device).eval()
+    return LogitMask(bare, unlearned.forget_mask.nonzero().flatten().tolist()) if isinstance(unlearned, LogitMask) \
+        else bare
 
 
 def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retrained: nn.Module | None = None,
                 null: nn.Module | None = None, taps: dict | None = None, device: str = "cpu", normalize: str = "pm1",
-                quiet: bool = True, **kw) -> dict:
+                quiet: bool = True, value_range: str = "auto", logits_from=None, force: bool = False, **kw) -> dict:
     """The audit of `model` against `original` (and a model retrained without `forget`, when given):
     the JSON view of audit.audit_models (metrics per model, definitions). Taps are found on the
     original and read at the same module paths of every model. null: a second model retrained without
     `forget`, independently of `retrained`: with it the result carries the "verdict" (audit/verdict.py)."""
     from .audit import audit_models, json_view
 
-    ds = as_dataset(data)
-    orig = _prepare(original, ds, taps, normalize).to(device)
+    from .preflight import check_model
+
+    ds = as_dataset(data, value_range=value_range)
+    orig = _prepare(original, ds, taps, normalize, logits_from).to(device)
+    check_model(orig, ds, device, forget=[int(c) for c in forget], force=force, quiet=quiet)  # fed as trained
     paths = {n: p for n, (p, _l) in getattr(orig, T.ATTR, {}).items()}
-    models = {"original": orig, "unlearned": _prepare(model, ds, paths or taps, normalize).to(device)}
+
+    def prepared(m):
+        return _prepare(m, ds, paths or taps, normalize, logits_from).to(device)
+
+    models = {"original": orig, "unlearned": prepared(model)}
+    retain = ds.retain_classes([int(c) for c in forget])
     if retrained is not None:
-        models["retrained"] = _prepare(retrained, ds, paths or taps, normalize).to(device)
+        models["retrained"] = prepared(retrained)
+        check_model(models["retrained"], ds, device, role="retrained", classes=retain, force=force, quiet=quiet)
     names = list(T.tap_modules(orig))
     if null is not None:
         if retrained is None:
             raise ValueError("null needs retrained: the verdict judges against the spread between the two")
-        kw["null_model"] = _prepare(null, ds, paths or taps, normalize).to(device)
+        kw["null_model"] = prepared(null)
+        check_model(kw["null_model"], ds, device, role="null", classes=retain, force=force, quiet=quiet)
     result = audit_models(models, ds, [int(c) for c in forget], device=device,
                           retrained="retrained" if retrained is not None else None, taps=names, figures=False,
                           quiet=quiet, **kw)

@@ -24,7 +24,12 @@ class DataConfig:
     data_root: str | None = None
     download: bool = False
     image_size: int | None = None  # None: the dataset's native size (28 for MNIST, 32 for CIFAR, ...)
-    test_fraction: float = 0.2  # embedded sets only; torchvision sets use their own test split
+    # Share of one pool held out for test: embedded sets and a single image folder; torchvision sets and
+    # an image folder with train/ and test/ (or test_dir) use their own test split.
+    test_fraction: float = 0.2
+    # A test split kept elsewhere: a folder of class folders, read like imagefolder:'s (its classes must
+    # be the training folder's). Only with an imagefolder: dataset.
+    test_dir: str | None = None
     # Validation split carved from the training split (seeded, class-stratified): every choice is
     # made on it; every table reports the test split. 0 turns it off (no choice can then be made).
     val_fraction: float = 0.1
@@ -46,6 +51,9 @@ class ModelConfig:
     model_args: tuple[str, ...] = ()
     normalize: str = "pm1"
     tap_paths: tuple[str, ...] = ()
+    # Where the logits are when the forward returns a tuple, dict or output object (an index or a key;
+    # None: models/sources.pick_logits's rule).
+    logits_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,8 @@ class RunConfig:
 # Settings added after configs were first hashed (cache keys, resume keys, digests): left out of
 # to_dict while at their default, so every run that does not use them keeps the keys it had.
 OMITTED_AT_DEFAULT = ((None, "method_options", {}), ("model", "model_args", ()), ("model", "normalize", "pm1"),
-                      ("model", "tap_paths", ()))
+                      ("model", "tap_paths", ()), ("data", "test_dir", None),
+                      ("model", "logits_from", None))
 
 
 def _from_dict(cls, d: dict, where: str):
@@ -396,4 +405,6 @@ def load_config_file(path: str) -> RunConfig:
         raise UserError(f"config file {path!r} does not exist; pass an existing JSON file to --config") from None
     except json.JSONDecodeError as e:
         raise UserError(f"config file {path!r} is not valid JSON ({e}); fix the file or drop --config") from None
+    if isinstance(d, dict):
+        d = {k: v for k, v in d.items() if k != "classes"}  # a run's config.json records its class mapping
     return RunConfig.from_dict(d)

@@ -58,7 +58,7 @@ def provenance(started: dict | None = None) -> dict:
     import numpy
     import torch
 
-    from . import __version__
+    from . import __version__, threads
     from .hardware import cpu_info
 
     try:
@@ -72,6 +72,7 @@ def provenance(started: dict | None = None) -> dict:
     started = started if started is not None else {**code_version(), "load_avg_before": None}
     return {**started, "cnr_fast": __version__, "torch": torch.__version__, "torchvision": tv,
             "numpy": numpy.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "cpu_model": cpu["model"],
+            "torch_threads": torch.get_num_threads(), "threads_policy": threads.chosen().get("policy", "torch's default"),
+            "cpu_model": cpu["model"],
             "cpu_vector_flags": cpu["vector_flags"], "cpu_count": os.cpu_count(), "gpu": gpu,
             "load_avg_after": load_avg()}

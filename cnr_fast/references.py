@@ -66,7 +66,13 @@ def reference_key(kind: str, cfg: RunConfig, ds) -> str:
     weights = {"weights_sha256": file_sha256(cfg.model.weights)} if cfg.model.weights else {}
     # The thread count is part of the key: on CPU, 1 and 2 threads sum in other orders and train other
     # models from the same seed, so a shared cache must not serve one for the other.
-    source = {k: v for k, v in cfg.to_dict()["model"].items() if k in ("model_args", "normalize", "tap_paths")}
+    source = {k: v for k, v in cfg.to_dict()["model"].items() if k in ("model_args", "normalize", "tap_paths",
+                                                                        "logits_from")}
+    from .models.sources import builder_digest
+
+    builder = builder_digest(cfg.model.arch)  # a changed builder never meets stale weights
+    if builder:
+        source["builder_sha256"] = builder
     return stable_hash({"kind": kind, "data": ds.fingerprint(), "arch": cfg.model.arch, "width": cfg.model.width,
                         "train": cfg.to_dict()["train"], "seed": cfg.seed, "seeds": reference_seeds(kind, cfg),
                         "forget": forget, "torch_threads": torch.get_num_threads(), **weights, **source})
@@ -96,7 +102,8 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
 
 def source_options(cfg: RunConfig) -> dict:
     """build_model's keywords for a model source other than cnr-fast's own archs."""
-    return {"model_args": cfg.model.model_args, "normalize": cfg.model.normalize, "tap_paths": cfg.model.tap_paths}
+    return {"model_args": cfg.model.model_args, "normalize": cfg.model.normalize, "tap_paths": cfg.model.tap_paths,
+            "logits_from": cfg.model.logits_from}
 
 
 def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):

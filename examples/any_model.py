@@ -81,9 +81,10 @@ def main(argv=None) -> int:
     data = {"train": (x[:, :1], y), "test": (xt[:, :1], yt)}  # grey: the input contract repeats it to RGB
     unlearned, info = cnr_fast.unlearn(original, data, forget=[FORGET], method=args.method, config=config,
                                        quiet=False)
-    print("taps found:", {n: p for n, (p, _layout) in unlearned.cnr_fast_taps.items()})
+    # `unlearned` is a MobileNetV2 like `original`, with the unlearned weights: fed as the original was
     report = cnr_fast.audit_model(unlearned, original=original, retrained=retrained, data=data, forget=[FORGET],
                                   relearn=not args.tiny, shots=(5,) if args.tiny else (1, 5, 25))
+    print("taps audited:", ", ".join(report["settings"]["taps"]))
     m = report["metrics"]
     print(f"{'model':10s} {'forget_acc':>10s} {'retain_acc':>10s} {'probe L4':>9s} {'cka_neg L4':>10s}")
     for name in ("original", "unlearned", "retrained"):

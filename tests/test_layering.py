@@ -3,9 +3,9 @@
 Every `import` of the package counts, those inside functions included (a lazy import still ties two
 modules together). Floors, lowest first; a module may import its own floor and those below it:
 
-    0  errors, progress, hardware, profiling, _native
+    0  errors, progress, hardware, profiling, _native, threads
     1  config, provenance, dist, data, ops
-    2  models, runs, train, resume, tuning
+    2  models, runs, train, resume, tuning, preflight
     3  references, audit, cnr, baselines      (none of them imports another of the four but references)
     4  experiments
     5  cli
@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "cnr_fast"
 
 FLOORS = {
-    "errors": 0, "progress": 0, "hardware": 0, "profiling": 0, "_native": 0, "_C": 0,
+    "errors": 0, "progress": 0, "hardware": 0, "profiling": 0, "_native": 0, "_C": 0, "threads": 0,
     "config": 1, "provenance": 1, "dist": 1, "data": 1, "ops": 1,
-    "models": 2, "runs": 2, "train": 2, "resume": 2, "tuning": 2,
+    "models": 2, "runs": 2, "train": 2, "resume": 2, "tuning": 2, "preflight": 2,
     "references": 3, "audit": 3, "cnr": 3, "baselines": 3,
     "experiments": 4,
     "cli": 5, "api": 5,

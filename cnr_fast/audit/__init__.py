@@ -306,11 +306,12 @@ def audit_models(
                                                      te.y[fmask_test], seed=seed)
         if relearn:
             _say(quiet, f"{name}: relearn attack")
-            m["relearn_acc"] = {
-                str(n): _relearn.relearn(model, ds.train, test, forget, n, device=device, seed=seed,
-                                 steps=relearn_steps)["forget_acc"]
-                for n in shots
-            }
+            after = {str(n): _relearn.relearn(model, ds.train, test, forget, n, device=device, seed=seed,
+                                              steps=relearn_steps) for n in shots}
+            m["relearn_retain_acc"] = {n: a["retain_acc"] for n, a in after.items()}
+            # a reading from an attack that broke the model says nothing about relearning (relearn.valid)
+            m["relearn_acc"] = {n: a["forget_acc"] if _relearn.valid(m["retain_acc"], a["retain_acc"]) else None
+                                for n, a in after.items()}
         extra = _metrics.computed()
         if extra:
             ctx = _metrics.MetricContext(name=name, model=model, original=models[original], ds=ds, forget=forget,

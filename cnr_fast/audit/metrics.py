@@ -178,7 +178,12 @@ for _m in (
     Metric("relearn_acc", "per_n", "forget accuracy after 20 Adam steps on n forget + n retain training examples",
            "Keyed by n: forget-class test accuracy after fine-tuning a copy of the model on n forget-train examples "
            "per forget class plus as many retain-train examples, 20 full-batch Adam steps (lr 1e-3, BatchNorm "
-           "statistics frozen)."),
+           "statistics frozen). Void (null, not judged) where the attack cost more than 0.2 of the model's retain "
+           "accuracy: it then broke the model rather than taught it (relearn_retain_acc)."),
+    Metric("relearn_retain_acc", "per_n", "retain accuracy after the relearn attack (a large drop voids relearn_acc)",
+           "Keyed by n: retain-class test accuracy after the relearn attack of relearn_acc. More than 0.2 below "
+           "the model's own retain accuracy: the attack broke the model, and relearn_acc[n] is void.",
+           judged=False),
     Metric("mia_acc", "scalar", "membership-inference accuracy on forget train vs forget test examples (0.5 = no signal)",
            "Accuracy of a population membership-inference attack (logistic regression on loss, log-loss, entropy "
            "and max-confidence of the model's outputs, trained on retain-train members vs retain-test non-members) "

@@ -7,6 +7,15 @@ same number of updates). BatchNorm layers stay in eval mode: their running stati
 otherwise be overwritten by 2-example batches, which measures BN drift, not relearning. Logits are
 clamped at -1e4 in the loss so LogitMask's -inf forget logit gives finite gradients (the mask
 itself stays: the served model is what is attacked). relearn_acc[n] = forget-class test accuracy after.
+
+relearn_retain_acc[n] = retain-class test accuracy after. The budget is fixed, not fitted to the
+model: on torchvision's resnet18 (11M parameters, trained by a plain loop on 16 px digits) 20 steps
+at lr 1e-3 on 1 + 1 examples drove retain accuracy from 0.92 to 0.08 and made the model answer the
+forget class for everything (forget accuracy 0.98 for the original and for the retrained model
+alike); on other seeds the same collapse went the other way (original 0.07, retrained 0.78, counted as
+separating with the original below the retrained model). Such a reading measures the attack
+breaking the model, not the class coming back: where retain accuracy falls by more than
+COLLAPSE_DROP, relearn_acc[n] is None (not judged, shown as "-") and relearn_retain_acc says why.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from ..data import Split, to_float
 from ..train import fit, forget_retain_accuracy
 
 RELEARN_STEPS = 20
+COLLAPSE_DROP = 0.2  # retain accuracy lost by the attack beyond which its forget reading is void
 RELEARN_LR = 1e-3
 SHOTS = (1, 5, 25)
 
@@ -64,3 +74,8 @@ def relearn(model: nn.Module, train: Split, test: Split, forget, n: int, *, devi
     fit(m, steps, make, loss_fn, lr=lr, weight_decay=0.0, device=torch.device(device), desc=f"relearn n={n}",
         quiet=True)
     return forget_retain_accuracy(m, test, forget, device=device)
+
+
+def valid(retain_before: float, retain_after: float) -> bool:
+    """Whether a relearn reading measures relearning: the attack kept the model working on the retain classes."""
+    return retain_after >= retain_before - COLLAPSE_DROP

@@ -1,7 +1,8 @@
 """Audit report: report.md, a self-contained report.html (PNG figures base64-embedded) and figures/*.png.
 
 Order: the verdict first (verdict.py: one sentence per audited model and the separating measures
-behind it), then the figures (depth curves with the retrained model and the null as a band), then the
+behind it) with every model's forget and retain accuracy beside it (the first screen answers "is
+the class gone, and does the model still work?"), then the figures (depth curves with the retrained model and the null as a band), then the
 tables, then the run, the definitions and the timings. Every number printed comes from the audit
 result dict through `fmt` (4 decimals), so the report and results.json agree to the printed precision.
 Every file is written atomically.
@@ -72,6 +73,17 @@ def _verdict_parts(result: dict) -> tuple[list[str], tuple[list[str], list[list[
             + (f"Measures that do not separate retrained from original on this run, and so say nothing about "
                f"where a model stands: {', '.join(rest)}." if rest else "Every judged measure separates them."))
     return sentences, ((head, rows) if rows else None), note
+
+
+def _accuracy_table(result: dict) -> tuple[list[str], list[list[str]]] | None:
+    """(header, rows): forget and retain test accuracy of every model, shown beside the verdict."""
+    metrics = result.get("metrics") or {}
+    rows = [[n, fmt(m.get("forget_acc")), fmt(m.get("retain_acc"))] for n, m in metrics.items()
+            if "forget_acc" in m or "retain_acc" in m]
+    chance = (result.get("references") or {}).get("chance") or {}
+    if rows and chance.get("forget_acc") is not None:
+        rows.append(["chance", fmt(chance.get("forget_acc")), fmt(chance.get("retain_acc"))])
+    return (["model", "forget_acc (test)", "retain_acc (test)"], rows) if rows else None
 
 
 def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
@@ -282,7 +294,10 @@ def write_report(out_dir, result: dict, extra: dict) -> list[str]:
              f"Features: {settings.get('reduction')}.")
     sentences, vtable, vnote = _verdict_parts(result)
     # markdown
+    acc = _accuracy_table(result)
     md = [f"# {title}", "", intro, "", "## Verdict", ""] + [f"- {x}" for x in sentences] + [""]
+    if acc:
+        md += [_md_table(*acc), ""]
     if vtable:
         md += [_md_table(*vtable), ""]
     md += [vnote, ""]
@@ -309,6 +324,8 @@ def write_report(out_dir, result: dict, extra: dict) -> list[str]:
               f"</head><body><h1>{title}</h1><p>{html.escape(intro)}</p>")]
     parts.append("<h2>Verdict</h2><div class='verdict'>" + "".join(f"<p>{html.escape(x)}</p>" for x in sentences)
                  + "</div>")
+    if acc:
+        parts.append(_html_table(*acc))
     if vtable:
         parts.append(_html_table(*vtable))
     parts.append(f"<p class='note'>{html.escape(vnote)}</p>")

@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", metavar="VERB")
     for verb in VERBS:
         importlib.import_module(f"{__name__}.{verb}").add_parser(sub)
+    for verb_parser in sub.choices.values():  # one thread policy for every verb (threads.py)
+        verb_parser.add_argument("--threads", default=None, metavar="N|auto",
+                                 help="torch CPU threads: a count, or auto (default: the cores not busy with other "
+                                      "processes at start; OMP_NUM_THREADS wins over auto)")
     return p
 
 
@@ -33,6 +37,9 @@ def main(argv=None) -> int:
         return 2
     try:
         _join_torchrun(args)
+        from .. import threads
+
+        threads.apply(getattr(args, "threads", None))
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"cnr-fast {args.verb}: error: {e}", file=sys.stderr)

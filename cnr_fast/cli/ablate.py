@@ -56,7 +56,7 @@ def run(args) -> int:
         raise UserError(f"unknown variant(s) {bad}; choose from {', '.join(ABLATIONS)}")
     out = Path(args.out)
     check_out_dir(out)
-    cfg, ds, device = prepare_run(cfg, args.quiet)
+    cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
     key = {"verb": "ablate", "format": 1, "config": cfg.to_dict(), "variants": variants, "seeds": args.seeds,
            "relearn": bool(args.relearn)}
     state, _ = driver_state(out, key, args.restart, args.quiet)

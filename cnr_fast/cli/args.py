@@ -9,15 +9,29 @@ from ..config import RunConfig, load_config_file
 from ..data import DATASETS
 from ..errors import UserError
 from ..models import ARCHS
-from ..models.sources import NORMALIZE_HELP
+from ..models.sources import LOGITS_HELP, NORMALIZE_HELP
 
 
-def parse_forget(text: str) -> tuple[int, ...]:
+def parse_forget(text: str) -> tuple:
+    """Class indices (2 or 2,5) or class names (cat or cat,dog; an image folder's folder names)."""
+    vals = tuple(v.strip() for v in str(text).split(",") if v.strip() != "")
+    return tuple(int(v) if v.lstrip("-").isdigit() else v for v in vals)
+
+
+SEARCH = "search"  # --reset-lr / --baseline-lr: choose on validation (the config's null)
+
+
+def parse_lr(text: str):
+    """A step size > 0, or "search"."""
+    if str(text).strip().lower() == SEARCH:
+        return SEARCH
     try:
-        vals = tuple(int(v) for v in str(text).split(",") if v.strip() != "")
+        lr = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--forget takes class indices like 2 or 2,5, not {text!r}") from None
-    return vals
+        lr = 0.0
+    if not lr > 0:
+        raise argparse.ArgumentTypeError(f"takes a step size > 0 such as 1e-3, or search; not {text!r}")
+    return lr
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -26,7 +40,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-root", help="folder holding torchvision datasets")
     g.add_argument("--download", action="store_true", default=None, help="let torchvision download into --data-root")
     g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
-    g.add_argument("--forget", type=parse_forget, help="forget class(es): 2, or several as 2,5 (default 2)")
+    g.add_argument("--forget", type=parse_forget,
+                   help="forget class(es) by index (2, or 2,5; default 2) or by name (an image folder's class "
+                        "folder: cat or cat,dog); the mapping is printed before any work")
+    g.add_argument("--test-dir", help="imagefolder: a test split kept elsewhere (one sub-folder per class, the "
+                                      "training folder's classes)")
+    g.add_argument("--test-fraction", type=float,
+                   help="share of one pool held out for test (an embedded set, or an image folder without test/; "
+                        "default 0.2)")
     g.add_argument("--val-fraction", type=float,
                    help="share of the training split held out for validation (default 0.1; choices are made on it)")
 
@@ -40,6 +61,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
                    help="a keyword argument of the --model builder (repeatable), e.g. --model-arg depth=4")
     g.add_argument("--normalize", help=f"the model's input normalisation: {NORMALIZE_HELP}")
+    g.add_argument("--logits-from", metavar="INDEX|KEY", help=LOGITS_HELP)
     g.add_argument("--width", type=float, help="ResNet channel multiplier (default 0.125 = 8..64 channels; 1 = torchvision)")
     g.add_argument("--train-epochs", type=int, help="epochs for training the original / retrained model (default 6)")
     g.add_argument("--weights", help="torchvision ImageNet state-dict file (resnet18/34/50/101 at --width 1, vit_b16): "
@@ -76,8 +98,9 @@ def one_line_errors(p: argparse.ArgumentParser) -> None:
 # flag -> (section, key); section None = top level
 FLAG_MAP = {
     "dataset": ("data", "dataset"), "data_root": ("data", "data_root"), "download": ("data", "download"),
-    "image_size": ("data", "image_size"), "forget": ("data", "forget"),
-    "arch": ("model", "arch"), "model_args": ("model", "model_args"), "normalize": ("model", "normalize"),
+    "image_size": ("data", "image_size"), "forget": ("data", "forget"), "test_dir": ("data", "test_dir"),
+    "test_fraction": ("data", "test_fraction"),
+    "arch": ("model", "arch"), "model_args": ("model", "model_args"), "normalize": ("model", "normalize"), "logits_from": ("model", "logits_from"),
     "width": ("model", "width"), "checkpoint": ("model", "checkpoint"), "weights": ("model", "weights"),
     "train_epochs": ("train", "epochs"), "lr": ("train", "lr"), "reference_init": ("train", "reference_init"),
     "val_fraction": ("data", "val_fraction"),
@@ -88,7 +111,7 @@ FLAG_MAP = {
     "gan_epochs": ("synth", "gan_epochs"), "synth_batch": ("synth", "batch"),
     "reset_epochs": ("reset", "epochs"), "stabilize_epochs": ("reset", "stabilize_epochs"), "gamma": ("reset", "gamma"),
     "relabel": ("reset", "relabel"),
-    "baseline_epochs": ("baseline", "epochs"),
+    "baseline_epochs": ("baseline", "epochs"), "reset_lr": ("reset", "lr"), "baseline_lr": ("baseline", "lr"),
 }
 
 
@@ -99,8 +122,13 @@ def config_from_args(args) -> RunConfig:
         val = getattr(args, flag, None)
         if val is None:
             continue
+        if flag == "forget" and any(isinstance(v, str) for v in val):
+            args.forget_names = val  # names: resolved against the data's classes (running.prepare_run)
+            continue
         if isinstance(val, list):
             val = tuple(val)
+        if val == SEARCH:
+            val = None  # the config's "choose on validation"
         if section is None:
             updates[key] = val
         else:
@@ -200,6 +228,12 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--relabel",
                    help="random retain labels of the synthetic images: drawn once (default) or every step")
     g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
+    g.add_argument("--reset-lr", type=parse_lr, metavar="LR|search",
+                   help="Adam step size of CNR's reset: a value (one reset, no search), or search (default: chosen on "
+                        "validation from 1e-4, 3e-4, 1e-3, 3e-3, one reset each)")
+    g.add_argument("--baseline-lr", type=parse_lr, metavar="LR|search",
+                   help="Adam step size of the fine-tuning baselines ROFT, GAU and KDU: a value, or search "
+                        "(default, as --reset-lr)")
     add_option_args(p)
 
 

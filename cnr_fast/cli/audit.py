@@ -95,8 +95,6 @@ def add_parser(sub) -> None:
     p.add_argument("--probe-train-size", type=int, default=2000, help="probe-train examples, at most (default 2000)")
     p.add_argument("--mia-shadows", type=int, default=0, metavar="N",
                    help="also run the shadow-model membership attack with N shadow models trained here (slow)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch CPU threads during the audit (default: torch's; 1 was far faster on a loaded machine)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of every subsample (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -150,8 +148,8 @@ def run(args) -> int:
     if not taps:
         raise UserError(f"--taps is empty; pass some of {','.join(TAP_NAMES)}")
     check_taps(taps)
-    if args.mia_shadows < 0 or (args.threads is not None and args.threads < 1):
-        raise UserError("--mia-shadows must be >= 0 and --threads >= 1")
+    if args.mia_shadows < 0:
+        raise UserError("--mia-shadows must be >= 0")
     if args.probe_train_size < 20:
         raise UserError("--probe-train-size must be at least 20")
     if args.image_size is not None and args.image_size < 1:
@@ -204,7 +202,7 @@ def run(args) -> int:
     result = audit_models(models, ds, forget, device=device, original="original",
                           retrained="retrained" if "retrained" in models else None, taps=taps, seed=args.seed,
                           figures=not args.no_figures, quiet=args.quiet, probe_train_size=args.probe_train_size,
-                          relearn=not args.no_relearn, mia_shadows=args.mia_shadows, num_threads=args.threads,
+                          relearn=not args.no_relearn, mia_shadows=args.mia_shadows,
                           independent=independent, null_model=null, attacks=args.attacks)
     out = Path(args.out)
     extra = {

@@ -84,7 +84,7 @@ def run(args) -> int:
                             f"--scenario {args.scenario}")
     out = Path(args.out)
     check_out_dir(out)
-    cfg, ds, device = prepare_run(cfg, args.quiet)
+    cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
     for name in ("attacks", "ulira_pairs"):  # in the key only when used: earlier runs keep theirs

@@ -18,13 +18,15 @@ def add_parser(sub) -> None:
 def collect() -> dict:
     import torch
 
-    from .. import _native
+    from .. import _native, threads
     from ..hardware import cpu_amp_policy, cpu_info
     from ..ops import backend
 
     info = {
         "python": platform.python_version(),
         "cpu": {**cpu_info(), "amp_bf16": cpu_amp_policy()},
+        "threads": {"torch_threads": torch.get_num_threads(), "cores": threads.cores(),
+                    "policy": threads.chosen().get("policy", "torch's default")},
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(),
@@ -64,6 +66,8 @@ def run(args) -> int:
     print(f"python {info['python']}, torch {info['torch']} (CUDA build {info['torch_cuda']})")
     cpu = info["cpu"]
     print(f"CPU: {cpu['model']}; vector flags: {' '.join(cpu['vector_flags']) or 'unknown'}")
+    th = info["threads"]
+    print(f"torch threads: {th['torch_threads']} of {th['cores']} core(s) ({th['policy']}; --threads N overrides)")
     print(f"CPU --amp: {'bf16 autocast' if cpu['amp_bf16']['bf16'] else 'fp32'} ({cpu['amp_bf16']['reason']})")
     print(f"CUDA device: {info['gpu'] or 'none'}")
     print(f"triton: {info['triton'] or 'not installed'}; faiss: {info['faiss'] or 'not installed'}"

@@ -8,15 +8,17 @@ import sys
 import torch
 
 from ..config import RunConfig
-from ..data import Dataset, load_dataset
+from ..data import Dataset, check_forget, class_table, load_dataset, resolve_forget
 from ..errors import UserError
 from ..models import vit_patch
 from ..progress import log
 from ..train import resolve_device
 
 
-def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.device]:
-    """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch."""
+def prepare_run(cfg: RunConfig, quiet=False, forget_names=None) -> tuple[RunConfig, Dataset, torch.device]:
+    """Resolve the device, load the data; a ViT gets images resized up to a multiple of its patch.
+    forget_names: --forget given with class names (args.forget_names), resolved against the data's
+    classes. The class mapping, and what loading decided (splits as given or carved), are printed."""
     device = resolve_device(cfg.device)
     if cfg.model.weights:
         from ..models.pretrained import PRETRAINED_ARCHS, read_weights
@@ -32,7 +34,10 @@ def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.
         if not cpu_amp_allowed():  # warns once, says why; the run's config then records amp: false
             cfg = cfg.replace(amp=False)
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.data)
+    ds = load_dataset(cfg.data, check=not forget_names)
+    if forget_names:
+        cfg = cfg.replace(data={"forget": resolve_forget(forget_names, ds)})
+        check_forget(cfg.data.forget, ds)
     patch = vit_patch(cfg.model.arch)
     if patch and cfg.data.image_size is None and ds.image_size % patch:
         size = -(-ds.image_size // patch) * patch
@@ -40,12 +45,25 @@ def prepare_run(cfg: RunConfig, quiet=False) -> tuple[RunConfig, Dataset, torch.
             "(pass --image-size to choose)", quiet)
         cfg = cfg.replace(data={"image_size": size})
         ds = load_dataset(cfg.data)
+    for note in ds.notes:  # a warning is printed even with --quiet
+        if note.startswith("warning"):
+            print(f"cnr-fast: {note}", file=sys.stderr, flush=True)
+        else:
+            log(f"data: {note}", quiet)
     if device.type == "cuda":
         ds = ds.to_device_if_fits(device)
     n_val = len(ds.val) if ds.val is not None else 0
     log(f"data: {ds.name}: {len(ds.train)} train / {n_val} validation / {len(ds.test)} test, {ds.num_classes} classes, "
-        f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget {list(cfg.data.forget)}", quiet)
+        f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget "
+        + ", ".join(f"{c} ({ds.class_names[c]!r})" for c in cfg.data.forget), quiet)
+    log("classes (index name: train/validation/test): " + describe_classes(ds), quiet)
     return cfg, ds, device
+
+
+def describe_classes(ds: Dataset, most: int = 20) -> str:
+    rows = class_table(ds)
+    text = ", ".join(f"{r['index']} {r['name']}: {r['train']}/{r['val']}/{r['test']}" for r in rows[:most])
+    return text + (f", ... ({len(rows)} in all; results.json lists them)" if len(rows) > most else "")
 
 
 def merge_files(arg: str, what: str, merge) -> dict:

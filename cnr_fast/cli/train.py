@@ -37,7 +37,7 @@ def run(args) -> int:
     check_arch_known(cfg)
     out = Path(args.out)
     check_out_dir(out)  # before any training
-    cfg, ds, device = prepare_run(cfg, args.quiet)
+    cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
     summary, models = {}, {}
     for kind in ("original", "retrained") if args.retrained else ("original",):
         models[kind] = obtain_reference(kind, cfg, ds, device, args.cache_dir, args.quiet)[:2]

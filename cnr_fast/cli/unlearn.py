@@ -17,8 +17,9 @@ from ..errors import UserError
 from ..experiments import methods as M
 from ..experiments.runner import begin_provenance, machine_info, val_accuracy
 from ..config import RunConfig
-from ..data import Dataset
+from ..data import Dataset, class_table
 from ..models import ARCHS, LogitMask, model_from_checkpoint, model_meta
+from ..preflight import check_model
 from ..progress import log
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
@@ -86,10 +87,18 @@ def run(args) -> int:
     args.ulira_pairs = ulira_pairs(args)  # resolved once: thorough's default, checked
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
+    if args.expect_acc is not None and not 0 < args.expect_acc <= 1:
+        raise UserError(f"--expect-acc {args.expect_acc}: pass the original's accuracy as a share in (0, 1], e.g. 0.95")
+    if args.null is not None:
+        if args.retrained in (None, "auto", "off"):
+            raise UserError("--null PATH goes with --retrained PATH (with --retrained auto the null is trained "
+                            "and cached too); pass both paths, or drop --null")
+        if not Path(args.null).is_file():
+            raise UserError(f"--null {args.null!r} does not exist; pass the path of a second retrained model")
     if args.out:
         check_out_dir(args.out)  # before any work: a file, or a folder this user cannot write, is refused now
     quiet = args.quiet
-    cfg, ds, device = prepare_run(cfg, quiet)
+    cfg, ds, device = prepare_run(cfg, quiet, getattr(args, "forget_names", None))
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out)
@@ -109,6 +118,8 @@ def run(args) -> int:
 def _run_key(cfg, args) -> dict:
     """What decides a run's results: a rerun with the same key resumes (or finds finished) the run."""
     key = {"format": 1, "config": cfg.to_dict(), "audit": args.audit, "retrained": args.retrained}
+    if args.null is not None:
+        key["null"] = args.null
     if args.ulira_pairs:  # left out at 0, so runs without U-LiRA keep their keys
         key["ulira_pairs"] = args.ulira_pairs
     return key
@@ -137,6 +148,17 @@ def _finished(out: Path, key: dict) -> bool:
 def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, started) -> int:
     quiet = args.quiet
     forget = list(cfg.data.forget)
+    # the input contract checked before any work: a model fed otherwise than it was trained stops here
+    checks = {"original": check_model(original, ds, device, role="original", forget=forget, expect_acc=args.expect_acc,
+                                      force=args.force, quiet=quiet, own=not cfg.model.checkpoint)}
+    refs = {}
+    if args.audit != "off" and args.retrained not in (None, "auto", "off"):
+        retain = ds.retain_classes(forget)
+        for name, flag, path in (("retrained", "--retrained", args.retrained), (NULL, "--null", args.null)):
+            if path is not None:
+                refs[name] = load_retrained(path, cfg, ds, device, args.cache_dir, quiet, flag=flag)
+                checks[name] = check_model(refs[name], ds, device, role=flag[2:], classes=retain, force=args.force,
+                                           quiet=quiet)
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
     log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
 
@@ -160,9 +182,15 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         models = {"original": original, "unlearned": model}
         null = None
         if args.retrained not in (None, "off"):
-            models["retrained"] = load_retrained(args.retrained, cfg, ds, device, args.cache_dir, quiet)
+            models["retrained"] = refs.get("retrained") or load_retrained(args.retrained, cfg, ds, device,
+                                                                          args.cache_dir, quiet)
             if args.retrained == "auto":  # the CKA null reference: a second, independent retrained model
                 null = obtain_reference("retrained_null", cfg, ds, device, args.cache_dir, quiet)[0]
+            elif NULL in refs:
+                null = refs[NULL]
+            else:
+                log("audit: no --null given: the verdict needs a second retrained model (--null PATH) to say how far "
+                    "apart two models that never saw the class are; the report has none", quiet)
         independent = [n for n in ("retrained",) if n in models]
         if M.is_from_scratch(cfg.method):
             independent.append("unlearned")
@@ -209,6 +237,7 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         "validation_choice": M.validation_choice(info),
         "details": _jsonable(info),
         "run_key": stable_hash(key), "resumed_entries": list(state.reused),
+        "classes": class_table(ds), "preflight": checks,
     }
     if audit_view is not None:
         # the auditor's answer first: where the unlearned model stands between original and retrained
@@ -222,7 +251,8 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     # failure (disk full, ...) leaves `out` absent, or as it was.
     with staged_dir(out) as stage:
         save_checkpoint(stage / "model.pt", inner, meta)
-        files["config.json"] = M.resolve(cfg.method, cfg)[1].to_dict()  # a control's changes spelled out
+        # a control's changes spelled out; the class mapping beside them (informational: --config skips it)
+        files["config.json"] = {**M.resolve(cfg.method, cfg)[1].to_dict(), "classes": class_table(ds)}
         if audit_view is not None:
             from ..audit import write_report
 
@@ -287,19 +317,31 @@ def add_audit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ulira-pairs", type=int, default=None, metavar="K",
                    help="U-LiRA shadow pairs (>= 3; 0 = off); default 8 with --audit thorough, else off")
     g.add_argument("--retrained", default="auto",
-                   help="retrain-from-scratch reference for the audit: auto (default; trained once and cached), "
-                        "off, or a checkpoint path")
+                   help="retrain-from-scratch reference for the audit: auto (default; trained once and cached, with "
+                        "its null), off, or a checkpoint path (read like --checkpoint: same --model, --normalize)")
+    g.add_argument("--expect-acc", type=float, default=None, metavar="ACC",
+                   help="the original's test accuracy over all classes in your own evaluation: a run whose measured "
+                        "accuracy is more than 0.05 below it stops before any work (wrong input contract)")
+    g.add_argument("--force", action="store_true",
+                   help="run even when the input checks (first BatchNorm statistics, accuracy near chance or below "
+                        "--expect-acc) say the model is not fed as it was trained")
+    g.add_argument("--null", default=None, metavar="PATH",
+                   help="with --retrained PATH: a second model retrained without the class, independently of the "
+                        "first; the verdict needs it (read like --checkpoint)")
 
 
-def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=False):
+def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=False, flag="--retrained"):
+    """The retrained reference (or, flag="--null", its null): trained and cached for "auto", else read
+    from a checkpoint with the original's model source and input contract, like --checkpoint."""
     if spec == "auto":
         return obtain_reference("retrained", cfg, ds, device, cache, quiet)[0]
-    model, meta = model_from_checkpoint(spec, ds, cfg.model.arch, cfg.model.width)
+    model, meta = model_from_checkpoint(spec, ds, cfg.model.arch, cfg.model.width, source_options(cfg))
     recorded = meta.get("forget_classes")
     if recorded is not None and sorted(recorded) != sorted(cfg.data.forget):
-        raise UserError(f"--retrained {spec!r} was trained without classes {recorded}, not {list(cfg.data.forget)}; "
+        raise UserError(f"{flag} {spec!r} was trained without classes {recorded}, not {list(cfg.data.forget)}; "
                         "pass a reference retrained on the same splits, or --retrained auto")
-    return model.to(device)
+    log(f"{flag[2:]}: {spec}", quiet)
+    return model.to(device).eval()
 
 
 def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,

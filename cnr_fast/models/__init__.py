@@ -114,7 +114,8 @@ def vit_patch(arch: str) -> int | None:
 
 
 def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
-                stem: str | None = None, model_args=(), normalize: str = "pm1", tap_paths=()) -> nn.Module:
+                stem: str | None = None, model_args=(), normalize: str = "pm1", tap_paths=(),
+                logits_from: str | None = None) -> nn.Module:
     """stem (ResNet): "small" (3x3 stride 1, no max-pool), "imagenet" (torchvision's), None: small up to 64 px.
 
     `arch` is a model source (models/sources.py); for one not of cnr-fast's own, model_args
@@ -127,6 +128,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, 
         model = sources.build(arch, num_classes, image_size, sources.parse_model_args(model_args))
         sources.apply_input_contract(model, in_channels, normalize, arch)
         example = torch.zeros(2, in_channels, image_size, image_size)
+        model.cnr_fast_logits = sources.apply_logits_rule(model, example, logits_from, arch)
         taps.attach(model, example, taps.parse_overrides(tap_paths))
         return model
     if arch in _RESNETS:
@@ -242,11 +244,14 @@ class LogitMask(nn.Module):
         return tap_modules(self.model)
 
     def forward(self, x):
-        return self.model(x).masked_fill(self.forget_mask, float("-inf"))
+        out = self.model(x)
+        if not isinstance(out, torch.Tensor):  # a user's model returning a tuple / dict: its logits by the rule
+            out = sources.pick_logits(out)
+        return out.masked_fill(self.forget_mask, float("-inf"))
 
 
 def model_meta(arch: str, width: float, ds, model: nn.Module | None = None, model_args=(), normalize="pm1",
-               tap_paths=()) -> dict:
+               tap_paths=(), logits_from=None) -> dict:
     """What a checkpoint records about its model and data (ds: cnr_fast.data.Dataset); for a model
     source other than cnr-fast's own, how it was built and its taps (path and layout)."""
     inner = getattr(model, "model", model)  # LogitMask wraps
@@ -256,6 +261,11 @@ def model_meta(arch: str, width: float, ds, model: nn.Module | None = None, mode
         found = getattr(inner, "cnr_fast_taps", None) or {}
         source = {"model_args": list(model_args), "normalize": normalize,
                   "tap_paths": [f"{n}={p}" for n, (p, _layout) in found.items()] or list(tap_paths)}
+        if logits_from is not None:
+            source["logits_from"] = logits_from
+        builder = sources.builder_digest(arch)
+        if builder:
+            source["builder_sha256"] = builder
     return {"arch": arch, "width": width, **stem, **source, **ds.fingerprint()}
 
 
@@ -292,7 +302,8 @@ def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None
     model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width, stem=meta.get("stem"),
                         model_args=meta.get("model_args", given.get("model_args", ())),
                         normalize=meta.get("normalize", given.get("normalize", "pm1")),
-                        tap_paths=meta.get("tap_paths", given.get("tap_paths", ())))
+                        tap_paths=meta.get("tap_paths", given.get("tap_paths", ())),
+                        logits_from=meta.get("logits_from", given.get("logits_from")))
     load_model_state(model, state, meta, arch, ds.num_classes, str(path))
     if meta.get("logit_mask"):
         model = LogitMask(model, meta["logit_mask"])

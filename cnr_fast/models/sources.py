@@ -148,6 +148,31 @@ def _user_builder(spec: str):
     return fn
 
 
+def builder_digest(spec: str) -> str | None:
+    """sha256 of the source file of a user's builder (FILE.py:FUNCTION, package.module:FUNCTION), None for
+    other sources: part of every cached model's key and checkpoint meta, so an edited builder (ReLU to
+    Tanh, same parameter shapes) never meets the old builder's weights."""
+    import hashlib
+
+    k = kind(spec)
+    if k not in ("file", "module"):
+        return None
+    where = spec.rsplit(":", 1)[0]
+    if k == "module":
+        try:
+            found = importlib.util.find_spec(where)
+        except (ImportError, ValueError):
+            found = None
+        where = getattr(found, "origin", None)
+        if not where or not os.path.isfile(where):
+            return None
+    try:
+        with open(where, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError:
+        return None
+
+
 def parse_normalize(text: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """None for "pm1" (as is), else (mean, std) on [0, 1]."""
     if text == "pm1":
@@ -204,3 +229,71 @@ def apply_input_contract(model: nn.Module, data_channels: int, normalize: str = 
     contract = InputContract(data_channels, want, normalize)
     if want != data_channels or contract.mean is not None:
         model.register_forward_pre_hook(contract)
+
+
+LOGITS_HELP = ("where the logits are in what the model's forward returns: an index (0 = the first element of a tuple) "
+               "or a key (logits); default: the tensor itself, else a tuple's first tensor, else the 'logits' key "
+               "or attribute")
+
+
+def describe_output(out) -> str:
+    """What a forward returned, in a few words (`cnr-fast taps`, error messages)."""
+    if isinstance(out, torch.Tensor):
+        return f"a tensor {list(out.shape)}"
+    if isinstance(out, (tuple, list)):
+        return f"a {type(out).__name__} of {len(out)}: " + ", ".join(describe_output(o) for o in out[:4])
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        return f"a {type(out).__name__} with keys " + ", ".join(str(k) for k in list(out.keys())[:6])
+    return f"a {type(out).__name__}"
+
+
+def pick_logits(out, where: str | None = None):
+    """The logits tensor in a forward's output by the stated rule (see LOGITS_HELP); None where none is."""
+    if where is not None:
+        try:
+            if isinstance(out, (tuple, list)):
+                got = out[int(where)]
+            elif isinstance(out, dict) or hasattr(out, "keys"):
+                got = out[where]
+            else:
+                got = getattr(out, where)
+        except (IndexError, KeyError, ValueError, AttributeError, TypeError):
+            return None
+        return got if isinstance(got, torch.Tensor) else None
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return next((o for o in out if isinstance(o, torch.Tensor)), None)
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        got = out.get("logits") if hasattr(out, "get") else None
+        return got if isinstance(got, torch.Tensor) else None
+    got = getattr(out, "logits", None)
+    return got if isinstance(got, torch.Tensor) else None
+
+
+class LogitsOf:
+    """Forward hook: the model's output replaced by the logits in it (pick_logits)."""
+
+    def __init__(self, where: str | None = None):
+        self.where = where
+
+    def __call__(self, _module, _args, out):
+        return pick_logits(out, self.where)
+
+
+def apply_logits_rule(model: nn.Module, example: torch.Tensor, where: str | None = None, spec: str = "") -> str | None:
+    """Run the model once on `example`; where its forward returns something other than a logits tensor,
+    attach LogitsOf so every stage sees the logits. Returns what was decided (None: a plain tensor).
+    A forward whose output holds no tensor there: one line naming what it returns and --logits-from."""
+    with torch.no_grad():
+        out = model.eval()(example)
+    if isinstance(out, torch.Tensor) and where is None:
+        return None
+    got = pick_logits(out, where)
+    if got is None:
+        raise UserError(f"the model {spec + ' ' if spec else ''}returns {describe_output(out)}, with no logits tensor "
+                        + (f"at {where!r}" if where is not None else "by the default rule")
+                        + "; pass --logits-from INDEX|KEY (logits_from= in Python) saying where its logits are")
+    model.register_forward_hook(LogitsOf(where))
+    return f"logits taken from {describe_output(out)}" + (f" at {where!r}" if where is not None else
+                                                            " (first tensor / 'logits'; --logits-from overrides)")

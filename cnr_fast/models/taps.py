@@ -65,16 +65,22 @@ def candidates(model: nn.Module, example: torch.Tensor) -> list[tuple[str, tuple
     for path, mod in model.named_modules():
         if path:
             handles.append(mod.register_forward_hook(hook(path)))
+    eval_forward(model, example, handles)
+    return [(p, seen[p]) for p in order]
+
+
+def eval_forward(model: nn.Module, x: torch.Tensor, handles) -> None:
+    """One forward pass in eval mode without gradients, for the hooks in `handles`, which are removed
+    after; the model's train / eval mode is restored."""
     was = model.training
     try:
         model.eval()
         with torch.no_grad():
-            model(example)
+            model(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was)
-    return [(p, seen[p]) for p in order]
 
 
 def _layout(shape, channels_hint: int | None = None) -> str:

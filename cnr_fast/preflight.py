@@ -1,0 +1,132 @@
+"""Checks before any work that the model is fed as its own pipeline fed it.
+
+A wrong input contract (normalisation, image size, channels, class mapping) does not crash: the model
+just scores badly, and every number after it is wrong without a word. Two checks catch it first:
+
+- `bn_mismatch`: the first BatchNorm layer the input reaches keeps the mean and variance of what it
+  saw in training (running statistics). Fed the tool's images, its input should have about those
+  statistics; per channel, z = |batch mean - running mean| / running std, and the ratio of the batch
+  std to the running std. A wrong scale or offset moves them far: the input contract is named as the
+  likely cause before any accuracy is looked at.
+- `check_model`: the model's accuracy over all classes of the test split, against chance and
+  against the accuracy the user says the model has (`expect_acc`), and on the forget classes (an
+  original that does not recognise them looks forgotten already).
+
+A failed accuracy check stops the run with the likely causes, the BatchNorm finding among them (UserError:
+one line, exit 2) unless forced; a BatchNorm mismatch alone is a warning line.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn as nn
+
+from .data import Split, batches
+from .errors import UserError
+from .models.taps import eval_forward
+from .progress import log
+
+# A correctly fed model's first BatchNorm input sits close to its running statistics. Measured on
+# torchvision's resnet18 trained by a plain loop on ImageNet-normalised 16 px digits (the pipeline of
+# tests/user_pipeline.py): fed as trained, z 0.02 and spread 1.00-1.01x; fed [-1, 1] instead of
+# ImageNet-normalised input, spread 0.46x (z 0.09: the trained stem's weights sum to near zero, so the
+# offset hardly shows); resized to 12 / 24 / 32 px, spread 0.90-0.98x (size shows in the accuracy
+# instead: 0.25 / 0.10 / 0.15 against 0.93). A wrong scale of [0, 1] against ImageNet is 0.23x.
+Z_LIMIT = 0.5  # median over channels of |batch mean - running mean| / running std
+SCALE_LIMIT = 1.6  # batch std / running std outside [1/1.6, 1.6] (median over channels)
+CAUSES = ("the input normalisation (--normalize: the mean/std your pipeline's Normalize used, or pm1), "
+          "the image size (--image-size: the size you trained at), the channels, or the class mapping "
+          "(the printed class table)")
+
+
+def bn_mismatch(model: nn.Module, split: Split, device, n: int = 512) -> dict | None:
+    """Statistics of the input of the first BatchNorm the forward pass reaches, against its running
+    statistics, on up to n images of `split`. None when the model has no BatchNorm with running stats."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+           and m.running_mean is not None]
+    if not bns or len(split) == 0:
+        return None
+    seen: dict = {}
+
+    def hook(mod, args):
+        if "x" not in seen:
+            seen["x"], seen["mod"] = args[0].detach().float(), mod
+
+    x, _ = next(batches(split.subset(torch.arange(min(n, len(split)))), n, device=device))
+    eval_forward(model, x, [m.register_forward_pre_hook(hook) for m in bns])
+    if "x" not in seen:
+        return None
+    x, mod = seen["x"], seen["mod"]
+    dims = [0] + list(range(2, x.ndim))
+    mean, std = x.mean(dim=dims), x.std(dim=dims)
+    rstd = (mod.running_var.float() + mod.eps).sqrt()
+    z = ((mean - mod.running_mean.float()).abs() / rstd).median().item()
+    scale = (std / rstd).median().item()
+    name = next((k for k, m in model.named_modules() if m is mod), "?")
+    return {"layer": name, "z_mean": z, "std_ratio": scale,
+            "mismatch": bool(z > Z_LIMIT or not 1 / SCALE_LIMIT <= scale <= SCALE_LIMIT)}
+
+
+def overall_accuracy(model: nn.Module, split: Split, device, batch_size: int = 256) -> float:
+    correct = 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in batches(split, batch_size, device=device):
+            correct += int((model(x).argmax(1) == y).sum())
+    return correct / max(1, len(split))
+
+
+def chance_limit(num_classes: int) -> float:
+    """Accuracy at or below which a classifier is taken as near chance: chance plus a tenth of the way to 1."""
+    chance = 1.0 / num_classes
+    return chance + 0.1 * (1 - chance)
+
+
+def check_model(model: nn.Module, ds, device, *, role: str = "original", classes=None, forget=None,
+                expect_acc: float | None = None, force: bool = False, quiet: bool = False, own: bool = False) -> dict:
+    """The checks on `model`; raises UserError (unless force) where its test accuracy over `classes`
+    (default all) is near chance or far below expect_acc, or where it does not recognise the `forget`
+    classes (an original that looks forgotten already). A BatchNorm mismatch alone is a warning (a
+    briefly trained model's running statistics have not converged either, and its accuracy may be fine);
+    it is named in the stop's message where the accuracy fails too. own: a model cnr-fast trained
+    itself (fed its own way by construction): no BatchNorm check, and a weak model is a progress-line
+    warning, never a stop. Returns what was measured (kept in results.json)."""
+    split = ds.test if classes is None else ds.test.of_classes(classes)
+    bn = None if own else bn_mismatch(model, ds.train, device)
+    acc = overall_accuracy(model, split, device)
+    n = ds.num_classes if classes is None else len(classes)
+    over = "all classes" if classes is None else "its classes"
+    found = {"test_accuracy": acc, "chance": 1.0 / n, "first_batchnorm": bn, "expect_acc": expect_acc}
+    problems = []
+    if acc <= chance_limit(n):
+        problems.append(f"its test accuracy over {over} is {acc:.3f}, near chance ({1 / n:.3f})")
+    elif expect_acc is not None and acc < expect_acc - 0.05:
+        problems.append(f"its test accuracy over {over} is {acc:.3f}, far below the --expect-acc {expect_acc:.3f}")
+    if forget and not problems:
+        f_acc = overall_accuracy(model, ds.test.of_classes(forget), device)
+        found["forget_accuracy"] = f_acc
+        if f_acc <= chance_limit(ds.num_classes):
+            problems.append(f"it does not recognise the forget class(es) {list(forget)} (test accuracy {f_acc:.3f}, "
+                            "as if forgotten already)")
+    found["problems"] = list(problems)
+    log(f"{role}: test accuracy over {over} {acc:.3f}"
+        + (f"; first BatchNorm {bn['layer']}: input {bn['z_mean']:.2f} running std off its mean, spread "
+           f"{bn['std_ratio']:.2f}x" if bn else ""), quiet)
+    bn_note = (f"its first BatchNorm ({bn['layer']}) sees inputs {bn['z_mean']:.1f} running std off its training "
+               f"mean and {bn['std_ratio']:.2f}x its spread" if bn is not None and bn["mismatch"] else None)
+    if problems and own:
+        log(f"warning: the {role} model cnr-fast trained is weak: {'; '.join(problems)}; every number below is "
+            "about a model that barely learned (raise --train-epochs or check --lr)", quiet)
+    elif problems:
+        msg = f"the {role} model is not fed as it was trained: {'; '.join(problems + [bn_note] * bool(bn_note))}. " \
+              f"Likely: {CAUSES}"
+        if not force:
+            raise UserError(msg + "; --force runs anyway")
+        print(f"cnr-fast: warning (--force): {msg}", file=sys.stderr, flush=True)
+    elif bn_note:
+        print(f"cnr-fast: warning: {bn_note} of the {role} model: if its accuracy below is not what your own "
+              f"evaluation gives, check {CAUSES} (--expect-acc ACC stops a run that falls short)", file=sys.stderr,
+              flush=True)
+    return found

@@ -1,0 +1,236 @@
+"""The user's path, end to end (issue 27): PNG folders with train/ and test/, torchvision's resnet18
+trained by a plain loop with ImageNet normalisation (tests/user_pipeline.py, no cnr-fast in it), its
+references retrained without class "three" by the same loop. The CLI and the Python API must give
+the script's own accuracies for all three models, and the verdict; every wrong flag must stop with one
+line and exit 2 (or UserError), leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+import torch.nn as nn
+
+import cnr_fast
+import user_pipeline as U
+from cnr_fast.cli import main
+from cnr_fast.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+FORGET = 7  # the folder "three": ImageFolder's sorted folder names put it at index 7
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("user")
+    paths = U.make(root, forget=FORGET, epochs=3)
+    test_dir = root / "data" / "test"
+    models = {}
+    for name in ("original", "retrained", "null"):
+        m = U.build()
+        m.load_state_dict(torch.load(paths[name], weights_only=True))
+        models[name] = m.eval()
+    own = {n: U.evaluate(m, test_dir, FORGET) for n, m in models.items()}
+    return {"root": root, "paths": paths, "models": models, "own": own}
+
+
+def _cli(user, tmp_path, *extra, out="run"):
+    return main(["unlearn", "--dataset", f"imagefolder:{user['root'] / 'data'}", "--model", "torchvision:resnet18",
+                 "--checkpoint", str(user["paths"]["original"]), "--forget", "three", "--method", "lm",
+                 "--out", str(tmp_path / out), "--cache-dir", str(tmp_path / "cache"), "--quiet", *extra])
+
+
+def test_the_users_own_accuracies_and_the_verdict_through_the_cli(user, tmp_path):
+    # the pipeline itself trained models that work (else the test would prove nothing)
+    assert user["own"]["original"]["retain_acc"] > 0.8 and user["own"]["retrained"]["retain_acc"] > 0.8
+    rc = _cli(user, tmp_path, "--normalize", "imagenet", "--retrained", str(user["paths"]["retrained"]),
+              "--null", str(user["paths"]["null"]))
+    assert rc == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["forget_classes"] == [7]  # "three" by name: index 7 in ImageFolder's sorted order
+    assert {c["name"]: c["index"] for c in res["classes"]}["three"] == 7
+    assert [c["test"] for c in res["classes"]] == [sum(1 for _ in (user["root"] / "data" / "test" / n).iterdir())
+                                                 for n in sorted(U.NAMES)]
+    n_test = sum(c["test"] for c in res["classes"])
+    for name, key in (("original", "original"), ("retrained", "retrained")):
+        for acc in ("forget_acc", "retain_acc"):
+            assert res["metrics"][key][acc] == pytest.approx(user["own"][name][acc], abs=1.5 / n_test), (name, acc)
+    assert res["verdict"] and res["verdict"]["models"]["unlearned"]["sentence"]
+    assert res["preflight"]["original"]["first_batchnorm"]["mismatch"] is False
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classes"][7]["name"] == "three"
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert report.index("forget_acc (test)") < report.index("## Figures") if "## Figures" in report else True
+
+
+def test_the_users_own_accuracies_through_the_python_api(user):
+    """ImageFolder datasets straight from the user's pipeline, with the transform stopped before Normalize."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    raw = T.Compose([T.Grayscale(3), T.ToTensor()])
+    data = {s: ImageFolder(str(user["root"] / "data" / s), transform=raw) for s in ("train", "test")}
+    model, info = cnr_fast.unlearn(user["models"]["original"], data, forget=[7], method="lm", normalize="imagenet",
+                                   value_range="01")
+    assert info["preflight"]["original"]["first_batchnorm"]["mismatch"] is False
+    report = cnr_fast.audit_model(model, original=user["models"]["original"], retrained=user["models"]["retrained"],
+                                  null=user["models"]["null"], data=data, forget=[7], normalize="imagenet",
+                                  value_range="01")
+    for name in ("original", "retrained"):
+        for acc in ("forget_acc", "retain_acc"):
+            assert report["metrics"][name][acc] == pytest.approx(user["own"][name][acc], abs=0.01), (name, acc)
+    assert report["verdict"]["models"]["unlearned"]["sentence"]
+    # the returned model takes the user's own normalised batches as the original did: no hook of ours on it
+    own = U.evaluate(model, user["root"] / "data" / "test", 7)
+    assert own["retain_acc"] == pytest.approx(report["metrics"]["unlearned"]["retain_acc"], abs=0.01)
+    assert own["forget_acc"] == 0.0
+    assert type(getattr(model, "model", model)) is type(user["models"]["original"])
+    assert not getattr(model, "model", model)._forward_pre_hooks
+
+
+@pytest.mark.parametrize("extra, words", [
+    ((), "first BatchNorm"),  # no --normalize: fed [-1, 1] instead of ImageNet-normalised input
+    (("--normalize", "imagenet", "--image-size", "32", "--expect-acc", "0.9"), "not fed as it was trained"),
+    (("--normalize", "imagenet", "--expect-acc", "0.99", "--image-size", "12"), "not fed as it was trained"),
+])
+def test_a_wrong_input_contract_stops_before_any_work(user, tmp_path, capsys, extra, words):
+    rc = _cli(user, tmp_path, *extra)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and words in err[0] and "--force" in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.state").exists()
+
+
+def test_one_pool_folder_warns_and_a_test_split_lacking_a_class_is_refused(user, tmp_path, capsys):
+    import shutil
+
+    from cnr_fast.config import DataConfig
+    from cnr_fast.data import load_dataset
+
+    ds = load_dataset(DataConfig(dataset=f"imagefolder:{user['root'] / 'data' / 'train'}", forget=(7,)))
+    assert any(n.startswith("warning") and "same pool" in n for n in ds.notes)
+    assert ds.image_size == U.SIZE  # the images' own size, not a default
+    bad = tmp_path / "bad"
+    shutil.copytree(user["root"] / "data", bad)
+    shutil.rmtree(bad / "test" / "three")
+    with pytest.raises(UserError, match=r"lacks \['three'\]"):
+        load_dataset(DataConfig(dataset=f"imagefolder:{bad}", forget=(7,)))
+    # a test split elsewhere, given with --test-dir, is used as the test split
+    ds = load_dataset(DataConfig(dataset=f"imagefolder:{user['root'] / 'data' / 'train'}",
+                                 test_dir=str(user["root"] / "data" / "test"), forget=(7,)))
+    assert len(ds.test) == sum(1 for _ in (user["root"] / "data" / "test").rglob("*.png")) and not ds.notes[:-1]
+
+
+def test_python_data_in_another_range_is_named_with_the_fix(user):
+    from torchvision.datasets import ImageFolder
+
+    normalised = {s: ImageFolder(str(user["root"] / "data" / s), transform=U.transform()) for s in ("train", "test")}
+    with pytest.raises(UserError, match="normalised already"):
+        cnr_fast.unlearn(user["models"]["original"], normalised, forget=[7], method="lm", normalize="imagenet")
+    import torchvision.transforms as T
+
+    raw = T.Compose([T.Grayscale(3), T.ToTensor()])
+    unit = {s: ImageFolder(str(user["root"] / "data" / s), transform=raw) for s in ("train", "test")}
+    with pytest.raises(UserError, match="value_range='01'"):
+        cnr_fast.audit_model(user["models"]["original"], original=user["models"]["original"], data=unit, forget=[7],
+                             normalize="0.3/0.4")
+    # a test split whose ImageFolder lacks a class numbers the others otherwise: refused, named
+    import shutil
+
+    partial = user["root"] / "partial_test"
+    shutil.copytree(user["root"] / "data" / "test", partial)
+    shutil.rmtree(partial / "three")
+    data = {"train": unit["train"], "test": ImageFolder(str(partial), transform=raw)}
+    with pytest.raises(UserError, match=r"lacks \['three'\]"):
+        cnr_fast.unlearn(user["models"]["original"], data, forget=[7], method="lm", normalize="imagenet",
+                         value_range="01")
+
+
+class _TupleNet(nn.Module):
+    def __init__(self, out="tuple"):
+        super().__init__()
+        self.out = out
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
+                                  nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        f = self.body(x)
+        if self.out == "tuple":
+            return self.fc(f), f
+        if self.out == "dict":
+            return {"features": f, "logits": self.fc(f)}
+        return f.sum()  # no logits anywhere
+
+
+@pytest.mark.parametrize("out", ["tuple", "dict"])
+def test_a_forward_returning_a_tuple_or_dict_is_read_by_the_rule(out):
+    from cnr_fast.data import load_dataset
+    from cnr_fast.config import DataConfig
+
+    ds = load_dataset(DataConfig(dataset="digits", image_size=16, forget=(2,)))
+    torch.manual_seed(0)
+    net = _TupleNet(out)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    from cnr_fast.data import batches
+
+    for _ in range(15):
+        for x, y in batches(ds.train, 64, shuffle=True):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x)[0] if out == "tuple" else net(x)["logits"], y).backward()
+            opt.step()
+    net.eval()
+    data = {"train": (ds.train.x, ds.train.y), "test": (ds.test.x, ds.test.y)}
+    x, y = next(batches(ds.test, 1000))
+    with torch.no_grad():
+        before = (net(x)[0] if out == "tuple" else net(x)["logits"]).argmax(1)
+    assert (before == y).float().mean() > 0.5  # the net learned: the rule must find its logits
+    model, info = cnr_fast.unlearn(net, data, forget=[2], method="ssd")
+    assert info["preflight"]["original"]["test_accuracy"] == pytest.approx(float((before == y).float().mean()),
+                                                                           abs=1e-6)
+    with torch.no_grad():
+        got = model(x)
+    assert type(got) is (tuple if out == "tuple" else dict)  # the user's own output, as before
+    # logit masking wraps the model and returns the masked logits, read by the same rule
+    masked, _ = cnr_fast.unlearn(net, data, forget=[2], method="lm")
+    with torch.no_grad():
+        assert (masked(x).argmax(1) == 2).sum() == 0
+
+
+def test_a_forward_with_no_logits_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    src = tmp_path / "mymodels.py"
+    src.write_text(textwrap.dedent("""
+        import torch.nn as nn
+
+        class Net(nn.Module):
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.conv = nn.Conv2d(1, 8, 3)
+            def forward(self, x):
+                return {"features": self.conv(x)}
+
+        def build(num_classes=10):
+            return Net(num_classes)
+    """))
+    rc = main(["unlearn", "--dataset", "digits", "--image-size", "16", "--model", f"{src}:build", "--out",
+               str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--quiet", "--train-epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--logits-from" in err[0] and "features" in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.state").exists()
+
+
+def test_an_edited_builder_never_meets_the_old_builders_weights(tmp_path):
+    from cnr_fast.config import RunConfig
+    from cnr_fast.data import load_dataset
+    from cnr_fast.references import reference_key
+
+    src = tmp_path / "mymodels.py"
+    body = "import torch.nn as nn\ndef build(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.Linear(256, 64), nn.{act}(), nn.Linear(64, num_classes))\n"
+    cfg = RunConfig().replace(data={"dataset": "digits", "image_size": 16}, model={"arch": f"{src}:build"})
+    ds = load_dataset(cfg.data)
+    src.write_text(body.format(act="ReLU"))
+    before = reference_key("original", cfg, ds)
+    src.write_text(body.format(act="Tanh"))
+    assert reference_key("original", cfg, ds) != before
