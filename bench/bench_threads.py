@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bench.harness import finish
 
-WORKLOAD = ("--train-epochs 2 --gan-epochs 10 --synth-steps 100 --reset-epochs 3 --stabilize-epochs 1 "
+WORKLOAD = ("--train-epochs 2 --gan-epochs 5 --synth-steps 50 --reset-epochs 2 --stabilize-epochs 1 "
             "--reset-lr 1e-3 --audit fast")
 POLICIES = {
     "threads=2": (["--threads", "2"], {}),

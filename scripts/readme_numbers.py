@@ -63,6 +63,7 @@ ALIASES = {
     "e80old": "bench/results/runs/cost_vs_retrain_e80_cpu_before_issue15.json",
     "refinit": "bench/results/runs/reference_init_mnist5k.json",
     "stages": "bench/results/cpu_stages_cpu.json",
+    "thr": "bench/results/threads_cpu.json",
     "ddp": "bench/results/ddp_cpu.json",
     "agree": "bench/results/ddp_agree_cpu.json",
     "costm": "bench/results/cost_model.json",

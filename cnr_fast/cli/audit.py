@@ -71,6 +71,9 @@ def add_parser(sub) -> None:
                    help="optional second retrained model, trained independently of --retrained: gives the CKA null "
                         "reference (what an unrelated model scores at each tap) and the verdict (where the audited "
                         "model stands between the original and the retrained model, judged against their spread)")
+    p.add_argument("--force", action="store_true",
+                   help="audit even when the input checks say a model is not fed as it was trained (accuracy near "
+                        "chance, the forget class unrecognised by the original; see README, 'Data as you keep it')")
     p.add_argument("--attacks", action="store_true",
                    help="also the paper's Table 10 attacks: MLP and ResNet-based (conv) probes per tap, model "
                         "inversion judged by an independent classifier (seconds per tap and model on a CPU)")
@@ -139,6 +142,7 @@ def check_same_splits(meta: dict, ds, forget: list[int], path: str, role: str) -
 def run(args) -> int:
     from ..config import DataConfig
     from ..data import load_dataset
+    from ..preflight import check_model
     from ..models import TAP_NAMES, check_taps, model_from_checkpoint
     from ..runs import atomic_write_json, check_out_dir, load_checkpoint, staged_dir
     from ..train import resolve_device
@@ -194,6 +198,15 @@ def run(args) -> int:
             raise UserError("--null needs --retrained: the null reference is CKA(retrained, null)")
         null, null_meta = model_from_checkpoint(args.null, ds, arch=args.arch, width=args.width, source=source)
         check_same_splits(null_meta, ds, forget, args.null, "null")
+        metas["null"] = null_meta
+    # the input contract checked before any work (a cnr-fast checkpoint records how it was made: a weak one
+    # is a progress-line warning there, a plain state_dict of the user's is checked in full)
+    retain = ds.retain_classes(forget)
+    for name, model in (("original", models["original"]), ("retrained", models.get("retrained")), ("null", null)):
+        if model is not None:
+            check_model(model, ds, device, role=name, classes=None if name == "original" else retain,
+                        forget=forget if name == "original" else None, force=args.force, quiet=args.quiet,
+                        own=bool(metas[name].get("kind")))
     independent = [n for n in ("retrained",) if n in models]
     if is_from_scratch(metas["unlearned"].get("method")) or metas["unlearned"].get("kind") in ("retrained",
                                                                                                 "retrained_null"):

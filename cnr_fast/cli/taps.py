@@ -43,6 +43,10 @@ def run(args) -> int:
     cands = candidates(model, example)
     print(f"model {cfg.model.arch}: {sum(p.numel() for p in model.parameters()):,} parameters; input "
           f"{ds.in_channels}x{ds.image_size}x{ds.image_size} from {ds.name}")
+    with torch.no_grad():
+        logits = model.eval()(example)
+    print("forward returns: " + (getattr(model, "cnr_fast_logits", None) or "a logits tensor")
+          + f"; logits {list(logits.shape)} for a batch of 2")
     if found is None:
         print("taps: the model names its own (" + ", ".join(model.tap_modules()) + ")")
     else:
