@@ -134,7 +134,7 @@ def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str, l
     own = callable(getattr(model, "tap_modules", None))
     if not own and getattr(model, T.ATTR, None) is None:  # a model cnr_fast has not prepared before
         sources.apply_input_contract(model, ds.in_channels, normalize, type(model).__name__)
-        sources.apply_logits_rule(model, example, logits_from, type(model).__name__)
+        sources.apply_logits_rule(model, example, logits_from, type(model).__name__, ds.num_classes)
         T.attach(model, example, dict(taps or {}))
     elif not own and taps:
         T.attach(model, example, dict(taps))
@@ -221,13 +221,15 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
     retain = ds.retain_classes([int(c) for c in forget])
     if retrained is not None:
         models["retrained"] = prepared(retrained)
-        check_model(models["retrained"], ds, device, role="retrained", classes=retain, force=force, quiet=quiet)
+        check_model(models["retrained"], ds, device, role="retrained", classes=retain, absent=[int(c) for c in forget],
+                    force=force, quiet=quiet)
     names = list(T.tap_modules(orig))
     if null is not None:
         if retrained is None:
             raise ValueError("null needs retrained: the verdict judges against the spread between the two")
         kw["null_model"] = prepared(null)
-        check_model(kw["null_model"], ds, device, role="null", classes=retain, force=force, quiet=quiet)
+        check_model(kw["null_model"], ds, device, role="null", classes=retain, absent=[int(c) for c in forget],
+                    force=force, quiet=quiet)
     result = audit_models(models, ds, [int(c) for c in forget], device=device,
                           retrained="retrained" if retrained is not None else None, taps=names, figures=False,
                           quiet=quiet, **kw)

@@ -64,6 +64,7 @@ ALIASES = {
     "refinit": "bench/results/runs/reference_init_mnist5k.json",
     "stages": "bench/results/cpu_stages_cpu.json",
     "thr": "bench/results/threads_cpu.json",
+    "pfc": "bench/results/preflight_calibration.json",
     "ddp": "bench/results/ddp_cpu.json",
     "agree": "bench/results/ddp_agree_cpu.json",
     "costm": "bench/results/cost_model.json",

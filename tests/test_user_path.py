@@ -78,7 +78,7 @@ def test_the_users_own_accuracies_through_the_python_api(user):
     assert info["preflight"]["original"]["first_batchnorm"]["mismatch"] is False
     report = cnr_fast.audit_model(model, original=user["models"]["original"], retrained=user["models"]["retrained"],
                                   null=user["models"]["null"], data=data, forget=[7], normalize="imagenet",
-                                  value_range="01")
+                                  value_range="01", relearn=False, shots=(5,))  # the CLI test runs the relearn attack
     for name in ("original", "retrained"):
         for acc in ("forget_acc", "retain_acc"):
             assert report["metrics"][name][acc] == pytest.approx(user["own"][name][acc], abs=0.01), (name, acc)
@@ -100,6 +100,16 @@ def test_a_wrong_input_contract_stops_before_any_work(user, tmp_path, capsys, ex
     rc = _cli(user, tmp_path, *extra)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and words in err[0] and "--force" in err[0], err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.state").exists()
+
+
+def test_references_trained_without_another_class_are_refused(user, tmp_path, capsys):
+    """--forget 2 meant as the digit: index 2 is "four", which the references did learn."""
+    rc = _cli(user, tmp_path, "--normalize", "imagenet", "--retrained", str(user["paths"]["retrained"]),
+              "--null", str(user["paths"]["null"]), "--forget", "2")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "retrained model" in err[0] and "recognises the forget class(es) 2 ('four')" \
+        in err[0], err
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.state").exists()
 
 
@@ -160,12 +170,18 @@ class _TupleNet(nn.Module):
         f = self.body(x)
         if self.out == "tuple":
             return self.fc(f), f
+        if self.out == "tuple_rev":  # features first: the rule takes the tensor with one column per class
+            return f, self.fc(f)
         if self.out == "dict":
             return {"features": f, "logits": self.fc(f)}
         return f.sum()  # no logits anywhere
 
 
-@pytest.mark.parametrize("out", ["tuple", "dict"])
+def _logits(out, kind):
+    return {"tuple": lambda: out[0], "tuple_rev": lambda: out[1], "dict": lambda: out["logits"]}[kind]()
+
+
+@pytest.mark.parametrize("out", ["tuple", "tuple_rev", "dict"])
 def test_a_forward_returning_a_tuple_or_dict_is_read_by_the_rule(out):
     from cnr_fast.data import load_dataset
     from cnr_fast.config import DataConfig
@@ -179,20 +195,20 @@ def test_a_forward_returning_a_tuple_or_dict_is_read_by_the_rule(out):
     for _ in range(15):
         for x, y in batches(ds.train, 64, shuffle=True):
             opt.zero_grad()
-            nn.functional.cross_entropy(net(x)[0] if out == "tuple" else net(x)["logits"], y).backward()
+            nn.functional.cross_entropy(_logits(net(x), out), y).backward()
             opt.step()
     net.eval()
     data = {"train": (ds.train.x, ds.train.y), "test": (ds.test.x, ds.test.y)}
     x, y = next(batches(ds.test, 1000))
     with torch.no_grad():
-        before = (net(x)[0] if out == "tuple" else net(x)["logits"]).argmax(1)
+        before = _logits(net(x), out).argmax(1)
     assert (before == y).float().mean() > 0.5  # the net learned: the rule must find its logits
     model, info = cnr_fast.unlearn(net, data, forget=[2], method="ssd")
     assert info["preflight"]["original"]["test_accuracy"] == pytest.approx(float((before == y).float().mean()),
                                                                            abs=1e-6)
     with torch.no_grad():
         got = model(x)
-    assert type(got) is (tuple if out == "tuple" else dict)  # the user's own output, as before
+    assert type(got) is (dict if out == "dict" else tuple)  # the user's own output, as before
     # logit masking wraps the model and returns the masked logits, read by the same rule
     masked, _ = cnr_fast.unlearn(net, data, forget=[2], method="lm")
     with torch.no_grad():

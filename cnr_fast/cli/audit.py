@@ -205,7 +205,8 @@ def run(args) -> int:
     for name, model in (("original", models["original"]), ("retrained", models.get("retrained")), ("null", null)):
         if model is not None:
             check_model(model, ds, device, role=name, classes=None if name == "original" else retain,
-                        forget=forget if name == "original" else None, force=args.force, quiet=args.quiet,
+                        forget=forget if name == "original" else None,
+                        absent=None if name == "original" else forget, force=args.force, quiet=args.quiet,
                         own=bool(metas[name].get("kind")))
     independent = [n for n in ("retrained",) if n in models]
     if is_from_scratch(metas["unlearned"].get("method")) or metas["unlearned"].get("kind") in ("retrained",

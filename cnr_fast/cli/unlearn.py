@@ -108,7 +108,8 @@ def run(args) -> int:
               "(pass --restart to run it again)", file=sys.stderr, flush=True)
         return 0
 
-    original, _, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
+    original, orig_meta, orig_path, cache_hit = load_original(cfg, ds, device, args.cache_dir, quiet)
+    args.original_is_own = bool(orig_meta.get("kind"))  # trained by cnr-fast (its cache, or a checkpoint it wrote)
     state, _ = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
     # bad input or a diverged stage on a fresh run leaves nothing behind (an earlier run's state stays)
     return run_with_state(state, lambda: _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
@@ -150,15 +151,15 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     forget = list(cfg.data.forget)
     # the input contract checked before any work: a model fed otherwise than it was trained stops here
     checks = {"original": check_model(original, ds, device, role="original", forget=forget, expect_acc=args.expect_acc,
-                                      force=args.force, quiet=quiet, own=not cfg.model.checkpoint)}
+                                      force=args.force, quiet=quiet, own=args.original_is_own)}
     refs = {}
     if args.audit != "off" and args.retrained not in (None, "auto", "off"):
         retain = ds.retain_classes(forget)
         for name, flag, path in (("retrained", "--retrained", args.retrained), (NULL, "--null", args.null)):
             if path is not None:
                 refs[name] = load_retrained(path, cfg, ds, device, args.cache_dir, quiet, flag=flag)
-                checks[name] = check_model(refs[name], ds, device, role=flag[2:], classes=retain, force=args.force,
-                                           quiet=quiet)
+                checks[name] = check_model(refs[name], ds, device, role=flag[2:], classes=retain, absent=forget,
+                                           force=args.force, quiet=quiet)
     acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
     log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
 

@@ -296,7 +296,8 @@ def _load_imagefolder(path, cfg) -> Dataset:
       then come from images the user may have trained on.
     - data.test_dir: a test split kept elsewhere (class folders), used instead of any test/ or carve.
 
-    Every image is converted to RGB (3 channels). The image size is the images' own when they all
+    A folder of grey images only loads with one channel; any colour image among them makes every image
+    RGB (3 channels). The image size is the images' own when they all
     have one square size, else data.image_size must say it (the size the model was trained at).
     An empty class folder, an unreadable or corrupt image is an error naming the file.
     """
@@ -333,7 +334,11 @@ def _load_imagefolder(path, cfg) -> Dataset:
                         + (f" (lacks {missing})" if missing else "") + (f" (has {extra} too)" if extra else "")
                         + "; give every split the same class folders")
     size = cfg.image_size or _common_size([f for _n, files in parts.values() for f, _y in files], path)
-    loaded = {k: _read_images(files, size) for k, (_n, files) in parts.items()}
+    read = {k: _read_images(files, size) for k, (_n, files) in parts.items()}
+    # a folder of grey images only keeps one channel (a 1-channel model takes it; a 3-channel model gets it
+    # repeated to RGB by the input contract); any colour image makes every image RGB
+    one = all(g for _x, _y, g in read.values())
+    loaded = {k: (x[:, :1] if one else x, y) for k, (x, y, _g) in read.items()}
     name = f"imagefolder:{path}"
     if "pool" in loaded:
         x, y = loaded.pop("pool")
@@ -417,20 +422,26 @@ def _common_size(paths, root) -> int:
     return int(w)
 
 
-def _read_images(files, size) -> tuple[np.ndarray, np.ndarray]:
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _read_images(files, size) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(uint8 images (N, 3, size, size), labels, whether every image was grey)."""
     from PIL import Image, UnidentifiedImageError
 
     xs = np.empty((len(files), 3, size, size), dtype=np.uint8)
+    grey = True
     for i, (p, _) in enumerate(files):
         try:
             with Image.open(p) as im:
+                grey = grey and im.mode in GREY_MODES
                 im = im.convert("RGB")
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.BILINEAR)
                 xs[i] = np.asarray(im).transpose(2, 0, 1)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise _open_error(p, e) from None
-    return xs, np.asarray([y for _, y in files], dtype=np.int64)
+    return xs, np.asarray([y for _, y in files], dtype=np.int64), grey
 
 
 def batches(split: Split, batch_size: int, *, shuffle: bool = False, generator=None, device="cpu"):

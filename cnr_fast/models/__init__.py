@@ -128,7 +128,7 @@ def build_model(arch: str, num_classes: int, in_channels: int, image_size: int, 
         model = sources.build(arch, num_classes, image_size, sources.parse_model_args(model_args))
         sources.apply_input_contract(model, in_channels, normalize, arch)
         example = torch.zeros(2, in_channels, image_size, image_size)
-        model.cnr_fast_logits = sources.apply_logits_rule(model, example, logits_from, arch)
+        model.cnr_fast_logits = sources.apply_logits_rule(model, example, logits_from, arch, num_classes)
         taps.attach(model, example, taps.parse_overrides(tap_paths))
         return model
     if arch in _RESNETS:
@@ -246,7 +246,7 @@ class LogitMask(nn.Module):
     def forward(self, x):
         out = self.model(x)
         if not isinstance(out, torch.Tensor):  # a user's model returning a tuple / dict: its logits by the rule
-            out = sources.pick_logits(out)
+            out = sources.pick_logits(out, None, self.forget_mask.numel())
         return out.masked_fill(self.forget_mask, float("-inf"))
 
 
@@ -255,7 +255,7 @@ def model_meta(arch: str, width: float, ds, model: nn.Module | None = None, mode
     """What a checkpoint records about its model and data (ds: cnr_fast.data.Dataset); for a model
     source other than cnr-fast's own, how it was built and its taps (path and layout)."""
     inner = getattr(model, "model", model)  # LogitMask wraps
-    stem = {"stem": inner.stem} if getattr(inner, "stem", None) else {}
+    stem = {"stem": inner.stem} if isinstance(getattr(inner, "stem", None), str) else {}  # own ResNets only
     source = {}
     if sources.kind(arch) != "own":
         found = getattr(inner, "cnr_fast_taps", None) or {}

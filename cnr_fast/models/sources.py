@@ -247,8 +247,9 @@ def describe_output(out) -> str:
     return f"a {type(out).__name__}"
 
 
-def pick_logits(out, where: str | None = None):
-    """The logits tensor in a forward's output by the stated rule (see LOGITS_HELP); None where none is."""
+def pick_logits(out, where: str | None = None, num_classes: int | None = None):
+    """The logits tensor in a forward's output by the stated rule (see LOGITS_HELP); None where none is.
+    A tuple's tensors: the first with num_classes columns where that is known, else the first."""
     if where is not None:
         try:
             if isinstance(out, (tuple, list)):
@@ -263,7 +264,9 @@ def pick_logits(out, where: str | None = None):
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)):
-        return next((o for o in out if isinstance(o, torch.Tensor)), None)
+        tensors = [o for o in out if isinstance(o, torch.Tensor)]
+        fits = [o for o in tensors if num_classes is not None and o.ndim == 2 and o.shape[1] == num_classes]
+        return (fits or tensors or [None])[0]
     if isinstance(out, dict) or hasattr(out, "keys"):
         got = out.get("logits") if hasattr(out, "get") else None
         return got if isinstance(got, torch.Tensor) else None
@@ -274,14 +277,15 @@ def pick_logits(out, where: str | None = None):
 class LogitsOf:
     """Forward hook: the model's output replaced by the logits in it (pick_logits)."""
 
-    def __init__(self, where: str | None = None):
-        self.where = where
+    def __init__(self, where: str | None = None, num_classes: int | None = None):
+        self.where, self.num_classes = where, num_classes
 
     def __call__(self, _module, _args, out):
-        return pick_logits(out, self.where)
+        return pick_logits(out, self.where, self.num_classes)
 
 
-def apply_logits_rule(model: nn.Module, example: torch.Tensor, where: str | None = None, spec: str = "") -> str | None:
+def apply_logits_rule(model: nn.Module, example: torch.Tensor, where: str | None = None, spec: str = "",
+                      num_classes: int | None = None) -> str | None:
     """Run the model once on `example`; where its forward returns something other than a logits tensor,
     attach LogitsOf so every stage sees the logits. Returns what was decided (None: a plain tensor).
     A forward whose output holds no tensor there: one line naming what it returns and --logits-from."""
@@ -289,11 +293,16 @@ def apply_logits_rule(model: nn.Module, example: torch.Tensor, where: str | None
         out = model.eval()(example)
     if isinstance(out, torch.Tensor) and where is None:
         return None
-    got = pick_logits(out, where)
+    got = pick_logits(out, where, num_classes)
+    where_text = f"at {where!r}" if where is not None else "by the default rule"
     if got is None:
         raise UserError(f"the model {spec + ' ' if spec else ''}returns {describe_output(out)}, with no logits tensor "
-                        + (f"at {where!r}" if where is not None else "by the default rule")
-                        + "; pass --logits-from INDEX|KEY (logits_from= in Python) saying where its logits are")
-    model.register_forward_hook(LogitsOf(where))
+                        f"{where_text}; pass --logits-from INDEX|KEY (logits_from= in Python) saying where its logits "
+                        "are")
+    if num_classes is not None and (got.ndim != 2 or got.shape[1] != num_classes):
+        raise UserError(f"the model {spec + ' ' if spec else ''}returns {describe_output(out)}; the tensor taken as "
+                        f"logits {where_text} is {list(got.shape)}, not (batch, {num_classes}) for the data's "
+                        f"{num_classes} classes; pass --logits-from INDEX|KEY (logits_from= in Python)")
+    model.register_forward_hook(LogitsOf(where, num_classes))
     return f"logits taken from {describe_output(out)}" + (f" at {where!r}" if where is not None else
                                                             " (first tensor / 'logits'; --logits-from overrides)")
