@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .config import RunConfig
-from .data import Dataset, Split, carve_validation, check_test_classes
+from .data import Dataset, Split, carve_validation, check_test_classes, class_difference
 from .errors import UserError
 from .models import sources, taps as T
 
@@ -69,10 +69,9 @@ def _class_names(data: dict, num_classes: int) -> list[str]:
     first = next(iter(named.values()))
     for k, names in named.items():
         if names != first:
-            missing, extra = sorted(set(first) - set(names)), sorted(set(names) - set(first))
             raise UserError(f"data[{k!r}] has other classes than data[{next(iter(named))!r}]"
-                            + (f" (lacks {missing})" if missing else "") + (f" (has {extra} too)" if extra else "")
-                            + "; its labels number the classes otherwise: give every split the same class folders")
+                            f"{class_difference(first, names)}; its labels number the classes otherwise: give every "
+                            "split the same class folders")
     return first + [str(c) for c in range(len(first), num_classes)]
 
 
@@ -128,7 +127,7 @@ def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str, l
 
     if isinstance(model, LogitMask):  # the wrapper `unlearn` returns for logit masking: prepare what it wraps
         inner = _prepare(model.model, ds, taps, normalize, logits_from)
-        return LogitMask(inner, model.forget_mask.nonzero().flatten().tolist()).eval()
+        return LogitMask(inner, model.forget_classes()).eval()
     model = copy.deepcopy(model).cpu()
     example = torch.zeros(2, ds.in_channels, ds.image_size, ds.image_size)
     own = callable(getattr(model, "tap_modules", None))
@@ -194,8 +193,7 @@ def _bare(user_model: nn.Module, unlearned: nn.Module, device) -> nn.Module:
     bare = copy.deepcopy(user_model)
     bare.load_state_dict(inner.state_dict())
     bare = bare.to(device).eval()
-    return LogitMask(bare, unlearned.forget_mask.nonzero().flatten().tolist()) if isinstance(unlearned, LogitMask) \
-        else bare
+    return LogitMask(bare, unlearned.forget_classes()) if isinstance(unlearned, LogitMask) else bare
 
 
 def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retrained: nn.Module | None = None,

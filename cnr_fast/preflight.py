@@ -22,7 +22,7 @@ import sys
 import torch
 import torch.nn as nn
 
-from .data import Split, batches
+from .data import Split, batches, named_classes
 from .errors import UserError
 from .models.taps import eval_forward
 from .progress import log
@@ -114,12 +114,12 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
     if forget:
         found["forget_accuracy"] = f_acc = overall_accuracy(model, ds.test.of_classes(forget), device)
         if f_acc <= limit:
-            problems.append(f"it does not recognise the forget class(es) {_named(forget, ds)} (test accuracy "
+            problems.append(f"it does not recognise the forget class(es) {named_classes(forget, ds)} (test accuracy "
                             f"{f_acc:.3f}, as if forgotten already)")
     if absent:
         found["forget_accuracy"] = a_acc = overall_accuracy(model, ds.test.of_classes(absent), device)
         if a_acc > limit:
-            problems.append(f"it recognises the forget class(es) {_named(absent, ds)} (test accuracy {a_acc:.3f}) it "
+            problems.append(f"it recognises the forget class(es) {named_classes(absent, ds)} (test accuracy {a_acc:.3f}) it "
                             "should never have seen: was it retrained without another class? Check --forget against "
                             "the printed class table")
     found["problems"] = list(problems)
@@ -135,7 +135,3 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
             raise UserError(msg + "; --force runs anyway")
         print(f"cnr-fast: warning (--force): {msg}", file=sys.stderr, flush=True)
     return found
-
-
-def _named(classes, ds) -> str:
-    return ", ".join(f"{c} ({ds.class_names[c]!r})" if c < len(ds.class_names) else str(c) for c in classes)

@@ -10,6 +10,6 @@ from ..models import LogitMask
 def run(original, ds, forget, cfg, *, device, quiet=False):
     forget = sorted(set(forget))
     if isinstance(original, LogitMask):
-        forget = sorted(set(forget) | set(original.forget_mask.nonzero().flatten().tolist()))
+        forget = sorted(set(forget) | set(original.forget_classes()))
         original = original.model
     return LogitMask(copy.deepcopy(original), forget).to(device).eval(), {"logit_mask": list(forget)}

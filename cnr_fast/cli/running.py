@@ -8,7 +8,7 @@ import sys
 import torch
 
 from ..config import RunConfig
-from ..data import Dataset, check_forget, class_table, load_dataset, resolve_forget
+from ..data import Dataset, check_forget, class_table, load_dataset, named_classes, resolve_forget
 from ..errors import UserError
 from ..models import vit_patch
 from ..progress import log
@@ -55,7 +55,7 @@ def prepare_run(cfg: RunConfig, quiet=False, forget_names=None) -> tuple[RunConf
     n_val = len(ds.val) if ds.val is not None else 0
     log(f"data: {ds.name}: {len(ds.train)} train / {n_val} validation / {len(ds.test)} test, {ds.num_classes} classes, "
         f"{ds.in_channels}x{ds.image_size}x{ds.image_size}; forget "
-        + ", ".join(f"{c} ({ds.class_names[c]!r})" for c in cfg.data.forget), quiet)
+        + named_classes(cfg.data.forget, ds), quiet)
     log("classes (index name: train/validation/test): " + describe_classes(ds), quiet)
     return cfg, ds, device
 

@@ -170,13 +170,24 @@ def load_dataset(cfg, check: bool = True) -> Dataset:
     return ds
 
 
+def named_classes(classes, ds: Dataset) -> str:
+    """'3 ('three'), 5 ('five')': class indices with their names, for messages."""
+    return ", ".join(f"{c} ({ds.class_names[c]!r})" if c < len(ds.class_names) else str(c) for c in classes)
+
+
+def class_difference(expected, names) -> str:
+    """' (lacks [...]) (has [...] too)': how a split's class names differ from the expected ones."""
+    missing, extra = sorted(set(expected) - set(names)), sorted(set(names) - set(expected))
+    return (f" (lacks {missing})" if missing else "") + (f" (has {extra} too)" if extra else "")
+
+
 def check_test_classes(ds: Dataset) -> None:
     """Every class with training examples has test examples (else its held-out numbers are missing)."""
     present = set(ds.test.y.unique().tolist())
     lacking = [c for c in ds.train.y.unique().tolist() if c not in present]
     if lacking:
-        names = ", ".join(f"{c} ({ds.class_names[c]!r})" if c < len(ds.class_names) else str(c) for c in sorted(lacking))
-        raise UserError(f"the test split of {ds.name!r} has no example of class(es) {names}; give the test split "
+        raise UserError(f"the test split of {ds.name!r} has no example of class(es) {named_classes(sorted(lacking), ds)}; "
+                        "give the test split "
                         "every class the training split has (with the same class indices)")
 
 
@@ -328,11 +339,9 @@ def _load_imagefolder(path, cfg) -> Dataset:
     for split, (names, _files) in parts.items():
         if split in ("train", "pool") or names == classes:
             continue
-        missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
         where = cfg.test_dir if split == "test" and cfg.test_dir else layout.get(split)
         raise UserError(f"the {split} split {where!r} has other classes than the training split"
-                        + (f" (lacks {missing})" if missing else "") + (f" (has {extra} too)" if extra else "")
-                        + "; give every split the same class folders")
+                        f"{class_difference(classes, names)}; give every split the same class folders")
     size = cfg.image_size or _common_size([f for _n, files in parts.values() for f, _y in files], path)
     read = {k: _read_images(files, size) for k, (_n, files) in parts.items()}
     # a folder of grey images only keeps one channel (a 1-channel model takes it; a 3-channel model gets it
@@ -344,7 +353,6 @@ def _load_imagefolder(path, cfg) -> Dataset:
         x, y = loaded.pop("pool")
         frac = cfg.test_fraction
         if "test" in loaded:
-            frac = 0.0
             train = Split(torch.as_tensor(x), torch.as_tensor(y, dtype=torch.long))
         else:
             tr, te = stratified_split(y, frac, 0)

@@ -243,6 +243,9 @@ class LogitMask(nn.Module):
     def tap_modules(self):
         return tap_modules(self.model)
 
+    def forget_classes(self) -> list[int]:
+        return self.forget_mask.nonzero().flatten().tolist()
+
     def forward(self, x):
         out = self.model(x)
         if not isinstance(out, torch.Tensor):  # a user's model returning a tuple / dict: its logits by the rule
