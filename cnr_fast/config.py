@@ -147,8 +147,8 @@ class BaselineConfig:
     # "large" (large_scale_unlearning.ipynb, CIFAR-10 full class: SGD 5e-4, 3 epochs, msteps 2, T 4,
     # gamma 0.99, alpha 0.001, forget / retain batch 512 / 256) and "small" (small_scale_unlearning.ipynb,
     # the one their README names for small data sets: Adam 5e-4, wd 0.1, 10 epochs, msteps 3, T 2,
-    # gamma 1, alpha 0.5, forget / retain batch 64 / 32). "val" (default): both run, the one with the
-    # better validation score is kept (tuning.select_on_validation).
+    # gamma 1, alpha 0.5, forget / retain batch 64 / 32). "val" (default): both run, the validation rule
+    # keeps one (tuning.choose).
     scrub_preset: str = "val"
     scrub_forget_batch: int | None = None  # None: the setting's own loader (512 large, 64 small)
     scrub_retain_batch: int | None = None  # None: the setting's own loader (256 large, 32 small)

@@ -232,7 +232,7 @@ def test_salun_mask_is_global_top_share_and_unmasked_weights_do_not_move():
                                                                                     out.parameters(), mask))
 
 
-def test_select_on_validation_keeps_the_best_validation_score():
+def test_select_on_validation_forgets_most_within_the_retain_margin():
     from cnr_fast.baselines._common import select_on_validation
     from cnr_fast.errors import UserError
 
@@ -248,12 +248,37 @@ def test_select_on_validation_keeps_the_best_validation_score():
             out[:, self.cls] = 1
             return out
 
-    # predicting class 0 everywhere: val retain acc 0.5 (classes 0, 2), forget acc 0 -> score 0.5
-    model, info = select_on_validation({"a": 1, "b": 0}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True)
+    # the original predicts class 1 everywhere: val retain acc 0 (classes 0, 2), forget acc 1; predicting
+    # class 0 everywhere keeps retain accuracy 0.5 and forgets class 1 (forget acc 0)
+    model, info = select_on_validation({"a": 1, "b": 0}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True,
+                                       original=Const(1))
     assert info["chosen_on_validation"] == "b" and info["validation"]["b"]["score"] == pytest.approx(0.5)
+    assert model.cls == 0 and info["validation_rule"]["within_margin"]
+    assert info["validation_rule"]["original_val_retain_acc"] == pytest.approx(0.0)
     ds.val = None
     with pytest.raises(UserError, match="validation split"):
-        select_on_validation({"a": 1}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True)
+        select_on_validation({"a": 1}, lambda c: (Const(c), {}), ds, [1], CPU, "t", quiet=True, original=Const(1))
+
+
+def test_the_validation_rule_never_prefers_a_collapsed_model():
+    """Hand-made validation tables: the old score (retain - forget) would take the collapsed candidate."""
+    from cnr_fast.tuning import choose, retain_margin
+
+    # SSD on one seed of the multiclass run: retain 0.125 / forget 0 beat retain 0.94 / forget 0.85 on the score
+    table = {"alpha=2.5": {"val_forget_acc": 0.0, "val_retain_acc": 0.125},
+             "alpha=5": {"val_forget_acc": 0.85, "val_retain_acc": 0.94},
+             "alpha=10": {"val_forget_acc": 0.90, "val_retain_acc": 0.95}}
+    assert max(table, key=lambda n: table[n]["val_retain_acc"] - table[n]["val_forget_acc"]) == "alpha=2.5"
+    assert choose(table, 0.95, 0.05) == ("alpha=5", True)  # forgets most of those within the margin
+    # within the margin the one that forgets most wins, even at a little retain cost; ties: more retain, earlier
+    t2 = {"a": {"val_forget_acc": 0.3, "val_retain_acc": 0.95}, "b": {"val_forget_acc": 0.0, "val_retain_acc": 0.91},
+          "c": {"val_forget_acc": 0.0, "val_retain_acc": 0.93}, "d": {"val_forget_acc": 0.0, "val_retain_acc": 0.93}}
+    assert choose(t2, 0.95, 0.05) == ("c", True)
+    # none within the margin: the one that keeps most, flagged
+    t3 = {"a": {"val_forget_acc": 0.0, "val_retain_acc": 0.2}, "b": {"val_forget_acc": 0.1, "val_retain_acc": 0.6}}
+    assert choose(t3, 0.95, 0.05) == ("b", False)
+    # the margin: the split's resolution 1/sqrt(N), floored at 0.02
+    assert retain_margin(100) == pytest.approx(0.1) and retain_margin(10 ** 6) == pytest.approx(0.02)
 
 
 def test_applied_choice_runs_that_candidate_only():
@@ -273,12 +298,13 @@ def test_applied_choice_runs_that_candidate_only():
         return Zero(), {}
 
     with applied_choice("b"):
-        _, info = select_on_validation({"a": 1, "b": 2, "c": 3}, run_one, ds, [1], CPU, "t", quiet=True)
+        _, info = select_on_validation({"a": 1, "b": 2, "c": 3}, run_one, ds, [1], CPU, "t", quiet=True,
+                                       original=Zero())
     assert ran == [2] and info["chosen_on_validation"] == "b" and list(info["validation"]) == ["b"]
-    select_on_validation({"a": 1, "b": 2}, run_one, ds, [1], CPU, "t", quiet=True)
+    select_on_validation({"a": 1, "b": 2}, run_one, ds, [1], CPU, "t", quiet=True, original=Zero())
     assert ran == [2, 1, 2]
     with applied_choice("z"), pytest.raises(ValueError, match="not one of its candidates"):
-        select_on_validation({"a": 1}, run_one, ds, [1], CPU, "t", quiet=True)
+        select_on_validation({"a": 1}, run_one, ds, [1], CPU, "t", quiet=True, original=Zero())
 
 
 def test_scrub_max_step_moves_away_from_the_teacher_on_forget_data():

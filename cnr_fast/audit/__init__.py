@@ -369,7 +369,7 @@ def audit_models(
     if retrained is not None and NULL in metrics:
         out["verdict"] = _verdict(metrics, original=original, retrained=retrained, null=NULL,
                                   audited=[n for n in order if n not in (original, retrained, NULL)],
-                                  n_forget=int(fmask_test.sum()))
+                                  n_forget=int(fmask_test.sum()), n_retain=int((~fmask_test).sum()))
     if figures:
         out["_figures"] = figs
     return out

@@ -19,7 +19,7 @@ from ._common import generator, paired_batches, split_classes, trainable_copy
 def run(original, ds, forget, cfg, *, device, quiet=False):
     """The step size is baseline.lr, or chosen on validation when it is null (tuning.maybe_tuned_lr)."""
     return maybe_tuned_lr(cfg.baseline.lr, lambda lr: gau(original, ds, forget, cfg, lr, device=device, quiet=quiet),
-                          ds, forget, device, "gau", quiet)
+                          ds, forget, device, "gau", quiet, original=original)
 
 
 def gau(original, ds, forget, cfg, lr, *, device, quiet=False):

@@ -17,7 +17,7 @@ from ._common import frozen_copy, generator, paired_batches, split_classes, trai
 def run(original, ds, forget, cfg, *, device, quiet=False):
     """The step size is baseline.lr, or chosen on validation when it is null (tuning.maybe_tuned_lr)."""
     return maybe_tuned_lr(cfg.baseline.lr, lambda lr: kdu(original, ds, forget, cfg, lr, device=device, quiet=quiet),
-                          ds, forget, device, "kdu", quiet)
+                          ds, forget, device, "kdu", quiet, original=original)
 
 
 def kdu(original, ds, forget, cfg, lr, *, device, quiet=False):

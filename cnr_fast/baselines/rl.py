@@ -24,4 +24,5 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     if lr is not None:
         return one(lr)
-    return select_on_validation({f"lr={v:g}": v for v in LR_GRID}, one, ds, forget, device, "rl", quiet)
+    return select_on_validation({f"lr={v:g}": v for v in LR_GRID}, one, ds, forget, device, "rl", quiet,
+                                original=original)

@@ -11,7 +11,7 @@ from ._common import generator, split_classes, trainable_copy
 
 def run(original, ds, forget, cfg, *, device, quiet=False):
     return maybe_tuned_lr(cfg.baseline.lr, lambda lr: roft(original, ds, forget, cfg, lr, device=device, quiet=quiet),
-                          ds, forget, device, "roft", quiet)
+                          ds, forget, device, "roft", quiet, original=original)
 
 
 def roft(original, ds, forget, cfg, lr, *, device, quiet=False):

@@ -58,7 +58,7 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
     return select_on_validation({f"lr={lr:g}": lr for lr in LR_GRID},
                                 lambda lr: random_labelling(original, ds, forget, cfg, mask, lr, device=device,
                                                             quiet=quiet),
-                                ds, forget, device, "salun", quiet)
+                                ds, forget, device, "salun", quiet, original=original)
 
 
 def random_labelling(original, ds, forget, cfg, mask, lr, *, device, quiet=False, desc="salun"):

@@ -54,7 +54,7 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
         raise UserError(f"unknown scrub_preset {preset!r}; choose one of large, small, val")
     return select_on_validation(PRESETS, lambda p: scrub(original, ds, forget, cfg, p, device=device, quiet=quiet),
-                                ds, forget, device, "scrub", quiet)
+                                ds, forget, device, "scrub", quiet, original=original)
 
 
 def max_loss_of(model, teacher, x, t):

@@ -107,7 +107,7 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
         return model, info
 
     model, info = select_on_validation({f"alpha={a:g}": a for a in ALPHA_GRID}, counted, ds, forget, device, "ssd",
-                                       quiet)
+                                       quiet, original=original)
     for name, n in counts.items():
         info["validation"][name]["dampened_params"] = n
     return model, info

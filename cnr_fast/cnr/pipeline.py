@@ -98,7 +98,7 @@ def tuned_reset(original, ds, forget, x, cfg, *, device, quiet=False, state=None
                      device=device, amp=cfg.amp, seed=cfg.seed, compile=cfg.compile, quiet=quiet,
                      state=view(state, f"lr={lr:g}-") if searched else state)
 
-    return maybe_tuned_lr(cfg.reset.lr, one, ds, forget, device, "reset", quiet)
+    return maybe_tuned_lr(cfg.reset.lr, one, ds, forget, device, "reset", quiet, original=original)
 
 
 def real_forget_images(ds, forget, per_class: int, seed: int) -> torch.Tensor:

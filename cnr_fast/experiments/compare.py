@@ -112,12 +112,20 @@ def compare_tables(result: dict) -> dict:
         "references": {"original": table["original"], "retrained": table["retrained"],
                        "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"])},
         "separation": judge(per_seed, table, methods, keys),
-        "verdict": verdict_over_seeds(per_seed, methods, _forget_test_size(result)),
+        "verdict": verdict_over_seeds(per_seed, methods, _forget_test_size(result), _retain_test_size(result)),
         "unlearn_time_s": {m: summarise(v, None) for m, v in result["per_seed_times"].items()},
         "reference_train_time_s": {k: summarise(v, None) for k, v in result["per_seed_reference_times"].items()
                                    if v},
     })
     return result
+
+
+def _retain_test_size(result: dict) -> int | None:
+    """Retain-class test examples (the utility judgement's resolution); None where the file lacks them."""
+    s = result.get("audit_settings") or {}
+    if s.get("test_size") and s.get("forget_test_size"):
+        return int(s["test_size"]) - int(s["forget_test_size"])
+    return None
 
 
 def _forget_test_size(result: dict) -> int:

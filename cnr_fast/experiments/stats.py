@@ -166,41 +166,86 @@ def summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None,
 
 
 
-def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int) -> dict | None:
+BOOTSTRAP_DRAWS = 4000
+
+
+def bounded_interval(values) -> tuple[float, float, float]:
+    """(mean, low, high) for a quantity in [0, 1] over seeds: the percentile bootstrap over seeds (BOOTSTRAP_DRAWS
+    resamples, seeded), which never leaves [0, 1]; NaN bounds below 3 seeds, where any interval is a guess. With
+    few seeds it is at most the seeds' range and understates the uncertainty: the reports say so."""
+    a = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if len(a) == 0:
+        return float("nan"), float("nan"), float("nan")
+    if len(a) < 3:
+        return float(a.mean()), float("nan"), float("nan")
+    rng = np.random.default_rng(0)
+    means = a[rng.integers(0, len(a), size=(BOOTSTRAP_DRAWS, len(a)))].mean(axis=1)
+    return float(a.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def share_summary(values) -> dict:
+    mean, lo, hi = bounded_interval(values)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "interval": "bootstrap", "values": [float(v) for v in values]}
+
+
+def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int, n_retain: int | None = None) -> dict | None:
     """audit/verdict.py's verdict on every seed that audited a null model ("retrained_null"), and per
-    method over those seeds: the share of the separating measures it stands with the retrained model
-    (with the original, between, past either), mean and 95% t-interval, and one sentence. None when no
-    seed has a null model (files written before the null was audited)."""
+    method over those seeds: on how many seeds it is damaged (retain accuracy more than the margin below both
+    the original's and the retrained model's), and over the seeds where it is not, the share of the separating
+    measures it stands with the retrained model (with the original, between, past either): mean and a
+    bootstrap interval over seeds (`bounded_interval`), and one sentence. None when no seed has a null
+    model (files written before the null was audited)."""
     from ..audit.verdict import NULL, ZONES, verdict
 
     runs = [(i, ps) for i, ps in enumerate(per_seed) if NULL in ps]
     if not runs:
         return None
     per = [verdict(ps, original="original", retrained="retrained", null=NULL,
-                   audited=[m for m in methods if m in ps], n_forget=n_forget) for _, ps in runs]
-    out = {"seeds_judged": [i for i, _ in runs], "per_seed": per, "methods": {}}
+                   audited=[m for m in methods if m in ps], n_forget=n_forget, n_retain=n_retain) for _, ps in runs]
+    out = {"seeds_judged": [i for i, _ in runs], "per_seed": per, "methods": {},
+           "interval": f"percentile bootstrap over seeds ({BOOTSTRAP_DRAWS} resamples), none below 3 seeds"}
     for m in methods:
         shares = {z: [] for z in ZONES}
+        damaged, retain, seen = 0, [], 0
         for v in per:
             mv = v["models"].get(m)
-            if mv is None or not mv["judged"]:
+            if mv is None:
+                continue
+            seen += 1
+            if mv.get("utility"):
+                retain.append(mv["utility"]["retain_acc"])
+            if mv.get("damaged"):
+                damaged += 1
+                continue
+            if not mv["judged"]:
                 continue
             for z in ZONES:
                 shares[z].append(mv["counts"][z] / mv["judged"])
-        summary = {z: summarise(vals, None) for z, vals in shares.items() if vals}
+        summary = {z: share_summary(vals) for z, vals in shares.items() if vals}
         seps = [len(v["separating"]) for v in per]
+        parts = []
+        if damaged:
+            parts.append(f"damaged on {damaged} of {seen} seeds (retain accuracy {_pct(share_summary(retain), 3)} "
+                         f"over the {len(retain)} seeds; more than the margin below the original and the retrained model)")
         if summary:
             w, o = summary["with_retrained"], summary["with_original"]
-            sentence = (f"{m}: with the retrained model on {_pct(w)} of the separating measures, with the original "
-                        f"on {_pct(o)}, between or past them on the rest (mean [95% interval] over "
-                        f"{len(shares['with_retrained'])} seeds; {min(seps)}-{max(seps)} measures separate per seed)")
-        else:
-            sentence = f"{m}: no measure separates the retrained model from the original on any seed"
-        out["methods"][m] = {"shares": summary, "sentence": sentence}
+            where = f" on the other {len(shares['with_retrained'])}" if damaged else ""
+            parts.append(f"{where.strip() + ': ' if where else ''}with the retrained model on {_pct(w)} of the "
+                         f"separating measures, with the original on {_pct(o)}, between or past them on the rest "
+                         f"(mean [bootstrap interval] over {len(shares['with_retrained'])} seeds; per seed "
+                         f"{min(seps)} to {max(seps)} measures separate the retrained model from the original)")
+        elif not damaged:
+            parts.append("no measure separates the retrained model from the original on any seed")
+        sentence = f"{m}: " + "; ".join(parts) if parts else f"{m}: not audited"
+        out["methods"][m] = {"shares": summary, "damaged_seeds": damaged, "seeds": seen,
+                             "retain_acc": share_summary(retain) if retain else None, "sentence": sentence}
     return out
 
 
-def _pct(s: dict) -> str:
+def _pct(s: dict, digits: int = 0) -> str:
+    """"mean [low, high]" as percentages (digits=0) or as a proportion (digits > 0); the mean alone without bounds."""
+    f = (lambda v: f"{100 * v:.0f}%") if digits == 0 else (lambda v: f"{v:.{digits}f}")
     if not math.isfinite(s["ci_low"]):
-        return f"{100 * s['mean']:.0f}%"
-    return f"{100 * s['mean']:.0f}% [{100 * max(0.0, s['ci_low']):.0f}, {100 * min(1.0, s['ci_high']):.0f}]"
+        return f(s["mean"])
+    g = (lambda v: f"{100 * v:.0f}") if digits == 0 else f
+    return f"{f(s['mean'])} [{g(max(0.0, s['ci_low']))}, {g(min(1.0, s['ci_high']))}]"

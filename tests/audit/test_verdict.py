@@ -94,3 +94,40 @@ def test_python_api_gives_the_verdict_with_a_null():
     assert "retrained_null" in r["metrics"] and set(r["verdict"]["models"]) == {"unlearned"}
     with pytest.raises(ValueError, match="null needs retrained"):
         cnr_fast.audit_model(m[0], original=m[0], null=m[2], data=data, forget=[2], force=True)
+
+
+def test_a_damaged_model_is_named_damaged_first_and_never_with_the_retrained_model():
+    """Hand-made values: "c" forgets like the retrained model on every measure but keeps retain accuracy 0.27."""
+    metrics = {**METRICS, "c": _m(0.0, 0.58, 0.47, 0.50, retain=0.27), "d": _m(0.0, 0.58, 0.47, 0.50, retain=0.95)}
+    v = verdict(metrics, original="original", retrained="retrained", null="retrained_null", audited=["c", "d"],
+                n_forget=100, n_retain=900)
+    c, d = v["models"]["c"], v["models"]["d"]
+    # margin = max(|r - n| = 0, 1/sqrt(900) = 0.033, floor 0.02); 0.27 < min(0.97, 0.97) - 0.033
+    assert c["utility"]["margin"] == pytest.approx(1 / 30) and c["damaged"]
+    assert c["counts"]["with_retrained"] == 3  # its forget measures, kept for reading
+    assert c["sentence"].startswith("c: damaged: retain accuracy 0.270") and "with the retrained model on" not in c["sentence"]
+    # 0.95 is within 0.033 of 0.97: not damaged, placed as usual
+    assert not d["damaged"] and d["sentence"].startswith("d: with the retrained model on 3 of 3")
+
+
+def test_over_seeds_a_damaged_seed_is_counted_apart():
+    from cnr_fast.experiments.stats import verdict_over_seeds
+
+    def seed(retain_c):
+        return {n: flatten(m) for n, m in {**METRICS, "c": _m(0.0, 0.58, 0.47, 0.50, retain=retain_c)}.items()}
+
+    v = verdict_over_seeds([seed(0.27), seed(0.96), seed(0.96)], ["c"], n_forget=100, n_retain=900)
+    m = v["methods"]["c"]
+    assert m["damaged_seeds"] == 1 and m["seeds"] == 3
+    assert m["shares"]["with_retrained"]["values"] == [1.0, 1.0]  # the two undamaged seeds only
+    assert m["sentence"].startswith("c: damaged on 1 of 3 seeds") and "on the other 2: with the retrained" in m["sentence"]
+
+
+def test_bounded_interval_stays_in_the_unit_interval():
+    from cnr_fast.experiments.stats import bounded_interval, t_interval
+
+    vals = [0.0, 1.0, 1.0]
+    assert t_interval(vals)[1] < 0 < 1 < t_interval(vals)[2] + 1  # the t interval leaves [0, 1]
+    mean, lo, hi = bounded_interval(vals)
+    assert 0.0 <= lo <= mean <= hi <= 1.0 and mean == pytest.approx(2 / 3)
+    assert math.isnan(bounded_interval([0.2, 0.4])[1])  # below 3 seeds: no interval
