@@ -26,4 +26,11 @@ def audit_model(model, *, original, data, forget, **kw):
     return _audit(model, original=original, data=data, forget=forget, **kw)
 
 
-__all__ = ["RunConfig", "UserError", "__version__", "audit_model", "unlearn"]
+def compare(build, data, forget, methods=None, **kw):
+    """Compare unlearning methods on your own model, data and training recipe: see cnr_fast.api.compare."""
+    from .api import compare as _compare
+
+    return _compare(build, data, forget, methods, **kw)
+
+
+__all__ = ["RunConfig", "UserError", "__version__", "audit_model", "compare", "unlearn"]

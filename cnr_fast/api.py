@@ -17,6 +17,11 @@ pipeline's (normalised) inputs exactly as the original did.
 
     model2, info = cnr_fast.unlearn(model, {"train": (x, y), "test": (xt, yt)}, forget=[2], method="cnr")
     report = cnr_fast.audit_model(model2, original=model, retrained=None, data=..., forget=[2])
+    result = cnr_fast.compare(build, data, forget=[2], methods=["cnr", "rl", "ssd"], seeds=3, train=my_train)
+
+`compare` runs methods over seeds on originals, retrained references and nulls made by *your* recipe:
+`train(model, data, classes, seed) -> model` (your loop; `data` is what you passed, `classes` the class
+indices to train on) called on a fresh `build()`, or models you trained (`originals`, `references`).
 """
 
 from __future__ import annotations
@@ -232,3 +237,96 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
                           retrained="retrained" if retrained is not None else None, taps=names, figures=False,
                           quiet=quiet, **kw)
     return json_view(result)
+
+
+def _per_seed(given, what: str) -> dict:
+    """{seed: value} from a dict {seed: value} or a list (index i is seed `first + i`, filled by the caller)."""
+    if given is None:
+        return {}
+    if isinstance(given, dict):
+        return {int(k): v for k, v in given.items()}
+    if isinstance(given, (list, tuple)):
+        return dict(enumerate(given))
+    raise UserError(f"{what} must be a dict {{seed: ...}} or a list with one entry per seed, not {type(given).__name__}")
+
+
+def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, originals=None, references=None,
+            config: RunConfig | None = None, device: str = "cpu", normalize: str = "pm1", taps: dict | None = None,
+            value_range: str = "auto", logits_from=None, expect_acc: float | None = None, force: bool = False,
+            quiet: bool = True, out: str | None = None) -> dict:
+    """Every method in `methods` (default: compare's) over `seeds` seeds on your model, data and recipe.
+
+    build() -> a fresh, untrained nn.Module of yours. train(model, data, classes, seed) -> the trained
+    model: your training loop, called for each seed's original (all classes), retrained reference and null
+    (the retain classes) and for RFS, with `data` exactly as you passed it; torch is seeded before build().
+    A train function needs a "val" split in `data` (it trains on data["train"]; a split cnr-fast carved
+    out of it would be inside what it trained on). originals / references: models you trained already,
+    {seed: model} or a list (entry i for seed config.seed + i); references as (retrained, null) pairs.
+    What is not given is trained by `train`; without `train`, by cnr-fast's own loop (the CLI's recipe,
+    config.train) on your build(). Each seed's original is checked before any method runs: near chance, or more than 0.05 below
+    `expect_acc`, raises UserError naming the recipe (force=True: a warning). Returns the compare.json
+    dict (its "recipe" names whose recipe made the models); `out` also writes compare.json and report.md.
+    """
+    from .config import validate
+    from .experiments import methods as M
+    from .experiments.compare import compare as run_compare
+    from .references import Recipe
+
+    cfg = validate((config or RunConfig()).replace(data={"forget": tuple(int(c) for c in forget)}))
+    methods = list(methods) if methods is not None else list(M.names(default_only=True))
+    M.check_names(methods)
+    if train is not None and not callable(train):
+        raise UserError(f"train must be a function train(model, data, classes, seed) -> model, not {type(train).__name__}")
+    if not callable(build):
+        raise UserError("build must be a function that returns a fresh, untrained nn.Module")
+    if train is not None and not (isinstance(data, dict) and "val" in data):
+        raise UserError("with a train function, data needs a 'val' split of your own ({'train': ..., 'val': ..., "
+                        "'test': ...}): your function trains on data['train'], so a split cnr-fast carved out of it "
+                        "would be inside what it trained on")
+    ds = as_dataset(data, val_fraction=cfg.data.val_fraction, value_range=value_range)
+    orig = {cfg.seed + i if isinstance(originals, (list, tuple)) else i: m
+            for i, m in _per_seed(originals, "originals").items()}
+    refs = {cfg.seed + i if isinstance(references, (list, tuple)) else i: pair
+            for i, pair in _per_seed(references, "references").items()}
+    for seed, pair in refs.items():
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise UserError(f"references[{seed}] must be a (retrained, null) pair of models")
+
+    def given(kind, seed):
+        if kind == "original":
+            return orig.get(seed)
+        if kind in ("retrained", "retrained_null") and seed in refs:
+            return refs[seed][0 if kind == "retrained" else 1]
+        return None
+
+    def prepared(m):
+        return _prepare(m, ds, taps, normalize, logits_from)
+
+    if train is None:  # cnr-fast's own loop on your build(), the CLI's recipe
+        from .train import train_classifier
+
+        def own(model, _data, classes, seed):
+            model = prepared(model).to(device)
+            train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, seed=seed, quiet=quiet)
+            return model
+
+        name = (f"cnr-fast's own recipe (train.train_classifier: {cfg.train.epochs} epochs, lr {cfg.train.lr:g}) "
+                "on your build()")
+        recipe = Recipe(name + (", with your given models where given" if orig or refs else ""), given=given,
+                        build=build, train=own, data=None, prepare=prepared)
+    else:
+        where = getattr(train, "__module__", None) or "your code"
+        name = f"your training function {getattr(train, '__qualname__', 'train')} (from {where})"
+        recipe = Recipe(name + (", with your given models where given" if orig or refs else ""), given=given,
+                        build=build, train=train, data=data, prepare=prepared)
+    result = run_compare(cfg, methods, seeds, device=device, ds=ds, quiet=quiet, recipe=recipe,
+                         expect_acc=expect_acc, force=force)
+    if out is not None:
+        from .experiments.scenarios import get as get_scenario
+        from .runs import check_out_dir, write_run_files
+
+        from pathlib import Path
+
+        check_out_dir(Path(out))
+        write_run_files(Path(out), get_scenario("single").files(result)[0])
+    return result

@@ -135,3 +135,34 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
             raise UserError(msg + "; --force runs anyway")
         print(f"cnr-fast: warning (--force): {msg}", file=sys.stderr, flush=True)
     return found
+
+
+EXPECT_SLACK = 0.05  # how far below --expect-acc an accuracy may fall before it stops a run
+
+
+def check_recipe(model: nn.Module, ds, device, *, recipe: str, seed: int, expect_acc: float | None = None,
+                 force: bool = False, quiet: bool = False) -> dict:
+    """The recipe check of `compare`, before any method runs: the original that `recipe` made for `seed`
+    reaches what accuracy on validation (test where there is none)? Near chance, or more than EXPECT_SLACK
+    below expect_acc, stops with one line naming the recipe as the likely cause (a warning with force)."""
+    split = ds.val if ds.val is not None and len(ds.val) else ds.test
+    where = "validation" if split is ds.val else "test"
+    acc = overall_accuracy(model, split, device)
+    found = {"seed": int(seed), "accuracy": acc, "split": where, "expect_acc": expect_acc, "recipe": recipe}
+    problem = None
+    if acc <= chance_limit(ds.num_classes):
+        problem = f"near chance ({1 / ds.num_classes:.3f})"
+    elif expect_acc is not None and acc < expect_acc - EXPECT_SLACK:
+        problem = f"far below the --expect-acc {expect_acc:.3f}"
+    found["ok"] = problem is None
+    if problem is None:
+        return found
+    fix = ("give your own (--train-script FILE.py:FUNCTION or --originals DIR; train= from Python) or settings that "
+           "suit it (--train-epochs, --lr)") if recipe.startswith("cnr-fast's own") else (
+           "check that it trains this model and data as your pipeline does")
+    line = (f"the original of seed {seed}, made by {recipe}, reaches {acc:.3f} on {where}, {problem}: the recipe "
+            f"likely trains this model badly, and methods compared on it say little about yours; {fix}")
+    if not force:
+        raise UserError(line + ", or pass --force to compare on it anyway")
+    log(f"warning: {line} (--force: going on)", quiet)
+    return found

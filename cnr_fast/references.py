@@ -12,17 +12,25 @@ recipe (`TrainConfig`) and cached by what they were trained on and how.
 RFS (a method, baselines/rfs.py, not a reference) trains here too but never takes the reference's
 seed: it would be the reference weight for weight. Below the drivers (experiments/) and the baselines,
 so both can use it.
+
+A user's own recipe (`Recipe`, set for a block with `user_recipe(...)`: `cnr_fast.compare(train=...)`,
+`compare --train-script` / `--originals` / `--references`) takes the place of cnr-fast's: every model
+above, RFS included, is then the user's given checkpoint or the user's training function's output,
+never cached (cnr-fast cannot know what the function depends on), and its meta names the recipe.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import os
 import re
 import sys
 import time
+from contextvars import ContextVar
+from typing import Callable
 
 import torch
 
@@ -31,6 +39,79 @@ from .errors import UserError
 from .progress import log
 
 REFERENCE_INIT = ("independent", "shared")
+OWN_RECIPE = "cnr-fast's own (train.train_classifier with the train section of the config)"
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Whose recipe makes the original, the retrained reference, the null and RFS.
+
+    name: said in every report ("train(...) from mymodels.py", "checkpoints in DIR").
+    given(kind, seed) -> nn.Module or None: a model the user trained (kind: original, retrained,
+      retrained_null); None where the user gave none for that seed.
+    train(model, data, classes, seed) -> nn.Module: the user's training function, called with a fresh
+      model from build() (torch seeded with the reference's init seed first), the user's `data`, the
+      class indices to train on and the data-order seed; what it returns is used (it may train in place).
+    prepare(model) -> the model as cnr-fast works on it (the user's input contract, logits rule and taps).
+    """
+
+    name: str
+    given: Callable | None = None
+    build: Callable | None = None
+    train: Callable | None = None
+    data: object = None
+    prepare: Callable = lambda m: m
+
+    def model(self, kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):
+        """(model, meta) of `kind` for cfg.seed by this recipe."""
+        from .train import forget_retain_accuracy
+
+        classes = list(range(ds.num_classes)) if kind == "original" else ds.retain_classes(cfg.data.forget)
+        init_seed, order_seed = reference_seeds(kind, cfg)
+        t0 = time.perf_counter()
+        given = self.given(kind, cfg.seed) if self.given is not None else None
+        if given is not None:
+            model, how = given, "given"
+            log(f"{desc or kind}: the user's model for seed {cfg.seed} ({self.name})", quiet)
+        elif self.train is None:
+            raise UserError(f"no {kind} model for seed {cfg.seed} in {self.name}, and no training function to make "
+                            "one; give it, or a training function (--train-script / train=)")
+        else:
+            log(f"{desc or kind}: training on classes {classes} with {self.name} ...", quiet)
+            torch.manual_seed(init_seed)
+            fresh = self.build()
+            model = self.train(fresh, self.data, classes, order_seed)
+            model = fresh if model is None else model
+            if not isinstance(model, torch.nn.Module):
+                raise UserError(f"the training function of {self.name} returned {type(model).__name__}, not the "
+                                "trained nn.Module; return the model")
+            how = "trained"
+        model = self.prepare(model).to(device).eval()
+        acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)
+        meta = {"kind": kind, "recipe": self.name, "how": how, "trained_classes": classes,
+                "forget_classes": [] if kind == "original" else list(cfg.data.forget), "seed": cfg.seed,
+                "init_seed": init_seed, "data_order_seed": order_seed, "test_accuracy": acc,
+                "train_time_s": time.perf_counter() - t0 if how == "trained" else None}
+        return model, meta
+
+
+_RECIPE: ContextVar[Recipe | None] = ContextVar("user_recipe", default=None)
+
+
+@contextlib.contextmanager
+def user_recipe(recipe: Recipe | None):
+    """Within this block the user's recipe makes every reference model (None: cnr-fast's own, as usual)."""
+    token = _RECIPE.set(recipe)
+    try:
+        yield
+    finally:
+        _RECIPE.reset(token)
+
+
+def recipe_name() -> str:
+    """Whose recipe makes the models in this block."""
+    r = _RECIPE.get()
+    return OWN_RECIPE if r is None else r.name
 
 
 def derive_seed(seed: int, tag: str) -> int:
@@ -111,6 +192,8 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
     from .models import build_model, model_meta
     from .train import forget_retain_accuracy, train_classifier
 
+    if _RECIPE.get() is not None:
+        return _RECIPE.get().model(kind, cfg, ds, device, quiet, desc)
     classes = list(range(ds.num_classes)) if kind == "original" else ds.retain_classes(cfg.data.forget)
     init_seed, order_seed = reference_seeds(kind, cfg)
     torch.manual_seed(init_seed)
@@ -140,7 +223,8 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
             "trained_classes": classes,
             "forget_classes": [] if kind == "original" else list(cfg.data.forget), "seed": cfg.seed,
             "init_seed": init_seed, "data_order_seed": order_seed, "reference_init": cfg.train.reference_init,
-            "train": cfg.to_dict()["train"], "test_accuracy": acc, "train_time_s": time.perf_counter() - t0}
+            "train": cfg.to_dict()["train"], "test_accuracy": acc, "train_time_s": time.perf_counter() - t0,
+            "recipe": OWN_RECIPE}
     return model.eval(), meta
 
 
@@ -155,6 +239,9 @@ def obtain_reference(kind: str, cfg: RunConfig, ds, device, cache: str | None, q
     """
     from .runs import cache_dir
 
+    if _RECIPE.get() is not None:  # the user's recipe: never cached
+        model, meta = train_reference(kind, cfg, ds, device, quiet)
+        return model, meta, None, False
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.model.arch}-{ds.name}")[-80:]  # sources name files and modules
     path = cache_dir(cache) / "models" / f"{kind}-{safe}-" \
         f"{reference_key(kind, cfg, ds)}.pt"

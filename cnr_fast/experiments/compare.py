@@ -16,7 +16,8 @@ from .stats import SEPARATION, judge, null_table, summarise, summarise_runs, ver
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
             fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None, state=None,
-            entry_prefix: str = "", attacks: bool = False, ulira_pairs: int = 0) -> dict:
+            entry_prefix: str = "", attacks: bool = False, ulira_pairs: int = 0, recipe=None,
+            expect_acc: float | None = None, force: bool = False) -> dict:
     """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
 
     state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
@@ -31,7 +32,24 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     "ulira_auc" is the attack's reach, fitted on the shadow originals) and the full results
     go to "per_seed_ulira". Each method's shadows run at the choice the method made on that seed
     (tuning.applied_choice); they are state entries shared by the seeds that chose alike.
+    recipe: a references.Recipe (the user's training function or checkpoints) that makes every original,
+    reference, null and RFS model instead of cnr-fast's own; the result's "recipe" names whose it was.
+    Each seed's original is checked before any method runs (preflight.check_recipe: near chance, or
+    below expect_acc, stops unless force).
     """
+    from ..references import user_recipe
+
+    with user_recipe(recipe):
+        return _compare(cfg, methods, seeds, device=device, cache=cache, fixed_original=fixed_original,
+                        figures=figures, quiet=quiet, ds=ds, state=state, entry_prefix=entry_prefix, attacks=attacks,
+                        ulira_pairs=ulira_pairs, expect_acc=expect_acc, force=force)
+
+
+def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, quiet, ds, state, entry_prefix, attacks,
+             ulira_pairs, expect_acc, force) -> dict:
+    from ..preflight import check_recipe
+    from ..references import recipe_name
+
     methods = list(methods)
     M.check_names(methods)
     if cfg.model.checkpoint and not fixed_original:
@@ -45,10 +63,13 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     timings: dict[str, list[float]] = {m: [] for m in methods}
     choices: dict[str, list] = {m: [] for m in methods}  # per seed: the validation choice, or None
     ref_times: dict[str, list[float]] = {"original": [], "retrained": []}
+    recipe_checks = []
     for s in range(seeds):
         seed = cfg.seed + s
         ref_cfg = cfg.replace(seed=cfg.seed if fixed_original else seed)
         refs = seed_references(ref_cfg, ds, device, cache, quiet)
+        recipe_checks.append(check_recipe(refs.original, ds, device, recipe=recipe_name(), seed=ref_cfg.seed,
+                                          expect_acc=expect_acc, force=force, quiet=quiet))
         originals.append(refs.record)
         for name, t in refs.train_times.items():
             ref_times[name].append(t)
@@ -87,7 +108,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     result = {
         "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
-        "reference_init": cfg.train.reference_init,
+        "reference_init": cfg.train.reference_init, "recipe": recipe_name(), "recipe_checks": recipe_checks,
         "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
         "coordinate_bound_metrics": list(coordinate_bound()), "separation_threshold": SEPARATION,
         "chance_acc": 1.0 / ds.num_classes,

@@ -95,6 +95,19 @@ def ulira_md(result: dict) -> list[str]:
     return out
 
 
+def recipe_md(result: dict) -> list[str]:
+    """Whose recipe made the originals, references, nulls and RFS, and what each seed's original reached."""
+    if "recipe" not in result:  # files from before the recipe was recorded: cnr-fast's own
+        return []
+    checks = result.get("recipe_checks") or []
+    accs = ", ".join(f"seed {c['seed']}: {c['accuracy']:.3f}" for c in checks)
+    where = checks[0]["split"] if checks else "validation"
+    expect = checks[0].get("expect_acc") if checks else None
+    return [f"Recipe: the originals, retrained references, nulls and RFS were made by {result['recipe']}. "
+            f"The originals' accuracy on {where}: {accs or 'not recorded'}"
+            + (f" (expected {expect:.3f})" if expect is not None else "") + ".", ""]
+
+
 def compare_report_md(result: dict, short: bool = False) -> str:
     methods = list(result["methods"])
     refs = result["references"]
@@ -108,6 +121,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
              f"Splits: {result['splits']['train']} train / {result['splits']['val']} validation / "
              f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
              f"reference initialisation: {result['reference_init']}.", ""]
+    lines += recipe_md(result)
     lines += originals_md(result)
     lines += verdict_md(result.get("verdict"))
     head = ["metric", "original", "retrained", "null", *methods]

@@ -1,0 +1,106 @@
+"""compare on a user's own setup (issue 28): the user's training function and the user's own checkpoints make the
+models compare unlearns and judges against, digest for digest; a recipe that trains badly stops before any method."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import cnr_fast
+from cnr_fast.config import RunConfig
+from cnr_fast.errors import UserError
+from cnr_fast.resume import weights_digest
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TAPS = {"L0": "0.0", "L1": "0", "L2": "1", "L3": "2", "L4": "3"}
+CFG = RunConfig().replace(train={"epochs": 1}, baseline={"epochs": 1, "stabilize_epochs": 0})
+
+
+def _data():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # [-1, 1]
+    y = torch.tensor(d.target)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(y), generator=g)
+    tr, va, te = idx[:1100], idx[1100:1400], idx[1400:]
+    return {"train": (x[tr], y[tr]), "val": (x[va], y[va]), "test": (x[te], y[te])}
+
+
+def build():
+    def block(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+
+    return nn.Sequential(block(1, 8), block(8, 8), block(8, 16), block(16, 16), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, 10))
+
+
+CALLS = []
+
+
+def my_train(model, data, classes, seed, epochs=30):
+    """The user's own loop: Adam on data['train'] restricted to `classes`, full batches of 256."""
+    x, y = data["train"]
+    keep = torch.isin(y, torch.tensor(classes))
+    x, y = x[keep], y[keep]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 256):
+            b = perm[i:i + 256]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    CALLS.append((sorted(classes), seed, weights_digest(model)))
+    return model.eval()
+
+
+def test_compare_with_the_users_training_function():
+    CALLS.clear()
+    data = _data()
+    r = cnr_fast.compare(build, data, forget=[3], methods=["lm", "rfs"], seeds=1, train=my_train, config=CFG, taps=TAPS)
+    assert "my_train" in r["recipe"] and r["recipe_checks"][0]["ok"]
+    kinds = [c[0] for c in CALLS]
+    assert kinds[0] == list(range(10)) and all(k == [c for c in range(10) if c != 3] for k in kinds[1:])
+    assert len(CALLS) == 4  # original, retrained, null, RFS: every model by the user's recipe
+    # the original compare unlearned is the one the user's function returned, digest for digest
+    assert r["per_seed_originals"][0]["weights_sha256"] == CALLS[0][2]
+    assert r["per_seed"][0]["original"]["forget_acc"] > 0.8
+    assert r["per_seed"][0]["retrained"]["forget_acc"] == 0.0
+    # a train function needs the user's own validation split
+    with pytest.raises(UserError, match="'val' split of your own"):
+        cnr_fast.compare(build, {k: v for k, v in data.items() if k != "val"}, forget=[3], methods=["lm"], seeds=1,
+                         train=my_train, config=CFG, taps=TAPS)
+
+
+def test_compare_with_the_users_checkpoints():
+    data = _data()
+    CALLS.clear()
+    orig = my_train(build(), data, list(range(10)), 7)
+    refs = (my_train(build(), data, [c for c in range(10) if c != 3], 8),
+            my_train(build(), data, [c for c in range(10) if c != 3], 9))
+    r = cnr_fast.compare(build, data, forget=[3], methods=["lm"], seeds=1, originals=[orig], references=[refs],
+                         config=CFG, taps=TAPS)
+    assert r["per_seed_originals"][0]["weights_sha256"] == weights_digest(orig)
+    assert "given models" in r["recipe"]
+    # the references are the user's too: their test accuracies are the audit's
+    for name, model in (("retrained", refs[0]), ("retrained_null", refs[1])):
+        xt, yt = data["test"]
+        with torch.no_grad():
+            pred = model(xt).argmax(1)
+        keep = yt != 3
+        assert r["per_seed"][0][name]["retain_acc"] == pytest.approx(float((pred[keep] == yt[keep]).float().mean()))
+
+
+def test_a_recipe_that_trains_badly_stops_before_any_method():
+    def lazy(model, data, classes, seed):  # returns the model untrained
+        return model
+
+    with pytest.raises(UserError, match="lazy.*near chance.*as your pipeline does"):
+        cnr_fast.compare(build, _data(), forget=[3], methods=["lm"], seeds=1, train=lazy, config=CFG, taps=TAPS)
+    with pytest.raises(UserError, match="far below the --expect-acc"):
+        cnr_fast.compare(build, _data(), forget=[3], methods=["lm"], seeds=1, train=lambda m, d, c, s: my_train(
+            m, d, c, s, epochs=4), config=CFG, taps=TAPS, expect_acc=0.999)
