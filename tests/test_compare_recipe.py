@@ -104,3 +104,64 @@ def test_a_recipe_that_trains_badly_stops_before_any_method():
     with pytest.raises(UserError, match="far below the --expect-acc"):
         cnr_fast.compare(build, _data(), forget=[3], methods=["lm"], seeds=1, train=lambda m, d, c, s: my_train(
             m, d, c, s, epochs=4), config=CFG, taps=TAPS, expect_acc=0.999)
+
+
+SCRIPT = '''
+import torch, torch.nn as nn
+
+def build(num_classes=10):
+    def block(i, o, s):
+        return nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+    return nn.Sequential(block(1, 8, 1), block(8, 16, 2), block(16, 16, 2), block(16, 16, 2), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(16, num_classes))
+
+def train(model, data, classes, seed):
+    x, y = data["train"]
+    assert x.dtype == torch.float32 and -1 <= float(x.min()) and float(x.max()) <= 1 and "val" in data
+    keep = torch.isin(y, torch.tensor(classes))
+    x, y = x[keep], y[keep]
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(15):
+        perm = torch.randperm(len(y), generator=g)
+        for i in range(0, len(y), 128):
+            b = perm[i:i + 128]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    open(__file__ + ".calls", "a").write(f"{len(classes)}\\n")
+    return model
+'''
+
+
+def test_cli_compare_with_a_train_script_and_given_originals(tmp_path):
+    import importlib.util
+    import json
+
+    from cnr_fast.cli import main
+
+    script = tmp_path / "mine.py"
+    script.write_text(SCRIPT)
+    base = ["compare", "--dataset", "digits", "--image-size", "16", "--model", f"{script}:build", "--methods", "lm",
+            "--seeds", "1", "--train-epochs", "1", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(base + ["--train-script", f"{script}:train", "--out", str(tmp_path / "a")]) == 0
+    r = json.loads((tmp_path / "a" / "compare.json").read_text())
+    assert f"{script}:train" in r["recipe"] and "Recipe: " in (tmp_path / "a" / "report.md").read_text()
+    assert (tmp_path / "mine.py.calls").read_text().split() == ["10", "9", "9"]  # original, retrained, null
+    # the user's own original, given as a checkpoint: compare unlearns that model, digest for digest
+    spec = importlib.util.spec_from_file_location("mine_for_test", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    x, y = torch.rand(64, 1, 16, 16) * 2 - 1, torch.arange(64) % 10
+    torch.manual_seed(3)
+    mine = mod.train(mod.build(), {"train": (x, y), "val": (x, y)}, list(range(10)), 3)
+    (tmp_path / "orig").mkdir()
+    torch.save(mine.state_dict(), tmp_path / "orig" / "seed0.pt")
+    code = main(base + ["--originals", str(tmp_path / "orig"), "--out", str(tmp_path / "b")])
+    assert code == 2  # trained on noise: near chance, stopped before any method, naming the checkpoints
+    assert not (tmp_path / "b" / "compare.json").exists()
+    assert main(base + ["--originals", str(tmp_path / "orig"), "--force", "--out", str(tmp_path / "b")]) == 0
+    r = json.loads((tmp_path / "b" / "compare.json").read_text())
+    assert r["per_seed_originals"][0]["weights_sha256"] == weights_digest(mine)
+    assert "your checkpoints (--originals" in r["recipe"] and not r["recipe_checks"][0]["ok"]

@@ -59,12 +59,83 @@ def add_parser(sub) -> None:
                    help="U-LiRA per method and seed over K >= 3 shadow pairs (single scenario; 0 = off, default): "
                         "K x (original + retrained + one run of each method at its chosen setting), less what the cache "
                         "and the state hold")
+    g = p.add_argument_group("your own recipe (what makes the originals, retrained references, nulls and RFS)")
+    g.add_argument("--train-script", metavar="FILE.py:FUNCTION",
+                   help="your training function train(model, data, classes, seed) -> model: called on a fresh model from "
+                        "--model (its --normalize in front) with data = {'train': (x, y), 'val': (x, y)}, float images "
+                        "in [-1, 1] of shape (N, C, H, W), the class indices to train on and a data-order seed "
+                        "(default: cnr-fast's own loop, --train-epochs / --lr)")
+    g.add_argument("--originals", metavar="DIR",
+                   help="your trained originals, one checkpoint per seed: DIR/seed<S>.pt (read like --checkpoint)")
+    g.add_argument("--references", metavar="DIR",
+                   help="your retrained references and nulls per seed: DIR/retrained-seed<S>.pt and DIR/null-seed<S>.pt")
+    g.add_argument("--expect-acc", type=float, default=None, metavar="ACC",
+                   help="the accuracy your originals reach in your pipeline: an original more than 0.05 below it on "
+                        "validation stops compare before any method runs (the recipe check)")
+    g.add_argument("--force", action="store_true", help="compare on originals that fail the recipe check (a warning)")
     add_data_args(p)
     add_model_args(p)
     add_run_args(p)
     add_method_args(p)
     add_resume_args(p)
     p.set_defaults(func=run, checkpoint=None)
+
+
+def cli_recipe(args, cfg, ds, device, quiet):
+    """The references.Recipe of --train-script / --originals / --references, None when none is given."""
+    from ..models import build_model, model_from_checkpoint
+    from ..models.sources import load_function
+    from ..references import Recipe, source_options
+    from ..train import train_classifier
+
+    if not (args.train_script or args.originals or args.references):
+        return None
+    for flag, d in (("--originals", args.originals), ("--references", args.references)):
+        if d and not Path(d).is_dir():
+            raise UserError(f"{flag} {d!r} is not a directory; pass the folder that holds the checkpoints")
+    if args.train_script and ":" not in args.train_script:
+        raise UserError(f"--train-script {args.train_script!r}: pass FILE.py:FUNCTION")
+    files = {"original": (args.originals, "seed{}.pt"), "retrained": (args.references, "retrained-seed{}.pt"),
+             "retrained_null": (args.references, "null-seed{}.pt")}
+
+    def given(kind, seed):
+        folder, pattern = files.get(kind, (None, None))
+        if not folder:
+            return None
+        path = Path(folder) / pattern.format(seed)
+        if not path.is_file():
+            return None
+        model, meta = model_from_checkpoint(str(path), ds, cfg.model.arch, cfg.model.width, source_options(cfg))
+        recorded = meta.get("forget_classes")
+        if kind != "original" and recorded is not None and sorted(recorded) != sorted(cfg.data.forget):
+            raise UserError(f"{path} was trained without classes {recorded}, not {list(cfg.data.forget)}; pass "
+                            "references retrained without the --forget classes")
+        return model
+
+    def build():
+        return build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
+                           **source_options(cfg))
+
+    if args.train_script:
+        train = load_function(args.train_script, "--train-script")
+        from ..data import to_float
+
+        data = {name: (to_float(split.x), split.y) for name, split in (("train", ds.train), ("val", ds.val))
+                if split is not None}
+        name = f"your training function {args.train_script}"
+    else:
+        def train(model, _data, classes, seed):
+            model = model.to(device)
+            train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, seed=seed, quiet=quiet)
+            return model
+
+        data = None
+        name = f"cnr-fast's own recipe (train.train_classifier: {cfg.train.epochs} epochs, lr {cfg.train.lr:g})"
+    given_from = ", ".join(f"{f} {d}" for f, d in (("--originals", args.originals), ("--references", args.references))
+                           if d)
+    if given_from:
+        name = f"your checkpoints ({given_from}), the rest by {name}"
+    return Recipe(name, given=given, build=build, train=train, data=data)
 
 
 def run(args) -> int:
@@ -78,6 +149,12 @@ def run(args) -> int:
     M.check_names(methods)
     scenario = get_scenario(args.scenario)
     check_ulira_pairs(args.ulira_pairs)
+    if args.expect_acc is not None and not 0 < args.expect_acc <= 1:
+        raise UserError(f"--expect-acc {args.expect_acc}: pass the originals' accuracy as a share in (0, 1], e.g. 0.95")
+    for name in ("train_script", "originals", "references", "expect_acc", "force"):
+        if getattr(args, name) and args.scenario != "single":
+            raise UserError(f"--{name.replace('_', '-')} is taken by the single scenario only, not --scenario "
+                            f"{args.scenario}")
     for name in ("attacks", "ulira_pairs"):
         if getattr(args, name) and name not in scenario.options:
             raise UserError(f"--{name.replace('_', '-')} is taken by the single scenario only, not "
@@ -87,11 +164,15 @@ def run(args) -> int:
     cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
-    for name in ("attacks", "ulira_pairs"):  # in the key only when used: earlier runs keep theirs
-        if getattr(args, name):
+    for name in ("attacks", "ulira_pairs", "train_script", "originals", "references", "expect_acc", "force"):
+        if getattr(args, name):  # in the key only when used: earlier runs keep theirs
             key[name] = getattr(args, name)
     state, _ = driver_state(out, key, args.restart, args.quiet)
     options = {k: getattr(args, k) for k in scenario.options}
+
+    if args.scenario == "single":
+        options.update(recipe=cli_recipe(args, cfg, ds, device, args.quiet), expect_acc=args.expect_acc,
+                       force=args.force)
 
     def work():
         return scenario.run(cfg, methods, args.seeds, device=device, cache=args.cache_dir, quiet=args.quiet, ds=ds,

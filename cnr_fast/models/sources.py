@@ -123,28 +123,34 @@ def _call(spec: str, make) -> nn.Module:
 
 
 def _user_builder(spec: str):
+    return load_function(spec, "--model")
+
+
+def load_function(spec: str, flag: str):
+    """The function FUNCTION of FILE.py:FUNCTION or package.module:FUNCTION (a user's builder or training
+    function); problems are one line naming `flag`."""
     where, func = spec.rsplit(":", 1)
     if kind(spec) == "file":
         if not os.path.isfile(where):
-            raise UserError(f"--model {spec}: no file {where!r}; pass FILE.py:FUNCTION with an existing file")
+            raise UserError(f"{flag} {spec}: no file {where!r}; pass FILE.py:FUNCTION with an existing file")
         mod_name = "cnr_fast_user_model_" + os.path.splitext(os.path.basename(where))[0]
         loader = importlib.util.spec_from_file_location(mod_name, where)
         module = importlib.util.module_from_spec(loader)
         try:
             loader.loader.exec_module(module)
         except Exception as e:
-            raise UserError(f"--model {spec}: importing {where!r} failed ({type(e).__name__}: "
+            raise UserError(f"{flag} {spec}: importing {where!r} failed ({type(e).__name__}: "
                             f"{(str(e).splitlines() or [''])[0][:200]}); fix the file") from None
     else:
         try:
             module = importlib.import_module(where)
         except Exception as e:
-            raise UserError(f"--model {spec}: cannot import module {where!r} ({type(e).__name__}: "
+            raise UserError(f"{flag} {spec}: cannot import module {where!r} ({type(e).__name__}: "
                             f"{(str(e).splitlines() or [''])[0][:200]}); check the name and sys.path") from None
     fn = getattr(module, func, None)
     if not callable(fn):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
-        raise UserError(f"--model {spec}: {where!r} has no function {func!r}{_closest(func, found)}")
+        raise UserError(f"{flag} {spec}: {where!r} has no function {func!r}{_closest(func, found)}")
     return fn
 
 
