@@ -342,7 +342,7 @@ _LIMITS = {
     ("baseline", "scrub_forget_batch"): (1, False, "baseline.scrub_forget_batch in --config"),
     ("baseline", "scrub_retain_batch"): (1, False, "baseline.scrub_retain_batch in --config"),
     ("baseline", "salun_ratio"): (0.0, True, "baseline.salun_ratio in --config"),
-    ("baseline", "salun_epochs"): (1, False, "baseline.salun_epochs in --config"),
+    ("baseline", "salun_epochs"): (1, False, "--salun-epochs (baseline.salun_epochs)"),
     ("baseline", "salun_lr"): (0.0, True, "baseline.salun_lr in --config"),
     ("baseline", "salun_batch_size"): (1, False, "baseline.salun_batch_size in --config"),
 }

@@ -111,7 +111,7 @@ FLAG_MAP = {
     "gan_epochs": ("synth", "gan_epochs"), "synth_batch": ("synth", "batch"),
     "reset_epochs": ("reset", "epochs"), "stabilize_epochs": ("reset", "stabilize_epochs"), "gamma": ("reset", "gamma"),
     "relabel": ("reset", "relabel"),
-    "baseline_epochs": ("baseline", "epochs"), "reset_lr": ("reset", "lr"), "baseline_lr": ("baseline", "lr"),
+    "baseline_epochs": ("baseline", "epochs"), "salun_epochs": ("baseline", "salun_epochs"), "reset_lr": ("reset", "lr"), "baseline_lr": ("baseline", "lr"),
 }
 
 
@@ -227,7 +227,10 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma", type=float, help="L2 pull to the original weights, eq. 7 (default 1e-2)")
     g.add_argument("--relabel",
                    help="random retain labels of the synthetic images: drawn once (default) or every step")
-    g.add_argument("--baseline-epochs", type=int, help="baselines' unlearning epochs (default = reset epochs)")
+    g.add_argument("--baseline-epochs", type=int,
+                   help="ROFT's, GAU's and KDU's unlearning epochs (default = reset epochs); RL and SalUn run "
+                        "--salun-epochs, SCRUB its preset's, SSD has none")
+    g.add_argument("--salun-epochs", type=int, help="RL's and SalUn's epochs (default 10, their authors')")
     g.add_argument("--reset-lr", type=parse_lr, metavar="LR|search",
                    help="Adam step size of CNR's reset: a value (one reset, no search), or search (default: chosen on "
                         "validation from 1e-4, 3e-4, 1e-3, 3e-3, one reset each)")
@@ -268,3 +271,20 @@ def check_ulira_pairs(pairs: int) -> int:
     if 0 < pairs < 3:
         raise UserError(f"--ulira-pairs {pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
     return pairs
+
+
+def note_flags_not_taken(args, methods, quiet: bool = False) -> None:
+    """A flag given on the command line that some of `methods` do not read: named in the log (e.g.
+    --baseline-epochs, which RL, SalUn, SCRUB and SSD do not take), so no budget is assumed that did not run."""
+    from ..experiments import methods as M
+    from ..progress import log
+
+    for dest, flag in (("baseline_epochs", "--baseline-epochs"), ("salun_epochs", "--salun-epochs")):
+        if getattr(args, dest, None) is None:
+            continue
+        entries = {m: M.resolve(m, None)[0] for m in methods}
+        takers = [m for m, e in entries.items() if flag in e.flags]
+        others = [m for m, e in entries.items() if flag not in e.flags and e.role == "baseline"]
+        if others:
+            log(f"note: {flag} reaches {', '.join(takers) or 'none of these methods'}; not {', '.join(others)} "
+                "(`cnr-fast ls` lists the flags each method reads)", quiet)

@@ -17,7 +17,7 @@ from ..experiments import methods as M
 from ..experiments.scenarios import SCENARIOS, merge_results
 from ..experiments.scenarios import get as get_scenario
 from ..runs import check_out_dir, write_run_files
-from .args import (add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, check_ulira_pairs,
+from .args import (note_flags_not_taken, add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, check_ulira_pairs,
                    config_from_args)
 from .running import driver_state, merge_files, prepare_run, run_with_state
 
@@ -162,6 +162,7 @@ def run(args) -> int:
     out = Path(args.out)
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
+    note_flags_not_taken(args, methods, args.quiet)
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
     for name in ("attacks", "ulira_pairs", "train_script", "originals", "references", "expect_acc", "force"):
@@ -188,5 +189,5 @@ def _write(out: Path, result: dict) -> None:
     files, text = get_scenario(result.get("scenario", "single")).files(result)
     write_run_files(out, files)
     print(text)
-    written = [n for n in files if n.endswith((".json", ".md"))]
+    written = [n for n in files if n.endswith((".json", ".md", ".html"))]
     print(f"wrote {' and '.join(str(out / n) for n in written[::-1])}")

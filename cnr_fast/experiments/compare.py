@@ -11,7 +11,12 @@ from . import methods as M
 from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
 from ..audit.metrics import coordinate_bound
 from ..audit.verdict import NULL
-from .stats import SEPARATION, judge, null_table, summarise, summarise_runs, verdict_over_seeds
+from .stats import (SEPARATION, is_coordinate_bound, judge, null_table, pairwise, summarise, summarise_runs,
+                    verdict_over_seeds)
+
+# the metrics every pair of methods is contrasted on (compare.json "pairwise"; the report shows the first ones)
+PAIRWISE_KEYS = ("forget_acc", "retain_acc", "cka_neg.L4", "probe_acc.L4", "fewshot_probe_acc.5", "knn_acc.L4",
+                 "mia_acc", "nn_purity", "cka_neg.L2", "relearn_acc.5", "ulira_auc")
 
 
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
@@ -55,6 +60,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
     if cfg.model.checkpoint and not fixed_original:
         raise UserError("compare with --checkpoint keeps that one original for every seed; add --fixed-original")
     device, ds = setup(cfg, seeds, device, ds)
+    check_taps_first(cfg, methods, ds)
     forget = list(cfg.data.forget)
     t_start = time.perf_counter()
     started = begin_provenance()
@@ -122,6 +128,31 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
     return compare_tables(result)
 
 
+def check_taps_first(cfg: RunConfig, methods: list[str], ds) -> None:
+    """Before any training: the taps CNR's detection reads (detect.taps) exist in the model, built fresh and
+    untrained from its source (or the user's recipe). A model with fewer stages would otherwise stop
+    compare only once every reference was trained."""
+    from ..models import build_model, tap_modules
+    from ..references import _RECIPE, source_options
+
+    if not any("detect" in M.resolve(m, None)[0].config_sections for m in methods):
+        return
+    recipe = _RECIPE.get()
+    if recipe is not None and recipe.build is not None:
+        model = recipe.prepare(recipe.build())
+    elif not cfg.model.checkpoint and not cfg.model.weights:
+        model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
+                            **source_options(cfg))
+    else:
+        return
+    have = tap_modules(model)
+    missing = [t for t in cfg.detect.taps if t not in have]
+    if missing:
+        raise UserError(f"CNR reads taps {', '.join(cfg.detect.taps)}, but the model has only {', '.join(have)} "
+                        f"(no {', '.join(missing)}); pass --taps {','.join(t for t in cfg.detect.taps if t in have)} "
+                        "or name modules with --taps L1=module.path,... (`cnr-fast taps` lists candidates)")
+
+
 def compare_tables(result: dict) -> dict:
     """(Re)compute a compare result's tables, separation judgements and verdict from its per-seed values."""
     per_seed, methods = result["per_seed"], list(result["per_seed_times"])
@@ -133,6 +164,7 @@ def compare_tables(result: dict) -> dict:
         "references": {"original": table["original"], "retrained": table["retrained"],
                        "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"])},
         "separation": judge(per_seed, table, methods, keys),
+        "pairwise": pairwise(per_seed, methods, [k for k in PAIRWISE_KEYS if k in keys and not is_coordinate_bound(k)]),
         "verdict": verdict_over_seeds(per_seed, methods, _forget_test_size(result), _retain_test_size(result)),
         "unlearn_time_s": {m: summarise(v, None) for m, v in result["per_seed_times"].items()},
         "reference_train_time_s": {k: summarise(v, None) for k, v in result["per_seed_reference_times"].items()

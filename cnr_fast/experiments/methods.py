@@ -261,18 +261,19 @@ def _load_builtins() -> None:
         "--synth-steps", "--gan-epochs", "--synth-batch", "--reset-epochs", "--stabilize-epochs", "--gamma",
         "--relabel")
     fine_tune = dict(config_sections=("baseline",), flags=("--baseline-epochs", "--stabilize-epochs"))
+    salun_loop = dict(config_sections=("baseline",), flags=("--salun-epochs",))  # their authors' 10 epochs
     builtin = [
         Method("cnr", run_cnr, "cnr", "Class-Specific Neuron Reset: detect, synthesise, reset, stabilise",
                staged=True, config_sections=cnr_sections, flags=cnr_flags),
         Method("cnr-real", run_real, "control",
                "CNR's reset fed B real forget images instead of synthetic ones: no detection, no synthesis",
                staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs")),
-        Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", **fine_tune),
+        Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", **salun_loop),
         Method("ssd", ssd.run, "baseline", "selective synaptic dampening (Foster et al. 2024)",
                config_sections=("baseline",)),
         Method("scrub", scrub.run, "baseline", "teacher-student max/min steps (Kurmanji et al. 2023)",
                config_sections=("baseline",)),
-        Method("salun", salun.run, "baseline", "saliency-masked random labelling (Fan et al. 2024)", **fine_tune),
+        Method("salun", salun.run, "baseline", "saliency-masked random labelling (Fan et al. 2024)", **salun_loop),
         Method("rfs", rfs.run, "baseline", "retrain from scratch on the retain classes", from_scratch=True,
                config_sections=("train",), flags=("--train-epochs", "--lr")),
         Method("roft", roft.run, "baseline", "fine-tune on retain data only", **fine_tune),

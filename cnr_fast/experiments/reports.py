@@ -40,7 +40,8 @@ def choices_md(choices: dict, seeds: list, title: str = "## Settings chosen on v
     if not rows:
         return []
     out = ["", title, "",
-           "Each candidate: validation forget / retain accuracy (score = retain - forget); the chosen one in bold. "
+           "Each candidate: validation forget / retain accuracy; the chosen one in bold (the rule, `tuning.choose`: the "
+           "one that forgets most of those within the margin of the original's retain accuracy). "
            f"Chosen {where} (`tuning.py`).", "",
            "| method | seed | candidates |", "|---|---|---|"]
     for m, seed, c in rows:
@@ -61,7 +62,11 @@ def verdict_md(v: dict | None) -> list[str]:
     out = ["## Verdict", ""] + [f"- {m['sentence']}." for m in v["methods"].values()]
     first = v["per_seed"][0]
     out += ["", f"Per seed, audit/verdict.py: {first['rule']}; per-seed measures and positions in `verdict.per_seed` "
-            "of the JSON.", ""]
+            "of the JSON."]
+    if v.get("interval"):
+        out += ["", f"Intervals: {v['interval']}; with few seeds a bootstrap interval is at most the seeds' range and "
+                "understates the uncertainty (the seeds each contrast would need: below)."]
+    out += [""]
     return out
 
 
@@ -106,6 +111,32 @@ def recipe_md(result: dict) -> list[str]:
     return [f"Recipe: the originals, retrained references, nulls and RFS were made by {result['recipe']}. "
             f"The originals' accuracy on {where}: {accs or 'not recorded'}"
             + (f" (expected {expect:.3f})" if expect is not None else "") + ".", ""]
+
+
+PAIRWISE_SHOWN = 3  # metrics of compare.json's "pairwise" the report shows (the first ones: forget, retain, CKA_neg L4)
+
+
+def pairwise_md(result: dict, methods: list[str]) -> list[str]:
+    """Every pair of methods on the first metrics of `pairwise`: mean difference, Holm-adjusted p and, where the
+    test leaves the contrast open, the seeds it would need at 80% power."""
+    pw = result.get("pairwise")
+    if not pw or len(methods) < 2:
+        return []
+    n = len(result["seeds"])
+    out = ["", "## Every pair of methods", "",
+           f"Paired t-test over the {n} seeds, Holm-adjusted over the pairs on each metric; an open contrast "
+           "(adjusted p >= 0.05) gives the seeds a paired test would need to find the difference seen here with 80% "
+           "power, at 0.05 / pairs (`stats.seeds_needed`; the seen mean and spread taken as the truth). All metrics in "
+           "`pairwise` of the JSON.", "", "| metric | a - b | difference | p (Holm) | decided | seeds needed |",
+           "|---|---|---|---|---|---|"]
+    for k, rows in list(pw.items())[:PAIRWISE_SHOWN]:
+        for r in rows:
+            need = r.get("seeds_needed")
+            need = "-" if r["decided"] else ("no difference seen" if need is None else
+                                             (f"> {need - 1}" if need > 1000 else str(need)))
+            out.append(f"| {k} | {r['a']} - {r['b']} | {r['difference']:+.3f} | {format_p(r['p'])} "
+                       f"({format_p(r['p_holm'])}) | {'yes' if r['decided'] else 'no'} | {need} |")
+    return out
 
 
 def compare_report_md(result: dict, short: bool = False) -> str:
@@ -153,8 +184,11 @@ def compare_report_md(result: dict, short: bool = False) -> str:
                                                        if rt else "") + ".")
     lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
     lines += ulira_md(result)
-    lines += ["", "## Which metrics tell the retrained model from the original",
-              "", f"Separates = |original - retrained| >= {result['separation_threshold']} and the paired t-test "
+    lines += pairwise_md(result, methods)
+    lines += ["", "## Details: which metrics separate the retrained model from the original over seeds",
+              "", "The verdict above places each model per seed by its margin rule; this is the other notion, a "
+              "paired test over seeds, for reading beside it. "
+              f"Separates = |original - retrained| >= {result['separation_threshold']} and the paired t-test "
               f"p, Holm-adjusted over the {len(result['separation'])} metrics judged, below {SEPARATION_ALPHA} "
               "(with one seed, or the same difference on every seed, there is no p and the 95% interval must "
               "exclude 0). Coordinate-bound metrics are not judged.", ""]
@@ -321,3 +355,62 @@ def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_ac
                             title=f"### Settings chosen on validation, round {len(rd['forget'])}",
                             where="per seed on the method's model of the previous round (round 1: the original)")
     return "\n".join(lines) + "\n"
+
+
+def markdown_html(md: str, title: str) -> str:
+    """A driver's report.md as a standalone report.html (headings, paragraphs, lists, tables, `code`, **bold**):
+    the same text, for reading in a browser; nothing is fetched."""
+    import html
+    import re
+
+    def inline(t: str) -> str:
+        t = html.escape(t)
+        t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+    out, para, i = [], [], 0
+    lines = md.splitlines()
+
+    def flush():
+        if para:
+            out.append("<p>" + inline(" ".join(para)) + "</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            flush()
+            level = min(3, len(line) - len(line.lstrip("#")))
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("|"):
+            flush()
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in lines[i].strip().strip("|").split("|")]
+                if not all(set(c) <= set("-: ") for c in cells):
+                    rows.append(cells)
+                i += 1
+            i -= 1
+            if rows:
+                out.append("<table><tr>" + "".join(f"<th>{inline(c)}</th>" for c in rows[0]) + "</tr>"
+                           + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+                           + "</table>")
+        elif line.startswith("- "):
+            flush()
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(lines[i][2:])
+                i += 1
+            i -= 1
+            out.append("<ul>" + "".join(f"<li>{inline(t)}</li>" for t in items) + "</ul>")
+        elif not line.strip():
+            flush()
+        else:
+            para.append(line)
+        i += 1
+    flush()
+    style = ("body{font-family:sans-serif;max-width:75em;margin:2em auto;line-height:1.45}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}"
+             "td,th{border:1px solid #ccc;padding:0.25em 0.5em;text-align:left}code{background:#f3f3f3}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>" + "\n".join(out) + "</body></html>\n")

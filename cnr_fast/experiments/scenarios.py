@@ -145,8 +145,9 @@ def merge_continual(results: list[dict]) -> dict:
 
 
 def _single_files(result: dict) -> tuple[dict, str]:
-    return ({"report.md": reports.compare_report_md(result), "compare.json": result},
-            reports.compare_report_md(result, short=True))
+    md = reports.compare_report_md(result)
+    return ({"report.md": md, "report.html": reports.markdown_html(md, f"compare: {result['dataset']}"),
+             "compare.json": result}, reports.compare_report_md(result, short=True))
 
 
 def _scenario_files(result: dict) -> tuple[dict, str]:

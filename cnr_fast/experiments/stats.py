@@ -249,3 +249,59 @@ def _pct(s: dict, digits: int = 0) -> str:
         return f(s["mean"])
     g = (lambda v: f"{100 * v:.0f}") if digits == 0 else f
     return f"{f(s['mean'])} [{g(max(0.0, s['ci_low']))}, {g(min(1.0, s['ci_high']))}]"
+
+
+POWER = 0.8  # the power `seeds_needed` asks of the paired test
+
+
+def seeds_needed(differences, alpha: float, power: float = POWER, most: int = 1000) -> int | None:
+    """Seeds a paired t-test at level `alpha` (two-sided) needs to find the mean paired difference seen
+    here with probability `power`, taking the seen mean and standard deviation as the truth (noncentral t).
+    None where there is nothing to plan from (fewer than 2 finite differences, or a mean of 0); 2 where
+    the differences do not vary (any seed count shows a constant difference); `most` + 1 beyond `most`."""
+    from scipy import stats
+
+    d = np.asarray([v for v in differences if math.isfinite(v)], dtype=np.float64)
+    if len(d) < 2 or abs(d.mean()) < 1e-12:
+        return None
+    sd = d.std(ddof=1)
+    if sd < 1e-12:
+        return 2
+    dz = abs(d.mean()) / sd
+    for n in range(2, most + 1):
+        crit = stats.t.ppf(1 - alpha / 2, n - 1)
+        nc = dz * math.sqrt(n)
+        if 1 - stats.nct.cdf(crit, n - 1, nc) + stats.nct.cdf(-crit, n - 1, nc) >= power:
+            return n
+    return most + 1
+
+
+def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: float = SEPARATION_ALPHA) -> dict:
+    """Every pair of methods on each metric in `keys`: the mean paired difference (a - b) over seeds, the paired
+    t-test p, Holm-adjusted over the pairs on that metric, and, for a contrast the test leaves open, the
+    seeds it would need (`seeds_needed` at alpha / number of pairs, Bonferroni: Holm's first step)."""
+    from itertools import combinations
+    from scipy import stats
+
+    out = {}
+    for k in keys:
+        rows = []
+        for a, b in combinations(methods, 2):
+            d = [ps.get(a, {}).get(k, float("nan")) - ps.get(b, {}).get(k, float("nan")) for ps in per_seed]
+            if not all(math.isfinite(v) for v in d):
+                continue
+            arr = np.asarray(d, dtype=np.float64)
+            p = None
+            if len(arr) >= 2:
+                p = (1.0 if np.allclose(arr, 0) else None) if np.allclose(arr, arr[0]) else \
+                    float(stats.ttest_1samp(arr, 0.0).pvalue)
+            rows.append({"a": a, "b": b, "difference": float(arr.mean()), "p": p})
+        adjusted = holm({i: r["p"] for i, r in enumerate(rows)})
+        for i, r in enumerate(rows):
+            r["p_holm"] = adjusted[i]
+            r["decided"] = bool(r["p_holm"] is not None and r["p_holm"] < alpha)
+            d = [ps[r["a"]][k] - ps[r["b"]][k] for ps in per_seed]
+            r["seeds_needed"] = None if r["decided"] else seeds_needed(d, alpha / max(1, len(rows)))
+        if rows:
+            out[k] = rows
+    return out
