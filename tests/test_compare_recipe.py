@@ -165,3 +165,17 @@ def test_cli_compare_with_a_train_script_and_given_originals(tmp_path):
     r = json.loads((tmp_path / "b" / "compare.json").read_text())
     assert r["per_seed_originals"][0]["weights_sha256"] == weights_digest(mine)
     assert "your checkpoints (--originals" in r["recipe"] and not r["recipe_checks"][0]["ok"]
+
+
+def test_taps_cnr_reads_are_checked_before_any_training():
+    def shallow():  # three stages: taps L1-L3 are found, CNR's default L4 is not there
+        def block(i, o, st):
+            return nn.Sequential(nn.Conv2d(i, o, 3, stride=st, padding=1), nn.BatchNorm2d(o), nn.ReLU())
+
+        return nn.Sequential(block(1, 8, 1), block(8, 16, 2), block(16, 16, 2), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                             nn.Linear(16, 10))
+
+    CALLS.clear()
+    with pytest.raises(UserError, match="the model has only .*L3 .no L4.; pass --taps"):
+        cnr_fast.compare(shallow, _data(), forget=[3], methods=["cnr", "lm"], seeds=1, train=my_train, config=CFG)
+    assert CALLS == []  # stopped before the user's function trained anything
