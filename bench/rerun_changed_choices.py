@@ -44,6 +44,14 @@ def _same(a: dict, b: dict) -> tuple[bool, list[str], list[str]]:
     return not differ, differ, gone
 
 
+def _rule(r: dict, idx: int, c: dict) -> dict:
+    """The new rule's reference values on this seed (tuning.choose's inputs, as validation_rule_impact.py read them)."""
+    from cnr_fast.tuning import retain_margin
+
+    return {"original_val_retain_acc": c["original_val_retain_acc"], "retain_margin": retain_margin(c["n_val_retain"]),
+            "n_val_retain": c["n_val_retain"], "within_margin": c["within_margin"]}
+
+
 def _command(r: dict, method: str, idx: int, out: str) -> list[str]:
     cfg = {k: v for k, v in r["config"].items() if k != "classes"}
     os.makedirs(out, exist_ok=True)
@@ -63,7 +71,7 @@ def _command(r: dict, method: str, idx: int, out: str) -> list[str]:
 def main() -> int:
     from cnr_fast.experiments.compare import compare_tables
     from cnr_fast.provenance import begin, provenance
-    from cnr_fast.runs import atomic_write_text
+    from cnr_fast.runs import atomic_write_json
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true")
@@ -103,6 +111,7 @@ def main() -> int:
             if new["per_seed_choices"][m][0]["chosen"] != c["new"]:
                 raise SystemExit(f"{label}: {m}: the rerun chose {new['per_seed_choices'][m][0]['chosen']}, "
                                  f"the impact file says {c['new']}")
+            old_row, old_time = r["per_seed"][idx][m], r["per_seed_times"][m][idx]
             r["per_seed"][idx][m] = new["per_seed"][0][m]
             r["per_seed_choices"][m][idx] = new["per_seed_choices"][m][0]
             r["per_seed_times"][m][idx] = new["per_seed_times"][m][0]
@@ -112,10 +121,11 @@ def main() -> int:
                 "method": m, "seed": r["seeds"][idx], "old_choice": c["old"], "new_choice": c["new"],
                 "why": "issue 28: the validation rule (tuning.choose) picks another candidate",
                 "references_identical": True, "not_reported_by_current_code": gone,
-                "old_row": {k: v for k, v in c.items() if k == "chosen_val"}, "machine": provenance(started)})
+                "old_row": old_row, "old_time_s": old_time, "validation_rule": _rule(r, idx, c),
+                "machine": provenance(started)})
             compare_tables(r)
         if not args.dry_run:
-            atomic_write_text(path, json.dumps(d, indent=1))
+            atomic_write_json(path, d)
             print(f"patched {rel}", flush=True)
     return 0
 

@@ -47,7 +47,7 @@ def _runs(path: str, d: dict):
 
 def main() -> int:
     from cnr_fast.provenance import begin, provenance
-    from cnr_fast.runs import atomic_write_text
+    from cnr_fast.runs import atomic_write_json
     from cnr_fast.tuning import choose, retain_margin
 
     started = begin()
@@ -71,26 +71,32 @@ def main() -> int:
                 counts[key] = _n_val_retain(r["config"], forget)
             margin = retain_margin(counts[key])
             rows, changed = [], 0
+            # pairs rerun since (bench/rerun_changed_choices.py): the file holds the new choice, the old one is here
+            before = {(p["method"], p["seed"]): p["old_choice"] for p in r.get("patched", [])}
             for m, per in r["per_seed_choices"].items():
                 for s, ch in enumerate(per):
                     if not ch:
                         continue
+                    recorded = before.get((m, r["seeds"][s]), ch["chosen"])
                     orig = r["per_seed"][s]["original"].get("val_retain_acc")
                     table = ch["validation"]
                     old = max(table, key=lambda n: (table[n]["val_retain_acc"] - table[n]["val_forget_acc"],
                                                     -list(table).index(n)))
                     new, within = choose(table, orig, margin) if len(table) > 1 else (ch["chosen"], None)
-                    if len(table) > 1 and old != ch["chosen"]:
+                    if (m, r["seeds"][s]) in before:  # the rerun's table: the new rule ran, the old choice is recorded
+                        old = recorded
+                    if len(table) > 1 and old != recorded:
                         raise SystemExit(f"{label}: {m} seed {s}: the old rule recomputed gives {old}, the file "
-                                         f"says {ch['chosen']}")
-                    rows.append({"method": m, "seed_index": s, "old": ch["chosen"], "new": new,
-                                 "within_margin": within, "original_val_retain_acc": orig,
+                                         f"says {recorded}")
+                    rows.append({"method": m, "seed_index": s, "old": recorded, "new": new,
+                                 "within_margin": within, "original_val_retain_acc": orig, "n_val_retain": counts[key],
                                  "chosen_val": table[new]})
-                    changed += new != ch["chosen"]
+                    changed += new != recorded
             out["files"][label] = {"status": "changed: rerun" if changed else "unchanged", "changed": changed,
                                    "n_val_retain": counts[key], "margin": margin, "choices": rows}
+    out["changed_pairs"] = sum(f.get("changed", 0) for f in out["files"].values())
     out["machine"] = provenance(started)
-    atomic_write_text(os.path.join(ROOT, "bench/results/validation_rule_impact.json"), json.dumps(out, indent=1))
+    atomic_write_json(os.path.join(ROOT, "bench/results/validation_rule_impact.json"), out)
     for label, f in out["files"].items():
         moved = [f"{c['method']}@{c['seed_index']}: {c['old']} -> {c['new']}" for c in f.get("choices", [])
                  if c["old"] != c["new"]]

@@ -51,6 +51,7 @@ ALIASES = {
     "abl": "bench/results/runs/ablate_mnist5k/ablate.json",
     "ablold": "bench/results/runs/ablate_mnist5k_before_issue15/ablate.json",
     "multi": "bench/results/runs/multiclass_mnist5k/multiclass.json",
+    "vri": "bench/results/validation_rule_impact.json",
     "cont": "bench/results/runs/continual_mnist5k/continual.json",
     "contold": "bench/results/runs/continual_mnist5k_before_issue15/continual.json",
     "avit": "bench/results/runs/any_model_timm_vit/compare.json",

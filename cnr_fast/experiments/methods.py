@@ -230,7 +230,10 @@ def validation_choice(info: dict) -> dict | None:
     validation (at the top of its info, or in its reset's log for CNR and cnr-real); None otherwise."""
     for where in (info, info.get("reset") if isinstance(info.get("reset"), dict) else None):
         if where and "chosen_on_validation" in where:
-            return {"chosen": where["chosen_on_validation"], "validation": where["validation"]}
+            out = {"chosen": where["chosen_on_validation"], "validation": where["validation"]}
+            if "validation_rule" in where:  # the original's accuracies, the margin, within it or not
+                out["rule"] = where["validation_rule"]
+            return out
     return None
 
 
