@@ -168,7 +168,7 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | No
     from .config import validate
     from .experiments.methods import check_options, get, unlearn_model
 
-    cfg = (config or RunConfig()).replace(method=method, data={"forget": tuple(int(c) for c in forget)})
+    cfg = (config or RunConfig()).replace(method=method)
     get(method)  # an unknown name: one line with the closest ones
     check_options(validate(cfg))
     from .experiments.methods import is_from_scratch
@@ -177,6 +177,7 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | No
         raise UserError(f"{method} trains a new model from scratch, which needs a way to build one: run it on the CLI "
                         "with --model SOURCE (torchvision:NAME, timm:NAME, FILE.py:FUNCTION), or train it yourself")
     ds = as_dataset(data, val_fraction=cfg.data.val_fraction, value_range=value_range)
+    cfg = cfg.replace(data={"forget": forget_classes(forget, ds)})
     original = _prepare(model, ds, taps, normalize, logits_from).to(device)
     from .preflight import check_model
 
@@ -213,30 +214,49 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
     from .preflight import check_model
 
     ds = as_dataset(data, value_range=value_range)
+    forget = list(forget_classes(forget, ds))
     orig = _prepare(original, ds, taps, normalize, logits_from).to(device)
-    check_model(orig, ds, device, forget=[int(c) for c in forget], force=force, quiet=quiet)  # fed as trained
+    check_model(orig, ds, device, forget=forget, force=force, quiet=quiet)  # fed as trained
     paths = {n: p for n, (p, _l) in getattr(orig, T.ATTR, {}).items()}
 
     def prepared(m):
         return _prepare(m, ds, paths or taps, normalize, logits_from).to(device)
 
     models = {"original": orig, "unlearned": prepared(model)}
-    retain = ds.retain_classes([int(c) for c in forget])
+    retain = ds.retain_classes(forget)
     if retrained is not None:
         models["retrained"] = prepared(retrained)
-        check_model(models["retrained"], ds, device, role="retrained", classes=retain, absent=[int(c) for c in forget],
+        check_model(models["retrained"], ds, device, role="retrained", classes=retain, absent=forget,
                     force=force, quiet=quiet)
     names = list(T.tap_modules(orig))
     if null is not None:
         if retrained is None:
             raise ValueError("null needs retrained: the verdict judges against the spread between the two")
         kw["null_model"] = prepared(null)
-        check_model(kw["null_model"], ds, device, role="null", classes=retain, absent=[int(c) for c in forget],
+        check_model(kw["null_model"], ds, device, role="null", classes=retain, absent=forget,
                     force=force, quiet=quiet)
-    result = audit_models(models, ds, [int(c) for c in forget], device=device,
+    result = audit_models(models, ds, forget, device=device,
                           retrained="retrained" if retrained is not None else None, taps=names, figures=False,
                           quiet=quiet, **kw)
     return json_view(result)
+
+
+def forget_classes(forget, ds: Dataset) -> tuple[int, ...]:
+    """The classes to forget, by index or by name (the data's class names), checked against the data."""
+    from .data import resolve_forget
+
+    if isinstance(forget, (int, str)):
+        forget = [forget]
+    tokens = [t if isinstance(t, str) else int(t) for t in forget]
+    if not tokens:
+        raise UserError("forget is empty; name at least one class (index or name)")
+    out = resolve_forget(tokens, ds)
+    bad = [c for c in out if not 0 <= c < ds.num_classes]
+    if bad:
+        raise UserError(f"forget class(es) {bad} out of range: the data has classes 0..{ds.num_classes - 1}")
+    if len(out) >= ds.num_classes:
+        raise UserError("forget names every class; at least one must be kept")
+    return out
 
 
 def _per_seed(given, what: str) -> dict:
@@ -272,7 +292,7 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
     from .experiments.compare import compare as run_compare
     from .references import Recipe
 
-    cfg = validate((config or RunConfig()).replace(data={"forget": tuple(int(c) for c in forget)}))
+    cfg = validate(config or RunConfig())
     methods = list(methods) if methods is not None else list(M.names(default_only=True))
     M.check_names(methods)
     if train is not None and not callable(train):
@@ -284,6 +304,7 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
                         "'test': ...}): your function trains on data['train'], so a split cnr-fast carved out of it "
                         "would be inside what it trained on")
     ds = as_dataset(data, val_fraction=cfg.data.val_fraction, value_range=value_range)
+    cfg = cfg.replace(data={"forget": forget_classes(forget, ds)})
     orig = {cfg.seed + i if isinstance(originals, (list, tuple)) else i: m
             for i, m in _per_seed(originals, "originals").items()}
     refs = {cfg.seed + i if isinstance(references, (list, tuple)) else i: pair
@@ -291,6 +312,16 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
     for seed, pair in refs.items():
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
             raise UserError(f"references[{seed}] must be a (retrained, null) pair of models")
+    run_seeds = [cfg.seed + i for i in range(seeds)]
+    for what, given_for in (("originals", orig), ("references", refs)):
+        stray = sorted(set(given_for) - set(run_seeds))
+        if stray:
+            raise UserError(f"{what} has seed(s) {stray}, which this compare does not run (seeds {run_seeds}: "
+                            "config.seed + 0..seeds-1); key them by the seeds run, or set seeds / config.seed")
+        missing = sorted(set(run_seeds) - set(given_for))
+        if given_for and missing and train is None:
+            raise UserError(f"{what} has no model for seed(s) {missing} of the seeds run {run_seeds}; give them, run "
+                            "fewer seeds, or pass train= to train what is missing")
 
     def given(kind, seed):
         if kind == "original":
@@ -302,7 +333,12 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
     def prepared(m):
         return _prepare(m, ds, taps, normalize, logits_from)
 
-    if train is None:  # cnr-fast's own loop on your build(), the CLI's recipe
+    if train is None and bool(orig) != bool(refs):
+        raise UserError("originals and references go together without train=: give both, or pass train= to train "
+                        "what is not given")
+    if train is None and (orig or refs):  # every model given (checked above): nothing to train
+        recipe = Recipe("your given models", given=given, build=build, train=None, data=None, prepare=prepared)
+    elif train is None:  # cnr-fast's own loop on your build(), the CLI's recipe
         from .train import train_classifier
 
         def own(model, _data, classes, seed):
@@ -312,8 +348,7 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
 
         name = (f"cnr-fast's own recipe (train.train_classifier: {cfg.train.epochs} epochs, lr {cfg.train.lr:g}) "
                 "on your build()")
-        recipe = Recipe(name + (", with your given models where given" if orig or refs else ""), given=given,
-                        build=build, train=own, data=None, prepare=prepared)
+        recipe = Recipe(name, given=given, build=build, train=own, data=None, prepare=prepared)
     else:
         where = getattr(train, "__module__", None) or "your code"
         name = f"your training function {getattr(train, '__qualname__', 'train')} (from {where})"

@@ -166,3 +166,23 @@ def check_recipe(model: nn.Module, ds, device, *, recipe: str, seed: int, expect
         raise UserError(line + ", or pass --force to compare on it anyway")
     log(f"warning: {line} (--force: going on)", quiet)
     return found
+
+
+def check_reference(model: nn.Module, ds, forget, device, *, kind: str, recipe: str, seed: int, force: bool = False,
+                    quiet: bool = False) -> dict:
+    """compare's check of a retrained reference or null as it is made: it must not recognise the forget classes
+    (test accuracy on them at most near chance), else it was not trained without them and every verdict
+    against it is wrong. One line naming the recipe, unless force (a warning)."""
+    acc = overall_accuracy(model, ds.test.of_classes(list(forget)), device)
+    found = {"seed": int(seed), "kind": kind, "forget_accuracy": acc}
+    if acc <= chance_limit(ds.num_classes):
+        return found
+    what = "retrained reference" if kind == "retrained" else "null (second retrained model)"
+    line = (f"the {what} of seed {seed}, made by {recipe}, recognises the forget class(es) "
+            f"{named_classes(list(forget), ds)} (test accuracy {acc:.3f}): it was not trained without them, and every "
+            "verdict against it would be wrong; a training function must train on the `classes` it is given, and a "
+            "given reference must be retrained without the --forget classes")
+    if not force:
+        raise UserError(line)
+    log(f"warning: {line} (--force: going on)", quiet)
+    return found

@@ -83,8 +83,8 @@ class Recipe:
             model = self.train(fresh, self.data, classes, order_seed)
             model = fresh if model is None else model
             if not isinstance(model, torch.nn.Module):
-                raise UserError(f"the training function of {self.name} returned {type(model).__name__}, not the "
-                                "trained nn.Module; return the model")
+                raise UserError(f"{self.name} returned {type(model).__name__} for the {kind} model, not the trained "
+                                "nn.Module; return the model (or None after training it in place)")
             how = "trained"
         model = self.prepare(model).to(device).eval()
         acc = forget_retain_accuracy(model, ds.test, cfg.data.forget, device=device)

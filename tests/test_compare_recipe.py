@@ -86,6 +86,15 @@ def test_compare_with_the_users_checkpoints():
                          config=CFG, taps=TAPS)
     assert r["per_seed_originals"][0]["weights_sha256"] == weights_digest(orig)
     assert "given models" in r["recipe"]
+    # models keyed by a seed compare does not run, a seed left without one, or one of the two alone: refused
+    for kw in ({"originals": {3: orig}, "references": {3: refs}}, {"originals": [orig], "references": [refs]},
+               {"originals": [orig]}):
+        with pytest.raises(UserError, match="seed|go together"):
+            cnr_fast.compare(build, data, forget=[3], methods=["lm"], seeds=2 if "references" in kw and 3 not in
+                             kw["originals"] else 1, config=CFG, taps=TAPS, **kw)
+    with pytest.raises(UserError, match="out of range"):
+        cnr_fast.compare(build, data, forget=[12], methods=["lm"], seeds=1, originals=[orig], references=[refs],
+                         config=CFG, taps=TAPS)
     # the references are the user's too: their test accuracies are the audit's
     for name, model in (("retrained", refs[0]), ("retrained_null", refs[1])):
         xt, yt = data["test"]
@@ -135,7 +144,7 @@ def train(model, data, classes, seed):
 '''
 
 
-def test_cli_compare_with_a_train_script_and_given_originals(tmp_path):
+def test_cli_compare_with_a_train_script_and_given_checkpoints(tmp_path):
     import importlib.util
     import json
 
@@ -144,27 +153,50 @@ def test_cli_compare_with_a_train_script_and_given_originals(tmp_path):
     script = tmp_path / "mine.py"
     script.write_text(SCRIPT)
     base = ["compare", "--dataset", "digits", "--image-size", "16", "--model", f"{script}:build", "--methods", "lm",
-            "--seeds", "1", "--train-epochs", "1", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+            "--seeds", "1", "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main(base + ["--train-script", f"{script}:train", "--train-epochs", "3", "--out", str(tmp_path / "x")]) == 2
     assert main(base + ["--train-script", f"{script}:train", "--out", str(tmp_path / "a")]) == 0
     r = json.loads((tmp_path / "a" / "compare.json").read_text())
     assert f"{script}:train" in r["recipe"] and "Recipe: " in (tmp_path / "a" / "report.md").read_text()
     assert (tmp_path / "mine.py.calls").read_text().split() == ["10", "9", "9"]  # original, retrained, null
-    # the user's own original, given as a checkpoint: compare unlearns that model, digest for digest
+    # the user's own models, given as checkpoints: compare uses those, digest for digest
     spec = importlib.util.spec_from_file_location("mine_for_test", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     x, y = torch.rand(64, 1, 16, 16) * 2 - 1, torch.arange(64) % 10
     torch.manual_seed(3)
     mine = mod.train(mod.build(), {"train": (x, y), "val": (x, y)}, list(range(10)), 3)
-    (tmp_path / "orig").mkdir()
+    keep = [c for c in range(10) if c != 2]
+    ref, null = (mod.train(mod.build(), {"train": (x, y), "val": (x, y)}, keep, s) for s in (4, 5))
+    for d in ("orig", "refs", "wrong"):
+        (tmp_path / d).mkdir()
     torch.save(mine.state_dict(), tmp_path / "orig" / "seed0.pt")
-    code = main(base + ["--originals", str(tmp_path / "orig"), "--out", str(tmp_path / "b")])
-    assert code == 2  # trained on noise: near chance, stopped before any method, naming the checkpoints
+    torch.save(ref.state_dict(), tmp_path / "refs" / "retrained-seed0.pt")
+    torch.save(null.state_dict(), tmp_path / "refs" / "null-seed0.pt")
+    torch.save(mine.state_dict(), tmp_path / "wrong" / "seed_0.pt")
+    given = ["--originals", str(tmp_path / "orig"), "--references", str(tmp_path / "refs")]
+    # a misnamed checkpoint is refused, not silently replaced by a trained model; one folder alone is refused
+    assert main(base + ["--originals", str(tmp_path / "wrong"), "--references", str(tmp_path / "refs"),
+                        "--out", str(tmp_path / "w")]) == 2
+    assert main(base + ["--originals", str(tmp_path / "orig"), "--out", str(tmp_path / "w")]) == 2
+    # trained on noise: near chance, stopped before any method
+    assert main(base + given + ["--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b" / "compare.json").exists()
-    assert main(base + ["--originals", str(tmp_path / "orig"), "--force", "--out", str(tmp_path / "b")]) == 0
+    assert main(base + given + ["--force", "--out", str(tmp_path / "b")]) == 0
     r = json.loads((tmp_path / "b" / "compare.json").read_text())
     assert r["per_seed_originals"][0]["weights_sha256"] == weights_digest(mine)
-    assert "your checkpoints (--originals" in r["recipe"] and not r["recipe_checks"][0]["ok"]
+    assert r["recipe"].startswith("your checkpoints (--originals") and not r["recipe_checks"][0]["ok"]
+    # a "retrained" reference that still knows the forget class is refused
+    from cnr_fast.data import load_dataset, to_float
+    from cnr_fast.config import RunConfig as RC
+
+    ds = load_dataset(RC().replace(data={"dataset": "digits", "image_size": 16}).data)
+    real = (to_float(ds.train.x), ds.train.y)
+    good = mod.train(mod.build(), {"train": real, "val": real}, list(range(10)), 3)
+    torch.save(good.state_dict(), tmp_path / "orig" / "seed0.pt")
+    torch.save(good.state_dict(), tmp_path / "refs" / "retrained-seed0.pt")
+    assert main(base + given + ["--out", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "c" / "compare.json").exists()
 
 
 def test_taps_cnr_reads_are_checked_before_any_training():

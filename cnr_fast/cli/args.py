@@ -274,17 +274,21 @@ def check_ulira_pairs(pairs: int) -> int:
 
 
 def note_flags_not_taken(args, methods, quiet: bool = False) -> None:
-    """A flag given on the command line that some of `methods` do not read: named in the log (e.g.
-    --baseline-epochs, which RL, SalUn, SCRUB and SSD do not take), so no budget is assumed that did not run."""
+    """A method setting given on the command line that none (or only some) of `methods` read: named in the
+    log, so no budget is assumed that did not run (--baseline-epochs never reaches RL, --reset-lr never LM)."""
     from ..experiments import methods as M
     from ..progress import log
 
-    for dest, flag in (("baseline_epochs", "--baseline-epochs"), ("salun_epochs", "--salun-epochs")):
-        if getattr(args, dest, None) is None:
+    entries = {m: M.resolve(m, None)[0] for m in methods}
+    for dest, (section, _key) in FLAG_MAP.items():
+        if section not in ("detect", "synth", "reset", "baseline") or getattr(args, dest, None) is None:
             continue
-        entries = {m: M.resolve(m, None)[0] for m in methods}
-        takers = [m for m, e in entries.items() if flag in e.flags]
-        others = [m for m, e in entries.items() if flag not in e.flags and e.role == "baseline"]
+        flag = "--" + dest.replace("_", "-")
+        readers = [m for m, e in entries.items() if section in e.config_sections]
+        if section == "baseline" and flag in ("--baseline-epochs", "--salun-epochs"):  # read by some baselines only
+            readers = [m for m in readers if flag in entries[m].flags]
+        # methods with no settings (LM) are not named unless nothing reads the flag at all
+        others = [m for m in methods if m not in readers and (entries[m].config_sections or not readers)]
         if others:
-            log(f"note: {flag} reaches {', '.join(takers) or 'none of these methods'}; not {', '.join(others)} "
+            log(f"note: {flag} is read by {', '.join(readers) or 'none of the methods run'}; not by {', '.join(others)} "
                 "(`cnr-fast ls` lists the flags each method reads)", quiet)

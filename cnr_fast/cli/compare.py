@@ -81,6 +81,22 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, checkpoint=None)
 
 
+def _check_folder(flag: str, folder: str, patterns: tuple[str, ...], seeds: list[int], can_train: bool) -> None:
+    """A checkpoint folder holds exactly the files its naming asks for the seeds run (a misnamed file would
+    silently be replaced by a trained model); what is missing needs --train-script."""
+    expected = {p.format(s) for p in patterns for s in seeds}
+    present = {f.name for f in Path(folder).iterdir() if f.suffix in (".pt", ".pth", ".safetensors")}
+    stray = sorted(present - expected - {p.format(s) for p in patterns for s in range(1000)})
+    names = ", ".join(sorted(expected))
+    if stray:
+        raise UserError(f"{flag} {folder!r} holds {', '.join(stray)}, which match no expected name; for seeds "
+                        f"{', '.join(map(str, seeds))} it needs {names}")
+    missing = sorted(expected - present)
+    if missing and not can_train:
+        raise UserError(f"{flag} {folder!r} lacks {', '.join(missing)} (seeds {', '.join(map(str, seeds))} run); add "
+                        "them, run the seeds it has (--seed, --seeds), or pass --train-script to train what is missing")
+
+
 def cli_recipe(args, cfg, ds, device, quiet):
     """The references.Recipe of --train-script / --originals / --references, None when none is given."""
     from ..models import build_model, model_from_checkpoint
@@ -95,6 +111,19 @@ def cli_recipe(args, cfg, ds, device, quiet):
             raise UserError(f"{flag} {d!r} is not a directory; pass the folder that holds the checkpoints")
     if args.train_script and ":" not in args.train_script:
         raise UserError(f"--train-script {args.train_script!r}: pass FILE.py:FUNCTION")
+    if args.train_script and (args.train_epochs is not None or args.lr is not None):
+        raise UserError("--train-epochs and --lr set cnr-fast's own training loop; with --train-script your function "
+                        "trains every model: drop them (set epochs and lr in your function)")
+    if not args.train_script and bool(args.originals) != bool(args.references):
+        raise UserError("--originals and --references go together without --train-script (references trained by "
+                        "another recipe than your originals would judge them by a different standard): give both, or "
+                        "--train-script to train what is not given")
+    seeds = [cfg.seed] if args.fixed_original else [cfg.seed + i for i in range(args.seeds)]
+    if args.originals:
+        _check_folder("--originals", args.originals, ("seed{}.pt",), seeds, bool(args.train_script))
+    if args.references:
+        _check_folder("--references", args.references, ("retrained-seed{}.pt", "null-seed{}.pt"), seeds,
+                      bool(args.train_script))
     files = {"original": (args.originals, "seed{}.pt"), "retrained": (args.references, "retrained-seed{}.pt"),
              "retrained_null": (args.references, "null-seed{}.pt")}
 
@@ -134,7 +163,7 @@ def cli_recipe(args, cfg, ds, device, quiet):
     given_from = ", ".join(f"{f} {d}" for f, d in (("--originals", args.originals), ("--references", args.references))
                            if d)
     if given_from:
-        name = f"your checkpoints ({given_from}), the rest by {name}"
+        name = f"your checkpoints ({given_from})" + (f", the rest by {name}" if args.train_script else "")
     return Recipe(name, given=given, build=build, train=train, data=data)
 
 

@@ -52,7 +52,7 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
 
 def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, quiet, ds, state, entry_prefix, attacks,
              ulira_pairs, expect_acc, force) -> dict:
-    from ..preflight import check_recipe
+    from ..preflight import check_recipe, check_reference
     from ..references import recipe_name
 
     methods = list(methods)
@@ -73,9 +73,15 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
     for s in range(seeds):
         seed = cfg.seed + s
         ref_cfg = cfg.replace(seed=cfg.seed if fixed_original else seed)
-        refs = seed_references(ref_cfg, ds, device, cache, quiet)
-        recipe_checks.append(check_recipe(refs.original, ds, device, recipe=recipe_name(), seed=ref_cfg.seed,
-                                          expect_acc=expect_acc, force=force, quiet=quiet))
+        def check(kind, model, seed=ref_cfg.seed):
+            if kind == "original":
+                recipe_checks.append(check_recipe(model, ds, device, recipe=recipe_name(), seed=seed,
+                                                  expect_acc=expect_acc, force=force, quiet=quiet))
+            else:
+                check_reference(model, ds, forget, device, kind=kind, recipe=recipe_name(), seed=seed, force=force,
+                                quiet=quiet)
+
+        refs = seed_references(ref_cfg, ds, device, cache, quiet, check=check)
         originals.append(refs.record)
         for name, t in refs.train_times.items():
             ref_times[name].append(t)
@@ -113,6 +119,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
         per_seed.append(r["metrics"])
     result = {
         "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width, "forget_classes": forget,
+        "forget_names": [ds.class_names[c] for c in forget] if ds.class_names else None,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
         "reference_init": cfg.train.reference_init, "recipe": recipe_name(), "recipe_checks": recipe_checks,
         "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},

@@ -108,7 +108,8 @@ def recipe_md(result: dict) -> list[str]:
     accs = ", ".join(f"seed {c['seed']}: {c['accuracy']:.3f}" for c in checks)
     where = checks[0]["split"] if checks else "validation"
     expect = checks[0].get("expect_acc") if checks else None
-    return [f"Recipe: the originals, retrained references, nulls and RFS were made by {result['recipe']}. "
+    made = "originals, retrained references, nulls" + (" and RFS" if "rfs" in result.get("methods", {}) else "")
+    return [f"Recipe: the {made} were made by {result['recipe']}. "
             f"The originals' accuracy on {where}: {accs or 'not recorded'}"
             + (f" (expected {expect:.3f})" if expect is not None else "") + ".", ""]
 
@@ -145,10 +146,15 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     keys = [k for k in HEADLINE if k in refs["original"]]
     if not short:
         keys += sorted(k for k in refs["original"] if k not in keys)
+    from ..models import ARCHS
+
     seeds_note = ("one original, retrained and null model (seed %d) for every seed" % result["seeds"][0]
-                  if result.get("fixed_original") else "a fresh original, retrained and null model per seed")
-    lines = [f"# compare: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
-             f"{result['forget_classes']}, seeds {result['seeds']}", "",
+                  if result.get("fixed_original") else "an original, retrained and null model of its own per seed")
+    width = f" (width {result['width']})" if result["arch"] in ARCHS else ""
+    names = result.get("forget_names")
+    named = f" ({', '.join(map(repr, names))})" if names and names != [str(c) for c in result["forget_classes"]] else ""
+    lines = [f"# compare: {result['dataset']} / {result['arch']}{width}, forget "
+             f"{result['forget_classes']}{named}, seeds {result['seeds']}", "",
              f"Splits: {result['splits']['train']} train / {result['splits']['val']} validation / "
              f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
              f"reference initialisation: {result['reference_init']}.", ""]
@@ -185,6 +191,10 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     lines += choices_md(result.get("per_seed_choices", {}), result["seeds"])
     lines += ulira_md(result)
     lines += pairwise_md(result, methods)
+    if len(result["seeds"]) < 2:
+        lines += ["", "## Details", "", "One seed: no test over seeds; the verdict above places each model on this "
+                  "seed by its margin rule, and `separation` in the JSON holds the differences."]
+        return "\n".join(lines) + "\n"
     lines += ["", "## Details: which metrics separate the retrained model from the original over seeds",
               "", "The verdict above places each model per seed by its margin rule; this is the other notion, a "
               "paired test over seeds, for reading beside it. "

@@ -90,17 +90,23 @@ class SeedReferences:
     train_times: dict  # {"original" / "retrained": seconds} where they were trained, not cached
 
 
-def seed_references(cfg, ds, device, cache, quiet, original: SeedReferences | None = None) -> SeedReferences:
+def seed_references(cfg, ds, device, cache, quiet, original: SeedReferences | None = None,
+                    check=None) -> SeedReferences:
     """The original of cfg.seed (or `original`'s, loaded once for every round of a scenario), and the
-    retrained reference and null for cfg's forget classes."""
+    retrained reference and null for cfg's forget classes. check(kind, model): called on each model as it
+    is made, before the next is (compare's recipe checks: a bad recipe stops before training the rest)."""
+    check = check or (lambda kind, model: None)
     if original is None:
         model, ometa, _, _ = load_original(cfg, ds, device, cache, quiet)
+        check("original", model)
         record = original_record(model, cfg.seed)
         times = {"original": float(ometa["train_time_s"])} if ometa.get("train_time_s") is not None else {}
     else:
         model, record, times = original.original, original.record, {}
     retrained, rmeta, _, _ = obtain_reference("retrained", cfg, ds, device, cache, quiet)
+    check("retrained", retrained)
     null = obtain_reference("retrained_null", cfg, ds, device, cache, quiet)[0]
+    check("retrained_null", null)
     if rmeta.get("train_time_s") is not None:
         times["retrained"] = float(rmeta["train_time_s"])
     return SeedReferences(cfg.seed, model, retrained, null, record, times)

@@ -206,7 +206,15 @@ def attach(model: nn.Module, example: torch.Tensor, overrides: dict[str, str] | 
     """Find the taps of `model` (overrides win) and attach them; returns {name: (path, layout)}."""
     overrides = dict(overrides or {})
     cands = candidates(model, example)
-    found = {} if len(overrides) == len(TAP_NAMES) else find(model, example, cands)
+    if len(overrides) == len(TAP_NAMES):
+        found = {}
+    else:
+        try:
+            found = find(model, example, cands)
+        except UserError:
+            if not overrides:
+                raise
+            found = {}  # nothing found on its own: the taps named are the taps (a driver says if it needs more)
     if overrides:
         shapes = dict(cands)
         names = dict(model.named_modules())
