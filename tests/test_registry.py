@@ -172,3 +172,18 @@ def test_a_registered_scenario_runs_merges_and_writes(tmp_path, monkeypatch):
         assert (m / "echo.md").read_text() == "# echo [0, 1, 5]\n"
     finally:
         S.SCENARIOS.pop("echo", None)
+
+
+def test_a_method_setting_no_method_run_reads_is_named(capsys):
+    """--baseline-epochs never reached RL (it runs --salun-epochs): the log says which methods read a flag."""
+    import argparse
+
+    from cnr_fast.cli.args import note_flags_not_taken
+
+    args = argparse.Namespace(baseline_epochs=2, salun_epochs=None, reset_lr=0.001)
+    note_flags_not_taken(args, ["rl", "roft", "lm"])
+    err = capsys.readouterr().err
+    assert "--baseline-epochs is read by roft; not by rl" in err
+    assert "--reset-lr is read by none of the methods run" in err
+    note_flags_not_taken(argparse.Namespace(salun_epochs=1), ["rl", "lm"])
+    assert capsys.readouterr().err == ""  # LM has no settings to miss
