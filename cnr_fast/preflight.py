@@ -163,7 +163,7 @@ def check_recipe(model: nn.Module, ds, device, *, recipe: str, seed: int, expect
     line = (f"the original of seed {seed}, made by {recipe}, reaches {acc:.3f} on {where}, {problem}: the recipe "
             f"likely trains this model badly, and methods compared on it say little about yours; {fix}")
     if not force:
-        raise UserError(line + ", or pass --force to compare on it anyway")
+        raise UserError(line + ", or pass --force (force=True from Python) to compare on it anyway")
     log(f"warning: {line} (--force: going on)", quiet)
     return found
 

@@ -324,19 +324,21 @@ def load_original(cfg: RunConfig, ds, device, cache, quiet=False):
         if meta.get("logit_mask"):
             raise UserError(f"checkpoint {cfg.model.checkpoint!r} is a logit-masked model; pass the original model")
         log(f"original: {cfg.model.checkpoint}", quiet)
-        _log_taps(model, quiet)
+        _log_taps(model, quiet, named=bool(cfg.model.tap_paths))
         return model.to(device), meta, cfg.model.checkpoint, True
     found = obtain_reference("original", cfg, ds, device, cache, quiet)
-    _log_taps(found[0], quiet)
+    _log_taps(found[0], quiet, named=bool(cfg.model.tap_paths))
     return found
 
 
-def _log_taps(model, quiet) -> None:
-    """The taps found in a model of another source, before any work on them."""
+def _log_taps(model, quiet, named: bool = False) -> None:
+    """The taps of a model of another source, before any work on them (named: some came from --taps)."""
     found = getattr(model, "cnr_fast_taps", None)
     if found:
+        how = ("as --taps names them, the rest found automatically" if named else
+               "found automatically; --taps L1=module.path,... overrides")
         log("taps: " + ", ".join(f"{n}={p} ({layout})" for n, (p, layout) in found.items())
-            + " (found automatically; --taps L1=module.path,... overrides; `cnr-fast taps` lists candidates)", quiet)
+            + f" ({how}; `cnr-fast taps` lists candidates)", quiet)
 
 
 

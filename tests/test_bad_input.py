@@ -279,7 +279,7 @@ CASES = [
     ("forget_duplicate", U, ["--forget", "2,5,2"], "[2] listed more than once; list each class once, e.g. --forget 2,5", {}),
     ("forget_out_of_range", U, ["--forget", "12"], "forget class(es) [12] not in dataset 'digits' (classes 0..9)", {}),
     ("forget_negative", U, ["--forget", "-1"], "forget class(es) [-1] not in dataset", {}),
-    ("forget_unknown_name", U, ["--forget", "two"], "--forget 'two' is not a class of 'digits'; its classes are 0, 1", {}),
+    ("forget_unknown_name", U, ["--forget", "two"], "forget class 'two' is not a class of 'digits'; its classes are 0, 1", {}),
     ("forget_every_class", U, ["--forget", "0,1,2,3,4,5,6,7,8,9"], "all 10 classes of 'digits' would be forgotten", {}),
     # data roots
     ("root_missing", U, ["--dataset", "mnist", "--data-root", "{in}/nope"], "data root", {}),

@@ -281,12 +281,10 @@ def note_flags_not_taken(args, methods, quiet: bool = False) -> None:
 
     entries = {m: M.resolve(m, None)[0] for m in methods}
     for dest, (section, _key) in FLAG_MAP.items():
-        if section not in ("detect", "synth", "reset", "baseline") or getattr(args, dest, None) is None:
+        if section not in ("detect", "synth", "reset", "baseline") or dest == "taps" or getattr(args, dest, None) is None:
             continue
         flag = "--" + dest.replace("_", "-")
-        readers = [m for m, e in entries.items() if section in e.config_sections]
-        if section == "baseline" and flag in ("--baseline-epochs", "--salun-epochs"):  # read by some baselines only
-            readers = [m for m in readers if flag in entries[m].flags]
+        readers = [m for m, e in entries.items() if flag in e.flags]  # the registry's flags (`cnr-fast ls`)
         # methods with no settings (LM) are not named unless nothing reads the flag at all
         others = [m for m in methods if m not in readers and (entries[m].config_sections or not readers)]
         if others:

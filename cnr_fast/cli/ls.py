@@ -18,6 +18,9 @@ def run(args) -> int:
     print("methods:  " + ", ".join(m for m in M.names() if M.get(m).role != "control"))
     print("controls: " + "; ".join(f"{m} ({M.get(m).description})" for m in M.names("control")))
     for m in M.names():
+        entry = M.resolve(m, None)[0]
+        if entry.flags:
+            print(f"flags of {m}: {' '.join(entry.flags)}")
         for o in M.get(m).options:
             print(f"option of {m}: {o.flag(m)} {o.type.__name__}, default {o.default}: {o.help}")
     print("archs:    " + ", ".join(ARCHS) + "; any other model: --model torchvision:NAME, timm:NAME, "

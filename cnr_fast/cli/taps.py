@@ -7,6 +7,8 @@ count, channels and image size, and run once on a batch of zeros. The taps found
 
 from __future__ import annotations
 
+from ..errors import UserError
+
 from .args import add_data_args, add_model_args, config_from_args, one_line_errors
 
 
@@ -36,9 +38,23 @@ def run(args) -> int:
     cfg = config_from_args(args)
     check_arch_known(cfg)
     ds = load_dataset(cfg.data)
-    model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
-                        **source_options(cfg))
-    found = getattr(model, "cnr_fast_taps", None)
+    try:
+        model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
+                            **source_options(cfg))
+        found = getattr(model, "cnr_fast_taps", None)
+    except UserError as e:
+        if not str(e).startswith("no taps found"):
+            raise
+        # none found on its own: the model as built, without taps, so its candidates can be listed
+        from ..models import sources
+
+        model = sources.build(cfg.model.arch, ds.num_classes, ds.image_size,
+                              sources.parse_model_args(cfg.model.model_args))
+        sources.apply_input_contract(model, ds.in_channels, cfg.model.normalize, cfg.model.arch)
+        sources.apply_logits_rule(model, torch.zeros(2, ds.in_channels, ds.image_size, ds.image_size),
+                                  cfg.model.logits_from, cfg.model.arch, ds.num_classes)
+        found = {}
+        print(f"taps: none found on their own ({e}); name them from the candidates below")
     example = torch.zeros(2, ds.in_channels, ds.image_size, ds.image_size)
     cands = candidates(model, example)
     print(f"model {cfg.model.arch}: {sum(p.numel() for p in model.parameters()):,} parameters; input "
@@ -49,6 +65,8 @@ def run(args) -> int:
           + f"; logits {list(logits.shape)} for a batch of 2")
     if found is None:
         print("taps: the model names its own (" + ", ".join(model.tap_modules()) + ")")
+    elif not found:
+        pass
     else:
         shapes = dict(cands)
         for name, (path, layout) in found.items():

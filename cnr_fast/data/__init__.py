@@ -214,7 +214,7 @@ def resolve_forget(tokens, ds: Dataset) -> tuple[int, ...]:
             import difflib
 
             close = difflib.get_close_matches(t, ds.class_names, n=3, cutoff=0.5)
-            raise UserError(f"--forget {t!r} is not a class of {ds.name!r}"
+            raise UserError(f"forget class {t!r} is not a class of {ds.name!r}"
                             + (f" (did you mean {', '.join(close)}?)" if close else "")
                             + f"; its classes are {', '.join(ds.class_names[:20])}"
                             + (", ..." if len(ds.class_names) > 20 else ""))

@@ -165,11 +165,14 @@ def compare_tables(result: dict) -> dict:
     per_seed, methods = result["per_seed"], list(result["per_seed_times"])
     names = ["original", "retrained", *methods]
     keys = sorted(set().union(*[set(ps[n]) for ps in per_seed for n in names]))
-    table = summarise_runs(per_seed, names, "cnr" if "cnr" in methods else None, paired=methods, p_key="p_vs_cnr")
+    has_null = any(NULL in ps for ps in per_seed)
+    table = summarise_runs(per_seed, names + ([NULL] if has_null else []), "cnr" if "cnr" in methods else None,
+                           paired=methods, p_key="p_vs_cnr")
     result.update({
         "methods": {m: table[m] for m in methods},
         "references": {"original": table["original"], "retrained": table["retrained"],
-                       "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"])},
+                       "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"]),
+                       **({"null": table[NULL]} if has_null else {})},
         "separation": judge(per_seed, table, methods, keys),
         "pairwise": pairwise(per_seed, methods, [k for k in PAIRWISE_KEYS if k in keys and not is_coordinate_bound(k)]),
         "verdict": verdict_over_seeds(per_seed, methods, _forget_test_size(result), _retain_test_size(result)),

@@ -262,15 +262,16 @@ def _load_builtins() -> None:
     cnr_sections, cnr_flags = ("detect", "synth", "reset"), (
         "--k", "--taps", "--selection", "--alpha", "--lambda-real", "--lambda-smooth", "--sign", "--latent-opt",
         "--synth-steps", "--gan-epochs", "--synth-batch", "--reset-epochs", "--stabilize-epochs", "--gamma",
-        "--relabel")
-    fine_tune = dict(config_sections=("baseline",), flags=("--baseline-epochs", "--stabilize-epochs"))
+        "--relabel", "--reset-lr")
+    fine_tune = dict(config_sections=("baseline",), flags=("--baseline-epochs", "--reset-epochs", "--stabilize-epochs",
+                                                                "--baseline-lr"))
     salun_loop = dict(config_sections=("baseline",), flags=("--salun-epochs",))  # their authors' 10 epochs
     builtin = [
         Method("cnr", run_cnr, "cnr", "Class-Specific Neuron Reset: detect, synthesise, reset, stabilise",
                staged=True, config_sections=cnr_sections, flags=cnr_flags),
         Method("cnr-real", run_real, "control",
                "CNR's reset fed B real forget images instead of synthetic ones: no detection, no synthesis",
-               staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs")),
+               staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs", "--reset-lr")),
         Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", **salun_loop),
         Method("ssd", ssd.run, "baseline", "selective synaptic dampening (Foster et al. 2024)",
                config_sections=("baseline",)),

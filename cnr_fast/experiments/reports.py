@@ -165,7 +165,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     null = refs.get("cka_null", {})
     for k in keys:
-        nul = "-"
+        nul = _cell(refs["null"].get(k)) if refs.get("null", {}).get(k) is not None else "-"
         if k.startswith("cka_pos.") or k.startswith("cka_neg."):
             part, tap = k[4:7], k.split(".")[1]
             nul = _cell(null.get(part, {}).get(tap))
@@ -181,7 +181,8 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     lines += ["", f"Cells: mean [95% t-interval over seeds] (paired t-test p against CNR, raw and Holm-adjusted over "
               f"the methods on that metric; n/a where the paired differences are constant). Chance accuracy "
               f"{refs['chance_acc']:.3f}; MIA chance 0.5. `null` = unbiased CKA between the retrained model and a "
-              "second, independently trained one: what an unrelated model scores at that tap. (coord.) = compares "
+              "second, independently trained one: what an unrelated model scores at that tap; on every other row `null` is "
+              "that second model's own value (the verdict's margin is |retrained - null|). (coord.) = compares "
               "unit coordinates with the original's, reported only for models derived from the original.", ""]
     t = result["unlearn_time_s"]
     rt = result.get("reference_train_time_s", {}).get("retrained")

@@ -232,7 +232,8 @@ def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int, 
             where = f" on the other {len(shares['with_retrained'])}" if damaged else ""
             parts.append(f"{where.strip() + ': ' if where else ''}with the retrained model on {_pct(w)} of the "
                          f"separating measures, with the original on {_pct(o)}, between or past them on the rest "
-                         f"(mean [bootstrap interval] over {len(shares['with_retrained'])} seeds; per seed "
+                         f"(mean [bootstrap interval] over {len(shares['with_retrained'])} "
+                         f"seed{'s' if len(shares['with_retrained']) != 1 else ''}; per seed "
                          f"{min(seps)} to {max(seps)} measures separate the retrained model from the original)")
         elif not damaged:
             parts.append("no measure separates the retrained model from the original on any seed")
