@@ -54,3 +54,15 @@ def test_compare_report_html_is_the_report(tmp_path):
     page = markdown_html(md, "t")
     assert "<h1>compare: x</h1>" in page and "<code>code</code>" in page and "<b>bold</b>" in page
     assert "<th>a</th>" in page and "<td>&lt;2&gt;</td>" in page and "<li>two</li>" in page
+
+
+def test_the_choices_table_marks_candidates_outside_the_margin():
+    from cnr_fast.experiments.reports import choices_md
+
+    c = {"chosen": "lr=1", "validation": {"lr=1": {"val_forget_acc": 1.0, "val_retain_acc": 0.97},
+                                          "lr=2": {"val_forget_acc": 0.0, "val_retain_acc": 0.5}},
+         "rule": {"original_val_retain_acc": 0.98, "retain_margin": 0.05, "within_margin": True}}
+    row = choices_md({"rl": [c]}, [0])[-1]
+    assert "**lr=1: 1.00 / 0.97**" in row and "lr=2: 0.00 / 0.50 (out)" in row and "margin 0.050" in row
+    c["rule"]["within_margin"] = False
+    assert "none within it" in choices_md({"rl": [c]}, [0])[-1]

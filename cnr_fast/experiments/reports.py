@@ -41,17 +41,25 @@ def choices_md(choices: dict, seeds: list, title: str = "## Settings chosen on v
         return []
     out = ["", title, "",
            "Each candidate: validation forget / retain accuracy; the chosen one in bold (the rule, `tuning.choose`: the "
-           "one that forgets most of those within the margin of the original's retain accuracy). "
+           "one that forgets most of those within the margin of the original's retain accuracy; (out) marks a "
+           "candidate that lost more than the margin, and a row that says so where none kept within it). "
            f"Chosen {where} (`tuning.py`).", "",
            "| method | seed | candidates |", "|---|---|---|"]
     for m, seed, c in rows:
-        cells = []
+        cells, rule = [], c.get("rule")
         for name, v in c["validation"].items():
             txt = f"{name}: {v['val_forget_acc']:.2f} / {v['val_retain_acc']:.2f}"
             if "dampened_params" in v:
                 txt += f" ({v['dampened_params']} dampened)"
+            if rule and v["val_retain_acc"] < rule["original_val_retain_acc"] - rule["retain_margin"]:
+                txt += " (out)"
             cells.append(f"**{txt}**" if name == c["chosen"] else txt)
-        out.append(f"| {m} | {seed} | " + "; ".join(cells) + " |")
+        note = ""
+        if rule:
+            note = (f" (original {rule['original_val_retain_acc']:.2f}, margin {rule['retain_margin']:.3f}"
+                    + ("; none within it: the one that keeps most, a damaged model" if not rule["within_margin"]
+                       else "") + ")")
+        out.append(f"| {m} | {seed} | " + "; ".join(cells) + note + " |")
     return out
 
 
