@@ -66,3 +66,26 @@ def test_the_choices_table_marks_candidates_outside_the_margin():
     assert "**lr=1: 1.00 / 0.97**" in row and "lr=2: 0.00 / 0.50 (out)" in row and "margin 0.050" in row
     c["rule"]["within_margin"] = False
     assert "none within it" in choices_md({"rl": [c]}, [0])[-1]
+
+
+def test_power_verb_reads_a_finished_compare(tmp_path, capsys):
+    import json
+
+    from cnr_fast.cli import main
+
+    rng = np.random.default_rng(0)
+    per_seed = [{"original": {"forget_acc": 0.97}, "retrained": {"forget_acc": 0.0},
+                 "a": {"forget_acc": float(rng.normal(0.3, 0.02))}, "b": {"forget_acc": float(rng.normal(0.31, 0.2))}}
+                for _ in range(3)]
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps({"per_seed": per_seed, "per_seed_times": {"a": [1, 1, 1], "b": [1, 1, 1]}}))
+    assert main(["power", str(path), "--measures", "forget_acc", "--json", str(tmp_path / "p.json")]) == 0
+    out = capsys.readouterr().out
+    assert "retrained - a" in out and "a - b" in out
+    rows = json.loads((tmp_path / "p.json").read_text())["tables"]["compare"]["forget_acc"]
+    expected = pairwise(per_seed, ["retrained", "a", "b"], ["forget_acc"])["forget_acc"]
+    assert [r["reading"] for r in rows] == [r["reading"] for r in expected]
+    ab = next(r for r in rows if (r["a"], r["b"]) == ("a", "b"))
+    assert ab["reading"] == "no practical difference" or int(ab["reading"].split()[2]) <= 50
+    assert main(["power", str(tmp_path / "missing.json")]) == 2
+    assert main(["power", str(path), "--measures", "nope"]) == 2

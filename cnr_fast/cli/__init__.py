@@ -11,7 +11,7 @@ import sys
 
 from ..errors import UserError
 
-VERBS = ("train", "unlearn", "audit", "compare", "ablate", "taps", "doctor", "ls")  # benchmarks: bench/ (README)
+VERBS = ("train", "unlearn", "audit", "compare", "ablate", "power", "taps", "doctor", "ls")  # benchmarks: bench/ (README)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -174,7 +174,8 @@ def compare_tables(result: dict) -> dict:
                        "chance_acc": result["chance_acc"], "cka_null": null_table(result["per_seed_cka_null"]),
                        **({"null": table[NULL]} if has_null else {})},
         "separation": judge(per_seed, table, methods, keys),
-        "pairwise": pairwise(per_seed, methods, [k for k in PAIRWISE_KEYS if k in keys and not is_coordinate_bound(k)]),
+        "pairwise": pairwise(per_seed, ["retrained", *methods],
+                             [k for k in PAIRWISE_KEYS if k in keys and not is_coordinate_bound(k)]),
         "verdict": verdict_over_seeds(per_seed, methods, _forget_test_size(result), _retain_test_size(result)),
         "unlearn_time_s": {m: summarise(v, None) for m, v in result["per_seed_times"].items()},
         "reference_train_time_s": {k: summarise(v, None) for k, v in result["per_seed_reference_times"].items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .stats import SEPARATION_ALPHA, format_p, is_coordinate_bound
+from .stats import PRACTICAL_SEEDS, SEPARATION_ALPHA, format_p, is_coordinate_bound
 
 HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
             "svm_acc.L4", "fewshot_probe_acc.5", "relearn_acc.5", "mia_acc", "nn_purity", "cka_pos.L4",
@@ -132,19 +132,18 @@ def pairwise_md(result: dict, methods: list[str]) -> list[str]:
     if not pw or len(methods) < 2:
         return []
     n = len(result["seeds"])
-    out = ["", "## Every pair of methods", "",
+    out = ["", "## Every pair of methods, and each against the retrained model", "",
            f"Paired t-test over the {n} seeds, Holm-adjusted over the pairs on each metric; an open contrast "
            "(adjusted p >= 0.05) gives the seeds a paired test would need to find the difference seen here with 80% "
-           "power, at 0.05 / pairs (`stats.seeds_needed`; the seen mean and spread taken as the truth). All metrics in "
-           "`pairwise` of the JSON.", "", "| metric | a - b | difference | p (Holm) | decided | seeds needed |",
-           "|---|---|---|---|---|---|"]
+           "power, at 0.05 / pairs (`stats.seeds_needed`; the seen mean and spread taken as the truth), and more "
+           f"than {PRACTICAL_SEEDS} reads as no practical difference at that effect. All metrics in `pairwise` of the "
+           "JSON; `cnr-fast power FILE` prints them for any compare.json.", "",
+           "| metric | a - b | difference | p (Holm) | reading |", "|---|---|---|---|---|"]
     for k, rows in list(pw.items())[:PAIRWISE_SHOWN]:
         for r in rows:
-            need = r.get("seeds_needed")
-            need = "-" if r["decided"] else ("no difference seen" if need is None else
-                                             (f"> {need - 1}" if need > 1000 else str(need)))
+            reading = r.get("reading") or ("decided" if r["decided"] else f"open ({r.get('seeds_needed')} seeds)")
             out.append(f"| {k} | {r['a']} - {r['b']} | {r['difference']:+.3f} | {format_p(r['p'])} "
-                       f"({format_p(r['p_holm'])}) | {'yes' if r['decided'] else 'no'} | {need} |")
+                       f"({format_p(r['p_holm'])}) | {reading} |")
     return out
 
 

@@ -253,6 +253,7 @@ def _pct(s: dict, digits: int = 0) -> str:
 
 
 POWER = 0.8  # the power `seeds_needed` asks of the paired test
+PRACTICAL_SEEDS = 50  # a contrast that needs more seeds than this is no practical difference at the effect seen
 
 
 def seeds_needed(differences, alpha: float, power: float = POWER, most: int = 1000) -> int | None:
@@ -277,10 +278,14 @@ def seeds_needed(differences, alpha: float, power: float = POWER, most: int = 10
     return most + 1
 
 
-def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: float = SEPARATION_ALPHA) -> dict:
-    """Every pair of methods on each metric in `keys`: the mean paired difference (a - b) over seeds, the paired
-    t-test p, Holm-adjusted over the pairs on that metric, and, for a contrast the test leaves open, the
-    seeds it would need (`seeds_needed` at alpha / number of pairs, Bonferroni: Holm's first step)."""
+def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: float = SEPARATION_ALPHA,
+             power: float = POWER, practical: int = PRACTICAL_SEEDS) -> dict:
+    """Every pair of `methods` (pass "retrained" among them for each method against the retrained reference) on
+    each metric in `keys`: the mean paired difference (a - b) over seeds, the paired t-test p, Holm-adjusted
+    over the pairs on that metric (the family), and for a contrast the test leaves open the seeds it would
+    need (`seeds_needed` at alpha / family size, Bonferroni: Holm's first step) and the reading: "decided",
+    "open: about N seeds", or "no practical difference" where N > `practical` at the effect seen (or none is
+    seen)."""
     from itertools import combinations
     from scipy import stats
 
@@ -302,7 +307,10 @@ def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: f
             r["p_holm"] = adjusted[i]
             r["decided"] = bool(r["p_holm"] is not None and r["p_holm"] < alpha)
             d = [ps[r["a"]][k] - ps[r["b"]][k] for ps in per_seed]
-            r["seeds_needed"] = None if r["decided"] else seeds_needed(d, alpha / max(1, len(rows)))
+            r["seeds_needed"] = None if r["decided"] else seeds_needed(d, alpha / max(1, len(rows)), power)
+            n = r["seeds_needed"]
+            r["reading"] = ("decided" if r["decided"] else "no practical difference" if n is None or n > practical
+                            else f"open: about {n} seeds")
         if rows:
             out[k] = rows
     return out
