@@ -57,3 +57,11 @@ def test_baseline_forgets_on_digits(digits, method):
     info = _check_forgets(method, cfg, ds, original)
     # each of these chooses its step size on validation and says so
     assert E.validation_choice(info)["chosen"].startswith("lr=")
+
+
+def test_neggrad_plus_forgets_on_digits_at_the_authors_setting(digits):
+    """NegGrad+ at RUM's setting (SGD 0.01, momentum 0.9, weight decay 5e-4, 5 epochs, batch 256), alpha
+    chosen on validation from its grid."""
+    cfg, ds, original = digits
+    info = _check_forgets("neggrad+", cfg, ds, original)
+    assert E.validation_choice(info)["chosen"].startswith("alpha=") and info["epochs"] == 5 and info["lr"] == 0.01

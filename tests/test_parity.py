@@ -1,4 +1,4 @@
-"""Parity of the published baselines (SSD, SCRUB, SalUn / RL) with independent computations.
+"""Parity of the published baselines (SSD, SCRUB, SalUn / RL, NegGrad+) with independent computations.
 
 Each reference below is written from the authors' official code, not from cnr_fast's:
 
@@ -13,6 +13,8 @@ Each reference below is written from the authors' official code, not from cnr_fa
 - SalUn: OPTML-Group/Unlearn-Saliency, Classification/generate_mask.py (`save_gradient_ratio`),
   Classification/unlearn/RL.py (CIFAR-10 branch, `_apply_mask_to_grads`, `_restore_masked_params`),
   Classification/unlearn/impl.py (`iterative_unlearn`: SGD, MultiStepLR), Classification/arg_parser.py.
+- NegGrad+: kairanzhao/RUM, unlearn/neggrad.py (`negative_grad`), unlearn/impl.py (`iterative_unlearn`),
+  arg_parser.py.
 
 The original is a tiny conv net with BatchNorm (so eval vs train mode matters), briefly trained so its
 running statistics and gradients are not those of an initialisation. Everything runs in float64: the
@@ -468,6 +470,16 @@ def ref_saliency_mask(model, ds, ratio, batch_size, order_seed=None):
     return hard_dict, gradients, threshold_index
 
 
+def _impl_setup(original, ds, lr, seed):
+    """What OPTML-Group's and RUM's `iterative_unlearn` set up alike: a copy of the model, SGD(lr, momentum 0.9,
+    weight decay 5e-4), MultiStepLR at 91 / 136, CE; the retain and forget data; the shuffle generator."""
+    model = copy.deepcopy(original)
+    optimizer = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[91, 136], gamma=0.1)
+    return (model, optimizer, scheduler, nn.CrossEntropyLoss(), *_retain_forget(ds),
+            torch.Generator().manual_seed(seed))
+
+
 def ref_rl(original, ds, mask, lr, epochs, batch_size, seed):
     """iterative_unlearn(RL), CIFAR-10 branch: SGD(lr, momentum 0.9, weight decay 5e-4), MultiStepLR at
     epochs 91, 136 (not reached); per epoch theta0 = the masked parameters' values, train mode, a pass
@@ -475,12 +487,7 @@ def ref_rl(original, ds, mask, lr, epochs, batch_size, seed):
     multiplied by the mask, after each step masked-out weights (and their momentum) are put back.
     The random labels: the authors draw torch.randint(0, num_classes, target.shape) from the global RNG;
     here from `gen`, right after each forget batch, as cnr_fast does (matched by construction)."""
-    model = copy.deepcopy(original)
-    optimizer = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=5e-4)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[91, 136], gamma=0.1)
-    criterion = nn.CrossEntropyLoss()
-    (xr, yr), (xf, yf) = _retain_forget(ds)
-    gen = torch.Generator().manual_seed(seed)
+    model, optimizer, scheduler, criterion, (xr, yr), (xf, yf), gen = _impl_setup(original, ds, lr, seed)
 
     def apply_mask_to_grads():
         for name, param in model.named_parameters():
@@ -618,3 +625,51 @@ def test_salun_and_rl_match_the_authors_rl_loop(setup, method, batch):
         on_moved = sum(int((p.detach() != p0.detach())[ref_mask[name] == 1].sum())
                        for (name, p0), p in zip(original.named_parameters(), ours.parameters()))
         assert on_moved > 100
+
+
+def ref_neggrad_plus(original, ds, alpha, lr, epochs, batch_size, seed):
+    """RUM's unlearn/neggrad.py under iterative_unlearn: SGD(lr, momentum 0.9, weight decay 5e-4), MultiStepLR
+    at 91 / 136 (not reached); per epoch train mode and `for (input, target), (del_input, del_target) in
+    zip(r_loader, cycle(f_loader))`: loss = alpha * CE(model(input), target) - (1 - alpha) * CE(model(del_input),
+    del_target), backward, step. cycle() replays the first pass of f_loader, so each epoch's forget batches
+    come from one shuffle. The shuffles: from `gen`, the forget pass's first, then the retain pass's, as
+    cnr_fast draws them (matched by construction, see the module docstring)."""
+    from itertools import cycle
+
+    model, optimizer, scheduler, criterion, (xr, yr), (xf, yf), gen = _impl_setup(original, ds, lr, seed)
+    for _epoch in range(epochs):
+        f_loader = list(_shuffled_batches(xf, yf, batch_size, gen))
+        r_loader = _shuffled_batches(xr, yr, batch_size, gen)
+        model.train()
+        for (inp, target), (del_inp, del_target) in zip(r_loader, cycle(f_loader)):
+            r_loss = criterion(model(inp), target)
+            del_loss = criterion(model(del_inp), del_target)
+            loss = alpha * r_loss - (1 - alpha) * del_loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.95])
+@pytest.mark.parametrize("batch", [256, 7])
+def test_neggrad_plus_matches_rums_loop(setup, alpha, batch):
+    """Two epochs of RUM's NegGrad+ against cnr_fast's, float64, the same batches: batch 256 (the authors'
+    default: one batch a pass here) and 7 (several retain batches a pass, forget batches cycled: 48 retain
+    examples = 7 batches, 16 forget = 3). Tolerance 1e-10 of each tensor's largest entry (only the order of sums
+    may differ; measured: 0, bit for bit). alpha 0.96 instead of 0.95 gives 7e-3, another shuffle seed 3e-2."""
+    from cnr_fast.baselines.neggrad import neggrad_plus
+
+    original, ds = setup
+    cfg = RunConfig().replace(seed=0)
+    ours, info = neggrad_plus(copy.deepcopy(original), ds, FORGET, cfg, alpha, device=CPU, quiet=True, lr=1e-2,
+                              epochs=2, batch_size=batch)
+    ref = ref_neggrad_plus(original, ds, alpha, 1e-2, 2, batch, seed=0)
+    for (n, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        if a.is_floating_point():
+            assert _max_rel(a, b) < 1e-10, (n, _max_rel(a, b))
+        else:
+            assert torch.equal(a, b), n
+    assert max(_max_rel(a, b) for a, b in zip(ref.parameters(), original.parameters())) > 1e-3
+    assert info["alpha"] == alpha and len(info["loss"]) == 2

@@ -256,7 +256,7 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from ..baselines import gau, kdu, lm, rfs, rl, roft, salun, scrub, ssd
+    from ..baselines import gau, kdu, lm, neggrad, rfs, rl, roft, salun, scrub, ssd
     from ..cnr.pipeline import run_cnr, run_real
 
     cnr_sections, cnr_flags = ("detect", "synth", "reset"), (
@@ -278,6 +278,9 @@ def _load_builtins() -> None:
         Method("scrub", scrub.run, "baseline", "teacher-student max/min steps (Kurmanji et al. 2023)",
                config_sections=("baseline",)),
         Method("salun", salun.run, "baseline", "saliency-masked random labelling (Fan et al. 2024)", **salun_loop),
+        Method("neggrad+", neggrad.run, "baseline",
+               "descent on retain, ascent on forget, weighted by alpha (Kurmanji et al. 2023, as run in RUM)",
+               config_sections=("baseline",), default_in_compare=False),
         Method("rfs", rfs.run, "baseline", "retrain from scratch on the retain classes", from_scratch=True,
                config_sections=("train",), flags=("--train-epochs", "--lr")),
         Method("roft", roft.run, "baseline", "fine-tune on retain data only", **fine_tune),
