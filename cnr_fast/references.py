@@ -108,6 +108,11 @@ def user_recipe(recipe: Recipe | None):
         _RECIPE.reset(token)
 
 
+def current_recipe() -> Recipe | None:
+    """The user's recipe set for this block (user_recipe), None for cnr-fast's own."""
+    return _RECIPE.get()
+
+
 def recipe_name() -> str:
     """Whose recipe makes the models in this block."""
     r = _RECIPE.get()

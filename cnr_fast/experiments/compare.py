@@ -140,11 +140,11 @@ def check_taps_first(cfg: RunConfig, methods: list[str], ds) -> None:
     untrained from its source (or the user's recipe). A model with fewer stages would otherwise stop
     compare only once every reference was trained."""
     from ..models import build_model, tap_modules
-    from ..references import _RECIPE, source_options
+    from ..references import current_recipe, source_options
 
     if not any("detect" in M.resolve(m, None)[0].config_sections for m in methods):
         return
-    recipe = _RECIPE.get()
+    recipe = current_recipe()
     if recipe is not None and recipe.build is not None:
         model = recipe.prepare(recipe.build())
     elif not cfg.model.checkpoint and not cfg.model.weights:
