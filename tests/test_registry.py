@@ -187,3 +187,16 @@ def test_a_method_setting_no_method_run_reads_is_named(capsys):
     assert "--reset-lr is read by none of the methods run" in err
     note_flags_not_taken(argparse.Namespace(salun_epochs=1), ["rl", "lm"])
     assert capsys.readouterr().err == ""  # LM has no settings to miss
+
+
+def test_every_builtin_method_declares_the_training_data_it_reads():
+    """#29: forget / retain images, labels: declared per method, in words for ls, results.json and reports."""
+    from cnr_fast.experiments import methods as M
+
+    for m in M.names():
+        assert M.resolve(m, None)[0].needs is not None, m
+    assert M.data_needs("lm") == "none"
+    assert M.data_needs("roft") == "retain images, with labels"
+    assert M.data_needs("cnr-raw") == M.data_needs("cnr") == "forget and retain images, with labels"
+    with pytest.raises(ValueError, match="needs"):
+        M.Method("bad", run=lambda *a, **k: None, needs=("forget", "pixels"))

@@ -19,6 +19,7 @@ def run(args) -> int:
     print("controls: " + "; ".join(f"{m} ({M.get(m).description})" for m in M.names("control")))
     for m in M.names():
         entry = M.resolve(m, None)[0]
+        print(f"data {m} reads: {M.data_needs(m)}")
         if entry.flags:
             print(f"flags of {m}: {' '.join(entry.flags)}")
         for o in M.get(m).options:

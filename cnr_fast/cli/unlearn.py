@@ -227,7 +227,8 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     timings["total"] = time.perf_counter() - t_start
 
     results = {
-        "method": cfg.method, "dataset": ds.name, "arch": cfg.model.arch, "width": cfg.model.width,
+        "method": cfg.method, "data_needs": M.data_needs(cfg.method), "dataset": ds.name, "arch": cfg.model.arch,
+        "width": cfg.model.width,
         "forget_classes": forget, "seed": cfg.seed,
         "metrics": metrics,
         "timings_s": timings,

@@ -122,6 +122,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
         "forget_names": [ds.class_names[c] for c in forget] if ds.class_names else None,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
         "reference_init": cfg.train.reference_init, "recipe": recipe_name(), "recipe_checks": recipe_checks,
+        "data_needs": {m: M.data_needs(m) for m in methods},
         "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
         "coordinate_bound_metrics": list(coordinate_bound()), "separation_threshold": SEPARATION,
         "chance_acc": 1.0 / ds.num_classes,

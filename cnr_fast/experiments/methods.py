@@ -41,6 +41,7 @@ from ..config import RunConfig
 from ..errors import UserError
 
 ROLES = ("cnr", "control", "baseline")
+DATA_NEEDS = ("forget", "retain", "labels")
 OPTION_TYPES = (int, float, str, bool)
 
 
@@ -80,12 +81,17 @@ class Method:
     changes: dict | None = None
     default_in_compare: bool = True
     options: tuple[Option, ...] = ()  # its own settings (see the module docstring)
+    # the training data it reads, of DATA_NEEDS: "forget" (forget-class images), "retain" (retain-class images),
+    # "labels" (their true labels); () for none (LM); None: not declared (a user's method)
+    needs: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
             raise ValueError(f"method {self.name!r}: role {self.role!r} is not one of {ROLES}")
         if (self.run is None) == (self.variant_of is None):
             raise ValueError(f"method {self.name!r}: give a run function or variant_of, exactly one")
+        if self.needs is not None and set(self.needs) - set(DATA_NEEDS):
+            raise ValueError(f"method {self.name!r}: needs {self.needs} must be of {DATA_NEEDS}")
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -171,6 +177,17 @@ def check_options(cfg: RunConfig) -> None:
                     raise UserError(f"{where} is {val}; {how}")
                 if (val <= o.low) if o.strict else (val < o.low):
                     raise UserError(f"{where} is {val}, it must be {'above' if o.strict else 'at least'} {o.low}; {how}")
+
+
+def data_needs(name: str) -> str:
+    """What training data a method reads, in words ("forget and retain images, with labels"; "none")."""
+    needs = resolve(name, None)[0].needs
+    if needs is None:
+        return "not declared"
+    parts = [p for p in ("forget", "retain") if p in needs]
+    if not parts:
+        return "none"
+    return " and ".join(parts) + " images" + (", with labels" if "labels" in needs else ", no labels")
 
 
 def is_from_scratch(name: str | None) -> bool:
@@ -266,27 +283,32 @@ def _load_builtins() -> None:
     fine_tune = dict(config_sections=("baseline",), flags=("--baseline-epochs", "--reset-epochs", "--stabilize-epochs",
                                                                 "--baseline-lr"))
     salun_loop = dict(config_sections=("baseline",), flags=("--salun-epochs",))  # their authors' 10 epochs
+    both = ("forget", "retain", "labels")  # forget and retain images with their labels
     builtin = [
         Method("cnr", run_cnr, "cnr", "Class-Specific Neuron Reset: detect, synthesise, reset, stabilise",
-               staged=True, config_sections=cnr_sections, flags=cnr_flags),
+               staged=True, config_sections=cnr_sections, flags=cnr_flags, needs=both),
         Method("cnr-real", run_real, "control",
                "CNR's reset fed B real forget images instead of synthetic ones: no detection, no synthesis",
-               staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs", "--reset-lr")),
-        Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", **salun_loop),
+               staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs", "--reset-lr"),
+               needs=both),
+        Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", needs=both, **salun_loop),
         Method("ssd", ssd.run, "baseline", "selective synaptic dampening (Foster et al. 2024)",
-               config_sections=("baseline",)),
+               config_sections=("baseline",), needs=both),
         Method("scrub", scrub.run, "baseline", "teacher-student max/min steps (Kurmanji et al. 2023)",
-               config_sections=("baseline",)),
-        Method("salun", salun.run, "baseline", "saliency-masked random labelling (Fan et al. 2024)", **salun_loop),
+               config_sections=("baseline",), needs=both),
+        Method("salun", salun.run, "baseline", "saliency-masked random labelling (Fan et al. 2024)", needs=both,
+               **salun_loop),
         Method("neggrad+", neggrad.run, "baseline",
                "descent on retain, ascent on forget, weighted by alpha (Kurmanji et al. 2023, as run in RUM)",
-               config_sections=("baseline",), default_in_compare=False),
+               config_sections=("baseline",), default_in_compare=False, needs=both),
         Method("rfs", rfs.run, "baseline", "retrain from scratch on the retain classes", from_scratch=True,
-               config_sections=("train",), flags=("--train-epochs", "--lr")),
-        Method("roft", roft.run, "baseline", "fine-tune on retain data only", **fine_tune),
-        Method("gau", gau.run, "baseline", "gradient ascent on forget (bounded) + descent on retain", **fine_tune),
-        Method("kdu", kdu.run, "baseline", "distil the original with its forget logits masked", **fine_tune),
-        Method("lm", lm.run, "baseline", "mask the forget logits at inference; weights untouched"),
+               config_sections=("train",), flags=("--train-epochs", "--lr"), needs=("retain", "labels")),
+        Method("roft", roft.run, "baseline", "fine-tune on retain data only", needs=("retain", "labels"), **fine_tune),
+        Method("gau", gau.run, "baseline", "gradient ascent on forget (bounded) + descent on retain", needs=both,
+               **fine_tune),
+        Method("kdu", kdu.run, "baseline", "distil the original with its forget logits masked", needs=both,
+               **fine_tune),
+        Method("lm", lm.run, "baseline", "mask the forget logits at inference; weights untouched", needs=()),
         Method("cnr-raw", None, "control", "raw GAN samples, no latent optimisation", variant_of="cnr",
                changes={"synth": {"latent_opt": False}}),
         Method("cnr-paper", None, "control", "eq. 6 minimised with the sign as printed", variant_of="cnr",

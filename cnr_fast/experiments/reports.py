@@ -166,6 +166,9 @@ def compare_report_md(result: dict, short: bool = False) -> str:
              f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
              f"reference initialisation: {result['reference_init']}.", ""]
     lines += recipe_md(result)
+    if result.get("data_needs"):
+        lines += ["Training data each method reads: " + "; ".join(f"{m}: {n}" for m, n in result["data_needs"].items())
+                  + ".", ""]
     lines += originals_md(result)
     lines += verdict_md(result.get("verdict"))
     head = ["metric", "original", "retrained", "null", *methods]
