@@ -89,3 +89,15 @@ def test_power_verb_reads_a_finished_compare(tmp_path, capsys):
     assert ab["reading"] == "no practical difference" or int(ab["reading"].split()[2]) <= 50
     assert main(["power", str(tmp_path / "missing.json")]) == 2
     assert main(["power", str(path), "--measures", "nope"]) == 2
+
+
+def test_pairwise_readings_for_a_constant_difference_one_seed_and_a_missing_value():
+    per = [{"a": {"m": 1.0, "k": 0.5}, "b": {"m": 0.0, "k": 0.5}, "c": {"m": 0.2}} for _ in range(3)]
+    per[0]["c"]["m"] = float("nan")
+    out = pairwise(per, ["a", "b", "c"], ["m", "k"])
+    ab = out["m"][0]
+    assert (ab["a"], ab["b"]) == ("a", "b") and ab["decided"] and ab["reading"].startswith("decided (the same")
+    assert out["k"][0]["reading"] == "no practical difference"  # no difference at all
+    assert out["_skipped"]["m"] == ["a - c", "b - c"]  # c's value is missing on one seed: said
+    one = pairwise(per[1:2], ["a", "b"], ["m"])["m"][0]
+    assert one["reading"] == "one seed: nothing to test" and not one["decided"]

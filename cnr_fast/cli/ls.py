@@ -20,8 +20,7 @@ def run(args) -> int:
     for m in M.names():
         entry = M.resolve(m, None)[0]
         print(f"data {m} reads: {M.data_needs(m)}")
-        if entry.flags:
-            print(f"flags of {m}: {' '.join(entry.flags)}")
+        print(f"flags of {m}: {' '.join(entry.flags) or 'none (its own options, if any, below)'}")
         for o in M.get(m).options:
             print(f"option of {m}: {o.flag(m)} {o.type.__name__}, default {o.default}: {o.help}")
     print("archs:    " + ", ".join(ARCHS) + "; any other model: --model torchvision:NAME, timm:NAME, "

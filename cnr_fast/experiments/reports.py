@@ -139,7 +139,7 @@ def pairwise_md(result: dict, methods: list[str]) -> list[str]:
            f"than {PRACTICAL_SEEDS} reads as no practical difference at that effect. All metrics in `pairwise` of the "
            "JSON; `cnr-fast power FILE` prints them for any compare.json.", "",
            "| metric | a - b | difference | p (Holm) | reading |", "|---|---|---|---|---|"]
-    for k, rows in list(pw.items())[:PAIRWISE_SHOWN]:
+    for k, rows in [(k, v) for k, v in pw.items() if not k.startswith("_")][:PAIRWISE_SHOWN]:
         for r in rows:
             reading = r.get("reading") or ("decided" if r["decided"] else f"open ({r.get('seeds_needed')} seeds)")
             out.append(f"| {k} | {r['a']} - {r['b']} | {r['difference']:+.3f} | {format_p(r['p'])} "
@@ -188,8 +188,9 @@ def compare_report_md(result: dict, short: bool = False) -> str:
                 cell += f" (p={format_p(s['p_vs_cnr'])}, Holm {format_p(s.get('p_vs_cnr_holm'))})"
             row.append(cell)
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", f"Cells: mean [95% t-interval over seeds] (paired t-test p against CNR, raw and Holm-adjusted over "
-              f"the methods on that metric; n/a where the paired differences are constant). Chance accuracy "
+    against = ("(paired t-test p against CNR, raw and Holm-adjusted over the methods on that metric; n/a where the "
+               "paired differences are constant)") if "cnr" in methods else "(no CNR in this run: no p in the cells)"
+    lines += ["", f"Cells: mean [95% t-interval over seeds] {against}. Chance accuracy "
               f"{refs['chance_acc']:.3f}; MIA chance 0.5. `null` = unbiased CKA between the retrained model and a "
               "second, independently trained one: what an unrelated model scores at that tap; on every other row `null` is "
               "that second model's own value (the verdict's margin is |retrained - null|). (coord.) = compares "

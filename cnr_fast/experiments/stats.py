@@ -291,10 +291,11 @@ def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: f
 
     out = {}
     for k in keys:
-        rows = []
+        rows, skipped = [], []
         for a, b in combinations(methods, 2):
             d = [ps.get(a, {}).get(k, float("nan")) - ps.get(b, {}).get(k, float("nan")) for ps in per_seed]
             if not all(math.isfinite(v) for v in d):
+                skipped.append(f"{a} - {b}")
                 continue
             arr = np.asarray(d, dtype=np.float64)
             p = None
@@ -305,12 +306,20 @@ def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: f
         adjusted = holm({i: r["p"] for i, r in enumerate(rows)})
         for i, r in enumerate(rows):
             r["p_holm"] = adjusted[i]
-            r["decided"] = bool(r["p_holm"] is not None and r["p_holm"] < alpha)
-            d = [ps[r["a"]][k] - ps[r["b"]][k] for ps in per_seed]
+            d = np.asarray([ps[r["a"]][k] - ps[r["b"]][k] for ps in per_seed], dtype=np.float64)
+            # the same non-zero difference on every seed of several: t is undefined, the difference decides
+            # (as `judge` reads it); one seed: nothing to test or plan from
+            constant = len(d) >= 2 and np.allclose(d, d[0]) and not np.allclose(d, 0)
+            r["decided"] = bool(constant or (r["p_holm"] is not None and r["p_holm"] < alpha))
             r["seeds_needed"] = None if r["decided"] else seeds_needed(d, alpha / max(1, len(rows)), power)
             n = r["seeds_needed"]
-            r["reading"] = ("decided" if r["decided"] else "no practical difference" if n is None or n > practical
-                            else f"open: about {n} seeds")
+            r["reading"] = ("one seed: nothing to test" if len(d) < 2 else
+                            "decided (the same difference on every seed)" if constant else
+                            "decided" if r["decided"] else
+                            "no practical difference" if n is None or n > practical else
+                            f"open: about {n} seeds in all")
         if rows:
             out[k] = rows
+        if skipped:  # a value missing on some seed (e.g. a voided relearn reading): said, not silently dropped
+            out.setdefault("_skipped", {})[k] = skipped
     return out
