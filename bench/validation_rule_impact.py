@@ -37,12 +37,19 @@ def _n_val_retain(config: dict, forget) -> int:
 
 
 def _runs(path: str, d: dict):
-    """(label, compare-like dict) for each comparison in a file."""
+    """(label, compare-like dict) for each comparison in a file; an unlearn run's results.json as one seed."""
     if "runs" in d:  # multiclass.json: one compare result per class set
         for k, v in d["runs"].items():
             yield f"{path}#{k}", v
     elif "per_seed_choices" in d:
         yield path, d
+    elif d.get("validation_choice") and "original" in (d.get("metrics") or {}) and os.path.isfile(
+            os.path.join(os.path.dirname(os.path.join(ROOT, path)), "config.json")):  # `cnr-fast unlearn`
+        yield path, {"config": json.load(open(os.path.join(os.path.dirname(os.path.join(ROOT, path)), "config.json"))),
+                     "seeds": [0],
+            "forget_classes": d.get("forget_classes"),
+            "per_seed_choices": {d["method"]: [d["validation_choice"]]},
+            "per_seed": [{"original": d["metrics"]["original"]}]}
 
 
 def main() -> int:
@@ -63,6 +70,9 @@ def main() -> int:
         if not found:
             if "rounds" in d:
                 out["files"][rel] = {"status": "unknown: no per-seed choices recorded; rerun"}
+            elif d.get("validation_choice"):
+                out["files"][rel] = {"status": "unlearn run without its config.json: the split size is unknown, "
+                                               "not recomputed"}
             continue
         for label, r in found:
             forget = r.get("forget_classes") or r.get("config", {}).get("data", {}).get("forget")
