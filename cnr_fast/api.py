@@ -290,7 +290,7 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
     from .config import validate
     from .experiments import methods as M
     from .experiments.compare import compare as run_compare
-    from .references import Recipe
+    from .references import Recipe, own_loop
 
     cfg = validate(config or RunConfig())
     methods = list(methods) if methods is not None else list(M.names(default_only=True))
@@ -338,17 +338,10 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
                         "what is not given")
     if train is None and (orig or refs):  # every model given (checked above): nothing to train
         recipe = Recipe("your given models", given=given, build=build, train=None, data=None, prepare=prepared)
-    elif train is None:  # cnr-fast's own loop on your build(), the CLI's recipe
-        from .train import train_classifier
-
-        def own(model, _data, classes, seed):
-            model = prepared(model).to(device)
-            train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, seed=seed, quiet=quiet)
-            return model
-
-        name = (f"cnr-fast's own recipe (train.train_classifier: {cfg.train.epochs} epochs, lr {cfg.train.lr:g}) "
-                "on your build()")
-        recipe = Recipe(name, given=given, build=build, train=own, data=None, prepare=prepared)
+    elif train is None:  # cnr-fast's own loop on your build() (prepared first: the loop feeds [-1, 1] images)
+        own, name = own_loop(cfg, ds, device, quiet)
+        recipe = Recipe(name + " on your build()", given=given, build=lambda: prepared(build()), train=own, data=None,
+                        prepare=prepared)
     else:
         where = getattr(train, "__module__", None) or "your code"
         name = f"your training function {getattr(train, '__qualname__', 'train')} (from {where})"

@@ -79,6 +79,9 @@ def overall_accuracy(model: nn.Module, split: Split, device, batch_size: int = 2
     return correct / max(1, len(split))
 
 
+EXPECT_SLACK = 0.05  # how far below --expect-acc an accuracy may fall before it stops a run
+
+
 def chance_limit(num_classes: int) -> float:
     """Accuracy at or below which a classifier is taken as near chance: chance plus a tenth of the way to 1."""
     chance = 1.0 / num_classes
@@ -108,7 +111,7 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
                         f"training mean and {bn['std_ratio']:.2f}x its spread")
     if acc <= chance_limit(n):
         problems.append(f"its test accuracy over {over} is {acc:.3f}, near chance ({1 / n:.3f})")
-    elif expect_acc is not None and acc < expect_acc - 0.05:
+    elif expect_acc is not None and acc < expect_acc - EXPECT_SLACK:
         problems.append(f"its test accuracy over {over} is {acc:.3f}, far below the --expect-acc {expect_acc:.3f}")
     limit = chance_limit(ds.num_classes)
     if forget:
@@ -135,9 +138,6 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
             raise UserError(msg + "; --force runs anyway")
         print(f"cnr-fast: warning (--force): {msg}", file=sys.stderr, flush=True)
     return found
-
-
-EXPECT_SLACK = 0.05  # how far below --expect-acc an accuracy may fall before it stops a run
 
 
 def check_recipe(model: nn.Module, ds, device, *, recipe: str, seed: int, expect_acc: float | None = None,

@@ -62,12 +62,10 @@ class Recipe:
     data: object = None
     prepare: Callable = lambda m: m
 
-    def model(self, kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):
-        """(model, meta) of `kind` for cfg.seed by this recipe."""
+    def model(self, kind: str, cfg: RunConfig, ds, device, classes, init_seed, order_seed, quiet=False, desc=None):
+        """(model, meta) of `kind` for cfg.seed by this recipe (classes and seeds as train_reference draws them)."""
         from .train import forget_retain_accuracy
 
-        classes = list(range(ds.num_classes)) if kind == "original" else ds.retain_classes(cfg.data.forget)
-        init_seed, order_seed = reference_seeds(kind, cfg)
         t0 = time.perf_counter()
         given = self.given(kind, cfg.seed) if self.given is not None else None
         if given is not None:
@@ -95,6 +93,19 @@ class Recipe:
         return model, meta
 
 
+def own_loop(cfg: RunConfig, ds, device, quiet=False):
+    """(train function, name) of cnr-fast's own training loop (train.train_classifier with cfg.train) in a
+    Recipe's shape: the recipe that trains a user's build() when the user gives no training function."""
+    from .train import train_classifier
+
+    def train(model, _data, classes, seed):
+        model = model.to(device)
+        train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, seed=seed, quiet=quiet)
+        return model
+
+    return train, f"cnr-fast's own recipe (train.train_classifier: {cfg.train.epochs} epochs, lr {cfg.train.lr:g})"
+
+
 _RECIPE: ContextVar[Recipe | None] = ContextVar("user_recipe", default=None)
 
 
@@ -115,7 +126,7 @@ def current_recipe() -> Recipe | None:
 
 def recipe_name() -> str:
     """Whose recipe makes the models in this block."""
-    r = _RECIPE.get()
+    r = current_recipe()
     return OWN_RECIPE if r is None else r.name
 
 
@@ -197,10 +208,11 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
     from .models import build_model, model_meta
     from .train import forget_retain_accuracy, train_classifier
 
-    if _RECIPE.get() is not None:
-        return _RECIPE.get().model(kind, cfg, ds, device, quiet, desc)
     classes = list(range(ds.num_classes)) if kind == "original" else ds.retain_classes(cfg.data.forget)
     init_seed, order_seed = reference_seeds(kind, cfg)
+    recipe = current_recipe()
+    if recipe is not None:
+        return recipe.model(kind, cfg, ds, device, classes, init_seed, order_seed, quiet, desc)
     torch.manual_seed(init_seed)
     weights = {}
     if cfg.model.weights:
@@ -244,7 +256,7 @@ def obtain_reference(kind: str, cfg: RunConfig, ds, device, cache: str | None, q
     """
     from .runs import cache_dir
 
-    if _RECIPE.get() is not None:  # the user's recipe: never cached
+    if current_recipe() is not None:  # the user's recipe: never cached
         model, meta = train_reference(kind, cfg, ds, device, quiet)
         return model, meta, None, False
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{cfg.model.arch}-{ds.name}")[-80:]  # sources name files and modules

@@ -101,8 +101,7 @@ def cli_recipe(args, cfg, ds, device, quiet):
     """The references.Recipe of --train-script / --originals / --references, None when none is given."""
     from ..models import build_model, model_from_checkpoint
     from ..models.sources import load_function
-    from ..references import Recipe, source_options
-    from ..train import train_classifier
+    from ..references import Recipe, own_loop, source_options
 
     if not (args.train_script or args.originals or args.references):
         return None
@@ -153,13 +152,7 @@ def cli_recipe(args, cfg, ds, device, quiet):
                 if split is not None}
         name = f"your training function {args.train_script}"
     else:
-        def train(model, _data, classes, seed):
-            model = model.to(device)
-            train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, seed=seed, quiet=quiet)
-            return model
-
-        data = None
-        name = f"cnr-fast's own recipe (train.train_classifier: {cfg.train.epochs} epochs, lr {cfg.train.lr:g})"
+        (train, name), data = own_loop(cfg, ds, device, quiet), None
     given_from = ", ".join(f"{f} {d}" for f, d in (("--originals", args.originals), ("--references", args.references))
                            if d)
     if given_from:
