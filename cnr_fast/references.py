@@ -205,7 +205,7 @@ def source_options(cfg: RunConfig) -> dict:
 
 def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=None):
     """Train a fresh original / retrained / retrained_null / RFS model. Returns (model, meta)."""
-    from .models import build_model, model_meta
+    from .models import arch_label, build_model, model_meta
     from .train import forget_retain_accuracy, train_classifier
 
     classes = list(range(ds.num_classes)) if kind == "original" else ds.retain_classes(cfg.data.forget)
@@ -230,7 +230,7 @@ def train_reference(kind: str, cfg: RunConfig, ds, device, quiet=False, desc=Non
         model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,
                             **source_options(cfg)).to(device)
     desc = desc or kind
-    log(f"{desc}: training {cfg.model.arch} (width {cfg.model.width}) on classes {classes} for "
+    log(f"{desc}: training {arch_label(cfg.model.arch, cfg.model.width)} on classes {classes} for "
         f"{cfg.train.epochs} epochs ...", quiet)
     t0 = time.perf_counter()
     train_classifier(model, ds.train.of_classes(classes), cfg.train, device=device, amp=cfg.amp, seed=order_seed,

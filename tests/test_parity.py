@@ -136,6 +136,25 @@ def _max_rel(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
+def assert_same_importances(names, imp_f, ref_f, imp_d, ref_d, tol=1e-6):
+    """SSD-style importances (ours: lists in parameter order; the reference's: dicts by name) agree within
+    tol of each tensor's largest value, on the forget set (I_f) and the full set (I_D)."""
+    for n, a, r in zip(names, imp_f, ref_f.values()):
+        assert _max_rel(a, r) < tol, ("I_f", n, _max_rel(a, r))
+    for n, a, r in zip(names, imp_d, ref_d.values()):
+        assert _max_rel(a, r) < tol, ("I_D", n, _max_rel(a, r))
+
+
+def assert_same_state(ours, ref, tol: float = 1e-10):
+    """Every floating tensor of the two state dicts within `tol` of its largest entry (_max_rel); the others
+    (BatchNorm's num_batches_tracked: the same number of train-mode steps) equal."""
+    for (n, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
+        if a.is_floating_point():
+            assert _max_rel(a, b) < tol, (n, _max_rel(a, b))
+        else:
+            assert torch.equal(a, b), n
+
+
 def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -232,10 +251,7 @@ def test_ssd_importances_order_and_dampening_match_the_authors_code(setup):
     # cast to float32 and sums in float32 (relative error ~ a few float32 eps = 6e-8 per entry); the
     # gradients themselves agree to float64 round-off (same batches, same eval-mode forward).
     # Measured: <= 1.5e-7.
-    for n, a, r in zip(names, imp_f, ref_f.values()):
-        assert _max_rel(a, r) < 1e-6, ("I_f", n, _max_rel(a, r))
-    for n, a, r in zip(names, imp_d, ref_d.values()):
-        assert _max_rel(a, r) < 1e-6, ("I_D", n, _max_rel(a, r))
+    assert_same_importances(names, imp_f, ref_f, imp_d, ref_d)
 
     # The order matters: the same images in class-mixed batches (the stored, interleaved order, and a
     # random shuffle) give an I_D that differs by far more than the tolerance, so a regression to
@@ -415,11 +431,7 @@ def test_scrub_matches_the_authors_loop(setup, preset, batch):
     # above): 6e-8 x 0.5 = 3e-8. Measured: <= 2.2e-9. The smallest deliberate change tried, alpha x 1.1 in
     # the large setting (alpha = 0.001 there), gives 1.0e-7 to 2.7e-6; a wrong order, teacher mode,
     # msteps, max-step sign or lr schedule gives 4e-3 to 0.12.
-    for (n, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-        if a.is_floating_point():
-            assert _max_rel(a, b) < 3e-8, (n, _max_rel(a, b))
-        else:
-            assert torch.equal(a, b), n  # num_batches_tracked: the same number of train-mode steps
+    assert_same_state(ours, ref, 3e-8)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -666,10 +678,6 @@ def test_neggrad_plus_matches_rums_loop(setup, alpha, batch):
     ours, info = neggrad_plus(copy.deepcopy(original), ds, FORGET, cfg, alpha, device=CPU, quiet=True, lr=1e-2,
                               epochs=2, batch_size=batch)
     ref = ref_neggrad_plus(original, ds, alpha, 1e-2, 2, batch, seed=0)
-    for (n, a), b in zip(ours.state_dict().items(), ref.state_dict().values()):
-        if a.is_floating_point():
-            assert _max_rel(a, b) < 1e-10, (n, _max_rel(a, b))
-        else:
-            assert torch.equal(a, b), n
+    assert_same_state(ours, ref)
     assert max(_max_rel(a, b) for a, b in zip(ref.parameters(), original.parameters())) > 1e-3
     assert info["alpha"] == alpha and len(info["loss"]) == 2

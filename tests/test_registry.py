@@ -200,3 +200,35 @@ def test_every_builtin_method_declares_the_training_data_it_reads():
     assert M.data_needs("cnr-raw") == M.data_needs("cnr") == "forget and retain images, with labels"
     with pytest.raises(ValueError, match="needs"):
         M.Method("bad", run=lambda *a, **k: None, needs=("forget", "pixels"))
+
+
+def test_no_retain_gives_the_methods_the_forget_images_alone(tmp_path, capsys):
+    """Scenario no-retain: a method declaring needs=("forget",) trains on the forget-class images alone; one
+    that needs retain data is listed as not applicable and not run (not silently fed); the audit is unchanged."""
+    seen = []
+
+    def forget_only(original, ds, forget, cfg, *, device, quiet=False):
+        seen.append(sorted(set(ds.train.y.tolist())))
+        return zero_head(original, ds, forget, cfg, device=device, quiet=quiet, options={"bias": -10.0})
+
+    M.register(M.Method("forget-only", forget_only, needs=("forget",)))
+    try:
+        out = tmp_path / "nr"
+        assert main(["compare", "--scenario", "no-retain", "--methods", "forget-only,rl,lm", "--seeds", "1",
+                     "--out", str(out), "--cache-dir", str(tmp_path / "c"), *TINY]) == 0
+        r = json.loads((out / "compare.json").read_text())
+        assert seen == [r["forget_classes"]]  # the forget classes' images, nothing else
+        assert r["scenario"] == "no-retain" and r["train_data"] == "forget"
+        assert list(r["methods"]) == ["forget-only", "lm"] and list(r["not_applicable"]) == ["rl"]
+        assert "retain-class images" in r["not_applicable"]["rl"]
+        assert r["methods"]["forget-only"]["forget_acc"]["values"] == [0.0]
+        assert r["splits"]["train"] > len(r["forget_classes"]) * 200  # the audit's splits are the whole dataset's
+        assert "Not run: rl, which needs retain-class images" in (out / "report.md").read_text()
+        capsys.readouterr()
+        assert main(["compare", "--scenario", "no-retain", "--methods", "rl,roft", "--seeds", "1", "--out",
+                     str(tmp_path / "none"), *TINY]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "none of the methods can run" in err[0] and "forget-only" in err[0]
+        assert not (tmp_path / "none").exists()
+    finally:
+        M.unregister("forget-only")

@@ -29,6 +29,7 @@ from ..train import forget_retain_accuracy, resolve_device
 from . import cka as _cka
 from . import metrics as _metrics
 from . import mia as _mia
+from . import outputs as _outputs
 from . import probes as _probes
 from . import relearn as _relearn
 from .features import DEFAULT_MAX_DIM, Reducer, extract
@@ -207,6 +208,9 @@ def audit_models(
     figs = {"tsne": {}, "gradcam": {}, "tsne_labels": test.y[tsne_rows].numpy(), "forget": forget,
             "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
     orig = {}
+    # what the output measures compare with (outputs.py): a seeded incompetent model, the retrained reference
+    ref_logits = _outputs.reference_logits(models[original], models[retrained] if retrained else None, test,
+                                           fmask_test, device=device, seed=seed)
     done = dict(done or {})
     need_orig_probes = any(n not in done and n not in independent for n in order[1:])
     for name in order:
@@ -316,7 +320,8 @@ def audit_models(
         if extra:
             ctx = _metrics.MetricContext(name=name, model=model, original=models[original], ds=ds, forget=forget,
                                          taps=list(taps), probe_train=tr, test=te, forget_test=fmask_test,
-                                         independent=name in independent, device=device, seed=seed)
+                                         independent=name in independent, device=device, seed=seed,
+                                         retrained=retrained, reference_logits=ref_logits)
             for metric in extra:
                 if not (metric.coordinate_bound and name in independent):
                     m[metric.name] = metric.compute(ctx)

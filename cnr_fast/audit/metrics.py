@@ -5,7 +5,8 @@ An entry declares what the rest of the code used to keep in hand-made lists: its
 results carry, its chance level, whether it is coordinate-bound (compares unit coordinates with the
 original's: reported only for models derived from the original, never judged in `compare`), and
 how it is computed. The built-in metrics share one pass over each model's features in
-`audit_models` (`compute=None`); a registered metric brings its own `compute(ctx)`, called once per
+`audit_models` (`compute=None`), but for the output measures of outputs.py (ZRF, activation distance,
+JS to the retrained model); a registered metric brings its own `compute(ctx)`, called once per
 audited model with a `MetricContext`:
 
     from cnr_fast.audit.metrics import Metric, register
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Callable
+
+from . import outputs as _outputs
 
 KINDS = ("scalar", "per_tap", "per_n")
 
@@ -39,6 +42,10 @@ class MetricContext:
     independent: bool  # trained from scratch (not derived from the original)
     device: object
     seed: int
+    retrained: str | None = None  # the retrained reference's name in this audit (None: the audit has none)
+    # logits on the forget-class rows of the test split (in order) of the references outputs.py compares with:
+    # "incompetent" (the original's architecture freshly initialised, seeded) and "retrained" (when there is one)
+    reference_logits: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +219,27 @@ for _m in (
            "Per tap: selectivity of this model minus that of the original on the same units (negative = forget "
            "selectivity reduced). Coordinate-bound, like selectivity: reported only for models derived from the "
            "original.", coordinate_bound=True),
+    Metric("zrf", "scalar", "Zero Retrain Forgetting: 1 - mean JS to a randomly initialised model on forget test "
+           "examples (1 = as incompetent)",
+           "ZRF (Chundawat et al., AAAI 2023, 'Can bad teaching induce forgetting?'; code vikram2000b/bad-teaching-"
+           "unlearning metrics.py UnLearningScore): 1 - mean over the forget-class test examples of the Jensen-Shannon "
+           "divergence (nats, paper's definition) between this model's softmax output and that of an incompetent "
+           "model, the original's architecture freshly initialised (seeded with the audit's seed). In [1 - log 2, 1]; "
+           "the incompetent model itself scores 1 (the chance column); read it against the retrained model's own "
+           "value (outputs.py).", chance=lambda _c, _s: 1.0, compute=_outputs.zrf_metric),
+    Metric("activation_distance", "scalar", "mean l2 distance of the softmax outputs to the retrained model's "
+           "on forget test examples (0 = retrained)",
+           "Activation distance (bad-teaching-unlearning metrics.py actv_dist): mean over the forget-class test "
+           "examples of ||p_model - p_retrained||_2 of the softmax outputs, in [0, sqrt 2]. The retrained reference "
+           "scores 0 (itself), the null model the distance of a second model that never saw the class; None "
+           "without a retrained reference (outputs.py).", compute=_outputs.activation_distance_metric),
+    Metric("js_to_retrained", "scalar", "mean Jensen-Shannon divergence of the outputs from the retrained model's "
+           "on forget test examples (0 = retrained)",
+           "Mean over the forget-class test examples of JS(p_model || p_retrained) = 0.5 KL(p || m) + 0.5 KL(q || m), "
+           "m = (p + q) / 2, in nats, in [0, log 2] (the JS of Chundawat et al., AAAI 2023; their notebook reports it "
+           "between the unlearned and the retrained model). The retrained reference scores 0, the null model "
+           "the divergence of a second model that never saw the class; None without a retrained reference "
+           "(outputs.py).", compute=_outputs.js_metric),
 ):
     register(_m)
 del _m

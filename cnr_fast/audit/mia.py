@@ -86,17 +86,6 @@ def score_attack(attack, in_logits, in_y, out_logits, out_y, *, seed: int = 0) -
     return float(attack.score(x, t))
 
 
-def fresh_copy(model):
-    """Same architecture, parameters re-initialised (a LogitMask wrapper is dropped)."""
-    import copy
-
-    m = copy.deepcopy(getattr(model, "model", model) if hasattr(model, "forget_mask") else model)
-    for mod in m.modules():
-        if mod is not m and hasattr(mod, "reset_parameters"):
-            mod.reset_parameters()
-    return m
-
-
 def train_shadows(template, train_split, n_shadows: int, *, device, seed: int = 0, train_cfg=None,
                   quiet: bool = True) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Shadow models (paper Table 10, "Enhanced MIA"): each is a fresh copy of `template` trained with the
@@ -104,6 +93,7 @@ def train_shadows(template, train_split, n_shadows: int, *, device, seed: int = 
     half of `train_split`; returns per shadow (in_logits, in_y, out_logits, out_y) on its own
     in-half (members) and out-half (non-members)."""
     from ..config import TrainConfig
+    from ..models import fresh_copy
     from ..train import predict, train_classifier
 
     cfg = train_cfg or TrainConfig()

@@ -58,6 +58,9 @@ def _verdict_parts(result: dict) -> tuple[list[str], tuple[list[str], list[list[
                                        "cannot tell)" if null else "")
                          + (f"; {fmt(u['original']['auc'])} for the original, fitted on the shadow originals (the "
                             "attack's reach here)" if u.get("original") else "") + ".")
+    k = (u or {}).get("klom")
+    if k:
+        sentences.append(klom_sentence(k, (u or {}).get("method", "the method")))
     names = list(v["models"])
     head = ["measure", "original", "retrained", "null", "margin"] + names
     rows = []
@@ -129,6 +132,8 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                  ("shadows", f"shadows, leave-one-out ({u['pairs']} pairs)")) if u.get(part)]
         out.append((f"U-LiRA: per-example likelihood ratio, {u['pairs']} shadow pairs (seeds {u['shadow_seeds']}), "
                     f"{u['time_s']:.0f} s", ["attack"] + cols, rows))
+        if u.get("klom"):
+            out.append(klom_table(u["klom"], u["method"]))
     att = result.get("attention_heads")
     if att:  # ViT: Table 6
         groups = list(next(iter(att["models"].values()))["groups"])
@@ -146,6 +151,39 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append((f"Distance to the retrained model ({refs.get('retrained')}); per-tap / per-n metrics: mean |difference|",
                     ["model"] + keys, rows))
     return out
+
+
+KLOM_SPLITS = ("forget", "retain", "val", "val_forget_classes", "val_retain_classes")
+
+
+def klom_sentence(k: dict, method: str) -> str:
+    """One sentence on KLOM (audit/klom.py) over U-LiRA's shadow pairs, for the verdict's list."""
+    a, o, n = k["audited"], k.get("original") or {}, k.get("null")
+    return (f"KLOM (Easy Data Unlearning Bench: P95 over examples of the KL between the margin histograms of "
+            f"{k['pairs']} {method} shadows and {k['pairs']} retrained shadows; 0 = same distributions): forget "
+            f"{fmt(a.get('forget'))}, retain {fmt(a.get('retain'))}, held-out {fmt(a.get('val'))}"
+            + (f"; the shadow originals in its place: forget {fmt(o.get('forget'))}" if o else "")
+            + (f"; at {n['k']} models a side, {fmt(n['audited'].get('forget'))} for {method} against "
+               f"{fmt(n['null'].get('forget'))} for retrained against retrained (the floor with this few models)"
+               if n else "") + ".")
+
+
+def klom_table(k: dict, method: str) -> tuple[str, list[str], list[list[str]]]:
+    """(title, header, rows) of KLOM's P95 per split: the method, the originals and the split-half null."""
+    cols = [c for c in KLOM_SPLITS if c in k["audited"]]
+    rows = [[f"{method} shadows vs retrained shadows"] + [fmt(k["audited"].get(c)) for c in cols]]
+    if k.get("original"):
+        rows.append(["shadow originals vs retrained shadows"] + [fmt(k["original"].get(c)) for c in cols])
+    n = k.get("null")
+    if n:
+        h = n["k"]
+        rows.append([f"{method}, first {h} vs retrained, last {h}"] + [fmt(n["audited"].get(c)) for c in cols])
+        rows.append([f"retrained, first {h} vs last {h} (null)"] + [fmt(n["null"].get(c)) for c in cols])
+    ex = k.get("examples", {})
+    return (f"KLOM (Easy Data Unlearning Bench): P95 over examples of KL(unlearned || retrained) of the margin "
+            f"histograms, {k['pairs']} shadow pairs; examples: "
+            + ", ".join(f"{c} {ex[c]}" for c in cols if c in ex) + f" (held-out split: {k.get('held_out_split')})",
+            ["models"] + cols, rows)
 
 
 # ----------------------------------------------------------------------------------------- figures

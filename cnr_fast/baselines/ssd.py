@@ -50,19 +50,22 @@ def authors_order(train: Split, forget) -> tuple[Split, Split]:
     return concat(forget), concat(retain + forget)
 
 
-def importances(model, split, batch_size, device) -> list[torch.Tensor]:
+def importances(model, split, batch_size, device, *, objective=F.cross_entropy,
+                magnitude=torch.square) -> list[torch.Tensor]:
     """Mean over batches of grad(mean CE of the batch)^2, per parameter (the authors' estimator), in
-    the split's order (batches are not shuffled)."""
+    the split's order (batches are not shuffled). The defaults are SSD's: objective(outputs, labels)
+    -> the batch's scalar, and the magnitude taken of each gradient entry; lfssd.py passes its own."""
     params = [p for p in model.parameters()]
     imp = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     n = 0
     for x, y in batches(split, batch_size, device=device):
         model.zero_grad(set_to_none=True)
-        # the gradient of the whole batch's mean CE (under torchrun: shares averaged), then squared
-        dist.backward(lambda b: F.cross_entropy(model(b[0]), b[1]), (x, y), params)
+        # the gradient of the whole batch's objective, SSD's mean CE (under torchrun: shares averaged),
+        # then its magnitude (SSD: squared)
+        dist.backward(lambda b: objective(model(b[0]), b[1]), (x, y), params)
         for acc, p in zip(imp, params):
             if p.grad is not None:
-                acc += p.grad.detach().float().square()
+                acc += magnitude(p.grad.detach().float())
         n += 1
     model.zero_grad(set_to_none=True)
     return [a / max(n, 1) for a in imp]
@@ -99,6 +102,12 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
 
     if b.ssd_alpha is not None:
         return one(b.ssd_alpha)
+    return choose_alpha(one, ALPHA_GRID, original, ds, forget, device, "ssd", quiet)
+
+
+def choose_alpha(one, grid, original, ds, forget, device, name, quiet):
+    """alpha chosen on validation from `grid` (one(alpha) -> (model, info)), each candidate's number of
+    dampened weights recorded beside its scores."""
     counts = {}
 
     def counted(alpha):
@@ -106,8 +115,8 @@ def run(original, ds, forget, cfg, *, device, quiet=False):
         counts[f"alpha={alpha:g}"] = info["dampened_params"]
         return model, info
 
-    model, info = select_on_validation({f"alpha={a:g}": a for a in ALPHA_GRID}, counted, ds, forget, device, "ssd",
-                                       quiet, original=original)
-    for name, n in counts.items():
-        info["validation"][name]["dampened_params"] = n
+    model, info = select_on_validation({f"alpha={a:g}": a for a in grid}, counted, ds, forget, device, name, quiet,
+                                       original=original)
+    for key, n in counts.items():
+        info["validation"][key]["dampened_params"] = n
     return model, info

@@ -29,6 +29,7 @@ EXAMPLES = """examples:
   cnr-fast compare --scenario continual --out runs/continual   # 5 rounds, one more class each (Table 12)
   cnr-fast compare --scenario continual --seed 1 --seeds 1 --out runs/c1   # seeds in separate processes, then
   cnr-fast compare --merge runs/c0/continual.json,runs/c1/continual.json --out runs/continual
+  cnr-fast compare --scenario no-retain --methods jit,lm --out runs/nr          # methods get the forget images alone
   cnr-fast compare --dataset cifar10 --data-root ~/data --width 1 --device cuda --amp --out runs/c10
 
 A metric "separates" the retrained model from the original when |original - retrained| >= 0.10
@@ -54,7 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument("--figures", action="store_true", help="also t-SNE / Grad-CAM figures per seed (slow)")
     p.add_argument("--attacks", action="store_true",
                    help="also the paper's Table 10 attacks (MLP and conv probes per tap, model inversion) in every "
-                        "audit (single scenario)")
+                        "audit (single and no-retain scenarios)")
     p.add_argument("--ulira-pairs", type=int, default=0, metavar="K",
                    help="U-LiRA per method and seed over K >= 3 shadow pairs (single scenario; 0 = off, default): "
                         "K x (original + retrained + one run of each method at its chosen setting), less what the cache "
@@ -174,12 +175,14 @@ def run(args) -> int:
     if args.expect_acc is not None and not 0 < args.expect_acc <= 1:
         raise UserError(f"--expect-acc {args.expect_acc}: pass the originals' accuracy as a share in (0, 1], e.g. 0.95")
     for name in ("train_script", "originals", "references", "expect_acc", "force"):
-        if getattr(args, name) and args.scenario != "single":
-            raise UserError(f"--{name.replace('_', '-')} is taken by the single scenario only, not --scenario "
+        if getattr(args, name) and not scenario.takes_recipe:
+            raise UserError(f"--{name.replace('_', '-')} is taken by the scenarios "
+                            f"{', '.join(n for n, s in SCENARIOS.items() if s.takes_recipe)}, not --scenario "
                             f"{args.scenario}")
     for name in ("attacks", "ulira_pairs"):
         if getattr(args, name) and name not in scenario.options:
-            raise UserError(f"--{name.replace('_', '-')} is taken by the single scenario only, not "
+            raise UserError(f"--{name.replace('_', '-')} is taken by the scenarios "
+                            f"{', '.join(n for n, s in SCENARIOS.items() if name in s.options)}, not "
                             f"--scenario {args.scenario}")
     out = Path(args.out)
     check_out_dir(out)
@@ -193,7 +196,7 @@ def run(args) -> int:
     state, _ = driver_state(out, key, args.restart, args.quiet)
     options = {k: getattr(args, k) for k in scenario.options}
 
-    if args.scenario == "single":
+    if scenario.takes_recipe:
         options.update(recipe=cli_recipe(args, cfg, ds, device, args.quiet), expect_acc=args.expect_acc,
                        force=args.force)
 

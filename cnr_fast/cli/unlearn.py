@@ -18,7 +18,7 @@ from ..experiments import methods as M
 from ..experiments.runner import begin_provenance, machine_info, val_accuracy
 from ..config import RunConfig
 from ..data import Dataset, class_table
-from ..models import ARCHS, LogitMask, model_from_checkpoint, model_meta
+from ..models import LogitMask, arch_label, model_from_checkpoint, model_meta
 from ..preflight import check_model
 from ..progress import log
 from ..resume import kill_point, weights_digest
@@ -293,8 +293,7 @@ def _print_table(results: dict, out: Path, quiet: bool) -> None:
             row += (_f(m[name].get("probe_acc", {}).get(deep)), _f(m[name].get("mia_acc")), _f(m[name].get("nn_purity")))
         rows.append(row)
     t = results["timings_s"]
-    width = f" (width {results['width']})" if results['arch'] in ARCHS else ""
-    print(f"\n{results['method']} on {results['dataset']} / {results['arch']}{width}, "
+    print(f"\n{results['method']} on {results['dataset']} / {arch_label(results['arch'], results['width'])}, "
           f"forget {results['forget_classes']}, seed {results['seed']}")
     for r in rows:
         print(f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from ..config import RunConfig
@@ -22,7 +23,7 @@ PAIRWISE_KEYS = ("forget_acc", "retain_acc", "cka_neg.L4", "probe_acc.L4", "fews
 def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu", cache: str | None = None,
             fixed_original: bool = False, figures: bool = False, quiet: bool = False, ds=None, state=None,
             entry_prefix: str = "", attacks: bool = False, ulira_pairs: int = 0, recipe=None,
-            expect_acc: float | None = None, force: bool = False) -> dict:
+            expect_acc: float | None = None, force: bool = False, train_data: str = "all") -> dict:
     """Every method on the same original per seed, one audit per seed; returns the compare.json dict.
 
     state: a resume.RunState (the CLI's `OUT.state/`): each (seed, method) and each seed's audit is
@@ -41,27 +42,46 @@ def compare(cfg: RunConfig, methods: list[str], seeds: int = 3, *, device="cpu",
     reference, null and RFS model instead of cnr-fast's own; the result's "recipe" names whose it was.
     Each seed's original is checked before any method runs (preflight.check_recipe: near chance, or
     below expect_acc, stops unless force).
+    train_data: the training data the methods are given, a key of methods.TRAIN_DATA: "all", or "forget"
+    (the forget-class images alone, as for a user whose retain data is gone). A method that needs more
+    (Method.needs) is not run and is listed under "not_applicable" with why; the references, the audit
+    and the validation split are the same in both.
     """
     from ..references import user_recipe
 
     with user_recipe(recipe):
         return _compare(cfg, methods, seeds, device=device, cache=cache, fixed_original=fixed_original,
                         figures=figures, quiet=quiet, ds=ds, state=state, entry_prefix=entry_prefix, attacks=attacks,
-                        ulira_pairs=ulira_pairs, expect_acc=expect_acc, force=force)
+                        ulira_pairs=ulira_pairs, expect_acc=expect_acc, force=force, train_data=train_data)
 
 
 def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, quiet, ds, state, entry_prefix, attacks,
-             ulira_pairs, expect_acc, force) -> dict:
+             ulira_pairs, expect_acc, force, train_data) -> dict:
     from ..preflight import check_recipe, check_reference
     from ..references import recipe_name
 
     methods = list(methods)
     M.check_names(methods)
+    if train_data not in M.TRAIN_DATA:
+        raise UserError(f"train_data {train_data!r}: choose one of {', '.join(M.TRAIN_DATA)}")
+    not_applicable = {m: why for m in methods if (why := M.not_applicable(m, train_data))}
+    for m, why in not_applicable.items():
+        log(f"compare: {m} is not run: it {why}", quiet)
+    methods = [m for m in methods if m not in not_applicable]
+    if not methods:
+        raise UserError(f"none of the methods can run on {train_data} training data alone: "
+                        f"{'; '.join(f'{m} {w}' for m, w in not_applicable.items())}; "
+                        f"choose among {', '.join(m for m in M.names() if not M.not_applicable(m, train_data))}")
+    if ulira_pairs and train_data != "all":
+        raise UserError("U-LiRA's shadow runs give each method the whole training split; run it without "
+                        "--ulira-pairs when the methods get the forget images alone")
     if cfg.model.checkpoint and not fixed_original:
         raise UserError("compare with --checkpoint keeps that one original for every seed; add --fixed-original")
     device, ds = setup(cfg, seeds, device, ds)
     check_taps_first(cfg, methods, ds)
     forget = list(cfg.data.forget)
+    # what the methods train on: every split as loaded, or (train_data "forget") the forget-class images alone
+    method_ds = ds if train_data == "all" else dataclasses.replace(ds, train=ds.train.of_classes(forget))
     t_start = time.perf_counter()
     started = begin_provenance()
     per_seed, cka_null, originals, audit_settings = [], [], [], None
@@ -89,7 +109,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
 
         def make(m, original=refs.original, seed=seed, reuse=reuse):
             base = M.resolve(m, cfg)[0].name
-            model, minfo, t, _ = M.unlearn_model(m, original, ds, ref_cfg.replace(seed=seed, method=base),
+            model, minfo, t, _ = M.unlearn_model(m, original, method_ds, ref_cfg.replace(seed=seed, method=base),
                                                  device=device, quiet=quiet, reuse=reuse)
             return model, {"time": t["unlearn"], "choice": M.validation_choice(minfo)}
 
@@ -110,6 +130,12 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
                 ulira[m].append(u)
                 r["metrics"][m]["ulira_auc"] = u["audited"]["auc"]
                 r["metrics"][m]["ulira_null_auc"] = u["null"]["auc"]
+                k = u.get("klom") or {}
+                if k:  # KLOM's forget P95 over the same pairs; its split-half null: half the method's shadows
+                    r["metrics"][m]["klom_forget"] = k["audited"]["forget"]  # and half the retrained ones
+                    if "null" in k:
+                        r["metrics"][m]["klom_half_forget"] = k["null"]["audited"]["forget"]
+                        r["metrics"][m]["klom_null_forget"] = k["null"]["null"]["forget"]
                 r["metrics"]["original"]["ulira_auc"] = u["original"]["auc"]  # the same shadow originals for every method
         for m in methods:
             timings[m].append(r["times"][m])
@@ -122,7 +148,8 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
         "forget_names": [ds.class_names[c] for c in forget] if ds.class_names else None,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
         "reference_init": cfg.train.reference_init, "recipe": recipe_name(), "recipe_checks": recipe_checks,
-        "data_needs": {m: M.data_needs(m) for m in methods},
+        "data_needs": {m: M.data_needs(m) for m in methods}, "train_data": train_data,
+        "not_applicable": not_applicable,
         "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
         "coordinate_bound_metrics": list(coordinate_bound()), "separation_threshold": SEPARATION,
         "chance_acc": 1.0 / ds.num_classes,

@@ -190,6 +190,22 @@ def data_needs(name: str) -> str:
     return " and ".join(parts) + " images" + (", with labels" if "labels" in needs else ", no labels")
 
 
+TRAIN_DATA = {"all": DATA_NEEDS, "forget": ("forget", "labels")}  # what compare's methods may read; the
+# forget images' labels are the forget classes of the request itself
+
+
+def not_applicable(name: str, train_data: str = "all") -> str | None:
+    """Why method `name` cannot run when only TRAIN_DATA[train_data] is at hand (None: it can)."""
+    needs = resolve(name, None)[0].needs
+    if train_data == "all":
+        return None
+    if needs is None:
+        return "does not declare the training data it reads (Method.needs), so it is not run without it"
+    missing = [n for n in needs if n not in TRAIN_DATA[train_data]]
+    words = {"forget": "forget-class images", "retain": "retain-class images", "labels": "their labels"}
+    return f"needs {' and '.join(words[n] for n in missing)}, not given to it here" if missing else None
+
+
 def is_from_scratch(name: str | None) -> bool:
     """True for a registered method trained from scratch (unknown names: False)."""
     return bool(name) and name in _all() and resolve(name, None)[0].from_scratch
@@ -273,7 +289,7 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from ..baselines import gau, kdu, lm, neggrad, rfs, rl, roft, salun, scrub, ssd
+    from ..baselines import badteacher, gau, jit, kdu, l1sparse, lfssd, lm, neggrad, rfs, rl, roft, salun, scrub, ssd, unsir
     from ..cnr.pipeline import run_cnr, run_real
 
     cnr_sections, cnr_flags = ("detect", "synth", "reset"), (
@@ -301,6 +317,18 @@ def _load_builtins() -> None:
         Method("neggrad+", neggrad.run, "baseline",
                "descent on retain, ascent on forget, weighted by alpha (Kurmanji et al. 2023, as run in RUM)",
                config_sections=("baseline",), default_in_compare=False, needs=both),
+        Method("l1-sparse", l1sparse.run, "baseline", "fine-tune on retain data with a decaying L1 penalty (Jia et al. 2023)",
+               config_sections=("baseline",), default_in_compare=False, needs=("retain", "labels")),
+        Method("bad-teacher", badteacher.run, "baseline",
+               "distil from the original on retain and a random teacher on forget (Chundawat et al. 2023)",
+               config_sections=("baseline",), default_in_compare=False, needs=("forget", "retain")),
+        Method("unsir", unsir.run, "baseline", "error-maximising noise for the forget class, impair then repair "
+               "(Tarun et al. 2023)", config_sections=("baseline",), default_in_compare=False, needs=("retain", "labels")),
+        Method("jit", jit.run, "baseline", "Lipschitz smoothing around forget images, no retain data (Foster et al. 2024)",
+               config_sections=("baseline",), default_in_compare=False, needs=("forget",)),
+        # labels: the importances read none, but D is batched class by class as the authors' loaders do (lfssd.py)
+        Method("ssd-lf", lfssd.run, "baseline", "loss-free SSD: importances from the output's l2 norm, not the loss "
+               "(Foster et al. 2024)", default_in_compare=False, needs=both),
         Method("rfs", rfs.run, "baseline", "retrain from scratch on the retain classes", from_scratch=True,
                config_sections=("train",), flags=("--train-epochs", "--lr"), needs=("retain", "labels")),
         Method("roft", roft.run, "baseline", "fine-tune on retain data only", needs=("retain", "labels"), **fine_tune),

@@ -105,6 +105,35 @@ def ulira_md(result: dict) -> list[str]:
             t = run.get("time_s")
             out.append(f"| {m} | {seed} | {run['pairs']} | {run.get('choice') or '-'} | " + " | ".join(cells)
                        + f" | {'-' if t is None else f'{t:.0f}'} |")
+    return out + klom_md(result)
+
+
+def klom_md(result: dict) -> list[str]:
+    """Per method and seed, KLOM over the same shadow pairs (`per_seed_ulira[m][i]["klom"]`, audit/klom.py):
+    P95 over examples of KL(unlearned || retrained) of the margin histograms, on the forget-class training
+    examples, retain-class training examples and held-out examples, with the shadow originals in the method's
+    place and the split-half null. Nothing when no run carries it."""
+    u = result.get("per_seed_ulira") or {}
+    runs = [(m, seed, run["klom"]) for m, per in u.items() for seed, run in zip(result["seeds"], per)
+            if run and run.get("klom")]
+    if not runs:
+        return []
+    h = runs[0][2].get("null", {}).get("k")
+    out = ["", "## KLOM over the same shadow pairs (Easy Data Unlearning Bench)", "",
+           "P95 over examples of the KL divergence (nats) between the histograms of an example's margin over the "
+           "method's unlearned shadows and over the retrained shadows (20 bins, margins clipped to [-100, 100]; "
+           "0 = same distributions, lower is better): forget = forget-class training examples, retain = retain-class "
+           "training examples, held-out = every class (its forget-class examples are the P95's tail here). "
+           "`original`: the shadow originals in the method's place (forget). With few shadows the floor is high: "
+           + (f"`null`: {h} retrained shadows against the other {h}, beside the method's first {h} against the same "
+              f"{h} (forget)." if h else "too few pairs for a split-half null."), "",
+           "| method | seed | pairs | forget | retain | held-out | original | method (K/2) | null (K/2) |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for m, seed, k in runs:
+        a, o, n = k["audited"], k.get("original") or {}, k.get("null") or {}
+        cells = [a.get("forget"), a.get("retain"), a.get("val"), o.get("forget"),
+                 (n.get("audited") or {}).get("forget"), (n.get("null") or {}).get("forget")]
+        out.append(f"| {m} | {seed} | {k['pairs']} | " + " | ".join(_rate(c) for c in cells) + " |")
     return out
 
 
@@ -153,14 +182,13 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     keys = [k for k in HEADLINE if k in refs["original"]]
     if not short:
         keys += sorted(k for k in refs["original"] if k not in keys)
-    from ..models import ARCHS
+    from ..models import arch_label
 
     seeds_note = ("one original, retrained and null model (seed %d) for every seed" % result["seeds"][0]
                   if result.get("fixed_original") else "an original, retrained and null model of its own per seed")
-    width = f" (width {result['width']})" if result["arch"] in ARCHS else ""
     names = result.get("forget_names")
     named = f" ({', '.join(map(repr, names))})" if names and names != [str(c) for c in result["forget_classes"]] else ""
-    lines = [f"# compare: {result['dataset']} / {result['arch']}{width}, forget "
+    lines = [f"# compare: {result['dataset']} / {arch_label(result['arch'], result['width'])}, forget "
              f"{result['forget_classes']}{named}, seeds {result['seeds']}", "",
              f"Splits: {result['splits']['train']} train / {result['splits']['val']} validation / "
              f"{result['splits']['test']} test; every cell is on test except `val_*`. References: {seeds_note}; "
@@ -169,6 +197,11 @@ def compare_report_md(result: dict, short: bool = False) -> str:
     if result.get("data_needs"):
         lines += ["Training data each method reads: " + "; ".join(f"{m}: {n}" for m, n in result["data_needs"].items())
                   + ".", ""]
+    if result.get("train_data", "all") != "all":
+        lines += [f"The methods were given the {result['train_data']}-class training images alone "
+                  "(scenario no-retain); the references, the validation split and the audit are as in compare.", ""]
+    for m, why in (result.get("not_applicable") or {}).items():
+        lines += [f"Not run: {m}, which {why}.", ""]
     lines += originals_md(result)
     lines += verdict_md(result.get("verdict"))
     head = ["metric", "original", "retrained", "null", *methods]
@@ -232,10 +265,12 @@ def compare_report_md(result: dict, short: bool = False) -> str:
 
 
 def ablate_report_md(result: dict, figures: dict | None = None) -> str:
+    from ..models import arch_label
+
     t = result["table"]
     variants = list(result["variants"])
     keys = [k for k in ABLATE_METRICS if k in t["full"]]
-    lines = [f"# ablate: {result['dataset']} / {result['arch']} (width {result['width']}), forget "
+    lines = [f"# ablate: {result['dataset']} / {arch_label(result['arch'], result['width'])}, forget "
              f"{result['forget_classes']}, seeds {result['seeds']}", "",
              "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
              "Cells: mean [95% t-interval over seeds] (paired t-test p against full CNR, raw and Holm-adjusted over "

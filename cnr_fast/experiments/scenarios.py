@@ -4,6 +4,8 @@ how it runs, how runs over disjoint seeds merge, and which files it writes (its 
 - single: `compare` with --forget as given.
 - multiclass: `compare` once per forget set, every class of the set forgotten at once.
 - continual: round r forgets the first r classes of an order, each method from ITS previous model.
+- no-retain: `compare` with the methods given the forget-class images alone (a user whose retain data is
+  gone); methods that need more are listed as not applicable, not run.
 
 Adding a scenario: a `run(cfg, methods, seeds, *, device, cache, quiet, ds, state, **options) -> result`,
 a `merge(results) -> result`, a `files(result) -> {name: content}` and one `register(Scenario(...))`.
@@ -165,6 +167,7 @@ class Scenario:
     merge: Callable  # merge(results over disjoint seeds) -> result
     files: Callable  # files(result) -> ({file name: content}, text to print)
     options: tuple[str, ...] = ()  # the keyword options of run it takes (the CLI passes only these)
+    takes_recipe: bool = False  # runs `compare` on the user's recipe (--train-script, --originals, ...)
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -194,7 +197,15 @@ def merge_results(results: list[dict]) -> dict:
 
 
 register(Scenario("single", "--forget as given", compare, merge_single, _single_files,
-                  options=("fixed_original", "figures", "attacks", "ulira_pairs")))
+                  options=("fixed_original", "figures", "attacks", "ulira_pairs"), takes_recipe=True))
+def no_retain(cfg: RunConfig, methods: list[str], seeds: int = 3, **kw) -> dict:
+    """`compare` with the forget-class training images alone given to the methods (methods.TRAIN_DATA)."""
+    return {**compare(cfg, methods, seeds, train_data="forget", **kw), "scenario": "no-retain"}
+
+
+register(Scenario("no-retain", "the methods get the forget-class images alone; those needing retain data are "
+                  "listed, not run", no_retain, merge_single, _single_files,
+                  options=("fixed_original", "figures", "attacks"), takes_recipe=True))
 register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", multiclass, merge_multiclass,
                   _scenario_files))
 register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",

@@ -20,20 +20,33 @@ state under the seed, method and choice, so seeds of a `compare` that chose alik
   reference (needs targets["original"]); an attack that cannot tell the original here cannot tell any
   unlearned model either;
 * "shadows": leave-one-out over the pairs (each pair in turn the target): the method's shadows vs the
-  retrained shadows, with K pairs per example and no extra model.
+  retrained shadows, with K pairs per example and no extra model;
+* "klom": KLOM (audit/klom.py: Easy Data Unlearning Bench, arXiv 2602.16400), from the same pairs: per
+  example, the KL divergence between the histograms of its margin over the K unlearned shadows and over the
+  K retrained shadows, P95 over the benchmark's three splits: "forget" (every forget-class training
+  example, U-LiRA's split), "retain" (retain-class training examples) and "val" (held-out examples of every
+  class: ds.val, or ds.test without one), the last two a seeded subsample of at most KLOM_MAX; plus the
+  held-out examples of the forget and of the retain classes apart ("val_forget_classes",
+  "val_retain_classes": in class removal the forget class's held-out examples sit in the tail the P95 reads).
+  "original" puts the shadow originals in the method's place; "null" (K >= 8) the first half of the retrained
+  shadows, against their second half. KLOM needs no target model: it scores the method, not the run's
+  audited model.
 
 Cost: `pairs` x (train an original + retrain + one run of the method at its choice), less what the cache holds; the
-log gives the time of each pair and an estimate of what is left. With a user's `--checkpoint`, the
-shadow originals are still trained by cnr-fast's recipe (cfg.train): the attack then models that
-recipe, not the user's pipeline; the result says so.
+log gives the time of each pair and an estimate of what is left. KLOM adds a forward pass of each pair's
+three models over at most 2 x KLOM_MAX more examples. With a user's `--checkpoint`, the shadow originals
+are still trained by cnr-fast's recipe (cfg.train): the attack then models that recipe, not the user's
+pipeline; the result says so.
 """
 
 from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
+from ..audit import klom as KL
 from ..audit import ulira as U
 from ..audit.verdict import NULL
 from ..progress import log
@@ -44,15 +57,31 @@ from . import methods as M
 from .runner import kept_model
 
 PAIRS = 8  # the U-LiRA paper's experiments use many more; 8 bounds the cost on a CPU (see the module doc)
+KLOM_MAX = 2000  # retain-class training and held-out examples KLOM scores, at most (EasyDUB scores all)
 
 
 def forget_train(ds, forget):
-    idx = torch.nonzero(torch.isin(ds.train.y, torch.as_tensor(list(forget)))).flatten()
+    y = ds.train.y  # on the GPU where the CLI put the data there (Dataset.to_device_if_fits)
+    idx = torch.nonzero(torch.isin(y, torch.as_tensor(list(forget), device=y.device))).flatten()
     return ds.train.subset(idx)
 
 
+def klom_splits(ds, forget, seed: int) -> tuple[dict, str]:
+    """KLOM's splits (module doc): {"forget", "retain", "val"} and the name of the held-out split used."""
+    g = torch.Generator().manual_seed(seed)
+
+    def sample(split, rows):
+        rows = rows.cpu()
+        return split.subset(rows[torch.randperm(len(rows), generator=g)[:KLOM_MAX]].sort().values)
+
+    is_f = torch.isin(ds.train.y.cpu(), torch.as_tensor(list(forget)))
+    held, name = (ds.val, "val") if ds.val is not None and len(ds.val) else (ds.test, "test")
+    return {"forget": forget_train(ds, forget), "retain": sample(ds.train, torch.nonzero(~is_f).flatten()),
+            "val": sample(held, torch.arange(len(held)))}, name
+
+
 def phis(model, split, device) -> torch.Tensor:
-    return U.scaled_logit(predict(model, split, device=device), split.y)
+    return U.scaled_logit(predict(model, split, device=device), split.y.cpu())  # predict's logits are on the CPU
 
 
 def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = None, pairs: int = PAIRS, device,
@@ -64,9 +93,11 @@ def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = No
     if pairs < 3:
         raise ValueError("U-LiRA needs at least 3 shadow pairs (the leave-one-out estimate fits on K - 1 >= 2)")
     forget = list(cfg.data.forget)
-    split = forget_train(ds, forget)
+    splits, held_out = klom_splits(ds, forget, cfg.seed)
+    split = splits["forget"]
     t_start = time.perf_counter()
     u_phis, r_phis, o_phis, seeds, pair_times = [], [], [], [], []
+    margins = {kind: {part: [] for part in splits} for kind in ("unlearned", "retrained", "original")}
     for k in range(pairs):
         t0 = time.perf_counter()
         s = cfg.seed + 1 + k
@@ -81,9 +112,11 @@ def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = No
 
         key = f"ulira-s{s}-{method}" + (f"-{choice}" if choice else "")
         unl, _ = kept_model(state, key, orig, make)
-        u_phis.append(phis(unl, split, device))
-        r_phis.append(phis(retr, split, device))
-        o_phis.append(phis(orig, split, device))
+        for kind, model, phi in (("unlearned", unl, u_phis), ("retrained", retr, r_phis), ("original", orig, o_phis)):
+            logits = {part: predict(model, sp, device=device) for part, sp in splits.items()}
+            phi.append(U.scaled_logit(logits["forget"], split.y.cpu()))
+            for part, sp in splits.items():  # the same logits: the margin is KLOM's, the scaled logit LiRA's
+                margins[kind][part].append(KL.margins(logits[part], sp.y.cpu()))
         seeds.append(s)
         pair_times.append(time.perf_counter() - t0)
         left = (pairs - k - 1) * sum(pair_times) / len(pair_times)
@@ -106,12 +139,27 @@ def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = No
     out["shadows"] = _plain({k: v for k, v in loo.items() if k not in ("mean_llr", "mean_llr_retrained",
                                                                       "per_example_auc", "scores_unlearned",
                                                                       "scores_retrained")})
+    out["klom"] = klom_result(margins, splits, held_out, forget)
     out["time_s"] = time.perf_counter() - t_start
     out["pair_time_s"] = pair_times
     if cfg.model.checkpoint:
         out["note"] = ("the original is a user checkpoint; the shadow originals were trained by cnr-fast's recipe "
                        "(config train.*), so the attack models that recipe, not the user's pipeline")
     return out
+
+
+def klom_result(margins: dict, splits: dict, held_out: str, forget) -> dict:
+    """KLOM over the shadow pairs (module doc) from margins {kind: {split: [pair k's (N,) margins]}}."""
+    m = {kind: {s: np.stack(v) for s, v in per.items()} for kind, per in margins.items()}
+    val_f = torch.isin(splits["val"].y.cpu(), torch.as_tensor(list(forget))).numpy()
+    res = KL.shadow_summary(m["unlearned"], m["retrained"], m["original"],
+                            groups={"val_forget_classes": ("val", val_f), "val_retain_classes": ("val", ~val_f)})
+    sizes = {s: len(sp) for s, sp in splits.items()}
+    sizes.update(val_forget_classes=int(val_f.sum()), val_retain_classes=int((~val_f).sum()))
+    return {**res, "pairs": len(m["retrained"]["forget"]), "examples": sizes, "held_out_split": held_out,
+            "max_examples": KLOM_MAX, "definition": KL.DEFINITION,
+            "settings": {"bins": KL.BINS, "eps": KL.EPS, "clip": list(KL.CLIP), "percentile": KL.PERCENTILE,
+                         "direction": "KL(unlearned || retrained)", "log": "natural"}}
 
 
 def _plain(d):
@@ -123,4 +171,4 @@ def _plain(d):
     return d
 
 
-__all__ = ["PAIRS", "forget_train", "phis", "ulira_attack"]
+__all__ = ["KLOM_MAX", "PAIRS", "forget_train", "klom_result", "klom_splits", "phis", "ulira_attack"]

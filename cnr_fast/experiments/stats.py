@@ -279,20 +279,20 @@ def seeds_needed(differences, alpha: float, power: float = POWER, most: int = 10
 
 
 def pairwise(per_seed: list[dict], methods: list[str], keys: list[str], alpha: float = SEPARATION_ALPHA,
-             power: float = POWER, practical: int = PRACTICAL_SEEDS) -> dict:
+             power: float = POWER, practical: int = PRACTICAL_SEEDS, pairs: list[tuple[str, str]] | None = None) -> dict:
     """Every pair of `methods` (pass "retrained" among them for each method against the retrained reference) on
     each metric in `keys`: the mean paired difference (a - b) over seeds, the paired t-test p, Holm-adjusted
     over the pairs on that metric (the family), and for a contrast the test leaves open the seeds it would
     need (`seeds_needed` at alpha / family size, Bonferroni: Holm's first step) and the reading: "decided",
     "open: about N seeds", or "no practical difference" where N > `practical` at the effect seen (or none is
-    seen)."""
+    seen). `pairs`: the contrasts (a, b) to test, each metric's family (default: every pair of `methods`)."""
     from itertools import combinations
     from scipy import stats
 
     out = {}
     for k in keys:
         rows, skipped = [], []
-        for a, b in combinations(methods, 2):
+        for a, b in (pairs if pairs is not None else combinations(methods, 2)):
             d = [ps.get(a, {}).get(k, float("nan")) - ps.get(b, {}).get(k, float("nan")) for ps in per_seed]
             if not all(math.isfinite(v) for v in d):
                 skipped.append(f"{a} - {b}")

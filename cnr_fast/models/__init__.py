@@ -22,6 +22,7 @@ from torchvision.models.vision_transformer import VisionTransformer
 from ..errors import UserError
 from . import sources
 from .taps import TAP_NAMES, tap_layouts, tap_modules
+from .fresh import fresh_copy, not_reset  # noqa: F401  (re-exported)
 
 _RESNETS = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
@@ -35,6 +36,11 @@ _VITS = {
     "vit_tiny": (4, 6, 3, 96, 192),  # CPU preset for 28-32 px inputs
 }
 ARCHS = tuple(_RESNETS) + tuple(_VITS)
+
+
+def arch_label(arch: str, width: float) -> str:
+    """The arch as headers print it: with its width where the width means something (cnr-fast's ResNets)."""
+    return f"{arch} (width {width:g})" if arch in _RESNETS else arch
 
 
 class ResNet(nn.Module):

@@ -39,7 +39,8 @@ def test_logit_mask_minus_inf_is_finite():
 
 def test_shadow_attack_runs_and_fresh_copy(tiny_resnet):
     pytest.importorskip("sklearn", reason="the attack model is sklearn's LogisticRegression")
-    from cnr_fast.audit.mia import fresh_copy, shadow_attack, train_shadows
+    from cnr_fast.audit.mia import shadow_attack, train_shadows
+    from cnr_fast.models import fresh_copy
     from cnr_fast.config import TrainConfig
     from cnr_fast.data import Split
     from cnr_fast.models import LogitMask
