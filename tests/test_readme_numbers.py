@@ -228,6 +228,7 @@ def test_committed_runs_said_to_share_originals_do():
     cmp = digests("compare_mnist5k/compare.json")
     assert len(cmp) == 3 and len({h for _, h, _ in cmp}) == 3
     assert digests("continual_mnist5k/continual.json") == cmp
+    assert digests("continual_mnist5k_issue28/merged/continual.json") == cmp
     assert digests("ablate_mnist5k/ablate.json") == cmp
     assert digests("attacks_mnist5k/compare.json") == cmp
     for key in ("2,5", "2,5,7,1,9"):
