@@ -1,0 +1,69 @@
+"""The registered analysis of the ten-seed comparison (bench/prereg10.py, bench/preregistration.md) on hand-made
+per-seed values: the registered contrasts only, the excess measures, and the tests against scipy and Holm by hand."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def prereg():
+    spec = importlib.util.spec_from_file_location("prereg10", os.path.join(ROOT, "bench", "prereg10.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _result(prereg, seeds=4):
+    rng = np.random.default_rng(0)
+    per_seed = []
+    for s in range(seeds):
+        ps = {"original": {"forget_acc": 0.99}, "retrained": {"forget_acc": 0.0}}
+        for i, m in enumerate(("cnr", "ssd", "lm")):
+            ps[m] = {"forget_acc": 0.1 * i + 0.01 * rng.standard_normal()}
+            if s < 3:  # U-LiRA on the first seeds only
+                ps[m].update(ulira_auc=0.9 - 0.1 * i + 0.02 * s, ulira_null_auc=0.5 + 0.01 * s)
+        per_seed.append(ps)
+    return {"seeds": list(range(seeds)), "per_seed": per_seed,
+            "per_seed_times": {"cnr": [1] * seeds, "ssd": [1] * seeds, "lm": [1] * seeds}}
+
+
+def test_registered_contrasts_and_tests_against_scipy(prereg):
+    res = _result(prereg)
+    out = prereg.analyse(res)
+    assert out["methods"] == ["cnr", "ssd", "lm"]
+    fa = out["measures"]["forget_acc"]
+    pairs = [(r["a"], r["b"]) for r in fa["rows"]]
+    assert pairs == [("cnr", "retrained"), ("ssd", "retrained"), ("lm", "retrained"), ("cnr", "ssd"), ("cnr", "lm")]
+    assert fa["family_size"] == 5 and fa["seeds"] == [0, 1, 2, 3]
+    ps_ = res["per_seed"]
+    for r in fa["rows"]:
+        d = np.array([ps[r["a"]]["forget_acc"] - ps[r["b"]]["forget_acc"] for ps in ps_])
+        assert r["p"] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue, rel=1e-12)
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        assert r["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], rel=1e-12)
+    ps = sorted(r["p"] for r in fa["rows"])  # Holm by hand
+    holm = np.maximum.accumulate([min(1, (5 - i) * p) for i, p in enumerate(ps)])
+    assert sorted(r["p_holm"] for r in fa["rows"]) == pytest.approx(list(holm), rel=1e-12)
+
+
+def test_excess_measures_use_the_null_in_the_methods_place_on_the_seeds_that_have_them(prereg):
+    res = _result(prereg)
+    out = prereg.analyse(res)
+    ul = out["measures"]["ulira_excess"]
+    assert ul["seeds"] == [0, 1, 2]
+    row = next(r for r in ul["rows"] if (r["a"], r["b"]) == ("ssd", "retrained"))
+    expect = np.mean([ps["ssd"]["ulira_auc"] - ps["ssd"]["ulira_null_auc"] for ps in res["per_seed"][:3]])
+    assert row["difference"] == pytest.approx(expect, rel=1e-12)
+    assert out["measures"]["klom_excess"]["rows"] == []  # no seed reports KLOM here
+    n_all = sum(len(t["rows"]) for t in out["measures"].values())
+    assert out["family_size_all"] == n_all
+    for t in out["measures"].values():  # the sensitivity correction is never weaker than the per-measure one
+        for r in t["rows"]:
+            if r["p"] is not None:
+                assert r["p_holm_all"] >= r["p_holm"] - 1e-15
