@@ -21,6 +21,9 @@ import math
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cnr_fast.experiments.stats import within_unit  # noqa: E402
+
 COMPARE_ROWS = ("forget_acc", "retain_acc", "val_forget_acc", "probe_acc.L4", "knn_acc.L4", "fewshot_probe_acc.5",
                 "relearn_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4")
 SEED_ROWS = (("forget_acc", "forget_acc"), ("retain_acc", "retain_acc"), ("probe[L4]", "probe_acc.L4"),
@@ -32,20 +35,13 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def cell(s, digits=2) -> str:
-    """'mean ±half-width' of a {"mean", "ci_low", "ci_high"} summary; '-' when there is none."""
+def ci_cell(s, digits=2, always=True, key: str = "") -> str:
+    """'mean [ci_low, ci_high]'; with always=False just 'mean' where the interval is empty at `digits`. key
+    names the measure: one that lies in [0, 1] shows its interval within [0, 1] (stats.within_unit), as
+    files written before that was recorded did not."""
     if not s or not _finite(s.get("mean", float("nan"))):
         return "-"
-    m = s["mean"]
-    if _finite(s.get("ci_high", float("nan"))):
-        return f"{m:.{digits}f} ±{(s['ci_high'] - m):.{digits}f}"
-    return f"{m:.{digits}f}"
-
-
-def ci_cell(s, digits=2, always=True) -> str:
-    """'mean [ci_low, ci_high]'; with always=False just 'mean' where the interval is empty at `digits`."""
-    if not s or not _finite(s.get("mean", float("nan"))):
-        return "-"
+    s = within_unit(s, key)
     m, lo, hi = s["mean"], s.get("ci_low"), s.get("ci_high")
     if not (_finite(lo) and _finite(hi)):
         return f"{m:.{digits}f}"
@@ -81,7 +77,7 @@ def choices_table(r: dict) -> str:
 
 
 def compare_table(r: dict) -> str:
-    """Every method and reference of a compare.json, the COMPARE_ROWS metrics, 'mean ±half-width'."""
+    """Every method and reference of a compare.json, the COMPARE_ROWS metrics, 'mean [interval]'."""
     methods = list(r["methods"])
     null = r["references"].get("cka_null", {})
     head = ["metric", "original", "retrained", "null", *methods]
@@ -91,9 +87,10 @@ def compare_table(r: dict) -> str:
             continue
         nul = "-"
         if k.startswith("cka_"):
-            nul = cell(null.get(k[4:7], {}).get(k.split(".")[1]))
-        row = [k, cell(r["references"]["original"].get(k)), cell(r["references"]["retrained"].get(k)), nul]
-        row += [cell(r["methods"][m].get(k)) for m in methods]
+            nul = ci_cell(null.get(k[4:7], {}).get(k.split(".")[1]), key="cka_null")
+        row = [k, ci_cell(r["references"]["original"].get(k), key=k), ci_cell(r["references"]["retrained"].get(k), key=k),
+               nul]
+        row += [ci_cell(r["methods"][m].get(k), key=k) for m in methods]
         out.append("| " + " | ".join(row) + " |")
     fa = [r["methods"][m].get("forget_acc", {}) for m in methods]
     if any(x.get("p_vs_cnr_holm") is not None for x in fa):
@@ -143,9 +140,9 @@ def attacks_table(r: dict) -> str:
     judged = r.get("verdict", {}).get("per_seed", [])
     for k in keys:
         s = sep[k]
-        row = [k, cell(r["references"]["original"].get(k)), cell(r["references"]["retrained"].get(k)),
+        row = [k, ci_cell(r["references"]["original"].get(k), key=k), ci_cell(r["references"]["retrained"].get(k), key=k),
                f"{_mean(n.get(k) for n in null):.2f}" if any(k in n for n in null) else "-"]
-        row += [cell(r["methods"][m].get(k)) for m in methods]
+        row += [ci_cell(r["methods"][m].get(k), key=k) for m in methods]
         row.append(f"{'yes' if s['separates'] else 'no'} ({p_cell(s.get('p_holm'))})")
         seen = [v["measures"][k]["separates"] for v in judged if k in v.get("measures", {})]
         row.append(f"{sum(seen)}/{len(seen)}" if seen else "-")
@@ -154,10 +151,10 @@ def attacks_table(r: dict) -> str:
     if u:
         pairs = next(iter(u.values()))[0]["pairs"]
         reach = r["references"]["original"].get("ulira_auc")
-        out.append(f"| U-LiRA AUC ({pairs} shadow pairs) | {cell(reach)} (reach) | 0.5 by definition | - | "
-                   + " | ".join(cell(r["methods"][m].get("ulira_auc")) for m in methods) + " | - | - |")
+        out.append(f"| U-LiRA AUC ({pairs} shadow pairs) | {ci_cell(reach, key='ulira_auc')} (reach) | 0.5 by definition | - | "
+                   + " | ".join(ci_cell(r["methods"][m].get("ulira_auc"), key="ulira_auc") for m in methods) + " | - | - |")
         out.append("| U-LiRA AUC, the null in the method's place | - | - | - | "
-                   + " | ".join(cell(r["methods"][m].get("ulira_null_auc")) for m in methods) + " | - | - |")
+                   + " | ".join(ci_cell(r["methods"][m].get("ulira_null_auc"), key="ulira_null_auc") for m in methods) + " | - | - |")
         reach_tpr = _ulira_tpr(u, next(iter(u)), "original")
         out.append(f"| U-LiRA TPR at 1% FPR (mean over seeds) | {reach_tpr} (reach) | 0.01 by definition | - | "
                    + " | ".join(_ulira_tpr(u, m, "audited") for m in methods) + " | - | - |")
@@ -224,7 +221,7 @@ def ablate_table(r: dict) -> str:
         cells = []
         for k in ABLATE_KEYS:
             s = r["table"][n].get(k)
-            c = ci_cell(s)
+            c = ci_cell(s, key=k)
             if k == "forget_acc" and n in r["variants"] and s and s.get("p_vs_full") is not None:
                 c += f" (p={p_cell(s['p_vs_full'])}, Holm {p_cell(s.get('p_vs_full_holm'))})"
             cells.append(c)
@@ -233,7 +230,7 @@ def ablate_table(r: dict) -> str:
 
 
 def _forget_retain(s: dict) -> str:
-    return f"{ci_cell(s.get('forget_acc'), always=False)} / {s['retain_acc']['mean']:.2f}"
+    return f"{ci_cell(s.get('forget_acc'), always=False, key='forget_acc')} / {s['retain_acc']['mean']:.2f}"
 
 
 def multiclass_table(r: dict) -> str:

@@ -107,11 +107,15 @@ def _fmt(v, spec):
     return format(v, spec)
 
 
-def h_ci(refs, spec):
-    """'mean [ci_low, ci_high]' of a {"mean", "ci_low", "ci_high"} summary (FMT default .2f)."""
+def h_ci(refs, spec, path=""):
+    """'mean [ci_low, ci_high]' of a {"mean", "ci_low", "ci_high"} summary (FMT default .2f); the interval of
+    a measure that lies in [0, 1] (named by the PATH) within [0, 1] (stats.within_unit)."""
     (s,) = refs
     if not isinstance(s, dict) or not {"mean", "ci_low", "ci_high"} <= s.keys():
         raise TypeError(f"needs a dict with mean, ci_low and ci_high, got {str(s)[:80]}")
+    from cnr_fast.experiments.stats import within_unit
+
+    s = within_unit(s, path)
     spec = spec or ".2f"
     return f"{format(s['mean'], spec)} [{format(s['ci_low'], spec)}, {format(s['ci_high'], spec)}]"
 
@@ -334,7 +338,7 @@ class Renderer:
                 raise ValueError(f"helper {head!r} takes {want} and an optional format, got {len(rest)} fields")
             refs = [self.ref(rest[2 * i], rest[2 * i + 1]) for i in range(n)]
             spec = rest[2 * n] if len(rest) == 2 * n + 1 else ""
-            return fn(refs, spec)
+            return fn(refs, spec, rest[1]) if head == "ci" else fn(refs, spec)
         if len(f) not in (2, 3):
             raise ValueError("write {{ALIAS:PATH}} or {{ALIAS:PATH:FMT}} (or a helper, a table, a count)")
         v = self.ref(f[0], f[1])

@@ -172,8 +172,9 @@ def test_check_exits_1_with_a_diff_and_write_is_atomic(tmp_path, monkeypatch, ca
 
 
 def test_attacks_table_cells_come_from_the_file():
-    """The attacks table: references and methods as 'mean ±half-width', the null as its mean over seeds, the
-    separation column from `separation`, U-LiRA rows from the methods' and the original's ulira_auc."""
+    """The attacks table: references and methods as 'mean [interval]' (within [0, 1]: the original's U-LiRA
+    0.97 +- 0.1 shows as [0.87, 1.00]), the null as its mean over seeds, the separation column from
+    `separation`, U-LiRA rows from the methods' and the original's ulira_auc."""
     from bench.findings_table import attacks_table
 
     summ = lambda m: {"mean": m, "ci_low": m - 0.1, "ci_high": m + 0.1}  # noqa: E731
@@ -191,10 +192,10 @@ def test_attacks_table_cells_come_from_the_file():
                                   {"measures": {"mlp_probe_acc.L4": {"separates": False}}}]}}
     lines = attacks_table(r).splitlines()
     assert lines[0] == "| measure | original | retrained | null | cnr | separates (Holm p) | separates per seed |"
-    assert lines[2] == "| mlp_probe_acc.L4 | 0.90 ±0.10 | 0.20 ±0.10 | 0.30 | 0.30 ±0.10 | yes (0.004) | 1/2 |"
+    assert lines[2] == "| mlp_probe_acc.L4 | 0.90 [0.80, 1.00] | 0.20 [0.10, 0.30] | 0.30 | 0.30 [0.20, 0.40] | yes (0.004) | 1/2 |"
     assert not any(line.startswith("| retain_acc") for line in lines)  # not an attack
-    assert lines[3].startswith("| U-LiRA AUC (8 shadow pairs) | 0.97 ±0.10 (reach) |") and "| 0.61 ±0.10 |" in lines[3]
-    assert "| 0.52 ±0.10 |" in lines[4]
+    assert lines[3].startswith("| U-LiRA AUC (8 shadow pairs) | 0.97 [0.87, 1.00] (reach) |") and "| 0.61 [0.51, 0.71] |" in lines[3]
+    assert "| 0.52 [0.42, 0.62] |" in lines[4]
     assert lines[5] == "| U-LiRA TPR at 1% FPR (mean over seeds) | 0.95 (reach) | 0.01 by definition | - | 0.30 | - | - |"
     assert lines[6] == "| U-LiRA TPR at 1% FPR, the null in the method's place | - | - | - | 0.01 | - | - |"
 

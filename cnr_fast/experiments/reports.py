@@ -223,7 +223,7 @@ def compare_report_md(result: dict, short: bool = False) -> str:
         lines.append("| " + " | ".join(row) + " |")
     against = ("(paired t-test p against CNR, raw and Holm-adjusted over the methods on that metric; n/a where the "
                "paired differences are constant)") if "cnr" in methods else "(no CNR in this run: no p in the cells)"
-    lines += ["", f"Cells: mean [95% t-interval over seeds] {against}. Chance accuracy "
+    lines += ["", f"Cells: mean [95% t-interval over seeds, within [0, 1] for a measure that lies there, `stats.in_unit_range`] {against}. Chance accuracy "
               f"{refs['chance_acc']:.3f}; MIA chance 0.5. `null` = unbiased CKA between the retrained model and a "
               "second, independently trained one: what an unrelated model scores at that tap; on every other row `null` is "
               "that second model's own value (the verdict's margin is |retrained - null|). (coord.) = compares "
@@ -273,7 +273,7 @@ def ablate_report_md(result: dict, figures: dict | None = None) -> str:
     lines = [f"# ablate: {result['dataset']} / {arch_label(result['arch'], result['width'])}, forget "
              f"{result['forget_classes']}, seeds {result['seeds']}", "",
              "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
-             "Cells: mean [95% t-interval over seeds] (paired t-test p against full CNR, raw and Holm-adjusted over "
+             "Cells: mean [95% t-interval over seeds, within [0, 1] for a measure that lies there, `stats.in_unit_range`] (paired t-test p against full CNR, raw and Holm-adjusted over "
              "the variants on that metric); test split except `val_*`.", ""]
     lines += originals_md(result)
     head = ["variant", *keys, "time (s)"]
@@ -397,7 +397,7 @@ def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_ac
             lines += [f"## forget {{{key}}}", "", compare_report_md(run, short=True), ""]
         return "\n".join(lines) + "\n"
     lines += [f"Round r forgets the first r classes of {result['order']}, each method from its own previous "
-              f"model; seeds {result['seeds']}. Cells: mean [95% t-interval]; test split.", ""]
+              f"model; seeds {result['seeds']}. Cells: mean [95% t-interval, within [0, 1] for a measure that lies there, `stats.in_unit_range`]; test split.", ""]
     lines += originals_md(result)
     for key in keys:
         methods = [n for n in result["rounds"][0]["table"] if n not in ("original",)]

@@ -22,6 +22,36 @@ def is_coordinate_bound(key: str) -> bool:
     return key.split(".")[0] in _metrics.coordinate_bound()
 
 
+# Measures whose values lie in [0, 1] by their definition: accuracies and rates (*_acc, *_rate), AUCs, CKA,
+# the Grad-CAM cosine of non-negative maps, neighbour purity, ZRF, JS divergence (at most ln 2), a mean
+# softmax probability. Their interval over seeds is the t-interval intersected with [0, 1]: the mean lies
+# in [0, 1], so the intersection covers it whenever the t-interval does (at 2-3 seeds the t-interval
+# alone runs past both ends).
+UNIT_RANGE = ("cka_neg", "cka_pos", "cka_null", "gradcam_overlap", "nn_purity", "nn_purity_by_layer", "ulira_auc",
+              "ulira_null_auc", "zrf", "js_to_retrained", "inversion_audited_confidence")
+
+
+def in_unit_range(key: str) -> bool:
+    """Whether the measure named by key (a flattened metric name such as "fewshot_probe_acc.5", or a path
+    to one in a result file such as "methods/cnr/forget_acc") lies in [0, 1] by definition."""
+    import re
+
+    return any(p in UNIT_RANGE or p.endswith(("_acc", "_rate")) for p in re.split(r"[/.]", key))
+
+
+def within_unit(s: dict, key: str) -> dict:
+    """A {"mean", "ci_low", "ci_high", ...} summary with its interval intersected with [0, 1] where key's
+    measure lies there (in_unit_range); otherwise s itself. Files written before the intersection was
+    recorded are shown through this."""
+    if not (isinstance(s, dict) and in_unit_range(key)):
+        return s
+    lo, hi = s.get("ci_low"), s.get("ci_high")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi)):
+        return s
+    return {**s, "ci_low": min(max(lo, 0.0), 1.0), "ci_high": max(min(hi, 1.0), 0.0),
+            "interval": "t, within [0, 1]"}
+
+
 def t_interval(values) -> tuple[float, float, float]:
     """(mean, low, high) of a Student-t 95% interval; NaN bounds for fewer than 2 finite values."""
     from scipy import stats
@@ -130,7 +160,7 @@ def judge(per_seed: list[dict], table: dict, methods: list[str], keys: list[str]
 
 def null_table(cka_null: list[dict]) -> dict:
     """Per part (pos / neg) and tap: the summary over seeds of CKA(retrained, null)."""
-    return {part: {t: summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None)
+    return {part: {t: within_unit(summarise([c.get(part, {}).get(t, float("nan")) for c in cka_null], None), "cka_null")
                    for t in sorted(set().union(*[set(c.get(part, {})) for c in cka_null]))}
             for part in ("pos", "neg")}
 
@@ -151,7 +181,7 @@ def summarise_runs(per_seed: list[dict], names: list[str], baseline: str | None,
                 continue  # e.g. a coordinate-bound metric of an independently trained model
             base = [ps.get(baseline, {}).get(k, float("nan")) for ps in per_seed] \
                 if baseline is not None and n in paired else None
-            s = summarise(vals, base)
+            s = within_unit(summarise(vals, base), k)
             s[p_key] = s.pop("p_vs_cnr")
             table[n][k] = s
     # Holm over each metric's family: every name tested against the baseline on that metric
