@@ -223,7 +223,16 @@ def test_no_retain_gives_the_methods_the_forget_images_alone(tmp_path, capsys):
         assert "retain-class images" in r["not_applicable"]["rl"]
         assert r["methods"]["forget-only"]["forget_acc"]["values"] == [0.0]
         assert r["splits"]["train"] > len(r["forget_classes"]) * 200  # the audit's splits are the whole dataset's
-        assert "Not run: rl, which needs retain-class images" in (out / "report.md").read_text()
+        report = (out / "report.md").read_text()
+        assert "Not run: rl, which needs retain-class images" in report
+        assert "chosen on the validation split's retain-class images" in report  # what no-retain still reads
+        # without --methods, no-retain runs every method that can run on the forget images (not the default set)
+        from cnr_fast.cli.compare import default_methods
+        from cnr_fast.experiments.scenarios import get as get_scenario
+
+        nr = default_methods(get_scenario("no-retain"))
+        assert {"forget-only", "jit", "lm"} <= set(nr) and not {"rl", "cnr", "ssd-lf", "bad-teacher"} & set(nr)
+        assert default_methods(get_scenario("single")) == list(M.names(default_only=True))
         capsys.readouterr()
         assert main(["compare", "--scenario", "no-retain", "--methods", "rl,roft", "--seeds", "1", "--out",
                      str(tmp_path / "none"), *TINY]) == 2

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
+from ..progress import log
 from ..experiments import methods as M
 from ..experiments.scenarios import SCENARIOS, merge_results
 from ..experiments.scenarios import get as get_scenario
@@ -161,16 +162,30 @@ def cli_recipe(args, cfg, ds, device, quiet):
     return Recipe(name, given=given, build=build, train=train, data=data)
 
 
+def default_methods(scenario) -> list[str]:
+    """compare's methods when --methods is not given: the default set, or, where the scenario gives the
+    methods less than all the training data, every registered method that can run on what it gives (the
+    default set would be mostly methods that cannot)."""
+    if scenario.train_data == "all":
+        return list(M.names(default_only=True))
+    return [m for m in M.names() if not M.not_applicable(m, scenario.train_data)]
+
+
 def run(args) -> int:
     if args.merge:
         result = merge_files(args.merge, "compare.json, multiclass.json or continual.json", merge_results)
         _write(Path(args.out), result)
         return 0
     cfg = config_from_args(args)  # checks names, numbers (--seeds included) and the backend
-    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None
-               else list(M.names(default_only=True)))
-    M.check_names(methods)
     scenario = get_scenario(args.scenario)
+    if args.methods is not None:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    else:
+        methods = default_methods(scenario)
+        if scenario.train_data != "all":
+            log(f"compare: --scenario {scenario.name}: every method that can run on what it gives them: "
+                f"{', '.join(methods)} (--methods to choose)", args.quiet)
+    M.check_names(methods)
     check_ulira_pairs(args.ulira_pairs)
     if args.expect_acc is not None and not 0 < args.expect_acc <= 1:
         raise UserError(f"--expect-acc {args.expect_acc}: pass the originals' accuracy as a share in (0, 1], e.g. 0.95")

@@ -199,7 +199,11 @@ def compare_report_md(result: dict, short: bool = False) -> str:
                   + ".", ""]
     if result.get("train_data", "all") != "all":
         lines += [f"The methods were given the {result['train_data']}-class training images alone "
-                  "(scenario no-retain); the references, the validation split and the audit are as in compare.", ""]
+                  "(scenario no-retain); the references, the validation split and the audit are as in compare. So a step "
+                  "size or strength left open was still chosen on the validation split's retain-class images and "
+                  "labels (`validation_choice`), which a user without retain data does not have: fix it from a run "
+                  "like this one (the chosen values are in the choices table) rather than reading the choice as "
+                  "one made without retain data.", ""]
     for m, why in (result.get("not_applicable") or {}).items():
         lines += [f"Not run: {m}, which {why}.", ""]
     lines += originals_md(result)

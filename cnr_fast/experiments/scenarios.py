@@ -168,6 +168,7 @@ class Scenario:
     files: Callable  # files(result) -> ({file name: content}, text to print)
     options: tuple[str, ...] = ()  # the keyword options of run it takes (the CLI passes only these)
     takes_recipe: bool = False  # runs `compare` on the user's recipe (--train-script, --originals, ...)
+    train_data: str = "all"  # the training data its methods are given (a key of methods.TRAIN_DATA)
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -205,7 +206,7 @@ def no_retain(cfg: RunConfig, methods: list[str], seeds: int = 3, **kw) -> dict:
 
 register(Scenario("no-retain", "the methods get the forget-class images alone; those needing retain data are "
                   "listed, not run", no_retain, merge_single, _single_files,
-                  options=("fixed_original", "figures", "attacks"), takes_recipe=True))
+                  options=("fixed_original", "figures", "attacks"), takes_recipe=True, train_data="forget"))
 register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", multiclass, merge_multiclass,
                   _scenario_files))
 register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",
