@@ -154,6 +154,11 @@ def config_from_args(args) -> RunConfig:
         raise UserError(f"--seeds {seeds}: the number of seeds must be at least 1; pass --seeds 1 or more")
     cfg = cfg.replace(**updates) if updates else cfg
     check_config(cfg)
+    from ..models import takes_width
+
+    if getattr(args, "width", None) is not None and not takes_width(cfg.model.arch):
+        raise UserError(f"--width scales cnr-fast's own ResNets; {cfg.model.arch} is built as it is defined, so the "
+                        "flag would change nothing: drop --width (a builder's own size goes through --model-arg)")
     return cfg
 
 
@@ -264,12 +269,19 @@ def add_resume_args(p: argparse.ArgumentParser) -> None:
                    help="discard the state an interrupted run kept in OUT.state/ and start over")
 
 
-def check_ulira_pairs(pairs: int) -> int:
-    """--ulira-pairs K: 0 (off) or at least 3 (U-LiRA's leave-one-out fits on K - 1 >= 2 pairs)."""
+def check_ulira_pairs(pairs: int, quiet: bool = False) -> int:
+    """--ulira-pairs K: 0 (off) or at least 3 (U-LiRA's leave-one-out fits on K - 1 >= 2 pairs). Below
+    2 * klom.NULL_MIN_HALF pairs KLOM, computed from the same pairs, is near its ceiling: said in the log."""
+    from ..audit.klom import NULL_MIN_HALF
+    from ..progress import log
+
     if pairs < 0:
         raise UserError(f"--ulira-pairs {pairs} is negative; pass 0 (off) or at least 3")
     if 0 < pairs < 3:
         raise UserError(f"--ulira-pairs {pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
+    if 0 < pairs < 2 * NULL_MIN_HALF:
+        log(f"note: --ulira-pairs {pairs}: KLOM, from the same pairs, needs {2 * NULL_MIN_HALF} or more to mean "
+            f"anything (with fewer almost every example sits at its ceiling); U-LiRA runs as asked", quiet)
     return pairs
 
 

@@ -178,6 +178,13 @@ def run(args) -> int:
         return 0
     cfg = config_from_args(args)  # checks names, numbers (--seeds included) and the backend
     scenario = get_scenario(args.scenario)
+    if getattr(args, "forget", None) is not None and not scenario.takes_forget:
+        from ..experiments.scenarios import CONTINUAL_ORDER, MULTICLASS_SETS
+
+        sets = MULTICLASS_SETS if scenario.name == "multiclass" else (CONTINUAL_ORDER,)
+        raise UserError(f"--scenario {scenario.name} forgets its own classes by index "
+                        f"({' and '.join(','.join(map(str, c)) for c in sets)}), not --forget: drop --forget "
+                        "(the log names the classes those indices are in your data)")
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     else:
@@ -186,7 +193,7 @@ def run(args) -> int:
             log(f"compare: --scenario {scenario.name}: every method that can run on what it gives them: "
                 f"{', '.join(methods)} (--methods to choose)", args.quiet)
     M.check_names(methods)
-    check_ulira_pairs(args.ulira_pairs)
+    check_ulira_pairs(args.ulira_pairs, args.quiet)
     if args.expect_acc is not None and not 0 < args.expect_acc <= 1:
         raise UserError(f"--expect-acc {args.expect_acc}: pass the originals' accuracy as a share in (0, 1], e.g. 0.95")
     for name in ("train_script", "originals", "references", "expect_acc", "force"):

@@ -20,8 +20,11 @@ def run(args) -> int:
     for m in M.names():
         entry = M.resolve(m, None)[0]
         print(f"data {m} reads: {M.data_needs(m)}")
-        print(f"flags of {m}: {' '.join(entry.flags) or 'none (its own options, if any, below)'}")
-        for o in M.get(m).options:
+        own = M.get(m).options
+        none = ("none of the shared ones; its own below" if own else
+                "none: its settings are its authors' or chosen on validation (README, \"The baselines\")")
+        print(f"flags of {m}: {' '.join(entry.flags) or none}")
+        for o in own:
             print(f"option of {m}: {o.flag(m)} {o.type.__name__}, default {o.default}: {o.help}")
     print("archs:    " + ", ".join(ARCHS) + "; any other model: --model torchvision:NAME, timm:NAME, "
           "FILE.py:FUNCTION or package.module:FUNCTION")

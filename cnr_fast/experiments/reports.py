@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..audit.klom import NULL_MIN_HALF
 from .stats import PRACTICAL_SEEDS, SEPARATION_ALPHA, format_p, is_coordinate_bound
 
 HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
@@ -126,7 +127,10 @@ def klom_md(result: dict) -> list[str]:
            "training examples, held-out = every class (its forget-class examples are the P95's tail here). "
            "`original`: the shadow originals in the method's place (forget). With few shadows the floor is high: "
            + (f"`null`: {h} retrained shadows against the other {h}, beside the method's first {h} against the same "
-              f"{h} (forget)." if h else "too few pairs for a split-half null."), "",
+              f"{h} (forget)." if h else f"**too few pairs for a split-half null: at {runs[0][2]['pairs']} pairs a side "
+              "holds so few models that almost every example's P95 sits at the ceiling (log(1 / eps) = 11.5 for "
+              "an empty bin), whatever the method: these values cannot tell a method from retraining; run "
+              f"--ulira-pairs {2 * NULL_MIN_HALF} or more.**"), "",
            "| method | seed | pairs | forget | retain | held-out | original | method (K/2) | null (K/2) |",
            "|---|---|---|---|---|---|---|---|---|"]
     for m, seed, k in runs:

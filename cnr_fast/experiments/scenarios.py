@@ -43,7 +43,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
     for classes in class_sets:
         check_forget(classes, ds)
         key = ",".join(str(c) for c in classes)
-        log(f"multiclass: forget {key}", quiet)
+        log(f"multiclass: forget {key} ({', '.join(repr(ds.class_names[c]) for c in classes)})", quiet)
         out["runs"][key] = compare(cfg.replace(data={"forget": tuple(classes)}), methods, seeds, device=device,
                                    cache=cache, quiet=quiet, ds=ds, state=state, entry_prefix=f"f{key}-")
     out["total_time_s"] = time.perf_counter() - t0
@@ -62,6 +62,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
     M.check_names(methods)
     device, ds = setup(cfg, seeds, device, ds)
     check_forget(list(order), ds)
+    log(f"continual: order {', '.join(f'{c} ({ds.class_names[c]!r})' for c in order)}", quiet)
     t0 = time.perf_counter()
     started = begin_provenance()
     rounds: list[list[dict]] = [[] for _ in order]
@@ -169,6 +170,7 @@ class Scenario:
     options: tuple[str, ...] = ()  # the keyword options of run it takes (the CLI passes only these)
     takes_recipe: bool = False  # runs `compare` on the user's recipe (--train-script, --originals, ...)
     train_data: str = "all"  # the training data its methods are given (a key of methods.TRAIN_DATA)
+    takes_forget: bool = True  # forgets --forget (False: its own class sets, by index)
 
 
 SCENARIOS: dict[str, Scenario] = {}
@@ -208,6 +210,6 @@ register(Scenario("no-retain", "the methods get the forget-class images alone; t
                   "listed, not run", no_retain, merge_single, _single_files,
                   options=("fixed_original", "figures", "attacks"), takes_recipe=True, train_data="forget"))
 register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", multiclass, merge_multiclass,
-                  _scenario_files))
+                  _scenario_files, takes_forget=False))
 register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",
-                  continual, merge_continual, _scenario_files))
+                  continual, merge_continual, _scenario_files, takes_forget=False))

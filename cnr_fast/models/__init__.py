@@ -38,9 +38,14 @@ _VITS = {
 ARCHS = tuple(_RESNETS) + tuple(_VITS)
 
 
+def takes_width(arch: str) -> bool:
+    """Whether --width (model.width) scales the arch: cnr-fast's own ResNets only."""
+    return arch in _RESNETS
+
+
 def arch_label(arch: str, width: float) -> str:
     """The arch as headers print it: with its width where the width means something (cnr-fast's ResNets)."""
-    return f"{arch} (width {width:g})" if arch in _RESNETS else arch
+    return f"{arch} (width {width:g})" if takes_width(arch) else arch
 
 
 class ResNet(nn.Module):

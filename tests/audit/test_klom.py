@@ -206,3 +206,25 @@ def test_klom_is_shown_beside_ulira_in_both_reports(attack):
     _, head, rows = next(t for t in tables if t[0].startswith("KLOM"))
     assert head[1:4] == ["forget", "retain", "val"] and rows[0][1] == fmt(k["audited"]["forget"])
     assert fmt(k["audited"]["forget"]) in klom_sentence(k, "lm")
+
+
+def test_report_says_when_too_few_pairs_make_klom_meaningless(capsys):
+    """Below 2 * NULL_MIN_HALF pairs the KLOM table carries a plain warning (and --ulira-pairs logs one);
+    at 8 pairs it shows the split-half null instead."""
+    from cnr_fast.audit.klom import NULL_MIN_HALF
+    from cnr_fast.cli.args import check_ulira_pairs
+    from cnr_fast.experiments.reports import klom_md
+
+    def result(pairs, null):
+        k = {"pairs": pairs, "audited": {"forget": 11.5, "retain": 10.8, "val": 11.5}}
+        if null:
+            k["null"] = {"k": pairs // 2, "audited": {"forget": 9.0}, "null": {"forget": 8.8}}
+        return {"seeds": [0], "per_seed_ulira": {"cnr": [{"klom": k}]}}
+
+    few = "\n".join(klom_md(result(3, False)))
+    assert "cannot tell a method from retraining" in few and f"--ulira-pairs {2 * NULL_MIN_HALF}" in few
+    enough = "\n".join(klom_md(result(8, True)))
+    assert "cannot tell" not in enough and "4 retrained shadows against the other 4" in enough
+    capsys.readouterr()
+    assert check_ulira_pairs(3) == 3 and "KLOM" in capsys.readouterr().err
+    assert check_ulira_pairs(8) == 8 and "KLOM" not in capsys.readouterr().err
