@@ -144,6 +144,10 @@ def test_concat_seeds_merges_optional_lists_only_where_every_file_has_them():
                         ("per_seed_times",), optional=("c", "u"))
     assert both["c"] == {"m": ["a", "b"]} and both["per_seed_times"] == {"m": [0, 1]}
     assert "u" not in both  # seed 0's alone would not cover the merged seeds
+    # per-seed records: every file's, or none (the first's alone named only its seeds)
+    rc = concat_seeds([part(0, recipe_checks=[{"seed": 0}]), part(1, recipe_checks=[{"seed": 1}])], ("per_seed",), ())
+    assert rc["recipe_checks"] == [{"seed": 0}, {"seed": 1}]
+    assert "recipe_checks" not in concat_seeds([part(0, recipe_checks=[{"seed": 0}]), part(1)], ("per_seed",), ())
 
 
 def test_merge_rejects_old_or_mismatched_files(tmp_path):
@@ -153,8 +157,12 @@ def test_merge_rejects_old_or_mismatched_files(tmp_path):
     assert not (tmp_path / "o").exists()
     a, b = _fake_compare([0], [0.2]), _fake_compare([1], [0.3])
     b["per_seed_times"].pop("lm")
-    with pytest.raises(UserError, match="same methods"):
+    with pytest.raises(UserError, match=r"same methods: file 1 has \['cnr', 'lm'\], file 2 \['cnr'\]"):
         E.merge_results([a, b])
+    c = _fake_compare([1], [0.3])
+    c["config"] = {**c["config"], "reset": {**c["config"].get("reset", {}), "epochs": 99}}
+    with pytest.raises(UserError, match=r"file 1 and file 2 differ in reset: None vs \{.epochs.: 99\}"):
+        E.merge_results([a, c])
 
 
 def test_driver_units_resume_after_an_interruption(tmp_path, monkeypatch):
