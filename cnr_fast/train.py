@@ -7,6 +7,7 @@ grad scaler otherwise), channels_last on CUDA, optional torch.compile, and a pro
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import sys
 from typing import Callable, Iterable
@@ -67,6 +68,59 @@ def prepare(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
+# Compiled float32 gradients further than this from float64 (relative, per tensor) are a miscompile, not round-off:
+# a gradient that cancels (a BatchNorm bias) is 1e-2 off in float32 where the sum runs in float32 (Inductor's
+# kernels, and eager's on some batches; eager CPU BatchNorm accumulates in double), bench/results/compile_cpu.json
+COMPILE_TOLERANCE = 0.1
+# What --compile reaches: every loop that runs through `fit` (doctor prints it)
+COMPILED_LOOPS = ("the original, retrained and null models (and RFS)", "CNR's reset and stabilisation", "ROFT", "GAU",
+                  "KDU")
+EAGER_LOOPS = ("the DCGAN", "the latent optimisation", "RL, SSD, SCRUB, SalUn, NegGrad+, l1-sparse, Bad Teacher, "
+               "UNSIR, JiT, loss-free SSD")
+_COMPILE_CHECKED: dict = {}  # (model class, input shape, device type) -> compile_gradient_error(...)
+
+
+def compile_gradient_error(model: nn.Module, x: torch.Tensor, *, compiler=torch.compile) -> dict[str, float]:
+    """How far one batch's float32 gradients are from float64, eager and compiled: {"eager", "compiled"},
+    each max over parameter tensors of max|g - g64| / max|g64|. The loss is a fixed random linear function
+    of the model's output on x (train mode, copies of the model: the model itself is untouched), so every
+    output and every parameter reached by the forward pass counts. Float32 round-off is 1e-6 on most
+    tensors and up to 1e-2 on one whose gradient cancels; a miscompiled gradient is off by O(1).
+    compiler: what compiles a module (torch.compile; tests pass a broken one)."""
+
+    def grads(m, inp, compiled: bool = False):
+        f = compiler(m) if compiled else m
+        m.train()
+        out = f(inp)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        (out * w.to(out.device, out.dtype)).sum().backward()
+        return [p.grad.double() if p.grad is not None else None for p in m.parameters() if p.requires_grad]
+
+    ref = grads(copy.deepcopy(model).double(), x.double())
+    eager = grads(copy.deepcopy(model).float(), x.float())
+    compiled = grads(copy.deepcopy(model).float(), x.float(), compiled=True)
+
+    def err(gs):
+        return max((float((g - r).abs().max() / r.abs().max().clamp_min(1e-300))
+                    for g, r in zip(gs, ref) if g is not None and r is not None), default=0.0)
+
+    return {"eager": err(eager), "compiled": err(compiled)}
+
+
+def check_compiled_gradients(model: nn.Module, x: torch.Tensor, device) -> dict[str, float]:
+    """compile_gradient_error once per (model class, input shape, device type) in a process; a compiled
+    gradient off by more than COMPILE_TOLERANCE (and 10 x eager's) is said in one warning line."""
+    key = (type(model).__name__, tuple(x.shape), torch.device(device).type)
+    if key not in _COMPILE_CHECKED:
+        e = _COMPILE_CHECKED[key] = compile_gradient_error(model, x)
+        if e["compiled"] > max(COMPILE_TOLERANCE, 10 * e["eager"]):
+            print(f"warning: --compile: torch {torch.__version__} compiles gradients of this {key[0]} that are "
+                  f"{e['compiled']:.1e} (relative) from float64 on this {key[2]}, where eager float32 is "
+                  f"{e['eager']:.1e}: more than float32 round-off explains (a miscompile); report numbers from a "
+                  "run without --compile", file=sys.stderr)
+    return _COMPILE_CHECKED[key]
+
+
 def fit(
     model: nn.Module,
     epochs: int,
@@ -107,6 +161,8 @@ def fit(
         total, n = 0.0, 0
         bar = progress(make_batches(epoch), f"{desc} epoch {epoch + 1}/{epochs}", steps_per_epoch, quiet)
         for batch in bar:
+            if compile and not amp and n == 0 and epoch == start:
+                check_compiled_gradients(model, batch if isinstance(batch, torch.Tensor) else batch[0], device)
             opt.zero_grad(set_to_none=True)
 
             def loss_of(b):

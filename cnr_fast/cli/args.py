@@ -80,7 +80,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--amp", action="store_true", default=None, help="mixed precision (GPU: bf16, or fp16 + grad scaler; CPU: bf16 only where the CPU has "
                    "bf16 instructions, fp32 elsewhere with a warning; `cnr-fast doctor` says which)")
     g.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training loops (pays off on a GPU; not on a 2-core CPU)")
+                   help="torch.compile the loops that run through train.fit (originals, references, CNR's reset and "
+                        "stabilisation, ROFT, GAU, KDU; `cnr-fast doctor` lists them)")
     g.add_argument("--cache-dir", help="model cache (default $XDG_CACHE_HOME/cnr-fast or ~/.cache/cnr-fast)")
     g.add_argument("--quiet", action="store_true", help="no progress output")
     one_line_errors(p)
@@ -155,6 +156,13 @@ def config_from_args(args) -> RunConfig:
     cfg = cfg.replace(**updates) if updates else cfg
     check_config(cfg)
     from ..models import takes_width
+
+    if getattr(args, "compile", None):
+        from ..progress import log
+        from ..train import COMPILED_LOOPS, EAGER_LOOPS
+
+        log(f"note: --compile reaches {'; '.join(COMPILED_LOOPS)}; these run eager: {'; '.join(EAGER_LOOPS)}",
+            getattr(args, "quiet", False))
 
     if getattr(args, "width", None) is not None and not takes_width(cfg.model.arch):
         raise UserError(f"--width scales cnr-fast's own ResNets; {cfg.model.arch} is built as it is defined, so the "

@@ -21,6 +21,7 @@ def collect() -> dict:
     from .. import _native, threads
     from ..hardware import cpu_amp_policy, cpu_info
     from ..ops import backend
+    from ..train import COMPILE_TOLERANCE, COMPILED_LOOPS, EAGER_LOOPS
 
     info = {
         "python": platform.python_version(),
@@ -37,6 +38,9 @@ def collect() -> dict:
         "native": {"available": _native.available(), "error": _native.load_error(), **_native.info()},
         "backend_requested": backend.requested(),
         "ops": backend.describe(),
+        "compile": {"reaches": list(COMPILED_LOOPS), "eager": list(EAGER_LOOPS),
+                    "gradient_check": "each compiled loop's first batch against float64 (train.compile_gradient_error); "
+                                      f"a warning beyond {COMPILE_TOLERANCE} relative"},
     }
     return info
 
@@ -69,6 +73,9 @@ def run(args) -> int:
     th = info["threads"]
     print(f"torch threads: {th['torch_threads']} of {th['cores']} core(s) ({th['policy']}; --threads N overrides)")
     print(f"CPU --amp: {'bf16 autocast' if cpu['amp_bf16']['bf16'] else 'fp32'} ({cpu['amp_bf16']['reason']})")
+    comp = info["compile"]
+    print(f"--compile reaches: {'; '.join(comp['reaches'])}; eager whatever the flag: {'; '.join(comp['eager'])}; "
+          f"checked: {comp['gradient_check']}")
     print(f"CUDA device: {info['gpu'] or 'none'}")
     print(f"triton: {info['triton'] or 'not installed'}; faiss: {info['faiss'] or 'not installed'}"
           f" (GPU index: {'yes' if info['faiss_gpu'] else 'no'})")
