@@ -35,18 +35,30 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dist.local_device(dev)  # under torchrun, cuda is this rank's cuda:LOCAL_RANK
 
 
-def amp_context(device: torch.device, enabled: bool):
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype --amp gives on `device` (None: fp32, no autocast)."""
     if not enabled:
-        return contextlib.nullcontext()
+        return None
+    device = torch.device(device)
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
-        from .hardware import cpu_amp_allowed
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    from .hardware import cpu_amp_allowed
 
-        if not cpu_amp_allowed():  # no bf16 instructions: emulated bf16 is several times slower than fp32
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype)
+    # no bf16 instructions: emulated bf16 is several times slower than fp32
+    return torch.bfloat16 if cpu_amp_allowed() else None
+
+
+def precision(device: torch.device, amp: bool) -> str:
+    """What a run computes in, as results record it: "bf16 autocast", "fp16 autocast" or "fp32"."""
+    d = amp_dtype(device, amp)
+    return {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(d, "fp32")
+
+
+def amp_context(device: torch.device, enabled: bool):
+    dtype = amp_dtype(device, enabled)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def needs_scaler(device: torch.device, amp: bool) -> bool:

@@ -18,12 +18,12 @@ from ..experiments import methods as M
 from ..experiments.runner import begin_provenance, machine_info, val_accuracy
 from ..config import RunConfig
 from ..data import Dataset, class_table
-from ..models import LogitMask, arch_label, model_from_checkpoint, model_meta
+from ..models import LogitMask, arch_label, model_from_checkpoint, model_meta, takes_width
 from ..preflight import check_model
 from ..progress import log
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
-from ..train import forget_retain_accuracy
+from ..train import forget_retain_accuracy, precision
 from ..references import load_original, obtain_reference, source_options
 from ..audit.verdict import NULL
 from .args import (add_data_args, note_flags_not_taken, add_method_args, add_model_args, add_run_args, check_arch_known, check_ulira_pairs,
@@ -228,7 +228,8 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
 
     results = {
         "method": cfg.method, "data_needs": M.data_needs(cfg.method), "dataset": ds.name, "arch": cfg.model.arch,
-        "width": cfg.model.width,
+        "width": cfg.model.width if takes_width(cfg.model.arch) else None,  # a ViT's or your model's: none
+        "precision": precision(device, cfg.amp),  # --amp: bf16 / fp16 autocast where the device has it, else fp32
         "forget_classes": forget, "seed": cfg.seed,
         "metrics": metrics,
         "timings_s": timings,
