@@ -144,7 +144,11 @@ def test_a_registered_method_and_metric_reach_compare_and_its_tables(tmp_path, t
     assert any(line.startswith("| forget_margin |") for line in md.splitlines())
     capsys.readouterr()
     assert main(["ls"]) == 0
-    assert "zero-head" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "zero-head" in listing
+    # ls lists the metrics and the scenarios, a registered one like a built-in
+    assert "\nmetric forget_margin (scalar):" in listing and "\nmetric cka_neg (per_tap):" in listing
+    assert "\nscenario no-retain:" in listing and "\nscenario continual:" in listing
 
 
 def test_a_registered_scenario_runs_merges_and_writes(tmp_path, monkeypatch):

@@ -26,6 +26,14 @@ def run(args) -> int:
         print(f"flags of {m}: {' '.join(entry.flags) or none}")
         for o in own:
             print(f"option of {m}: {o.flag(m)} {o.type.__name__}, default {o.default}: {o.help}")
+    from ..audit import metrics as audit_metrics
+    from ..experiments.scenarios import SCENARIOS
+
+    for name in audit_metrics.names():
+        m = audit_metrics.REGISTRY[name]
+        print(f"metric {name} ({m.kind}{', coordinate-bound' if m.coordinate_bound else ''}): {m.help}")
+    for sc in SCENARIOS.values():
+        print(f"scenario {sc.name}: {sc.description}")
     print("archs:    " + ", ".join(ARCHS) + "; any other model: --model torchvision:NAME, timm:NAME, "
           "FILE.py:FUNCTION or package.module:FUNCTION")
     print("datasets: " + ", ".join(DATASETS))
