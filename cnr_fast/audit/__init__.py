@@ -95,7 +95,6 @@ def audit_models(
     selectivity_k: int = DEFAULT_K,
     mia_shadows: int = 0,
     shadow_train_cfg=None,
-    num_threads: int | None = None,
     independent=None,
     null_model: nn.Module | None = None,
     cka_unbiased: bool = True,
@@ -106,8 +105,8 @@ def audit_models(
     """Audit every model in `models` (the original included, first) on the same splits. See module doc.
 
     mia_shadows > 0 adds "mia_shadow_acc" (shadow-model attack, paper Table 10; each shadow is trained with
-    train.train_classifier and `shadow_train_cfg` or TrainConfig defaults). num_threads sets torch's CPU
-    threads for the audit and restores them after (on a loaded 2-core machine 1 thread ran 6-25x faster).
+    train.train_classifier and `shadow_train_cfg` or TrainConfig defaults). Torch's CPU threads are the
+    process's (`--threads`, threads.apply).
     independent: names of models NOT derived from the original (trained from scratch); default
     [retrained]. Their coordinate-bound metrics (transfer probe, selectivity) are left out: units of
     independently trained networks do not correspond. null_model: a second independently trained
@@ -127,19 +126,6 @@ def audit_models(
 
         have = tap_modules(models[original])
         taps = [t for t in TAP_NAMES if t in have]
-    if num_threads:
-        before = torch.get_num_threads()
-        torch.set_num_threads(int(num_threads))
-        try:
-            return audit_models(models, ds, forget, device=device, original=original, retrained=retrained,
-                                taps=taps, seed=seed, figures=figures, quiet=quiet,
-                                probe_train_size=probe_train_size, reduce=reduce, max_dim=max_dim, shots=shots,
-                                relearn=relearn, relearn_steps=relearn_steps, selectivity_k=selectivity_k,
-                                mia_shadows=mia_shadows, shadow_train_cfg=shadow_train_cfg,
-                                independent=independent, null_model=null_model, cka_unbiased=cka_unbiased,
-                                done=done, on_model=on_model, attacks=attacks)
-        finally:
-            torch.set_num_threads(before)
     taps = [t for t in TAP_NAMES if t in list(taps)]  # depth order
     check_taps(list(taps))
     if not taps:
