@@ -245,3 +245,28 @@ def test_no_retain_gives_the_methods_the_forget_images_alone(tmp_path, capsys):
         assert not (tmp_path / "none").exists()
     finally:
         M.unregister("forget-only")
+
+
+def test_a_headline_metric_registered_from_outside_reaches_ablate_and_the_scenario_reports(tmp_path):
+    """A metric registered with headline=True is a column of ablate.md and a table of the continual and
+    multiclass reports (which otherwise show a fixed list of built-in measures); one without it is not."""
+    MM.register(MM.Metric("forget_margin", "scalar", "true minus largest other logit on forget test examples",
+                          compute=forget_margin, headline=True))
+    MM.register(MM.Metric("quiet_margin", "scalar", "the same, not a headline", compute=forget_margin))
+    try:
+        abl = tmp_path / "abl"
+        assert main(["ablate", "--variants", "no-synthesis", "--seeds", "1", "--gan-epochs", "1", "--synth-steps", "2",
+                     "--reset-epochs", "1", "--stabilize-epochs", "0", "--out", str(abl), "--cache-dir",
+                     str(tmp_path / "c"), *TINY]) == 0
+        head = next(line for line in (abl / "ablate.md").read_text().splitlines() if line.startswith("| variant |"))
+        assert "forget_margin" in head and "quiet_margin" not in head
+        for scenario in ("continual", "multiclass"):
+            out = tmp_path / scenario
+            assert main(["compare", "--scenario", scenario, "--methods", "lm", "--seeds", "1", "--out", str(out),
+                         "--cache-dir", str(tmp_path / "c"), *TINY]) == 0
+            md = (out / f"{scenario}.md").read_text()
+            assert ("### forget_margin" in md) if scenario == "continual" else ("| forget_margin |" in md)
+            assert "quiet_margin" not in md
+    finally:
+        MM.unregister("forget_margin")
+        MM.unregister("quiet_margin")

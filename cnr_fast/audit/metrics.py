@@ -58,6 +58,9 @@ class Metric:
     coordinate_bound: bool = False
     compute: Callable | None = None  # compute(MetricContext) -> value (a float, or {tap or n: float})
     judged: bool = True  # about the forget class: placed between original and retrained by verdict.py
+    # shown in every summary table (compare's short tables, ablate.md, the scenario reports) after the built-in
+    # headline measures; the full compare table shows every metric anyway
+    headline: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -87,6 +90,11 @@ def names(kind: str | None = None) -> tuple[str, ...]:
 def computed() -> list[Metric]:
     """The registered metrics that bring their own compute()."""
     return [m for m in REGISTRY.values() if m.compute is not None]
+
+
+def headline() -> tuple[str, ...]:
+    """Registered metrics that ask to be in every summary table (Metric.headline)."""
+    return tuple(n for n, m in REGISTRY.items() if m.headline)
 
 
 def coordinate_bound() -> tuple[str, ...]:

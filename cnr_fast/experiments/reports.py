@@ -10,6 +10,19 @@ from .stats import PRACTICAL_SEEDS, SEPARATION_ALPHA, format_p, is_coordinate_bo
 HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
             "svm_acc.L4", "fewshot_probe_acc.5", "relearn_acc.5", "mia_acc", "nn_purity", "cka_pos.L4",
             "cka_neg.L4", "cka_pos.L2", "cka_neg.L2", "transfer_probe_acc.L4", "selectivity_delta.L4")
+
+
+def with_headline(keys, available) -> list[str]:
+    """keys (a fixed list of built-in measures) that `available` has, then every available measure of a
+    metric registered with headline=True (audit/metrics.py), in a stable order."""
+    from ..audit.metrics import headline
+
+    have = list(available)
+    out = [k for k in keys if k in have]
+    wanted = set(headline())
+    return out + sorted(k for k in have if k.split(".")[0] in wanted and k not in out)
+
+
 ABLATE_METRICS = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
                   "fewshot_probe_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4",
                   "selectivity_delta.L4")
@@ -183,7 +196,7 @@ def pairwise_md(result: dict, methods: list[str]) -> list[str]:
 def compare_report_md(result: dict, short: bool = False) -> str:
     methods = list(result["methods"])
     refs = result["references"]
-    keys = [k for k in HEADLINE if k in refs["original"]]
+    keys = with_headline(HEADLINE, refs["original"])
     if not short:
         keys += sorted(k for k in refs["original"] if k not in keys)
     from ..models import arch_label
@@ -277,7 +290,7 @@ def ablate_report_md(result: dict, figures: dict | None = None) -> str:
 
     t = result["table"]
     variants = list(result["variants"])
-    keys = [k for k in ABLATE_METRICS if k in t["full"]]
+    keys = with_headline(ABLATE_METRICS, t["full"])
     lines = [f"# ablate: {result['dataset']} / {arch_label(result['arch'], result['width'])}, forget "
              f"{result['forget_classes']}, seeds {result['seeds']}", "",
              "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
@@ -407,6 +420,8 @@ def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_ac
     lines += [f"Round r forgets the first r classes of {result['order']}, each method from its own previous "
               f"model; seeds {result['seeds']}. Cells: mean [95% t-interval, within [0, 1] for a measure that lies there, `stats.in_unit_range`]; test split.", ""]
     lines += originals_md(result)
+    first = result["rounds"][0]["table"]
+    keys = with_headline(keys, set().union(*(first[n] for n in first)))
     for key in keys:
         methods = [n for n in result["rounds"][0]["table"] if n not in ("original",)]
         lines += [f"### {key}", "", "| round (forget) | " + " | ".join(methods) + " |",
