@@ -178,7 +178,7 @@ def test_a_registered_scenario_runs_merges_and_writes(tmp_path, monkeypatch):
         S.SCENARIOS.pop("echo", None)
 
 
-def test_a_method_setting_no_method_run_reads_is_named(capsys):
+def test_a_method_setting_no_method_run_reads_is_named(capsys, tmp_path):
     """--baseline-epochs never reached RL (it runs --salun-epochs): the log says which methods read a flag."""
     import argparse
 
@@ -191,6 +191,12 @@ def test_a_method_setting_no_method_run_reads_is_named(capsys):
     assert "--reset-lr is read by none of the methods run" in err
     note_flags_not_taken(argparse.Namespace(salun_epochs=1), ["rl", "lm"])
     assert capsys.readouterr().err == ""  # LM has no settings to miss
+
+    # ablate: every variant is CNR, so a baseline's flag is named before any work
+    (tmp_path / "out").write_text("")
+    assert main(["ablate", "--variants", "no-synthesis", "--baseline-epochs", "3", "--out", str(tmp_path / "out"),
+                 "--dataset", "digits"]) == 2  # --out is a file: stops right after the note
+    assert "--baseline-epochs is read by none of the methods run; not by cnr" in capsys.readouterr().err
 
 
 def test_every_builtin_method_declares_the_training_data_it_reads():
