@@ -45,3 +45,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A model cache shared by the tests of one module (originals and references trained once)."""
+    return str(tmp_path_factory.mktemp("cache"))

@@ -15,12 +15,7 @@ from cnr_fast.train import train_classifier
 ARCH, WIDTH = "resnet18", 0.0625
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: one thread was ~6x faster under load
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one thread was ~6x faster on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,6 @@ TINY = ["--train-epochs", "1", "--gan-epochs", "1", "--synth-steps", "3", "--syn
 DIGITS = ["--dataset", "digits", "--image-size", "16"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 def _run(args, cache):
     return main(["unlearn", "--cache-dir", cache, *args])
 

@@ -25,11 +25,6 @@ RESET = "lr=0.0001-"  # the state-unit prefix of the reset's first candidate ste
 NO_AUDIT = ["--audit", "off"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("cache"))
-
-
 def _cli(cache, out, extra, kill=None, restart=False):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("CNR_FAST_TEST_KILL_AT", None)

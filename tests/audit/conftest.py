@@ -4,13 +4,10 @@ import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread per test, restored after: on this shared 2-core machine two OpenMP threads
-    competing with other jobs ran these small ops ~6x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every audit test at one torch thread (tests/conftest.py's one_thread): on this shared 2-core machine
+    two OpenMP threads competing with other jobs ran these small ops ~6x slower than one."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
