@@ -190,9 +190,6 @@ class RunConfig:
                 del where[key]
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         return _from_dict(cls, d, "config")

@@ -50,7 +50,6 @@ OVERLAP_N = 50  # forget test examples the scalar Grad-CAM overlap and the atten
 DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc", "mlp_probe_overall_acc", "conv_probe_overall_acc")
 # every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
 PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
-DEFINITIONS = _metrics.definitions()
 
 
 def probe_train_indices(y: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
@@ -409,4 +408,4 @@ def write_report(out_dir, audit_result: dict, extra: dict | None = None) -> list
     return _w(out_dir, audit_result, extra or {})
 
 
-__all__ = ["DEFINITIONS", "NULL", "audit_models", "distances", "json_view", "probe_train_indices", "write_report"]
+__all__ = ["NULL", "audit_models", "distances", "json_view", "probe_train_indices", "write_report"]

@@ -13,7 +13,8 @@ info)` and one `register(Method(...))` call (here for the built-in ones, or from
     from cnr_fast.experiments.methods import Method, register
     register(Method("mine", run=my_run, role="baseline", description="what it does"))
 
-`run` receives `state` (a resume.RunState, when `staged`), `reuse` (a dict kept across the runs of
+`run` receives `state` (a resume.RunState: a method that saves its stages there resumes from them),
+`reuse` (a dict kept across the runs of
 one driver on one original, e.g. CNR's GAN) and `options` (its own settings, below) as keywords, each
 only if its signature names it. A control may be a config variant of another method (`variant_of` +
 `changes`) with no function.
@@ -74,7 +75,6 @@ class Method:
     role: str = "baseline"  # one of ROLES
     description: str = ""
     from_scratch: bool = False  # trained from scratch on the retain data, not derived from the original
-    staged: bool = False  # keeps resumable state entries of its stages (else the method is one entry)
     config_sections: tuple[str, ...] = ()  # the RunConfig sections it reads besides data / model
     flags: tuple[str, ...] = ()  # the CLI flags that set them (`cnr-fast ls` prints them)
     variant_of: str | None = None  # a config variant of this method (a control): run it with `changes`
@@ -226,8 +226,8 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
 
     reuse: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
     variants reuse one GAN per forget class; the reused GAN's training time is still charged.
-    state: a resume.RunState (`cnr-fast unlearn`): a staged method saves its stages' state entries there and a
-    rerun continues from them; any other method is one entry, done again if it did not finish.
+    state: a resume.RunState (`cnr-fast unlearn`): a method whose run takes `state` saves its stages' entries
+    there and a rerun continues from them; any other method is one entry, done again if it did not finish.
     A method's info may carry "synthetic_images" (written as synthetic.pt / .png) and "timings_s" (per
     stage; "charged_reused_s" is time of reused work charged to this run).
     """
@@ -302,10 +302,10 @@ def _load_builtins() -> None:
     both = ("forget", "retain", "labels")  # forget and retain images with their labels
     builtin = [
         Method("cnr", run_cnr, "cnr", "Class-Specific Neuron Reset: detect, synthesise, reset, stabilise",
-               staged=True, config_sections=cnr_sections, flags=cnr_flags, needs=both),
+               config_sections=cnr_sections, flags=cnr_flags, needs=both),
         Method("cnr-real", run_real, "control",
                "CNR's reset fed B real forget images instead of synthetic ones: no detection, no synthesis",
-               staged=True, config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs", "--reset-lr"),
+               config_sections=("synth", "reset"), flags=("--synth-batch", "--reset-epochs", "--reset-lr"),
                needs=both),
         Method("rl", rl.run, "baseline", "random labelling (SalUn's loop, no mask)", needs=both, **salun_loop),
         Method("ssd", ssd.run, "baseline", "selective synaptic dampening (Foster et al. 2024)",
