@@ -53,6 +53,7 @@ ALIASES = {
     "multi": "bench/results/runs/multiclass_mnist5k/multiclass.json",
     "vri": "bench/results/validation_rule_impact.json",
     "comp": "bench/results/compile_cpu.json",
+    "ampc": "bench/results/amp_cpu.json",
     "cont": "bench/results/runs/continual_mnist5k_issue28/merged/continual.json",
     "contpre28": "bench/results/runs/continual_mnist5k/continual.json",
     "contold": "bench/results/runs/continual_mnist5k_before_issue15/continual.json",
