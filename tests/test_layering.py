@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "cnr_fast"
 
 FLOORS = {
-    "errors": 0, "progress": 0, "hardware": 0, "profiling": 0, "_native": 0, "_C": 0, "threads": 0,
+    "errors": 0, "progress": 0, "registry": 0, "hardware": 0, "profiling": 0, "_native": 0, "_C": 0, "threads": 0,
     "config": 1, "provenance": 1, "dist": 1, "data": 1, "ops": 1,
     "models": 2, "runs": 2, "train": 2, "resume": 2, "tuning": 2, "preflight": 2,
     "references": 3, "audit": 3, "cnr": 3, "baselines": 3,

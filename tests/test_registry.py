@@ -175,7 +175,7 @@ def test_a_registered_scenario_runs_merges_and_writes(tmp_path, monkeypatch):
         assert main(["compare", "--merge", f"{a / 'echo.json'},{b / 'echo.json'}", "--out", str(m)]) == 0
         assert (m / "echo.md").read_text() == "# echo [0, 1, 5]\n"
     finally:
-        S.SCENARIOS.pop("echo", None)
+        S.unregister("echo")
 
 
 def test_a_method_setting_no_method_run_reads_is_named(capsys, tmp_path):
@@ -276,3 +276,27 @@ def test_a_headline_metric_registered_from_outside_reaches_ablate_and_the_scenar
     finally:
         MM.unregister("forget_margin")
         MM.unregister("quiet_margin")
+
+
+def test_methods_metrics_and_scenarios_share_one_kind_of_registry():
+    """The same rules everywhere (cnr_fast/registry.py): a taken name is refused unless replaced, an unknown
+    name gets the closest ones in one line, a built-in cannot be removed, a registered entry can."""
+    from cnr_fast.errors import UserError
+    from cnr_fast.experiments import scenarios as S
+
+    for reg, builtin, typo in ((M._all(), "ssd", "ssdd"), (MM.REGISTRY, "cka_neg", "cka_nge"),
+                               (S.SCENARIOS, "continual", "continous")):
+        with pytest.raises(ValueError, match="already registered"):
+            reg.register(reg[builtin])
+        assert reg.register(reg[builtin], replace=True) is reg[builtin]
+        with pytest.raises(UserError, match=rf"unknown {reg.kind} '{typo}' \(did you mean {builtin}"):
+            reg.find(typo)
+        with pytest.raises(ValueError, match="built-in"):
+            reg.unregister(builtin)
+        assert builtin in reg.names()
+    S.register(S.Scenario("toy", "a toy", run=None, merge=None, files=None))
+    assert "toy" in S.SCENARIOS
+    S.unregister("toy")
+    assert "toy" not in S.SCENARIOS
+    with pytest.raises(UserError, match="did you mean no-retain"):
+        S.get("no-retian")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from ..registry import Registry
 from . import outputs as _outputs
 
 KINDS = ("scalar", "per_tap", "per_n")
@@ -67,20 +68,17 @@ class Metric:
             raise ValueError(f"metric {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
 
 
-REGISTRY: dict[str, Metric] = {}
+REGISTRY = Registry("metric")
 
 
 def register(metric: Metric, replace: bool = False) -> Metric:
-    if metric.name in REGISTRY and not replace:
-        raise ValueError(f"metric {metric.name!r} is already registered")
-    REGISTRY[metric.name] = metric
-    return metric
+    """Add a metric (a name already registered is refused unless replace=True)."""
+    return REGISTRY.register(metric, replace=replace)
 
 
 def unregister(name: str) -> None:
-    if name in _BUILTIN:
-        raise ValueError(f"{name!r} is a built-in metric")
-    REGISTRY.pop(name, None)
+    """Remove a metric you registered (a built-in is refused)."""
+    REGISTRY.unregister(name)
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:
@@ -251,7 +249,7 @@ for _m in (
 ):
     register(_m)
 del _m
-_BUILTIN = frozenset(REGISTRY)
+REGISTRY.seal_builtins()
 
 # not a per-model metric: a reference the audit reports beside cka_pos / cka_neg
 CKA_NULL_DEFINITION = ("references.cka_null.{pos,neg}: the same CKA between the retrained reference and a second, "

@@ -29,7 +29,6 @@ a key of the `options` dict its `run` receives (defaults filled in). Nothing els
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import io
 import math
@@ -40,6 +39,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..registry import Registry
 
 ROLES = ("cnr", "control", "baseline")
 DATA_NEEDS = ("forget", "retain", "labels")
@@ -94,23 +94,22 @@ class Method:
             raise ValueError(f"method {self.name!r}: needs {self.needs} must be of {DATA_NEEDS}")
 
 
-_REGISTRY: dict[str, Method] = {}
+_REGISTRY = Registry("method")
 _BUILTINS_LOADED = False
 
 
 def register(method: Method, replace: bool = False) -> Method:
     """Add a method (a name already registered is refused unless replace=True)."""
     _load_builtins()
-    if method.name in _REGISTRY and not replace:
-        raise ValueError(f"method {method.name!r} is already registered")
     if method.variant_of is not None and method.variant_of not in _REGISTRY:
         raise ValueError(f"method {method.name!r}: variant_of {method.variant_of!r} is not registered")
-    _REGISTRY[method.name] = method
-    return method
+    return _REGISTRY.register(method, replace=replace)
 
 
 def unregister(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    """Remove a method you registered (a built-in is refused: register yours under its name with replace=True)."""
+    _load_builtins()
+    _REGISTRY.unregister(name)
 
 
 def _all() -> dict[str, Method]:
@@ -126,12 +125,7 @@ def names(role: str | None = None, default_only: bool = False) -> tuple[str, ...
 
 def get(name: str) -> Method:
     """The entry of `name`; an unknown name is a UserError naming the closest ones."""
-    table = _all()
-    if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise UserError(f"unknown method {name!r}{hint}; choose one of {', '.join(table)}")
-    return table[name]
+    return _all().find(name)
 
 
 def check_names(methods: list[str]) -> None:
@@ -344,3 +338,4 @@ def _load_builtins() -> None:
     ]
     for m in builtin:
         _REGISTRY.setdefault(m.name, m)
+    _REGISTRY.seal_builtins()

@@ -20,6 +20,7 @@ from typing import Callable
 from ..config import RunConfig
 from ..errors import UserError
 from ..progress import log
+from ..registry import Registry
 from . import methods as M
 from . import reports
 from .compare import compare, compare_tables
@@ -173,20 +174,22 @@ class Scenario:
     takes_forget: bool = True  # forgets --forget (False: its own class sets, by index)
 
 
-SCENARIOS: dict[str, Scenario] = {}
+SCENARIOS = Registry("scenario")
 
 
-def register(scenario: Scenario) -> Scenario:
-    if scenario.name in SCENARIOS:
-        raise ValueError(f"scenario {scenario.name!r} is already registered")
-    SCENARIOS[scenario.name] = scenario
-    return scenario
+def register(scenario: Scenario, replace: bool = False) -> Scenario:
+    """Add a scenario (a name already registered is refused unless replace=True)."""
+    return SCENARIOS.register(scenario, replace=replace)
+
+
+def unregister(name: str) -> None:
+    """Remove a scenario you registered (a built-in is refused)."""
+    SCENARIOS.unregister(name)
 
 
 def get(name: str) -> Scenario:
-    if name not in SCENARIOS:
-        raise UserError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
-    return SCENARIOS[name]
+    """The scenario `name`; an unknown name is a UserError naming the closest ones."""
+    return SCENARIOS.find(name)
 
 
 def merge_results(results: list[dict]) -> dict:
@@ -213,3 +216,4 @@ register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", m
                   _scenario_files, takes_forget=False))
 register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",
                   continual, merge_continual, _scenario_files, takes_forget=False))
+SCENARIOS.seal_builtins()
