@@ -119,18 +119,32 @@ def compile_gradient_error(model: nn.Module, x: torch.Tensor, *, compiler=torch.
     return {"eager": err(eager), "compiled": err(compiled)}
 
 
-def check_compiled_gradients(model: nn.Module, x: torch.Tensor, device) -> dict[str, float]:
+def check_compiled_gradients(model: nn.Module, x: torch.Tensor, device, quiet: bool = False) -> dict[str, float]:
     """compile_gradient_error once per (model class, input shape, device type) in a process; a compiled
     gradient off by more than COMPILE_TOLERANCE (and 10 x eager's) is said in one warning line."""
     key = (type(model).__name__, tuple(x.shape), torch.device(device).type)
     if key not in _COMPILE_CHECKED:
-        e = _COMPILE_CHECKED[key] = compile_gradient_error(model, x)
-        if e["compiled"] > max(COMPILE_TOLERANCE, 10 * e["eager"]):
+        say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr))
+        say(f"  compile: compiling {key[0]} for input {list(key[1])} and checking its gradients against float64 "
+            "(the first steps take longer)")
+        e = compile_gradient_error(model, x)
+        e["ok"] = not e["compiled"] > max(COMPILE_TOLERANCE, 10 * e["eager"])
+        _COMPILE_CHECKED[key] = e
+        if not e["ok"]:
             print(f"warning: --compile: torch {torch.__version__} compiles gradients of this {key[0]} that are "
                   f"{e['compiled']:.1e} (relative) from float64 on this {key[2]}, where eager float32 is "
                   f"{e['eager']:.1e}: more than float32 round-off explains (a miscompile); report numbers from a "
                   "run without --compile", file=sys.stderr)
+        else:
+            say(f"  compile: gradients {e['compiled']:.1e} from float64 (eager float32 {e['eager']:.1e}): "
+                "round-off, no miscompile")
     return _COMPILE_CHECKED[key]
+
+
+def compile_checks() -> list[dict]:
+    """Every gradient check this process made (results.json `compile_checks`): model, input shape, device,
+    the compiled and eager errors against float64 and whether it passed."""
+    return [{"model": m, "input": list(shape), "device": dev, **e} for (m, shape, dev), e in _COMPILE_CHECKED.items()]
 
 
 def fit(
@@ -174,7 +188,7 @@ def fit(
         bar = progress(make_batches(epoch), f"{desc} epoch {epoch + 1}/{epochs}", steps_per_epoch, quiet)
         for batch in bar:
             if compile and not amp and n == 0 and epoch == start:
-                check_compiled_gradients(model, batch if isinstance(batch, torch.Tensor) else batch[0], device)
+                check_compiled_gradients(model, batch if isinstance(batch, torch.Tensor) else batch[0], device, quiet)
             opt.zero_grad(set_to_none=True)
 
             def loss_of(b):

@@ -145,6 +145,8 @@ def test_the_gradient_check_tells_round_off_from_a_wrong_compiled_gradient(fresh
         T.compile_gradient_error = lambda m, x: real(m, x, compiler=OffByHalf)
         _fit(_net(), 2, compile=True)
         _fit(_net(), 1, compile=True)
+        checks = T.compile_checks()  # what results.json records under compile_checks
+        assert len(checks) == 1 and checks[0]["ok"] is False and checks[0]["input"] == [32, 1, 8, 8]
     finally:
         T.compile_gradient_error = real
         T._COMPILE_CHECKED.clear()

@@ -300,3 +300,24 @@ def test_methods_metrics_and_scenarios_share_one_kind_of_registry():
     assert "toy" not in S.SCENARIOS
     with pytest.raises(UserError, match="did you mean no-retain"):
         S.get("no-retian")
+
+
+def test_a_scenario_with_its_own_classes_says_when_the_data_has_too_few(tmp_path, capsys):
+    """multiclass and continual forget fixed class indices (up to 9); on a 3-class image folder the one line
+    says so and points at --scenario single, not at --forget (which they refuse)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "img" / c / f"{i}.png")
+    for scenario, need in (("multiclass", 10), ("continual", 10)):
+        capsys.readouterr()
+        assert main(["compare", "--scenario", scenario, "--methods", "lm", "--seeds", "1", "--dataset",
+                     f"imagefolder:{tmp_path / 'img'}", "--image-size", "8", "--train-epochs", "1", "--quiet",
+                     "--out", str(tmp_path / scenario)]) == 2
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if "warning:" not in line]
+        assert len(err) == 1 and f"needs at least {need} classes" in err[0] and "--scenario single" in err[0], err
+        assert "--forget with values" not in err[0]

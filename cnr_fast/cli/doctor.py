@@ -71,7 +71,8 @@ def run(args) -> int:
     cpu = info["cpu"]
     print(f"CPU: {cpu['model']}; vector flags: {' '.join(cpu['vector_flags']) or 'unknown'}")
     th = info["threads"]
-    print(f"torch threads: {th['torch_threads']} of {th['cores']} core(s) ({th['policy']}; --threads N overrides)")
+    how = "set by --threads" if th["policy"] == "--threads" else f"{th['policy']}; --threads N overrides"
+    print(f"torch threads: {th['torch_threads']} of {th['cores']} core(s) ({how})")
     print(f"CPU --amp: {'bf16 autocast' if cpu['amp_bf16']['bf16'] else 'fp32'} ({cpu['amp_bf16']['reason']})")
     comp = info["compile"]
     print(f"--compile reaches: {'; '.join(comp['reaches'])}; eager whatever the flag: {'; '.join(comp['eager'])}; "

@@ -23,7 +23,7 @@ from ..preflight import check_model
 from ..progress import log
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
-from ..train import forget_retain_accuracy, precision
+from ..train import compile_checks, forget_retain_accuracy, precision
 from ..references import load_original, obtain_reference, source_options
 from ..audit.verdict import NULL
 from .args import (add_data_args, note_flags_not_taken, add_method_args, add_model_args, add_run_args, check_arch_known, check_ulira_pairs,
@@ -230,6 +230,8 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
         "method": cfg.method, "data_needs": M.data_needs(cfg.method), "dataset": ds.name, "arch": cfg.model.arch,
         "width": cfg.model.width if takes_width(cfg.model.arch) else None,  # a ViT's or your model's: none
         "precision": precision(device, cfg.amp),  # --amp: bf16 / fp16 autocast where the device has it, else fp32
+        # --compile: each compiled loop's first-batch gradients against float64 (train.check_compiled_gradients)
+        **({"compile_checks": compile_checks()} if cfg.compile else {}),
         "forget_classes": forget, "seed": cfg.seed,
         "metrics": metrics,
         "timings_s": timings,
@@ -295,7 +297,7 @@ def _print_table(results: dict, out: Path, quiet: bool) -> None:
         rows.append(row)
     t = results["timings_s"]
     print(f"\n{results['method']} on {results['dataset']} / {arch_label(results['arch'], results['width'])}, "
-          f"forget {results['forget_classes']}, seed {results['seed']}")
+          f"forget {results['forget_classes']}, seed {results['seed']}, {results['precision']}")
     for r in rows:
         print(f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]))
     v = (results.get("verdict") or {}).get("models", {}).get("unlearned")

@@ -32,6 +32,15 @@ MULTICLASS_SETS = ((2, 5), (2, 5, 7, 1, 9))  # 2 and 5 classes; the first is the
 CONTINUAL_ORDER = (2, 5, 7, 1, 9)  # one more class each round
 
 
+def _check_own_classes(name: str, classes: list[int], ds) -> None:
+    """A scenario that forgets its own class indices needs a dataset that has them (--forget cannot help)."""
+    need = max(classes) + 1
+    if ds.num_classes < need:
+        raise UserError(f"--scenario {name} forgets the class indices {sorted(set(classes))}, so it needs at least "
+                        f"{need} classes; {ds.name!r} has {ds.num_classes}: run it on a dataset with {need} or more "
+                        "classes, or use --scenario single with your own --forget")
+
+
 def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets=MULTICLASS_SETS, device="cpu",
                cache: str | None = None, quiet: bool = False, ds=None, state=None) -> dict:
     """`compare` once per forget set (all its classes forgotten at once), same budget per method."""
@@ -41,6 +50,7 @@ def multiclass(cfg: RunConfig, methods: list[str], seeds: int = 3, *, class_sets
     out = {"scenario": "multiclass", "dataset": ds.name, "class_sets": [list(c) for c in class_sets], "runs": {}}
     t0 = time.perf_counter()
     started = begin_provenance()
+    _check_own_classes("multiclass", [c for cs in class_sets for c in cs], ds)
     for classes in class_sets:
         check_forget(classes, ds)
         key = ",".join(str(c) for c in classes)
@@ -62,6 +72,7 @@ def continual(cfg: RunConfig, methods: list[str], seeds: int = 3, *, order=CONTI
     methods = list(methods)
     M.check_names(methods)
     device, ds = setup(cfg, seeds, device, ds)
+    _check_own_classes("continual", list(order), ds)
     check_forget(list(order), ds)
     log(f"continual: order {', '.join(f'{c} ({ds.class_names[c]!r})' for c in order)}", quiet)
     t0 = time.perf_counter()
