@@ -178,7 +178,7 @@ def test_a_registered_scenario_runs_merges_and_writes(tmp_path, monkeypatch):
         S.unregister("echo")
 
 
-def test_a_method_setting_no_method_run_reads_is_named(capsys, tmp_path):
+def test_a_method_setting_no_method_run_reads_is_named(capsys, tmp_path, monkeypatch):
     """--baseline-epochs never reached RL (it runs --salun-epochs): the log says which methods read a flag."""
     import argparse
 
@@ -192,10 +192,17 @@ def test_a_method_setting_no_method_run_reads_is_named(capsys, tmp_path):
     note_flags_not_taken(argparse.Namespace(salun_epochs=1), ["rl", "lm"])
     assert capsys.readouterr().err == ""  # LM has no settings to miss
 
-    # ablate: every variant is CNR, so a baseline's flag is named before any work
-    (tmp_path / "out").write_text("")
-    assert main(["ablate", "--variants", "no-synthesis", "--baseline-epochs", "3", "--out", str(tmp_path / "out"),
-                 "--dataset", "digits"]) == 2  # --out is a file: stops right after the note
+    # ablate: every variant is CNR, so a baseline's flag is named once the inputs are checked, before any work
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr("cnr_fast.cli.ablate.driver_state", stop)
+    with pytest.raises(Stop):
+        main(["ablate", "--variants", "no-synthesis", "--baseline-epochs", "3", "--out", str(tmp_path / "out"),
+              "--dataset", "digits"])
     assert "--baseline-epochs is read by none of the methods run; not by cnr" in capsys.readouterr().err
 
 
@@ -254,8 +261,9 @@ def test_no_retain_gives_the_methods_the_forget_images_alone(tmp_path, capsys):
 
 
 def test_a_headline_metric_registered_from_outside_reaches_ablate_and_the_scenario_reports(tmp_path):
-    """A metric registered with headline=True is a column of ablate.md and a table of the continual and
-    multiclass reports (which otherwise show a fixed list of built-in measures); one without it is not."""
+    """A metric registered with headline=True is a column of ablate.md and a table of the continual report
+    and of compare's short tables (multiclass), which otherwise show a fixed list of built-in measures; one
+    without it is not."""
     MM.register(MM.Metric("forget_margin", "scalar", "true minus largest other logit on forget test examples",
                           compute=forget_margin, headline=True))
     MM.register(MM.Metric("quiet_margin", "scalar", "the same, not a headline", compute=forget_margin))
@@ -266,13 +274,21 @@ def test_a_headline_metric_registered_from_outside_reaches_ablate_and_the_scenar
                      str(tmp_path / "c"), *TINY]) == 0
         head = next(line for line in (abl / "ablate.md").read_text().splitlines() if line.startswith("| variant |"))
         assert "forget_margin" in head and "quiet_margin" not in head
-        for scenario in ("continual", "multiclass"):
-            out = tmp_path / scenario
-            assert main(["compare", "--scenario", scenario, "--methods", "lm", "--seeds", "1", "--out", str(out),
-                         "--cache-dir", str(tmp_path / "c"), *TINY]) == 0
-            md = (out / f"{scenario}.md").read_text()
-            assert ("### forget_margin" in md) if scenario == "continual" else ("| forget_margin |" in md)
-            assert "quiet_margin" not in md
+        # the scenario reports: continual's per-measure tables, and multiclass's (compare's short tables), on
+        # results of the form the drivers write (each column from ablate's run above, so no more training)
+        from cnr_fast.experiments.reports import compare_report_md, scenario_report_md
+
+        table = {n: dict(v) for n, v in json.loads((abl / "ablate.json").read_text())["table"].items()}
+        cont = {"scenario": "continual", "dataset": "digits", "order": [2], "seeds": [0],
+                "rounds": [{"forget": [2], "table": {"original": table["original"], "lm": table["full"]}}]}
+        md = scenario_report_md(cont)
+        assert "### forget_margin" in md and "quiet_margin" not in md
+        r = json.loads((abl / "ablate.json").read_text())
+        short = compare_report_md({**r, "methods": {"lm": table["full"]}, "splits": {"train": 1, "val": 1, "test": 1},
+                                   "references": {"original": table["original"], "retrained": table["retrained"],
+                                                  "null": {}, "chance_acc": 0.1}, "reference_init": "independent",
+                                   "unlearn_time_s": {"lm": {"mean": 0.0}}}, short=True)
+        assert "| forget_margin |" in short and "quiet_margin" not in short
     finally:
         MM.unregister("forget_margin")
         MM.unregister("quiet_margin")

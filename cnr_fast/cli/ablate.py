@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..experiments import ABLATIONS, ablate, ablate_figures, ablate_report_md, merge_ablate
 from ..runs import check_out_dir, write_run_files
-from .args import add_data_args, add_method_args, note_flags_not_taken, add_model_args, add_resume_args, add_run_args, config_from_args
+from .args import add_data_args, add_method_args, note_flags_not_taken, note_compile, add_model_args, add_resume_args, add_run_args, config_from_args
 from .running import driver_state, merge_files, prepare_run, run_with_state
 
 EXAMPLES = """examples:
@@ -54,10 +54,11 @@ def run(args) -> int:
     bad = [v for v in variants if v not in ABLATIONS]
     if bad or not variants:
         raise UserError(f"unknown variant(s) {bad}; choose from {', '.join(ABLATIONS)}")
-    note_flags_not_taken(args, ["cnr"], args.quiet)  # every variant is CNR: a baseline's flag reaches nothing
     out = Path(args.out)
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
+    note_flags_not_taken(args, ["cnr"], args.quiet)  # every variant is CNR: a baseline's flag reaches nothing
+    note_compile(args, args.quiet)
     key = {"verb": "ablate", "format": 1, "config": cfg.to_dict(), "variants": variants, "seeds": args.seeds,
            "relearn": bool(args.relearn)}
     state, _ = driver_state(out, key, args.restart, args.quiet)

@@ -157,13 +157,6 @@ def config_from_args(args) -> RunConfig:
     check_config(cfg)
     from ..models import takes_width
 
-    if getattr(args, "compile", None):
-        from ..progress import log
-        from ..train import COMPILED_LOOPS, EAGER_LOOPS
-
-        log(f"note: --compile reaches {'; '.join(COMPILED_LOOPS)}; these run eager: {'; '.join(EAGER_LOOPS)}",
-            getattr(args, "quiet", False))
-
     if getattr(args, "width", None) is not None and not takes_width(cfg.model.arch):
         raise UserError(f"--width scales cnr-fast's own ResNets; {cfg.model.arch} is built as it is defined, so the "
                         "flag would change nothing: drop --width (a builder's own size goes through --model-arg)")
@@ -277,20 +270,33 @@ def add_resume_args(p: argparse.ArgumentParser) -> None:
                    help="discard the state an interrupted run kept in OUT.state/ and start over")
 
 
-def check_ulira_pairs(pairs: int, quiet: bool = False) -> int:
-    """--ulira-pairs K: 0 (off) or at least 3 (U-LiRA's leave-one-out fits on K - 1 >= 2 pairs). Below
-    2 * klom.NULL_MIN_HALF pairs KLOM, computed from the same pairs, is near its ceiling: said in the log."""
-    from ..audit.klom import NULL_MIN_HALF
-    from ..progress import log
-
+def check_ulira_pairs(pairs: int) -> int:
+    """--ulira-pairs K: 0 (off) or at least 3 (U-LiRA's leave-one-out fits on K - 1 >= 2 pairs)."""
     if pairs < 0:
         raise UserError(f"--ulira-pairs {pairs} is negative; pass 0 (off) or at least 3")
     if 0 < pairs < 3:
         raise UserError(f"--ulira-pairs {pairs}: U-LiRA needs at least 3 shadow pairs (or 0 for none)")
+    return pairs
+
+
+def note_klom_pairs(pairs: int, quiet: bool = False) -> None:
+    """Below 2 * klom.NULL_MIN_HALF pairs KLOM, computed from the U-LiRA pairs, is near its ceiling: said in the
+    log once every input check has passed (a refused run prints its one error line alone)."""
+    from ..audit.klom import NULL_MIN_HALF
+    from ..progress import log
+
     if 0 < pairs < 2 * NULL_MIN_HALF:
         log(f"note: --ulira-pairs {pairs}: KLOM, from the same pairs, needs {2 * NULL_MIN_HALF} or more to mean "
             f"anything (with fewer almost every example sits at its ceiling); U-LiRA runs as asked", quiet)
-    return pairs
+
+
+def note_compile(args, quiet: bool = False) -> None:
+    """--compile: which loops it reaches and which run eager, in the log once every input check has passed."""
+    if getattr(args, "compile", None):
+        from ..progress import log
+        from ..train import COMPILED_LOOPS, EAGER_LOOPS
+
+        log(f"note: --compile reaches {'; '.join(COMPILED_LOOPS)}; these run eager: {'; '.join(EAGER_LOOPS)}", quiet)
 
 
 def note_flags_not_taken(args, methods, quiet: bool = False) -> None:

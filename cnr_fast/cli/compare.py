@@ -18,7 +18,7 @@ from ..experiments import methods as M
 from ..experiments.scenarios import SCENARIOS, merge_results
 from ..experiments.scenarios import get as get_scenario
 from ..runs import check_out_dir, write_run_files
-from .args import (note_flags_not_taken, add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, check_ulira_pairs,
+from .args import (note_flags_not_taken, note_compile, note_klom_pairs, add_data_args, add_method_args, add_model_args, add_resume_args, add_run_args, check_ulira_pairs,
                    config_from_args)
 from .running import driver_state, merge_files, prepare_run, run_with_state
 
@@ -193,7 +193,7 @@ def run(args) -> int:
             log(f"compare: --scenario {scenario.name}: every method that can run on what it gives them: "
                 f"{', '.join(methods)} (--methods to choose)", args.quiet)
     M.check_names(methods)
-    check_ulira_pairs(args.ulira_pairs, args.quiet)
+    check_ulira_pairs(args.ulira_pairs)
     if args.expect_acc is not None and not 0 < args.expect_acc <= 1:
         raise UserError(f"--expect-acc {args.expect_acc}: pass the originals' accuracy as a share in (0, 1], e.g. 0.95")
     for name in ("train_script", "originals", "references", "expect_acc", "force"):
@@ -210,6 +210,8 @@ def run(args) -> int:
     check_out_dir(out)
     cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))
     note_flags_not_taken(args, methods, args.quiet)
+    note_compile(args, args.quiet)
+    note_klom_pairs(args.ulira_pairs, args.quiet)
     key = {"verb": "compare", "format": 1, "scenario": args.scenario, "config": cfg.to_dict(), "methods": methods,
            "seeds": args.seeds, "fixed_original": bool(args.fixed_original), "figures": bool(args.figures)}
     for name in ("attacks", "ulira_pairs", "train_script", "originals", "references", "expect_acc", "force"):

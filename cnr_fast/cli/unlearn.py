@@ -26,7 +26,7 @@ from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, 
 from ..train import compile_checks, forget_retain_accuracy, precision
 from ..references import load_original, obtain_reference, source_options
 from ..audit.verdict import NULL
-from .args import (add_data_args, note_flags_not_taken, add_method_args, add_model_args, add_run_args, check_arch_known, check_ulira_pairs,
+from .args import (add_data_args, note_flags_not_taken, note_compile, add_method_args, add_model_args, add_run_args, check_arch_known, check_ulira_pairs, note_klom_pairs,
                    config_from_args)
 from .running import driver_state, prepare_run, run_with_state
 
@@ -100,6 +100,8 @@ def run(args) -> int:
     quiet = args.quiet
     cfg, ds, device = prepare_run(cfg, quiet, getattr(args, "forget_names", None))
     note_flags_not_taken(args, [cfg.method], quiet)
+    note_compile(args, quiet)
+    note_klom_pairs(args.ulira_pairs, quiet)
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out)
