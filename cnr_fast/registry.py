@@ -54,6 +54,3 @@ class Registry(dict):
     def seal_builtins(self) -> None:
         """The entries registered so far are the package's own: they can be replaced, never removed."""
         self._builtins = frozenset(self)
-
-    def builtins(self) -> frozenset[str]:
-        return self._builtins

@@ -12,7 +12,7 @@ import copy
 
 import torch
 from test_forgetting import _check_forgets, digits  # noqa: F401  (tests/ is on sys.path; digits is a fixture)
-from test_parity import CPU, FORGET, _max_rel, assert_same_importances, ref_modify_weight, ref_ssd_loaders, setup  # noqa: F401
+from test_parity import CPU, FORGET, _max_rel, assert_same_importances, ref_ssd, setup  # noqa: F401
 
 from cnr_fast.data import Split
 
@@ -40,12 +40,7 @@ def ref_lf_calc_importance(model, dataloader):
 
 def ref_lfssd(original, ds, forget_class, alpha, lam, batch_size):
     """ssd_tuning with LFSSD's importances: eval mode, I_f over forget_train_dl, I_D over full_train_dl."""
-    model = copy.deepcopy(original).eval()
-    forget_dl, full_dl = ref_ssd_loaders(ds, forget_class, batch_size)
-    imp_f = ref_lf_calc_importance(model, forget_dl)
-    imp_d = ref_lf_calc_importance(model, full_dl)
-    ref_modify_weight(model, imp_d, imp_f, alpha, lam)
-    return model, imp_d, imp_f
+    return ref_ssd(original, ds, forget_class, alpha, lam, batch_size, calc_importance=ref_lf_calc_importance)
 
 
 def test_lfssd_matches_the_authors_code(setup, one_thread):  # noqa: F811  (setup: a fixture)

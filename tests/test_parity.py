@@ -216,12 +216,14 @@ def ref_modify_weight(model, original_importance, forget_importance, selection_w
         p[locations] = p[locations].mul(update)
 
 
-def ref_ssd(original, ds, forget_class, alpha, lam, batch_size):
-    """ssd_tuning: eval mode, I_f over forget_train_dl, I_D over full_train_dl, dampen."""
+def ref_ssd(original, ds, forget_class, alpha, lam, batch_size, calc_importance=None):
+    """ssd_tuning: eval mode, I_f over forget_train_dl, I_D over full_train_dl, dampen. calc_importance:
+    the importance of a loader (default SSD's, ref_calc_importance; LFSSD passes its own)."""
+    calc_importance = calc_importance or ref_calc_importance
     model = copy.deepcopy(original).eval()
     forget_dl, full_dl = ref_ssd_loaders(ds, forget_class, batch_size)
-    imp_f = ref_calc_importance(model, forget_dl)
-    imp_d = ref_calc_importance(model, full_dl)
+    imp_f = calc_importance(model, forget_dl)
+    imp_d = calc_importance(model, full_dl)
     ref_modify_weight(model, imp_d, imp_f, alpha, lam)
     return model, imp_d, imp_f
 

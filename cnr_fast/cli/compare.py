@@ -178,12 +178,9 @@ def run(args) -> int:
         return 0
     cfg = config_from_args(args)  # checks names, numbers (--seeds included) and the backend
     scenario = get_scenario(args.scenario)
-    if getattr(args, "forget", None) is not None and not scenario.takes_forget:
-        from ..experiments.scenarios import CONTINUAL_ORDER, MULTICLASS_SETS
-
-        sets = MULTICLASS_SETS if scenario.name == "multiclass" else (CONTINUAL_ORDER,)
+    if getattr(args, "forget", None) is not None and scenario.own_classes:
         raise UserError(f"--scenario {scenario.name} forgets its own classes by index "
-                        f"({' and '.join(','.join(map(str, c)) for c in sets)}), not --forget: drop --forget "
+                        f"({' and '.join(','.join(map(str, c)) for c in scenario.own_classes)}), not --forget: drop --forget "
                         "(the log names the classes those indices are in your data)")
     if args.methods is not None:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]

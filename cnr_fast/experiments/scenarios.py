@@ -182,7 +182,8 @@ class Scenario:
     options: tuple[str, ...] = ()  # the keyword options of run it takes (the CLI passes only these)
     takes_recipe: bool = False  # runs `compare` on the user's recipe (--train-script, --originals, ...)
     train_data: str = "all"  # the training data its methods are given (a key of methods.TRAIN_DATA)
-    takes_forget: bool = True  # forgets --forget (False: its own class sets, by index)
+    # the class sets it forgets by index, whatever --forget says (empty: it forgets --forget)
+    own_classes: tuple[tuple[int, ...], ...] = ()
 
 
 SCENARIOS = Registry("scenario")
@@ -224,7 +225,7 @@ register(Scenario("no-retain", "the methods get the forget-class images alone; t
                   "listed, not run", no_retain, merge_single, _single_files,
                   options=("fixed_original", "figures", "attacks"), takes_recipe=True, train_data="forget"))
 register(Scenario("multiclass", "2 and 5 classes forgotten at once (Table 7)", multiclass, merge_multiclass,
-                  _scenario_files, takes_forget=False))
+                  _scenario_files, own_classes=MULTICLASS_SETS))
 register(Scenario("continual", "5 rounds, one more class each, every method from its previous model (Table 12)",
-                  continual, merge_continual, _scenario_files, takes_forget=False))
+                  continual, merge_continual, _scenario_files, own_classes=(CONTINUAL_ORDER,)))
 SCENARIOS.seal_builtins()
