@@ -68,7 +68,7 @@ note() {  # a message in the log and on stdout
 }
 
 if [ $DRY = 1 ]; then
-  for mod in bench.bench_class_means bench.bench_ops bench.bench_cka bench.bench_knn bench.bench_e2e cnr_fast.cli; do
+  for mod in bench.bench_class_means bench.bench_ops bench.bench_cka bench.bench_knn bench.bench_e2e bench.bench_compile cnr_fast.cli; do
     "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" \
       || { echo "missing module $mod"; exit 1; }
   done
@@ -189,7 +189,7 @@ call1() {
 }
 
 # ------------------------------------------------------------------------------------------------
-# Call 2: benchmarks (timeouts 10 + 20 + 35 + 45 + 35 + 160 + 130 + 20 + 45 = 500 s, + 9 x 3 s grace = 527 s;
+# Call 2: benchmarks (timeouts 10 + 20 + 30 + 35 + 30 + 110 + 60 + 150 + 20 + 40 = 505 s, + 10 x 3 s grace = 535 s;
 # wait_build only runs when call 1's library was not carried, but the budget counts it)
 call2() {
   step info 10 "$PY" -c "import torch; print(torch.__version__, torch.cuda.get_device_name())"
@@ -202,14 +202,16 @@ call2() {
     (build_native >"$OUT_DIR/build_background.log" 2>&1; echo $? >/tmp/cnr_build_rc) &
     bg_build=1
   fi
-  step bench_class_means 35 "$PY" -m bench.bench_class_means --device cuda --out "$OUT_DIR"
-  step bench_ops 45 "$PY" -m bench.bench_ops --device cuda --out "$OUT_DIR"
-  step bench_knn 35 "$PY" -m bench.bench_knn --device cuda --out "$OUT_DIR"
-  step bench_e2e 160 "$PY" -m bench.bench_e2e --device cuda --amp --out "$OUT_DIR"
+  step bench_class_means 30 "$PY" -m bench.bench_class_means --device cuda --out "$OUT_DIR"
+  step bench_ops 35 "$PY" -m bench.bench_ops --device cuda --out "$OUT_DIR"
+  step bench_knn 30 "$PY" -m bench.bench_knn --device cuda --out "$OUT_DIR"
+  step bench_e2e 110 "$PY" -m bench.bench_e2e --device cuda --amp --out "$OUT_DIR"
+  # compile against eager in one process (compile time apart from step time; gradients against float64)
+  step bench_compile 60 "$PY" -m bench.bench_compile --device cuda --out "$OUT_DIR"
   local ds="mnist5k|digits|imagefolder:/tmp/cnr_vit_images"  # the first one loadable here (vit_dataset)
   [ $DRY = 1 ] || ds=$(vit_dataset) || ds=""
   if [ -n "$ds" ]; then
-    step vit_b16 130 "$PY" -m cnr_fast.cli unlearn --arch vit_b16 --amp --device cuda --audit off --dataset "$ds" \
+    step vit_b16 150 "$PY" -m cnr_fast.cli unlearn --arch vit_b16 --compile --amp --device cuda --audit off --dataset "$ds" \
       --train-epochs 1 --quiet --out /tmp/cnr_vit --cache-dir /tmp/cnr_cache
     [ $DRY = 1 ] || cp /tmp/cnr_vit/results.json "$OUT_DIR/vit_b16_results.json" 2>/dev/null
   else
@@ -218,7 +220,7 @@ call2() {
   if [ $bg_build = 1 ] || [ $DRY = 1 ]; then
     step wait_build 20 bash -c 'while [ ! -e /tmp/cnr_build_rc ]; do sleep 1; done; exit "$(cat /tmp/cnr_build_rc)"'
   fi
-  step bench_cka 45 "$PY" -m bench.bench_cka --device cuda --out "$OUT_DIR" --rounds 2 --reps 3 --path-rounds 2
+  step bench_cka 40 "$PY" -m bench.bench_cka --device cuda --out "$OUT_DIR" --rounds 2 --reps 3 --path-rounds 2
 }
 
 # Budget: the sum of the step timeouts plus the kill grace of each, for the plan of each call.

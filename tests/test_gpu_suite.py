@@ -50,8 +50,10 @@ def test_call_contents():
     for name in ("gpu_tests", "gpu_tests_native"):
         assert " -x" not in one[name] and " -rs" in one[name]
     assert "test_triton" in one["gpu_tests"] and "test_cka_native" in one["gpu_tests_native"]
-    for name in ("bench_class_means", "bench_ops", "bench_knn", "bench_e2e", "vit_b16", "bench_cka"):
+    for name in ("bench_class_means", "bench_ops", "bench_knn", "bench_e2e", "bench_compile", "vit_b16", "bench_cka"):
         assert name in two, name
+    # the headline command as the design card runs it: ViT-B/16 compiled, with AMP
+    assert "--arch vit_b16" in two["vit_b16"] and "--compile" in two["vit_b16"] and "--amp" in two["vit_b16"]
     assert "build" not in two  # call 2 carries call 1's library or builds it in the background
     assert "mlxtend" not in two["vit_b16"]
 
