@@ -206,3 +206,27 @@ def test_ulira_tells_a_logit_mask_from_retrained(tmp_path, cache):
     assert u["original"]["auc"] > 0.9  # the attack's reach: the original saw these examples
     report = (out / "report.md").read_text()
     assert "U-LiRA" in report and "lm (audited) vs retrained" in report and "original vs retrained" in report
+
+
+def test_one_unlearn_resolves_its_method_once(tmp_path, cache, monkeypatch):
+    """A whole `cnr-fast unlearn` of a control (a config variant of CNR), audit and U-LiRA shadows included,
+    looks its method up in the registry once (methods.prepare): the driver, the runner, the shadows and the
+    results read what that one resolution returned."""
+    from cnr_fast.registry import Registry
+
+    looked_up = []
+    find = Registry.find
+
+    def counting(self, name):
+        if self.kind == "method":
+            looked_up.append(name)
+        return find(self, name)
+
+    monkeypatch.setattr(Registry, "find", counting)
+    out = tmp_path / "raw"
+    assert _run(["--out", str(out), "--method", "cnr-raw", *DIGITS, *TINY, "--audit", "fast", "--retrained", "auto",
+                 "--ulira-pairs", "3"], cache) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["method"] == "cnr-raw" and r["audit"]["ulira"]["method"] == "cnr-raw"
+    assert json.loads((out / "config.json").read_text())["synth"]["latent_opt"] is False  # the control's change
+    assert looked_up == ["cnr-raw"]

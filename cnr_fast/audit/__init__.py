@@ -25,17 +25,16 @@ from torch import nn
 from ..data import Dataset, check_forget, to_float
 from ..errors import UserError
 from ..models import TAP_NAMES, check_taps
-from ..train import forget_retain_accuracy, resolve_device
+from ..train import resolve_device
 from . import cka as _cka
 from . import metrics as _metrics
 from . import mia as _mia
 from . import outputs as _outputs
-from . import probes as _probes
 from . import relearn as _relearn
+from .context import AuditPass, MetricContext
 from .features import DEFAULT_MAX_DIM, Reducer, extract
-from .gradcam import gradcam_overlap, reaches_map
-from .neighbors import nn_purity
-from .selectivity import DEFAULT_K, selectivity_profile
+from .gradcam import reaches_map
+from .selectivity import DEFAULT_K
 from .verdict import NULL
 from .verdict import verdict as _verdict
 
@@ -45,11 +44,6 @@ CKA_MAX = 1000  # retain (and forget) test examples CKA compares, at most
 GRADCAM_TAPS = ("L3", "L4")
 GRADCAM_N = 6
 OVERLAP_N = 50  # forget test examples the scalar Grad-CAM overlap and the attention-head table use, at most
-
-# trained probes, seconds per tap and model: computed only with attacks=True
-DEEP_PROBES = ("mlp_probe_acc", "conv_probe_acc", "mlp_probe_overall_acc", "conv_probe_overall_acc")
-# every metric's kind, definition, chance level and coordinate-boundness: the registry (metrics.py)
-PER_TAP = tuple(n for n in _metrics.names("per_tap") if _metrics.REGISTRY[n].compute is None)
 
 
 def probe_train_indices(y: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
@@ -103,6 +97,8 @@ def audit_models(
 ) -> dict:
     """Audit every model in `models` (the original included, first) on the same splits. See module doc.
 
+    Every measure is a registered Metric (metrics.py) computed from one feature pass per model; this
+    function extracts the features, calls each metric's compute and assembles the result.
     mia_shadows > 0 adds "mia_shadow_acc" (shadow-model attack, paper Table 10; each shadow is trained with
     train.train_classifier and `shadow_train_cfg` or TrainConfig defaults). Torch's CPU threads are the
     process's (`--threads`, threads.apply).
@@ -113,13 +109,74 @@ def audit_models(
     figures) and gives references["cka_null"], CKA(retrained, null_model), and the "verdict".
     done: {name: {"metrics", "time_s"}} of models audited earlier with the same arguments (a resumed
     run): their metrics are taken as they are; only what later models need of them (the original's
-    features and probes, the retrained model's features) and their figures are computed again.
+    features, the retrained and null models' features) and their figures are computed again.
     on_model(name, {"metrics", "time_s"}) is called as each model's metrics are complete.
     taps: default every tap the original has (L0..L4 for the own archs; a model whose taps were found
     automatically may have fewer). attacks: also the paper's Table 10 attacks the default audit leaves out:
     the MLP and ResNet-based probes per tap (deep_probes.py) and model inversion judged by an independent
     classifier (inversion.py); several seconds per tap and model on a CPU.
     """
+    models, independent = _check_models(models, ds, forget, original, retrained, null_model, independent)
+    a = _audit_pass(models, ds, forget, device=device, original=original, retrained=retrained, taps=taps, seed=seed,
+                    probe_train_size=probe_train_size, reduce=reduce, max_dim=max_dim, shots=shots, relearn=relearn,
+                    relearn_steps=relearn_steps, selectivity_k=selectivity_k, cka_unbiased=cka_unbiased,
+                    attacks=attacks)
+    timings: dict[str, float] = {}
+    a.mia_shadows = _timed(timings, "mia_shadows", quiet, f"training {mia_shadows} shadow model(s)",
+                           lambda: _mia.train_shadows(models[original], ds.train, mia_shadows, device=a.device,
+                                                      seed=seed, train_cfg=shadow_train_cfg, quiet=quiet)
+                           ) if mia_shadows else None
+    if attacks:  # model inversion's independent judge (all classes) and image prior (no forget class), once
+        a.inversion = _timed(timings, "inversion_judge", quiet, "model inversion: training the judge",
+                             lambda: _inversion_setup(ds, a))
+    order = [original] + [n for n in models if n != original]
+    plan = _figure_plan(models[original], a) if figures else None
+    metrics: dict[str, dict] = {}
+    done = dict(done or {})
+    for name in order:
+        t0 = time.perf_counter()
+        model = models[name].to(a.device).eval()
+        if name in done:
+            metrics[name], timings[name] = dict(done[name]["metrics"]), float(done[name]["time_s"])
+            _say(quiet, f"{name}: metrics reused from an interrupted run")
+            if name not in (original, retrained, NULL) and not figures:
+                continue
+        else:
+            _say(quiet, f"{name}: features")
+        ctx = _features(a, name, model, models[original], name in independent, train=name not in done or
+                        name == original)
+        if name not in done:
+            metrics[name] = _measure(ctx, quiet)
+            timings[name] = time.perf_counter() - t0
+            if on_model is not None:
+                on_model(name, {"metrics": metrics[name], "time_s": timings[name]})
+        if figures and name != NULL:
+            _figures(plan, timings, name, model, ctx.test, a, quiet)
+    out = _result(a, metrics, timings, independent, order, models, mia_shadows)
+    if figures:
+        out["_figures"] = plan
+    return out
+
+
+def _check_models(models, ds, forget, original, retrained, null_model, independent):
+    """(models with the null model added, the names of models trained from scratch)."""
+    check_forget(forget, ds)
+    if original not in models:
+        raise ValueError(f"the original model {original!r} is not among the models {list(models)}")
+    if retrained is not None and retrained not in models:
+        raise ValueError(f"the retrained model {retrained!r} is not among the models {list(models)}")
+    if null_model is not None and retrained is not None:
+        if NULL in models:
+            raise ValueError(f"{NULL!r} names the null model: give the audited models other names")
+        models = {**models, NULL: null_model}
+    if independent is None:
+        independent = [retrained] if retrained is not None else []
+    return models, (set(independent) | ({NULL} & set(models))) - {original}
+
+
+def _audit_pass(models, ds, forget, *, device, original, retrained, taps, seed, probe_train_size, reduce, max_dim,
+                shots, relearn, relearn_steps, selectivity_k, cka_unbiased, attacks) -> AuditPass:
+    """The splits and rows every model is measured on, fixed before the first model."""
     if taps is None:
         from ..models.taps import tap_modules
 
@@ -129,253 +186,142 @@ def audit_models(
     check_taps(list(taps))
     if not taps:
         raise ValueError("no tap to audit")
-    check_forget(forget, ds)
-    if original not in models:
-        raise ValueError(f"the original model {original!r} is not among the models {list(models)}")
-    if retrained is not None and retrained not in models:
-        raise ValueError(f"the retrained model {retrained!r} is not among the models {list(models)}")
     device = resolve_device(device) if isinstance(device, str) else device
-    if null_model is not None and retrained is not None:
-        if NULL in models:
-            raise ValueError(f"{NULL!r} names the null model: give the audited models other names")
-        models = {**models, NULL: null_model}
     forget = sorted(int(c) for c in forget)
-    retain = ds.retain_classes(forget)
-    deepest = taps[-1]
-    reducer = Reducer(reduce, max_dim, seed)
-
-    pt_idx = probe_train_indices(ds.train.y, probe_train_size, seed)
-    probe_train = ds.train.subset(pt_idx)
     test = ds.test
     fmask_test = torch.isin(test.y, torch.as_tensor(forget))
     g = torch.Generator().manual_seed(seed)
     # CKA_pos and CKA_neg on the same number of examples: CKA estimates depend on N (the biased one
     # strongly: ~0.98 at N=100 vs ~0.87 at N=900 for unrelated ReLU features), so unequal N is unequal footing.
-    r_rows = torch.nonzero(~fmask_test).flatten()
-    f_rows = torch.nonzero(fmask_test).flatten()
+    r_rows, f_rows = torch.nonzero(~fmask_test).flatten(), torch.nonzero(fmask_test).flatten()
     n_cka = min(len(r_rows), len(f_rows), CKA_MAX)
     r_rows = r_rows[torch.randperm(len(r_rows), generator=g)[:n_cka]].sort().values
     f_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:n_cka]].sort().values
-    if independent is None:
-        independent = [retrained] if retrained is not None else []
-    independent = (set(independent) | ({NULL} & set(models))) - {original}
     cam_rows = f_rows[torch.randperm(len(f_rows), generator=g)[:GRADCAM_N]].sort().values
-    x_forget, y_forget = to_float(test.x[f_rows[:OVERLAP_N]]), test.y[f_rows[:OVERLAP_N]]
-    # a ViT's last block gives Grad-CAM no patch gradient (gradcam.gradcam_overlap): one tap before the deepest
-    overlap_tap = "L3" if "L3" in taps else taps[max(0, len(taps) - 2)]
-    from .embedding import tsne_subsample
+    return AuditPass(
+        ds=ds, forget=forget, retain=ds.retain_classes(forget), taps=taps, device=device, seed=seed,
+        original=original, retrained=retrained, reducer=Reducer(reduce, max_dim, seed),
+        probe_train=ds.train.subset(probe_train_indices(ds.train.y, probe_train_size, seed)),
+        forget_test=fmask_test, cka_rows={"retain": r_rows, "forget": f_rows, "gradcam": cam_rows},
+        x_forget=to_float(test.x[f_rows[:OVERLAP_N]]), y_forget=test.y[f_rows[:OVERLAP_N]],
+        # a ViT's last block gives Grad-CAM no patch gradient (gradcam.gradcam_overlap): one tap before the deepest
+        overlap_tap="L3" if "L3" in taps else taps[max(0, len(taps) - 2)],
+        shots=tuple(shots), selectivity_k=selectivity_k, cka_unbiased=cka_unbiased, relearn=relearn,
+        relearn_steps=relearn_steps, attacks=bool(attacks),
+        # what the output measures compare with (outputs.py): a seeded incompetent model, the retrained reference
+        reference_logits=_outputs.reference_logits(models[original], models[retrained] if retrained else None, test,
+                                                   fmask_test, device=device, seed=seed))
 
-    tsne_rows = tsne_subsample(test.y.numpy(), seed=seed)
 
-    metrics: dict[str, dict] = {}
-    timings: dict[str, float] = {}
-    shadows = None
-    if mia_shadows:
-        _say(quiet, f"training {mia_shadows} shadow model(s)")
-        t0 = time.perf_counter()
-        shadows = _mia.train_shadows(models[original], ds.train, mia_shadows, device=device, seed=seed,
-                                     train_cfg=shadow_train_cfg, quiet=quiet)
-        timings["mia_shadows"] = time.perf_counter() - t0
-    inv = None
-    if attacks:  # model inversion's independent judge (all classes) and image prior (no forget class), once
-        from . import inversion as _inv
+def _timed(timings, key, quiet, msg, fn):
+    _say(quiet, msg)
+    t0 = time.perf_counter()
+    out = fn()
+    timings[key] = time.perf_counter() - t0
+    return out
 
-        _say(quiet, "model inversion: training the judge")
-        t0 = time.perf_counter()
-        inv = {"judge": _inv.train_judge(ds.train, ds.num_classes, seed=seed, device=device, test=test),
-               "prior": _inv.fit_prior(ds.train, exclude=forget, seed=seed), "shape": tuple(test.x.shape[1:])}
-        timings["inversion_judge"] = time.perf_counter() - t0
-    order = [original] + [n for n in models if n != original]
-    cam_taps = []
-    if figures:  # Grad-CAM figure taps: those whose map the original's class scores reach (not a ViT's last block)
-        x_probe = to_float(test.x[cam_rows[:2]]).to(device)
-        cam_taps = [t for t in GRADCAM_TAPS if t in taps and reaches_map(models[original].to(device), x_probe, t)]
-    figs = {"tsne": {}, "gradcam": {}, "tsne_labels": test.y[tsne_rows].numpy(), "forget": forget,
-            "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
-    orig = {}
-    # what the output measures compare with (outputs.py): a seeded incompetent model, the retrained reference
-    ref_logits = _outputs.reference_logits(models[original], models[retrained] if retrained else None, test,
-                                           fmask_test, device=device, seed=seed)
-    done = dict(done or {})
-    need_orig_probes = any(n not in done and n not in independent for n in order[1:])
-    for name in order:
-        t0 = time.perf_counter()
-        model = models[name].to(device).eval()
-        if name in done:
-            metrics[name] = dict(done[name]["metrics"])
-            timings[name] = float(done[name]["time_s"])
-            _say(quiet, f"{name}: metrics reused from an interrupted run")
-            if name not in (original, retrained, NULL) and not figures:
-                continue
-            tr = extract(model, probe_train, device=device, taps=taps, reducer=reducer, num_classes=ds.num_classes,
-                         class_sums=True)
-            te = extract(model, test, device=device, taps=taps, reducer=reducer, keep_full=True)
-            if name == original:
-                if need_orig_probes:
-                    for t in taps:
-                        orig.setdefault("probes", {})[t] = _probes.linear_probe(tr.vec[t], tr.y, te.vec[t], te.y,
-                                                                                forget)[1]
-                orig["full"] = te.full
-                orig["means"] = {t: tr.class_means(t) for t in taps}
-            if name == retrained:
-                orig["retrained_full"] = te.full
-            if name == NULL:
-                orig["null_full"] = te.full
-            if figures and name != NULL:
-                _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, cam_taps, device, seed,
-                         quiet)
-            del tr, te
+
+def _inversion_setup(ds, a: AuditPass) -> dict:
+    from . import inversion as _inv
+
+    return {"judge": _inv.train_judge(ds.train, ds.num_classes, seed=a.seed, device=a.device, test=ds.test),
+            "prior": _inv.fit_prior(ds.train, exclude=a.forget, seed=a.seed), "shape": tuple(ds.test.x.shape[1:])}
+
+
+def _features(a: AuditPass, name, model, original, independent: bool, train: bool = True) -> MetricContext:
+    """One pass over the model's probe-train (when `train`) and test features; the original's, the retrained
+    model's and the null's are kept in `a` for what the later models compare with."""
+    tr = extract(model, a.probe_train, device=a.device, taps=a.taps, reducer=a.reducer,
+                 num_classes=a.ds.num_classes, class_sums=True) if train else None
+    te = extract(model, a.ds.test, device=a.device, taps=a.taps, reducer=a.reducer, keep_full=True)
+    if name == a.original:
+        a.original_train, a.original_test = tr, te
+    if name in (a.retrained, NULL):
+        a.reference_full[name] = te.full
+    return MetricContext(name=name, model=model, original=original, ds=a.ds, forget=a.forget, taps=list(a.taps),
+                         probe_train=tr, test=te, forget_test=a.forget_test, independent=independent,
+                         device=a.device, seed=a.seed, retrained=a.retrained, reference_logits=a.reference_logits,
+                         audit=a)
+
+
+def _measure(ctx: MetricContext, quiet) -> dict:
+    """Every registered metric this model gets, in the registry's order."""
+    m = {}
+    for metric in _metrics.REGISTRY.values():
+        if (metric.coordinate_bound and ctx.independent) or (metric.requires and not getattr(ctx.audit,
+                                                                                             metric.requires)):
             continue
-        _say(quiet, f"{name}: features")
-        tr = extract(model, probe_train, device=device, taps=taps, reducer=reducer, num_classes=ds.num_classes,
-                     class_sums=True)
-        te = extract(model, test, device=device, taps=taps, reducer=reducer, keep_full=True)
-        m: dict = {}
-        m.update(forget_retain_accuracy(model, test, forget, device=device))
-        for key in PER_TAP:
-            if attacks or key not in DEEP_PROBES:
-                m[key] = {}
-        _say(quiet, f"{name}: probes")
-        for t in taps:
-            s, probe = _probes.linear_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget)
-            m["probe_acc"][t], m["probe_overall_acc"][t] = s["forget_acc"], s["overall_acc"]
-            if name == original:
-                orig.setdefault("probes", {})[t] = probe
-            if name not in independent:
-                m["transfer_probe_acc"][t] = _probes.transfer_probe(orig["probes"][t], te.vec[t], te.y,
-                                                                    forget)["forget_acc"]
-            m["knn_acc"][t] = _probes.knn_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget, k=5)["forget_acc"]
-            m["svm_acc"][t] = _probes.svm_decoder(tr.vec[t], tr.y, te.vec[t], te.y, forget)["forget_acc"]
-            m["nn_purity_by_layer"][t] = nn_purity(tr.vec[t], tr.y, te.vec[t][fmask_test], te.y[fmask_test], k=10)
-            if attacks:
-                from .deep_probes import conv_probe, mlp_probe
+        if metric.stage:
+            _say(quiet, f"{ctx.name}: {metric.stage}")
+        m[metric.name] = metric.compute(ctx)
+    return m
 
-                r = mlp_probe(tr.vec[t], tr.y, te.vec[t], te.y, forget, seed=seed)
-                m["mlp_probe_acc"][t], m["mlp_probe_overall_acc"][t] = r["forget_acc"], r["overall_acc"]
-                maps_tr, maps_te = reducer.maps(tr.vec[t], t), reducer.maps(te.vec[t], t)
-                if maps_tr is not None:
-                    r = conv_probe(maps_tr, tr.y, maps_te, te.y, forget, seed=seed)
-                    m["conv_probe_acc"][t], m["conv_probe_overall_acc"][t] = r["forget_acc"], r["overall_acc"]
-        m["nn_purity"] = m["nn_purity_by_layer"][deepest]
-        m["gradcam_overlap"] = gradcam_overlap(models[original], model, x_forget, y_forget, overlap_tap, device=device)
-        if inv is not None:
-            _say(quiet, f"{name}: model inversion")
-            a = _inv.inversion_attack(model, inv["judge"], forget, shape=inv["shape"], prior=inv["prior"], seed=seed,
-                                      device=device)
-            m["inversion_judge_rate"] = a["judge_forget_rate"]
-            m["inversion_audited_confidence"] = a["audited_confidence"]
-        m["fewshot_probe_acc"] = {
-            str(n): _probes.fewshot_probe(tr.vec[deepest], tr.y, te.vec[deepest], te.y, forget, n, seed=seed)["forget_acc"]
-            for n in shots
-        }
-        if name == original:
-            orig["full"] = te.full
-            orig["means"] = {t: tr.class_means(t) for t in taps}
-        m["cka_pos"] = _cka.cka_per_tap(orig["full"], te.full, r_rows, unbiased=cka_unbiased)
-        m["cka_neg"] = _cka.cka_per_tap(orig["full"], te.full, f_rows, unbiased=cka_unbiased)
-        if name == retrained:
-            orig["retrained_full"] = te.full
-        if name == NULL:
-            orig["null_full"] = te.full
-        if name in independent:
-            for key in _metrics.coordinate_bound():
-                m.pop(key, None)
-        else:
-            sel = selectivity_profile(orig["means"], {t: tr.class_means(t) for t in taps}, forget, retain,
-                                      selectivity_k)
-            m["selectivity"], m["selectivity_delta"] = sel["selectivity"], sel["selectivity_delta"]
-        _say(quiet, f"{name}: membership inference")
-        ftr = torch.isin(tr.y, torch.as_tensor(forget))
-        mia = _mia.population_attack(tr.logits[~ftr], tr.y[~ftr], te.logits[~fmask_test], te.y[~fmask_test],
-                                     tr.logits[ftr], tr.y[ftr], te.logits[fmask_test], te.y[fmask_test], seed=seed)
-        m["mia_acc"] = mia["mia_acc"]
-        m["mia_attack_train_acc"] = mia["attack_train_acc"]
-        if shadows is not None:
-            m["mia_shadow_acc"] = _mia.shadow_attack(shadows, tr.logits[ftr], tr.y[ftr], te.logits[fmask_test],
-                                                     te.y[fmask_test], seed=seed)
-        if relearn:
-            _say(quiet, f"{name}: relearn attack")
-            after = {str(n): _relearn.relearn(model, ds.train, test, forget, n, device=device, seed=seed,
-                                              steps=relearn_steps) for n in shots}
-            m["relearn_retain_acc"] = {n: a["retain_acc"] for n, a in after.items()}
-            # a reading from an attack that broke the model says nothing about relearning (relearn.valid)
-            m["relearn_acc"] = {n: a["forget_acc"] if _relearn.valid(m["retain_acc"], a["retain_acc"]) else None
-                                for n, a in after.items()}
-        extra = _metrics.computed()
-        if extra:
-            ctx = _metrics.MetricContext(name=name, model=model, original=models[original], ds=ds, forget=forget,
-                                         taps=list(taps), probe_train=tr, test=te, forget_test=fmask_test,
-                                         independent=name in independent, device=device, seed=seed,
-                                         retrained=retrained, reference_logits=ref_logits)
-            for metric in extra:
-                if not (metric.coordinate_bound and name in independent):
-                    m[metric.name] = metric.compute(ctx)
-        timings[name] = time.perf_counter() - t0
-        if on_model is not None:
-            on_model(name, {"metrics": m, "time_s": timings[name]})
-        if figures and name != NULL:
-            _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, cam_taps, device, seed,
-                         quiet)
-        metrics[name] = m
-        del tr, te
 
+def _result(a: AuditPass, metrics, timings, independent, order, models, mia_shadows) -> dict:
     attention = None
     try:  # ViTs: Table 6's per-head attention on the patches that matter for the forget class
         from .attention import attention_head_table, attention_modules
 
-        attention_modules(models[original])
+        attention_modules(models[a.original])
     except UserError:
         pass  # no attention module to read (a CNN)
     else:
-        _say(quiet, "attention heads")
-        attention = attention_head_table({n: models[n] for n in order}, original, x_forget, y_forget, device=device)
-    chance = _metrics.chances(ds.num_classes, float(torch.isin(probe_train.y, torch.as_tensor(forget)).float().mean()))
-    references = {"chance": chance, "original": original, "retrained": retrained,
-                  "independent": sorted(independent)}
-    if "null_full" in orig and "retrained_full" in orig:
+        attention = attention_head_table({n: models[n] for n in order}, a.original, a.x_forget, a.y_forget,
+                                         device=a.device)
+    fmask = a.forget_test
+    share = float(torch.isin(a.probe_train.y, torch.as_tensor(a.forget)).float().mean())
+    references = {"chance": _metrics.chances(a.ds.num_classes, share), "original": a.original,
+                  "retrained": a.retrained, "independent": sorted(independent)}
+    if NULL in a.reference_full and a.retrained in a.reference_full:
         references["cka_null"] = {
-            "pos": _cka.cka_per_tap(orig["retrained_full"], orig["null_full"], r_rows, unbiased=cka_unbiased),
-            "neg": _cka.cka_per_tap(orig["retrained_full"], orig["null_full"], f_rows, unbiased=cka_unbiased),
-        }
-    if retrained is not None:
-        references["distance_to_retrained"] = {
-            name: distances(metrics[name], metrics[retrained]) for name in metrics
-        }
+            k: _cka.cka_per_tap(a.reference_full[a.retrained], a.reference_full[NULL], a.cka_rows[rows],
+                                unbiased=a.cka_unbiased) for k, rows in (("pos", "retain"), ("neg", "forget"))}
+    if a.retrained is not None:
+        references["distance_to_retrained"] = {name: distances(metrics[name], metrics[a.retrained]) for name in metrics}
     settings = {
-        "dataset": ds.name, "forget": forget, "taps": list(taps), "seed": seed,
-        "probe_train_size": len(probe_train), "test_size": len(test), "deepest_tap": deepest,
-        "reduction": reducer.describe(), "max_dim": max_dim, "shots": list(shots),
-        "cka_examples": {"retain": len(r_rows), "forget": len(f_rows)}, "selectivity_k": selectivity_k,
-        "gradcam_overlap": {"tap": overlap_tap, "examples": len(x_forget)},
-        "forget_test_size": int(fmask_test.sum()),
-        "cka_estimator": "unbiased" if cka_unbiased else "biased",
-        "relearn_steps": relearn_steps, "mia_shadows": mia_shadows, "attacks": bool(attacks),
-        "relearn_lr": _relearn.RELEARN_LR, "device": str(device),
+        "dataset": a.ds.name, "forget": a.forget, "taps": list(a.taps), "seed": a.seed,
+        "probe_train_size": len(a.probe_train), "test_size": len(a.ds.test), "deepest_tap": a.deepest,
+        "reduction": a.reducer.describe(), "max_dim": a.reducer.max_dim, "shots": list(a.shots),
+        "cka_examples": {"retain": len(a.cka_rows["retain"]), "forget": len(a.cka_rows["forget"])},
+        "selectivity_k": a.selectivity_k, "gradcam_overlap": {"tap": a.overlap_tap, "examples": len(a.x_forget)},
+        "forget_test_size": int(fmask.sum()), "cka_estimator": "unbiased" if a.cka_unbiased else "biased",
+        "relearn_steps": a.relearn_steps, "mia_shadows": mia_shadows, "attacks": a.attacks,
+        "relearn_lr": _relearn.RELEARN_LR, "device": str(a.device),
     }
     out = {"metrics": metrics, "references": references, "definitions": _metrics.definitions(), "settings": settings,
            "timings_s": timings}
     if attention is not None:
         out["attention_heads"] = attention
-    if retrained is not None and NULL in metrics:
-        out["verdict"] = _verdict(metrics, original=original, retrained=retrained, null=NULL,
-                                  audited=[n for n in order if n not in (original, retrained, NULL)],
-                                  n_forget=int(fmask_test.sum()), n_retain=int((~fmask_test).sum()))
-    if figures:
-        out["_figures"] = figs
+    if a.retrained is not None and NULL in metrics:
+        out["verdict"] = _verdict(metrics, original=a.original, retrained=a.retrained, null=NULL,
+                                  audited=[n for n in order if n not in (a.original, a.retrained, NULL)],
+                                  n_forget=int(fmask.sum()), n_retain=int((~fmask).sum()))
     return out
 
 
-def _figures(figs, timings, name, model, te, test, cam_rows, tsne_rows, taps, cam_taps, device, seed, quiet) -> None:
+def _figure_plan(original, a: AuditPass) -> dict:
+    """The figures' rows and taps (the same for every model) and the arrays the report draws, filled per model."""
+    from .embedding import tsne_subsample
+
+    test, cam_rows = a.ds.test, a.cka_rows["gradcam"]
+    # Grad-CAM figure taps: those whose map the original's class scores reach (not a ViT's last block)
+    x_probe = to_float(test.x[cam_rows[:2]]).to(a.device)
+    rows = tsne_subsample(test.y.numpy(), seed=a.seed)
+    return {"tsne": {}, "gradcam": {}, "tsne_rows": rows, "tsne_labels": test.y[rows].numpy(), "forget": a.forget,
+            "cam_taps": [t for t in GRADCAM_TAPS if t in a.taps and reaches_map(original.to(a.device), x_probe, t)],
+            "gradcam_images": test.x[cam_rows].numpy(), "gradcam_labels": test.y[cam_rows].numpy()}
+
+
+def _figures(figs, timings, name, model, te, a: AuditPass, quiet) -> None:
     _say(quiet, f"{name}: figures")
     t1 = time.perf_counter()
     from .embedding import tsne
     from .gradcam import gradcam
 
-    figs["tsne"][name] = {t: tsne(te.vec[t][tsne_rows], seed=seed) for t in taps}
-    x_cam = to_float(test.x[cam_rows]).to(device)
-    figs["gradcam"][name] = {
-        t: gradcam(model, x_cam, t, test.y[cam_rows].to(device)).numpy() for t in cam_taps
-    }
+    test, rows, cam_rows = a.ds.test, figs["tsne_rows"], a.cka_rows["gradcam"]
+    figs["tsne"][name] = {t: tsne(te.vec[t][rows], seed=a.seed) for t in a.taps}
+    x_cam = to_float(test.x[cam_rows]).to(a.device)
+    figs["gradcam"][name] = {t: gradcam(model, x_cam, t, test.y[cam_rows].to(a.device)).numpy() for t in figs["cam_taps"]}
     timings[f"{name}:figures"] = time.perf_counter() - t1
 
 

@@ -20,12 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ..runs import atomic_write_bytes, atomic_write_text
+from .metrics import REGISTRY
 from .verdict import NULL
 
-SCALARS = ("forget_acc", "retain_acc", "mia_acc", "nn_purity")
-PER_TAP_TABLES = ("probe_acc", "transfer_probe_acc", "knn_acc", "svm_acc", "cka_pos", "cka_neg",
-                  "nn_purity_by_layer", "selectivity_delta", "probe_overall_acc")
-PER_N_TABLES = ("fewshot_probe_acc", "relearn_acc")
 
 
 def fmt(v) -> str:
@@ -94,9 +91,10 @@ def _tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     metrics = result["metrics"]
     names = list(metrics)
     out = []
-    scalars = [k for k in SCALARS if any(k in metrics[n] for n in names)]
-    refs = result.get("references", {})
-    dicts = [k for k in PER_TAP_TABLES + PER_N_TABLES if any(isinstance(metrics[n].get(k), dict) for n in names)]
+    # the registry's headline measures first (Metric.headline, in its order), then every other one
+    first = [name for name, m in REGISTRY.items() if m.headline]
+    scalars = [k for k in first if any(k in metrics[n] and not isinstance(metrics[n][k], dict) for n in names)]
+    dicts = [k for k in first if any(isinstance(metrics[n].get(k), dict) for n in names)]
     for n in names:  # every other metric too, so every number of the dict is in the report
         for k, v in metrics[n].items():
             if isinstance(v, dict) and k not in dicts:

@@ -166,10 +166,9 @@ def config_from_args(args) -> RunConfig:
 def check_config(cfg: RunConfig) -> RunConfig:
     """Every name, number and choice of a run, and CNR_FAST_BACKEND, checked before any work."""
     from ..config import validate
-    from ..experiments.methods import check_options, get as get_method
+    from ..experiments.methods import check_options
 
-    get_method(cfg.method)  # an unknown name is one line naming the closest ones
-    check_options(cfg)
+    check_options(cfg)  # cfg.method is resolved by the driver that runs it (methods.prepare)
     check_arch_known(cfg)
     name = cfg.data.dataset
     if name not in DATASETS[:-1] and not name.startswith("imagefolder:"):
@@ -253,8 +252,8 @@ def add_option_args(p: argparse.ArgumentParser) -> None:
     """A flag for every option a registered method declares (methods.Option), grouped by method."""
     from ..experiments import methods as M
 
-    for name in M.names():
-        entry = M.get(name)
+    for entry in M.entries():
+        name = entry.name
         if not entry.options:
             continue
         g = p.add_argument_group(f"{name}: {entry.description}")
@@ -305,14 +304,14 @@ def note_flags_not_taken(args, methods, quiet: bool = False) -> None:
     from ..experiments import methods as M
     from ..progress import log
 
-    entries = {m: M.resolve(m, None)[0] for m in methods}
+    entries = {p.name: p.entry for p in (m if isinstance(m, M.Prepared) else M.prepare(m) for m in methods)}
     for dest, (section, _key) in FLAG_MAP.items():
         if section not in ("detect", "synth", "reset", "baseline") or dest == "taps" or getattr(args, dest, None) is None:
             continue
         flag = "--" + dest.replace("_", "-")
         readers = [m for m, e in entries.items() if flag in e.flags]  # the registry's flags (`cnr-fast ls`)
         # methods with no settings (LM) are not named unless nothing reads the flag at all
-        others = [m for m in methods if m not in readers and (entries[m].config_sections or not readers)]
+        others = [m for m in entries if m not in readers and (entries[m].config_sections or not readers)]
         if others:
             log(f"note: {flag} is read by {', '.join(readers) or 'none of the methods run'}; not by {', '.join(others)} "
                 "(`cnr-fast ls` lists the flags each method reads)", quiet)

@@ -33,10 +33,8 @@ def run(args) -> int:
     from ..models import build_model
     from ..models.taps import candidates
     from ..references import source_options
-    from .args import check_arch_known
 
-    cfg = config_from_args(args)
-    check_arch_known(cfg)
+    cfg = config_from_args(args)  # checks the arch too (args.check_config)
     ds = load_dataset(cfg.data)
     try:
         model = build_model(cfg.model.arch, ds.num_classes, ds.in_channels, ds.image_size, cfg.model.width,

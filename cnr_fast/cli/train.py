@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import dist
 from ..runs import check_out_dir, save_checkpoint, staged_dir, write_run_files
 from ..references import obtain_reference
-from .args import add_data_args, add_model_args, add_run_args, check_arch_known, config_from_args
+from .args import add_data_args, add_model_args, add_run_args, config_from_args
 from .running import prepare_run
 
 EXAMPLES = """examples:
@@ -33,8 +33,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    cfg = config_from_args(args)
-    check_arch_known(cfg)
+    cfg = config_from_args(args)  # checks the arch too (args.check_config)
     out = Path(args.out)
     check_out_dir(out)  # before any training
     cfg, ds, device = prepare_run(cfg, args.quiet, getattr(args, "forget_names", None))

@@ -4,30 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .. import dist
 from ..config import stable_hash
+from ..data import class_table
 from ..errors import UserError
 from ..experiments import methods as M
-from ..experiments.runner import begin_provenance, machine_info, val_accuracy
-from ..config import RunConfig
-from ..data import Dataset, class_table
-from ..models import LogitMask, arch_label, model_from_checkpoint, model_meta, takes_width
-from ..preflight import check_model
-from ..progress import log
+from ..experiments.runner import begin_provenance
+from ..experiments.unlearn import AUDIT_LEVELS, AuditPlan, unlearn_run
+from ..models import LogitMask, arch_label
+from ..references import load_original
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
-from ..train import compile_checks, forget_retain_accuracy, precision
-from ..references import load_original, obtain_reference, source_options
-from ..audit.verdict import NULL
-from .args import (add_data_args, note_flags_not_taken, note_compile, add_method_args, add_model_args, add_run_args, check_arch_known, check_ulira_pairs, note_klom_pairs,
-                   config_from_args)
+from .args import (
+    add_data_args,
+    add_method_args,
+    add_model_args,
+    add_run_args,
+    check_ulira_pairs,
+    config_from_args,
+    note_compile,
+    note_flags_not_taken,
+    note_klom_pairs,
+)
 from .running import driver_state, prepare_run, run_with_state
 
 EXAMPLES = """examples:
@@ -82,8 +84,7 @@ def run(args) -> int:
     started = begin_provenance()
     _adopt_checkpoint_arch(args)
     cfg = config_from_args(args)
-    M.get(cfg.method)  # an unknown name is one line naming the closest ones
-    check_arch_known(cfg)
+    method = M.prepare(cfg.method, cfg)  # resolved once; an unknown name is one line naming the closest ones
     args.ulira_pairs = ulira_pairs(args)  # resolved once: thorough's default, checked
     if args.retrained not in (None, "auto", "off") and not Path(args.retrained).is_file():
         raise UserError(f"--retrained {args.retrained!r} does not exist; pass a checkpoint path, auto or off")
@@ -99,7 +100,8 @@ def run(args) -> int:
         check_out_dir(args.out)  # before any work: a file, or a folder this user cannot write, is refused now
     quiet = args.quiet
     cfg, ds, device = prepare_run(cfg, quiet, getattr(args, "forget_names", None))
-    note_flags_not_taken(args, [cfg.method], quiet)
+    method = method.on(cfg)  # the data's classes and the device resolved: the same method, no look-up
+    note_flags_not_taken(args, [method], quiet)
     note_compile(args, quiet)
     note_klom_pairs(args.ulira_pairs, quiet)
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
@@ -115,8 +117,8 @@ def run(args) -> int:
     args.original_is_own = bool(orig_meta.get("kind"))  # trained by cnr-fast (its cache, or a checkpoint it wrote)
     state, _ = driver_state(out, {**key, "original_sha256": weights_digest(original)}, args.restart, quiet)
     # bad input or a diverged stage on a fresh run leaves nothing behind (an earlier run's state stays)
-    return run_with_state(state, lambda: _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
-                                              t_start, started), "cnr-fast unlearn", discard_on_refusal=True)
+    return run_with_state(state, lambda: _run(args, method, ds, device, out, original, orig_path, cache_hit, key,
+                                              state, t_start, started), "cnr-fast unlearn", discard_on_refusal=True)
 
 
 def _run_key(cfg, args) -> dict:
@@ -149,122 +151,30 @@ def _finished(out: Path, key: dict) -> bool:
     return isinstance(old, dict) and old.get("run_key") == stable_hash(key)
 
 
-def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state, t_start, started) -> int:
-    quiet = args.quiet
-    forget = list(cfg.data.forget)
-    # the input contract checked before any work: a model fed otherwise than it was trained stops here
-    checks = {"original": check_model(original, ds, device, role="original", forget=forget, expect_acc=args.expect_acc,
-                                      force=args.force, quiet=quiet, own=args.original_is_own)}
-    refs = {}
-    if args.audit != "off" and args.retrained not in (None, "auto", "off"):
-        retain = ds.retain_classes(forget)
-        for name, flag, path in (("retrained", "--retrained", args.retrained), (NULL, "--null", args.null)):
-            if path is not None:
-                refs[name] = load_retrained(path, cfg, ds, device, args.cache_dir, quiet, flag=flag)
-                checks[name] = check_model(refs[name], ds, device, role=flag[2:], classes=retain, absent=forget,
-                                           force=args.force, quiet=quiet)
-    acc_orig = forget_retain_accuracy(original, ds.test, forget, device=device, amp=cfg.amp)
-    log(f"original: forget acc {acc_orig['forget_acc']:.3f}, retain acc {acc_orig['retain_acc']:.3f}", quiet)
-
-    model, info, timings, files = M.unlearn_model(cfg.method, original, ds, cfg, device=device, quiet=quiet,
-                                                state=state)
-    acc_new = forget_retain_accuracy(model, ds.test, forget, device=device, amp=cfg.amp)
-    acc_orig.update(val_accuracy(original, ds, forget, device, amp=cfg.amp))
-    acc_new.update(val_accuracy(model, ds, forget, device, amp=cfg.amp))
-    log(f"unlearned ({cfg.method}): forget acc {acc_new['forget_acc']:.3f}, retain acc {acc_new['retain_acc']:.3f}",
-        quiet)
-
-    inner = model.model if isinstance(model, LogitMask) else model
-    meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model, **source_options(cfg)), "kind": "unlearned", "method": cfg.method,
-            "forget_classes": forget, "seed": cfg.seed, "original_checkpoint": str(orig_path),
-            "test_accuracy": acc_new}
-    if isinstance(model, LogitMask):
-        meta["logit_mask"] = forget
-    metrics = {"original": dict(acc_orig), "unlearned": dict(acc_new)}
-    audit_view = None
-    if args.audit != "off":
-        models = {"original": original, "unlearned": model}
-        null = None
-        if args.retrained not in (None, "off"):
-            models["retrained"] = refs.get("retrained") or load_retrained(args.retrained, cfg, ds, device,
-                                                                          args.cache_dir, quiet)
-            if args.retrained == "auto":  # the CKA null reference: a second, independent retrained model
-                null = obtain_reference("retrained_null", cfg, ds, device, args.cache_dir, quiet)[0]
-            elif NULL in refs:
-                null = refs[NULL]
-            else:
-                log("audit: no --null given: the verdict needs a second retrained model (--null PATH) to say how far "
-                    "apart two models that never saw the class are; the report has none", quiet)
-        independent = [n for n in ("retrained",) if n in models]
-        if M.is_from_scratch(cfg.method):
-            independent.append("unlearned")
-        t0 = time.perf_counter()
-        done = {n: part for n in [*models, NULL] if (part := state.load(f"audit-{n}")) is not None}
-
-        def on_model(name, part):
-            state.save(f"audit-{name}", part)
-            kill_point(f"audit:{name}")
-
-        audit_result = run_audit(models, ds, forget, device=device, seed=cfg.seed,
-                                 figures=args.audit in ("full", "thorough"),
-                                 attacks=args.audit == "thorough",
-                                 quiet=quiet, null_model=null, independent=independent, done=done,
-                                 on_model=on_model)
-        if args.ulira_pairs:
-            from ..experiments.shadows import ulira_attack
-
-            log(f"U-LiRA: {args.ulira_pairs} shadow pairs, each unlearned with {cfg.method}", quiet)
-            targets = {"unlearned": model, "retrained": models["retrained"], "original": original}
-            if null is not None:
-                targets[NULL] = null
-            chosen = (M.validation_choice(info) or {}).get("chosen")
-            audit_result["ulira"] = ulira_attack(cfg.method, cfg, ds, targets, choice=chosen, pairs=args.ulira_pairs,
-                                                 device=device, cache=args.cache_dir, quiet=quiet, state=state)
-        timings["audit"] = time.perf_counter() - t0
-        from ..audit import json_view
-
-        audit_view = json_view(audit_result)
-        for name, m in audit_view["metrics"].items():
-            metrics[name] = {**m, **metrics.get(name, {})}
-    timings["total"] = time.perf_counter() - t_start
-
-    results = {
-        "method": cfg.method, "data_needs": M.data_needs(cfg.method), "dataset": ds.name, "arch": cfg.model.arch,
-        "width": cfg.model.width if takes_width(cfg.model.arch) else None,  # a ViT's or your model's: none
-        "precision": precision(device, cfg.amp),  # --amp: bf16 / fp16 autocast where the device has it, else fp32
-        # --compile: each compiled loop's first-batch gradients against float64 (train.check_compiled_gradients)
-        **({"compile_checks": compile_checks()} if cfg.compile else {}),
-        "forget_classes": forget, "seed": cfg.seed,
-        "metrics": metrics,
-        "timings_s": timings,
-        "original_checkpoint": str(orig_path), "original_cache_hit": bool(cache_hit),
-        "unlearned_checkpoint": str(out / "model.pt"),
-        "device": str(device), "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "provenance": machine_info(started),
-        # the setting chosen on validation (step size, SSD's alpha, SCRUB's preset) and every candidate's scores
-        "validation_choice": M.validation_choice(info),
-        "details": _jsonable(info),
-        "run_key": stable_hash(key), "resumed_entries": list(state.reused),
-        "classes": class_table(ds), "preflight": checks,
-    }
-    if audit_view is not None:
-        # the auditor's answer first: where the unlearned model stands between original and retrained
-        results["verdict"] = audit_view.get("verdict")
-        results["audit"] = {k: v for k, v in audit_view.items() if k not in ("metrics", "verdict")}
+def _run(args, method, ds, device, out, original, orig_path, cache_hit, key, state, t_start, started) -> int:
+    plan = AuditPlan(level=args.audit, retrained=args.retrained, null=args.null, ulira_pairs=args.ulira_pairs,
+                     cache=args.cache_dir)
+    run = unlearn_run(method, original, ds, device=device, state=state, plan=plan, orig_path=orig_path,
+                      cache_hit=cache_hit, own_original=args.original_is_own, expect_acc=args.expect_acc,
+                      force=args.force, quiet=args.quiet, t_start=t_start, started=started)
+    results = {**run.results, "unlearned_checkpoint": str(out / "model.pt"), "run_key": stable_hash(key),
+               "resumed_entries": list(state.reused)}
     results["world_size"] = dist.world()
     if not dist.is_main():  # under torchrun rank 0 alone writes the run directory
         dist.barrier()
         return 0
     # Every output goes to a staging folder first and into `out` only when all of it is written: a
     # failure (disk full, ...) leaves `out` absent, or as it was.
+    files = dict(run.files)
     with staged_dir(out) as stage:
-        save_checkpoint(stage / "model.pt", inner, meta)
+        model = run.model
+        save_checkpoint(stage / "model.pt", model.model if isinstance(model, LogitMask) else model, run.meta)
         # a control's changes spelled out; the class mapping beside them (informational: --config skips it)
-        files["config.json"] = {**M.resolve(cfg.method, cfg)[1].to_dict(), "classes": class_table(ds)}
-        if audit_view is not None:
+        files["config.json"] = {**method.cfg.to_dict(), "classes": class_table(ds)}
+        if run.audit is not None:
             from ..audit import write_report
 
-            write_report(stage, audit_result, {"method": cfg.method, "checkpoint": str(out / "model.pt"),
+            write_report(stage, run.audit, {"method": method.name, "checkpoint": str(out / "model.pt"),
                                                "original": str(orig_path),
                                                "validation_choice": results["validation_choice"]})
         files["results.json"] = results  # last, so its presence means the run finished
@@ -274,16 +184,6 @@ def _run(args, cfg, ds, device, out, original, orig_path, cache_hit, key, state,
     dist.barrier()
     _print_table(results, out, quiet=False)
     return 0
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    return obj
 
 
 def _print_table(results: dict, out: Path, quiet: bool) -> None:
@@ -315,7 +215,7 @@ def _f(v) -> str:
 
 def add_audit_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("audit (see `cnr-fast audit --help` for what each number means)")
-    g.add_argument("--audit", choices=["thorough", "full", "fast", "off"], default="fast",
+    g.add_argument("--audit", choices=AUDIT_LEVELS, default="fast",
                    help="fast (default): every metric but the Table 10 attacks, no t-SNE / Grad-CAM figures; full: "
                         "with figures; thorough: "
                         "full plus the paper's Table 10 attacks (MLP and conv probes, model inversion) and U-LiRA over "
@@ -335,28 +235,3 @@ def add_audit_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--null", default=None, metavar="PATH",
                    help="with --retrained PATH: a second model retrained without the class, independently of the "
                         "first; the verdict needs it (read like --checkpoint)")
-
-
-def load_retrained(spec: str, cfg: RunConfig, ds: Dataset, device, cache, quiet=False, flag="--retrained"):
-    """The retrained reference (or, flag="--null", its null): trained and cached for "auto", else read
-    from a checkpoint with the original's model source and input contract, like --checkpoint."""
-    if spec == "auto":
-        return obtain_reference("retrained", cfg, ds, device, cache, quiet)[0]
-    model, meta = model_from_checkpoint(spec, ds, cfg.model.arch, cfg.model.width, source_options(cfg))
-    recorded = meta.get("forget_classes")
-    if recorded is not None and sorted(recorded) != sorted(cfg.data.forget):
-        raise UserError(f"{flag} {spec!r} was trained without classes {recorded}, not {list(cfg.data.forget)}; "
-                        "pass a reference retrained on the same splits, or --retrained auto")
-    log(f"{flag[2:]}: {spec}", quiet)
-    return model.to(device).eval()
-
-
-def run_audit(models: dict, ds: Dataset, forget, *, device, seed=0, figures=False, quiet=False, null_model=None,
-              independent=None, done=None, on_model=None, attacks=False):
-    from ..audit import audit_models
-
-    log(f"audit: {', '.join(models)} ...", quiet)
-    return audit_models(models, ds, list(forget), device=device, original="original",
-                        retrained="retrained" if "retrained" in models else None, seed=seed, figures=figures,
-                        quiet=quiet, null_model=null_model, independent=independent, done=done,
-                        on_model=on_model, attacks=attacks)

@@ -33,8 +33,7 @@ from .ablate import ABLATIONS, SWEEPS, ablate, ablate_tables, merge_ablate  # no
 from .compare import compare, compare_tables  # noqa: F401
 from .methods import Method, get, is_from_scratch, names, register, resolve, unlearn_model, validation_choice  # noqa: F401
 from .reports import (  # noqa: F401
-    ABLATE_METRICS,
-    HEADLINE,
+    summary_keys,
     ablate_figures,
     ablate_report_md,
     choices_md,

@@ -12,22 +12,9 @@ from . import methods as M
 from .merge import check_mergeable, concat_seeds
 from .runner import Arm, begin_provenance, machine_info, run_seed, seed_references, setup
 from .stats import null_table, summarise, summarise_runs
+from .variants import VARIANTS
 
-ABLATIONS = {
-    "full": {},
-    "no-synthesis": {"synth": {"latent_opt": False}},  # raw GAN samples (Table 3 "w/o synthesis")
-    "no-realism": {"synth": {"lambda_real": 0.0}},
-    "no-tv": {"synth": {"lambda_smooth": 0.0}},
-    "random-units": {"detect": {"selection": "random"}},
-    "gradient-units": {"detect": {"selection": "gradient"}},
-    "k3": {"detect": {"k": 3}},
-    "k48": {"detect": {"k": 48}},
-    "sign-paper": {"synth": {"sign": "paper"}},
-    "relabel-step": {"reset": {"relabel": "step"}},
-    "b32": {"synth": {"batch": 32}},
-    "b256": {"synth": {"batch": 256}},
-    "b1024": {"synth": {"batch": 1024}},
-}
+ABLATIONS = VARIANTS  # experiments/variants.py: the one definition of each change, the controls' too
 # sweeps plotted against their knob; "full" is the default point of each
 SWEEPS = {"k": {"k3": 3, "full": 12, "k48": 48}, "B": {"b32": 32, "full": 64, "b256": 256, "b1024": 1024}}
 

@@ -68,6 +68,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
     for m, why in not_applicable.items():
         log(f"compare: {m} is not run: it {why}", quiet)
     methods = [m for m in methods if m not in not_applicable]
+    prepared = {m: M.prepare(m) for m in methods}  # each resolved once (methods.prepare)
     if not methods:
         raise UserError(f"none of the methods can run on {train_data} training data alone: "
                         f"{'; '.join(f'{m} {w}' for m, w in not_applicable.items())}; "
@@ -108,12 +109,13 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
         reuse: dict = {}
 
         def make(m, original=refs.original, seed=seed, reuse=reuse):
-            base = M.resolve(m, cfg)[0].name
-            model, minfo, t, _ = M.unlearn_model(m, original, method_ds, ref_cfg.replace(seed=seed, method=base),
-                                                 device=device, quiet=quiet, reuse=reuse)
+            p = prepared[m]
+            model, minfo, t, _ = M.unlearn_model(p, original, method_ds,
+                                                 ref_cfg.replace(seed=seed, method=p.entry.name), device=device,
+                                                 quiet=quiet, reuse=reuse)
             return model, {"time": t["unlearn"], "choice": M.validation_choice(minfo)}
 
-        arms = [Arm(m, refs.original, lambda m=m: make(m), M.is_from_scratch(m)) for m in methods]
+        arms = [Arm(m, refs.original, lambda m=m: make(m), prepared[m].from_scratch) for m in methods]
         r = run_seed(arms, refs, ds, forget, device=device, state=state, prefix=f"{entry_prefix}s{seed}-", seed=seed,
                      quiet=quiet, figures=figures, log=lambda n, seed=seed: log(f"compare: seed {seed}, method {n}",
                                                                                quiet), attacks=attacks)
@@ -123,7 +125,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
             for m in methods:
                 log(f"compare: seed {seed}, U-LiRA of {m} ({ulira_pairs} shadow pairs)", quiet)
                 chosen = (r["choices"][m] or {}).get("chosen")
-                u = ulira_attack(m, ref_cfg.replace(seed=seed), ds, {"unlearned": r["models"][m],
+                u = ulira_attack(prepared[m], ref_cfg.replace(seed=seed), ds, {"unlearned": r["models"][m],
                                  "retrained": refs.retrained, NULL: refs.null, "original": refs.original},
                                  choice=chosen, pairs=ulira_pairs, device=device, cache=cache, quiet=quiet,
                                  state=state)
@@ -148,7 +150,7 @@ def _compare(cfg, methods, seeds, *, device, cache, fixed_original, figures, qui
         "forget_names": [ds.class_names[c] for c in forget] if ds.class_names else None,
         "seeds": [cfg.seed + s for s in range(seeds)], "fixed_original": bool(fixed_original),
         "reference_init": cfg.train.reference_init, "recipe": recipe_name(), "recipe_checks": recipe_checks,
-        "data_needs": {m: M.data_needs(m) for m in methods}, "train_data": train_data,
+        "data_needs": {m: prepared[m].data_needs for m in methods}, "train_data": train_data,
         "not_applicable": not_applicable,
         "splits": {"train": len(ds.train), "val": len(ds.val) if ds.val is not None else 0, "test": len(ds.test)},
         "coordinate_bound_metrics": list(coordinate_bound()), "separation_threshold": SEPARATION,

@@ -40,8 +40,11 @@ import torch
 from ..config import RunConfig
 from ..errors import UserError
 from ..registry import Registry
+from .variants import VARIANTS
 
 ROLES = ("cnr", "control", "baseline")
+# the CNR controls and the ablation variant (variants.py) each one is: one definition of the change
+CONTROLS = {"cnr-raw": "no-synthesis", "cnr-paper": "sign-paper"}
 DATA_NEEDS = ("forget", "retain", "labels")
 OPTION_TYPES = (int, float, str, bool)
 
@@ -139,11 +142,58 @@ def check_names(methods: list[str]) -> None:
         raise UserError(f"--methods lists a method twice: {methods}")
 
 
+def entries() -> tuple[Method, ...]:
+    """Every registered entry, in registration order (built-ins first)."""
+    return tuple(_all().values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A method resolved once for a run (`prepare`): what the drivers and `unlearn_model` read instead of
+    looking the name up again."""
+
+    name: str  # the name asked for (a control keeps its own, e.g. "cnr-raw")
+    method: Method  # its entry
+    entry: Method  # the entry that runs: a control's base method, else `method`
+    cfg: RunConfig | None  # the config it runs with (a control's changes applied)
+    options: dict  # the runner's option values (cfg's over the defaults)
+
+    @property
+    def from_scratch(self) -> bool:
+        return self.entry.from_scratch
+
+    @property
+    def data_needs(self) -> str:
+        """What training data it reads, in words ("forget and retain images, with labels"; "none")."""
+        needs = self.entry.needs
+        if needs is None:
+            return "not declared"
+        parts = [p for p in ("forget", "retain") if p in needs]
+        if not parts:
+            return "none"
+        return " and ".join(parts) + " images" + (", with labels" if "labels" in needs else ", no labels")
+
+    def on(self, cfg: RunConfig) -> Prepared:
+        """The same method on another config (another seed, a shadow's): no registry look-up."""
+        m = self.method
+        run_cfg = cfg.replace(**m.changes) if m.variant_of is not None and m.changes else cfg
+        given = cfg.method_options.get(self.entry.name, {})
+        return dataclasses.replace(self, cfg=run_cfg, options={o.name: given.get(o.name, o.default)
+                                                               for o in self.entry.options})
+
+
+def prepare(name: str, cfg: RunConfig | None = None) -> Prepared:
+    """Resolve method `name` once: its entry, the entry that runs, the config and options it runs with. An
+    unknown name is a UserError naming the closest ones."""
+    m = get(name)
+    entry = _all()[m.variant_of] if m.variant_of is not None else m  # register() checked that it exists
+    p = Prepared(name, m, entry, cfg, {o.name: o.default for o in entry.options})
+    return p.on(cfg) if cfg is not None else p
+
+
 def option_values(name: str, cfg: RunConfig) -> dict:
     """The options of method `name` (a control: of the method it varies) with cfg's values over the defaults."""
-    entry = resolve(name, None)[0]
-    given = cfg.method_options.get(entry.name, {})
-    return {o.name: given.get(o.name, o.default) for o in entry.options}
+    return prepare(name, cfg).options
 
 
 def check_options(cfg: RunConfig) -> None:
@@ -175,13 +225,7 @@ def check_options(cfg: RunConfig) -> None:
 
 def data_needs(name: str) -> str:
     """What training data a method reads, in words ("forget and retain images, with labels"; "none")."""
-    needs = resolve(name, None)[0].needs
-    if needs is None:
-        return "not declared"
-    parts = [p for p in ("forget", "retain") if p in needs]
-    if not parts:
-        return "none"
-    return " and ".join(parts) + " images" + (", with labels" if "labels" in needs else ", no labels")
+    return prepare(name).data_needs
 
 
 TRAIN_DATA = {"all": DATA_NEEDS, "forget": ("forget", "labels")}  # what compare's methods may read; the
@@ -190,7 +234,7 @@ TRAIN_DATA = {"all": DATA_NEEDS, "forget": ("forget", "labels")}  # what compare
 
 def not_applicable(name: str, train_data: str = "all") -> str | None:
     """Why method `name` cannot run when only TRAIN_DATA[train_data] is at hand (None: it can)."""
-    needs = resolve(name, None)[0].needs
+    needs = prepare(name).entry.needs
     if train_data == "all":
         return None
     if needs is None:
@@ -202,21 +246,21 @@ def not_applicable(name: str, train_data: str = "all") -> str | None:
 
 def is_from_scratch(name: str | None) -> bool:
     """True for a registered method trained from scratch (unknown names: False)."""
-    return bool(name) and name in _all() and resolve(name, None)[0].from_scratch
+    return bool(name) and name in _all() and prepare(name).from_scratch
 
 
 def resolve(name: str, cfg: RunConfig | None) -> tuple[Method, RunConfig | None]:
     """(the entry that runs, config) for a method or a config-variant control such as "cnr-raw"."""
-    m = get(name)
-    if m.variant_of is not None:
-        base = get(m.variant_of)
-        return base, (cfg.replace(**m.changes) if cfg is not None and m.changes else cfg)
-    return m, cfg
+    p = prepare(name, cfg)
+    return p.entry, p.cfg
 
 
-def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=False, reuse: dict | None = None,
-                  state=None):
+def unlearn_model(method: str | Prepared, original, ds, cfg: RunConfig | None = None, *, device, quiet=False,
+                  reuse: dict | None = None, state=None):
     """Run one method (or CNR control) on `original`. Returns (model, info, timings, extra run files).
+
+    method: a name (resolved here, with `cfg`), or what `prepare` returned (cfg=None: its own config;
+    a cfg: the same method on it, without a registry look-up).
 
     reuse: a dict kept across calls on the same original and seed (compare / ablate) so that CNR
     variants reuse one GAN per forget class; the reused GAN's training time is still charged.
@@ -225,11 +269,15 @@ def unlearn_model(method: str, original, ds, cfg: RunConfig, *, device, quiet=Fa
     A method's info may carry "synthetic_images" (written as synthetic.pt / .png) and "timings_s" (per
     stage; "charged_reused_s" is time of reused work charged to this run).
     """
-    entry, cfg = resolve(method, cfg)
+    if isinstance(method, Prepared):
+        p = method.on(cfg) if cfg is not None else method
+    else:
+        p = prepare(method, cfg)
+    cfg = p.cfg
     forget = list(cfg.data.forget)
     t0 = time.perf_counter()
-    model, info = _call(entry, original, ds, forget, cfg, device=device, quiet=quiet, state=state, reuse=reuse,
-                        options=option_values(entry.name, cfg))
+    model, info = _call(p.entry, original, ds, forget, cfg, device=device, quiet=quiet, state=state, reuse=reuse,
+                        options=p.options)
     info = dict(info)
     files: dict[str, object] = {}
     synth = info.pop("synthetic_images", None)
@@ -283,7 +331,23 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from ..baselines import badteacher, gau, jit, kdu, l1sparse, lfssd, lm, neggrad, rfs, rl, roft, salun, scrub, ssd, unsir
+    from ..baselines import (
+        badteacher,
+        gau,
+        jit,
+        kdu,
+        l1sparse,
+        lfssd,
+        lm,
+        neggrad,
+        rfs,
+        rl,
+        roft,
+        salun,
+        scrub,
+        ssd,
+        unsir,
+    )
     from ..cnr.pipeline import run_cnr, run_real
 
     cnr_sections, cnr_flags = ("detect", "synth", "reset"), (
@@ -331,10 +395,10 @@ def _load_builtins() -> None:
         Method("kdu", kdu.run, "baseline", "distil the original with its forget logits masked", needs=both,
                **fine_tune),
         Method("lm", lm.run, "baseline", "mask the forget logits at inference; weights untouched", needs=()),
-        Method("cnr-raw", None, "control", "raw GAN samples, no latent optimisation", variant_of="cnr",
-               changes={"synth": {"latent_opt": False}}),
-        Method("cnr-paper", None, "control", "eq. 6 minimised with the sign as printed", variant_of="cnr",
-               changes={"synth": {"sign": "paper"}}),
+        Method("cnr-raw", None, "control", "raw GAN samples, no latent optimisation (ablate's no-synthesis)",
+               variant_of="cnr", changes=VARIANTS[CONTROLS["cnr-raw"]]),
+        Method("cnr-paper", None, "control", "eq. 6 minimised with the sign as printed (ablate's sign-paper)",
+               variant_of="cnr", changes=VARIANTS[CONTROLS["cnr-paper"]]),
     ]
     for m in builtin:
         _REGISTRY.setdefault(m.name, m)

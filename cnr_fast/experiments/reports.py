@@ -7,25 +7,18 @@ import math
 from ..audit.klom import NULL_MIN_HALF
 from .stats import PRACTICAL_SEEDS, SEPARATION_ALPHA, format_p, is_coordinate_bound
 
-HEADLINE = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
-            "svm_acc.L4", "fewshot_probe_acc.5", "relearn_acc.5", "mia_acc", "nn_purity", "cka_pos.L4",
-            "cka_neg.L4", "cka_pos.L2", "cka_neg.L2", "transfer_probe_acc.L4", "selectivity_delta.L4")
+# the validation accuracies the runner adds (not audit measures): after the test accuracies in every summary
+VALIDATION = ("val_forget_acc", "val_retain_acc")
 
 
-def with_headline(keys, available) -> list[str]:
-    """keys (a fixed list of built-in measures) that `available` has, then every available measure of a
-    metric registered with headline=True (audit/metrics.py), in a stable order."""
-    from ..audit.metrics import headline
+def summary_keys(available) -> list[str]:
+    """The keys of `available` every summary table shows: the registry's headline measures (Metric.headline,
+    audit/metrics.py), in its order, with the validation accuracies after the test ones."""
+    from ..audit.metrics import headline_keys
 
-    have = list(available)
-    out = [k for k in keys if k in have]
-    wanted = set(headline())
-    return out + sorted(k for k in have if k.split(".")[0] in wanted and k not in out)
-
-
-ABLATE_METRICS = ("forget_acc", "retain_acc", "val_forget_acc", "val_retain_acc", "probe_acc.L4", "knn_acc.L4",
-                  "fewshot_probe_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4",
-                  "selectivity_delta.L4")
+    keys = headline_keys(available)
+    at = keys.index("retain_acc") + 1 if "retain_acc" in keys else 0
+    return keys[:at] + [k for k in VALIDATION if k in available] + keys[at:]
 
 
 def _cell(s: dict | None) -> str:
@@ -196,7 +189,7 @@ def pairwise_md(result: dict, methods: list[str]) -> list[str]:
 def compare_report_md(result: dict, short: bool = False) -> str:
     methods = list(result["methods"])
     refs = result["references"]
-    keys = with_headline(HEADLINE, refs["original"])
+    keys = summary_keys(refs["original"])
     if not short:
         keys += sorted(k for k in refs["original"] if k not in keys)
     from ..models import arch_label
@@ -290,7 +283,7 @@ def ablate_report_md(result: dict, figures: dict | None = None) -> str:
 
     t = result["table"]
     variants = list(result["variants"])
-    keys = with_headline(ABLATE_METRICS, t["full"])
+    keys = summary_keys(t["full"])
     lines = [f"# ablate: {result['dataset']} / {arch_label(result['arch'], result['width'])}, forget "
              f"{result['forget_classes']}, seeds {result['seeds']}", "",
              "Every variant is CNR with one change (`variants` in ablate.json), on the same original per seed. "
@@ -377,7 +370,7 @@ def scenario_figure(result: dict, keys=("forget_acc", "retain_acc", "cka_neg.L4"
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    if result["scenario"] == "continual":
+    if "rounds" in result:  # rounds of forgetting (continual)
         points = [(len(rd["forget"]), rd["table"]) for rd in result["rounds"]]
         xlabel = "round (classes forgotten so far)"
     else:
@@ -409,11 +402,10 @@ def scenario_figure(result: dict, keys=("forget_acc", "retain_acc", "cka_neg.L4"
     return {f"{result['scenario']}.png": _png(fig, axes)}
 
 
-def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_acc.L4", "cka_neg.L4"),
-                       figures: dict | None = None) -> str:
+def scenario_report_md(result: dict, figures: dict | None = None) -> str:
     lines = [f"# {result['scenario']}: {result['dataset']}", ""]
     lines += [f"![{name}]({name})\n" for name in figures or {}]
-    if result["scenario"] == "multiclass":
+    if "runs" in result:  # several compare runs (multiclass: one per class set)
         for key, run in result["runs"].items():
             lines += [f"## forget {{{key}}}", "", compare_report_md(run, short=True), ""]
         return "\n".join(lines) + "\n"
@@ -421,7 +413,7 @@ def scenario_report_md(result: dict, keys=("forget_acc", "retain_acc", "probe_ac
               f"model; seeds {result['seeds']}. Cells: mean [95% t-interval, within [0, 1] for a measure that lies there, `stats.in_unit_range`]; test split.", ""]
     lines += originals_md(result)
     first = result["rounds"][0]["table"]
-    keys = with_headline(keys, set().union(*(first[n] for n in first)))
+    keys = summary_keys(set().union(*(first[n] for n in first)))
     for key in keys:
         methods = [n for n in result["rounds"][0]["table"] if n not in ("original",)]
         lines += [f"### {key}", "", "| round (forget) | " + " | ".join(methods) + " |",

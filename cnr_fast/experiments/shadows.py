@@ -84,14 +84,17 @@ def phis(model, split, device) -> torch.Tensor:
     return U.scaled_logit(predict(model, split, device=device), split.y.cpu())  # predict's logits are on the CPU
 
 
-def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = None, pairs: int = PAIRS, device,
-                 cache=None, quiet=False, state=None) -> dict:
-    """targets: {"unlearned": the audited model, "retrained": the reference, optional "retrained_null" and
+def ulira_attack(method: str | M.Prepared, cfg, ds, targets: dict, *, choice: str | None = None, pairs: int = PAIRS,
+                 device, cache=None, quiet=False, state=None) -> dict:
+    """method: a name, or what methods.prepare returned (run on each shadow's config without a look-up).
+    targets: {"unlearned": the audited model, "retrained": the reference, optional "retrained_null" and
     "original"}.
     choice: the audited run's validation choice (methods.validation_choice(info)["chosen"]), or None for a
     method that chose nothing."""
     if pairs < 3:
         raise ValueError("U-LiRA needs at least 3 shadow pairs (the leave-one-out estimate fits on K - 1 >= 2)")
+    if not isinstance(method, M.Prepared):
+        method = M.prepare(method, cfg)
     forget = list(cfg.data.forget)
     splits, held_out = klom_splits(ds, forget, cfg.seed)
     split = splits["forget"]
@@ -110,7 +113,7 @@ def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = No
                 model, info, t, _ = M.unlearn_model(method, orig, ds, scfg, device=device, quiet=True)
             return model, {"time": t.get("unlearn")}
 
-        key = f"ulira-s{s}-{method}" + (f"-{choice}" if choice else "")
+        key = f"ulira-s{s}-{method.name}" + (f"-{choice}" if choice else "")
         unl, _ = kept_model(state, key, orig, make)
         for kind, model, phi in (("unlearned", unl, u_phis), ("retrained", retr, r_phis), ("original", orig, o_phis)):
             logits = {part: predict(model, sp, device=device) for part, sp in splits.items()}
@@ -125,7 +128,7 @@ def ulira_attack(method: str, cfg, ds, targets: dict, *, choice: str | None = No
     u, r = torch.stack(u_phis).numpy(), torch.stack(r_phis).numpy()
     tphis = {name: phis(m, split, device).numpy() for name, m in targets.items()}
     res = U.ulira(u, r, tphis, unlearned_targets=["unlearned"], retrained_targets=["retrained"])
-    out = {"pairs": pairs, "shadow_seeds": seeds, "n_examples": int(len(split)), "method": method, "choice": choice,
+    out = {"pairs": pairs, "shadow_seeds": seeds, "n_examples": int(len(split)), "method": method.name, "choice": choice,
            "audited": _plain(res["evaluation"]), "mean_score": res["mean_score"],
            "frac_positive": res["frac_positive"], "settings": res["settings"]}
     if NULL in tphis:
