@@ -239,7 +239,8 @@ def test_compare_with_ulira(tmp_path, monkeypatch):
 
     def spy(*a, **k):
         out = real(*a, **k)
-        seen.append((a[0], M.validation_choice(out[1])))
+        method = a[0] if isinstance(a[0], str) else a[0].name  # a name, or what methods.prepare returned
+        seen.append((method, M.validation_choice(out[1])))
         return out
 
     monkeypatch.setattr(M, "unlearn_model", spy)

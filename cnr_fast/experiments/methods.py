@@ -395,9 +395,9 @@ def _load_builtins() -> None:
         Method("kdu", kdu.run, "baseline", "distil the original with its forget logits masked", needs=both,
                **fine_tune),
         Method("lm", lm.run, "baseline", "mask the forget logits at inference; weights untouched", needs=()),
-        Method("cnr-raw", None, "control", "raw GAN samples, no latent optimisation (ablate's no-synthesis)",
+        Method("cnr-raw", None, "control", "raw GAN samples, no latent optimisation; ablate's no-synthesis",
                variant_of="cnr", changes=VARIANTS[CONTROLS["cnr-raw"]]),
-        Method("cnr-paper", None, "control", "eq. 6 minimised with the sign as printed (ablate's sign-paper)",
+        Method("cnr-paper", None, "control", "eq. 6 minimised with the sign as printed; ablate's sign-paper",
                variant_of="cnr", changes=VARIANTS[CONTROLS["cnr-paper"]]),
     ]
     for m in builtin:
