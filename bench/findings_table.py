@@ -1,7 +1,7 @@
 """The README's findings tables from committed compare / ablate / multiclass / continual JSON.
 
-scripts/readme_numbers.py puts these tables into README.md (`{{table:NAME}}` in README.in.md); run
-alone, this prints one:
+scripts/readme_numbers.py puts these tables into README.md and docs/*.md (`{{table:NAME}}` in README.in.md and
+docs/*.in.md); run alone, this prints one:
 
     python -m bench.findings_table compare bench/results/runs/compare_mnist5k/compare.json
     python -m bench.findings_table seed bench/results/runs/compare_mnist5k/compare.json    # seed 0's row
@@ -10,6 +10,9 @@ alone, this prints one:
     python -m bench.findings_table ablate bench/results/runs/ablate_mnist5k/ablate.json
     python -m bench.findings_table multiclass bench/results/runs/multiclass_mnist5k/multiclass.json
     python -m bench.findings_table continual bench/results/runs/continual_mnist5k/continual.json
+    python -m bench.findings_table glance bench/results/runs/compare_mnist5k/compare.json   # README's table
+    python -m bench.findings_table run bench/results/runs/default_mnist5k/results.json      # what unlearn printed
+    python -m bench.findings_table measures bench/results/runs/default_mnist5k/results.json # every audit measure
 
 Stdlib only (no torch): the README check runs it.
 """
@@ -213,6 +216,73 @@ def run_table(r: dict) -> str:
     return "\n".join(out)
 
 
+def run_printout(r: dict, out: str = "runs/default") -> str:
+    """What `cnr-fast unlearn --out OUT` prints at its end (cli/unlearn.py's _print_table), from its results.json:
+    the header line, forget / retain accuracy (and the deepest probe, MIA and purity when audited) of the
+    original, unlearned and retrained models, the verdict's sentence, the stage times; as a code block."""
+    m = r["metrics"]
+    deep = (r.get("audit") or {}).get("settings", {}).get("deepest_tap")
+    rows = [("model", "forget_acc", "retain_acc") + ((f"probe[{deep}]", "mia_acc", "nn_purity") if deep else ())]
+
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    for name in ("original", "unlearned", "retrained"):
+        if name not in m:
+            continue
+        row = (name, f(m[name].get("forget_acc")), f(m[name].get("retain_acc")))
+        if deep:
+            row += (f(m[name].get("probe_acc", {}).get(deep)), f(m[name].get("mia_acc")), f(m[name].get("nn_purity")))
+        rows.append(row)
+    arch = f"{r['arch']} (width {r['width']:g})" if r.get("width") is not None else r["arch"]
+    lines = [f"{r['method']} on {r['dataset']} / {arch}, forget {r['forget_classes']}, seed {r['seed']}"
+             + (f", {r['precision']}" if "precision" in r else "")]
+    lines += [f"  {row[0]:<10}" + "".join(f" {c:>10}" for c in row[1:]) for row in rows]
+    v = (r.get("verdict") or {}).get("models", {}).get("unlearned")
+    if v:
+        lines.append(f"  verdict: {v['sentence']}")
+    lines.append("  time (s): " + ", ".join(f"{k} {t:.1f}" for k, t in r["timings_s"].items()))
+    lines.append(f"  run directory: {out}")
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+GLANCE_KEYS = (("forget_acc", "forget acc"), ("retain_acc", "retain acc"), ("cka_neg.L4", "CKA_neg L4"),
+               ("fewshot_probe_acc.5", "5-shot probe"))
+
+
+def glance_table(r: dict) -> str:
+    """The main comparison at a glance, one row per model of a compare.json: forget accuracy as 'mean [95%
+    interval]' over the seeds, retain accuracy, CKA_neg at L4 (1 = the original's features on the forget class)
+    and the 5-shot probe as means, the wall time per seed (a reference's training time, a method's own time with
+    its validation search); the null row is a second retrained model (its CKA_neg: CKA with the retrained one)."""
+    out = ["| model | " + " | ".join(h for _, h in GLANCE_KEYS) + " | time per seed (s) |",
+           "|" + "---|" * (len(GLANCE_KEYS) + 2)]
+    refs, times = r["references"], r.get("reference_train_time_s", {})
+
+    def cells(src):
+        c = [ci_cell(src.get("forget_acc"), always=False, key="forget_acc")]
+        c += [f"{src[k]['mean']:.2f}" if src.get(k) and _finite(src[k].get("mean")) else "-" for k, _ in GLANCE_KEYS[1:]]
+        return c
+
+    for name in ("original", "retrained"):
+        t = times.get(name)
+        out.append(f"| {name} | " + " | ".join(cells(refs[name])) + " | " + (f"{t['mean']:.0f}" if t else "-") + " |")
+    null = refs.get("cka_null", {}).get("neg", {}).get("L4")
+    if null:
+        out.append("| null (a second retrained model) | - | - | " + f"{null['mean']:.2f}" + " | - | - |")
+    for m, src in r["methods"].items():
+        out.append(f"| {m} | " + " | ".join(cells(src)) + f" | {r['unlearn_time_s'][m]['mean']:.0f} |")
+    return "\n".join(out)
+
+
+def measures_table(r: dict) -> str:
+    """Every audit measure a results.json defines (`audit.definitions`): its name and definition."""
+    out = ["| measure | what it is |", "|---|---|"]
+    for k, d in r["audit"]["definitions"].items():
+        out.append(f"| `{k}` | " + " ".join(str(d).split()).replace("|", "\\|") + " |")
+    return "\n".join(out)
+
+
 def ablate_table(r: dict) -> str:
     """Every variant of an ablate.json: 'mean [95% interval]', forget accuracy with its paired p against full."""
     out = ["| variant | " + " | ".join(ABLATE_KEYS) + " | time (s) |", "|" + "---|" * (len(ABLATE_KEYS) + 2)]
@@ -257,7 +327,7 @@ def continual_table(r: dict) -> str:
 
 
 TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table, "attacks": attacks_table,
-          "verdict": verdict_table,
+          "verdict": verdict_table, "run": run_printout, "glance": glance_table, "measures": measures_table,
           "ablate": ablate_table, "multiclass": multiclass_table, "continual": continual_table}
 
 

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""README.md from README.in.md and the committed result files (bench/results/): every number the README
-quotes from a result JSON is a placeholder in the template, and this is the one script that fills them.
+"""README.md and docs/*.md from their templates (README.in.md, docs/*.in.md) and the committed result files
+(bench/results/): every number the pages quote from a result JSON is a placeholder in a template, and this is
+the one script that fills them.
 
-    python scripts/readme_numbers.py           # write README.md from README.in.md (atomically)
-    python scripts/readme_numbers.py --check   # exit 1 with a diff when README.md is not what they give
+    python scripts/readme_numbers.py           # write README.md and every docs/NAME.md (atomically)
+    python scripts/readme_numbers.py --check   # exit 1 with a diff when a page is not what they give
 
-Edit README.in.md, never README.md; tests/test_readme_numbers.py runs the check in CI.
+Edit README.in.md and docs/NAME.in.md, never README.md or docs/NAME.md; tests/test_readme_numbers.py runs the
+check in CI. A docs/NAME.md without its docs/NAME.in.md fails the check too (every page is generated).
 
 Placeholders, `{{...}}` on one line of the template, fields separated by ':':
 
@@ -14,6 +16,9 @@ Placeholders, `{{...}}` on one line of the template, fields separated by ':':
     {{HELPER:ALIAS:PATH[:ALIAS:PATH][:FMT]}}   a derived value, see HELPERS
     {{table:NAME}}                        a whole table (TABLES; the functions in bench/findings_table.py)
     {{count:FILE:NAME}}                   the number of items of the list literal `NAME = [...]` in FILE
+    {{lacking:KEY[,KEY...]}}              the committed result files (every *.json under bench/results/ but a
+                                          run's config.json) in which none of the KEYs holds a non-null value at
+                                          any depth, as `path`, `path` relative to bench/results/ ("none" if none)
 
 PATH is keys separated by '/', each taken whole (dots and dashes included: `methods/cnr-raw/probe_acc.L4`);
 an integer indexes a list; '*' takes every item of a list or dict (the result is a list); `[key=value]`
@@ -43,11 +48,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "README.in.md"
 README = "README.md"
+DOCS = "docs"
+RESULTS = "bench/results"
 
 ALIASES = {
     "cmp": "bench/results/runs/compare_mnist5k/compare.json",
     "att": "bench/results/runs/attacks_mnist5k/compare.json",
     "dflt": "bench/results/runs/default_mnist5k/results.json",
+    "dcfg": "bench/results/runs/default_mnist5k/config.json",
     "abl": "bench/results/runs/ablate_mnist5k/ablate.json",
     "ablold": "bench/results/runs/ablate_mnist5k_before_issue15/ablate.json",
     "multi": "bench/results/runs/multiclass_mnist5k/multiclass.json",
@@ -145,6 +153,11 @@ def h_maxabs(refs, spec):
     return format(max(abs(x) for r in refs for x in _nums(r, "a maxabs item")), spec)
 
 
+def h_sum(refs, spec):
+    """The sum of a list (or of several refs); FMT default: as Python prints it."""
+    return format(sum(x for r in refs for x in _nums(r, "a sum item")), spec)
+
+
 def h_ratio(refs, spec):
     """First value / second value."""
     a, b = refs
@@ -190,6 +203,22 @@ def h_count_keys(refs, spec):
     return str(len(v))
 
 
+def h_others(refs, spec):
+    """The number of keys of a dict (or items of a list) but one: ablate's variants other than full CNR."""
+    n = int(h_count_keys(refs, spec))
+    if n < 1:
+        raise ValueError("needs at least one key")
+    return str(n - 1)
+
+
+def h_keys(refs, spec):
+    """The keys of a dict (or the items of a list), each as `key`, joined by ', '."""
+    (v,) = refs
+    if not isinstance(v, (dict, list)):
+        raise TypeError(f"needs a dict or a list, got {type(v).__name__}")
+    return ", ".join(f"`{k}`" for k in v)
+
+
 def h_separating(refs, spec):
     """The metrics of a `separation` dict that separate retrained from original, as `a`, `b`, ..."""
     return _separation_keys(refs, True)
@@ -202,8 +231,9 @@ def h_nonseparating(refs, spec):
 
 # name: (function, number of ALIAS:PATH references; None = one or more)
 HELPERS = {"ci": (h_ci, 1), "range": (h_range, None), "min": (h_min, None), "max": (h_max, None),
-           "maxabs": (h_maxabs, None), "ratio": (h_ratio, 2), "minutes": (h_minutes, 1), "hmin": (h_hmin, 1),
-           "join": (h_join, 1), "separating": (h_separating, 1), "count_keys": (h_count_keys, 1), "nonseparating": (h_nonseparating, 1)}
+           "maxabs": (h_maxabs, None), "sum": (h_sum, None), "ratio": (h_ratio, 2), "minutes": (h_minutes, 1), "hmin": (h_hmin, 1),
+           "join": (h_join, 1), "separating": (h_separating, 1), "count_keys": (h_count_keys, 1), "nonseparating": (h_nonseparating, 1),
+           "keys": (h_keys, 1), "others": (h_others, 1)}
 
 
 def _tables():
@@ -213,6 +243,9 @@ def _tables():
 
     # name: (alias of the file, function of its data)
     return {"default_run": ("dflt", ft.run_table),
+            "default_printout": ("dflt", ft.run_printout),
+            "measures": ("dflt", ft.measures_table),
+            "glance": ("cmp", ft.glance_table),
             "compare_findings": ("cmp", ft.compare_table),
             "compare_choices": ("cmp", ft.choices_table),
             "attacks": ("att", ft.attacks_table),
@@ -222,7 +255,7 @@ def _tables():
             "continual": ("cont", ft.continual_table)}
 
 
-RESERVED = {"table", "count", *HELPERS}
+RESERVED = {"table", "count", "lacking", *HELPERS}
 assert not RESERVED & ALIASES.keys(), "an alias may not be named like a helper"
 
 
@@ -287,6 +320,28 @@ def count_list(file: Path, name: str) -> int:
     raise KeyError(f"no list literal {name} = [...] at the top level of {file}")
 
 
+def _holds(node, keys) -> bool:
+    """Whether any of keys holds a non-null value anywhere in node (dicts and lists, at any depth)."""
+    if isinstance(node, dict):
+        return any((k in keys and v is not None) or _holds(v, keys) for k, v in node.items())
+    if isinstance(node, list):
+        return any(_holds(x, keys) for x in node)
+    return False
+
+
+def lacking(root: Path, keys: set[str]) -> list[str]:
+    """The committed result files (bench/results/**/*.json, runs' config.json left out) where no key of keys
+    holds a value, relative to bench/results/, sorted."""
+    base = root / RESULTS
+    out = []
+    for p in sorted(base.rglob("*.json")):
+        if p.name == "config.json":
+            continue
+        if not _holds(json.loads(p.read_text()), keys):
+            out.append(p.relative_to(base).as_posix())
+    return out
+
+
 class Renderer:
     def __init__(self, aliases: dict[str, str] | None = None, root: Path | None = None, tables: dict | None = None):
         self.aliases = dict(ALIASES if aliases is None else aliases)
@@ -331,6 +386,11 @@ class Renderer:
             if len(f) != 3:
                 raise ValueError("write {{count:FILE:NAME}}")
             return str(count_list(self.root / f[1], f[2]))
+        if head == "lacking":
+            if len(f) != 2 or not f[1].strip():
+                raise ValueError("write {{lacking:KEY[,KEY...]}}")
+            files = lacking(self.root, {k.strip() for k in f[1].split(",")})
+            return ", ".join(f"`{x}`" for x in files) if files else "none"
         if head in HELPERS:
             fn, arity = HELPERS[head]
             rest = f[1:]
@@ -390,9 +450,37 @@ def expected(root: Path | None = None) -> str:
     return render((root / TEMPLATE).read_text(), root=root)
 
 
-def diff(have: str, want: str) -> str:
+def pages(root: Path | None = None) -> list[tuple[str, str]]:
+    """(template, page) pairs relative to root: README.in.md -> README.md, then docs/NAME.in.md -> docs/NAME.md."""
+    root = Path(ROOT if root is None else root)
+    out = [(TEMPLATE, README)]
+    docs = root / DOCS
+    if docs.is_dir():
+        out += [(f"{DOCS}/{p.name}", f"{DOCS}/{p.name[: -len('.in.md')]}.md") for p in sorted(docs.glob("*.in.md"))]
+    return out
+
+
+def orphans(root: Path | None = None) -> list[str]:
+    """docs/NAME.md files that no docs/NAME.in.md generates (hand-written pages the check would not cover)."""
+    root = Path(ROOT if root is None else root)
+    docs = root / DOCS
+    if not docs.is_dir():
+        return []
+    made = {page for _, page in pages(root)}
+    return [f"{DOCS}/{p.name}" for p in sorted(docs.glob("*.md"))
+            if not p.name.endswith(".in.md") and f"{DOCS}/{p.name}" not in made]
+
+
+def expected_pages(root: Path | None = None) -> dict[str, str]:
+    """Every generated page (README.md, docs/NAME.md) as its template and the result files under root give it."""
+    root = Path(ROOT if root is None else root)
+    r = Renderer(root=root)
+    return {page: r.render((root / tpl).read_text(), tpl) for tpl, page in pages(root)}
+
+
+def diff(have: str, want: str, page: str = README, template: str = TEMPLATE) -> str:
     return "".join(difflib.unified_diff(have.splitlines(keepends=True), want.splitlines(keepends=True),
-                                        f"{README} (committed)", f"{README} (from {TEMPLATE} and the files)"))
+                                        f"{page} (committed)", f"{page} (from {template} and the files)"))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -409,28 +497,44 @@ def write_atomic(path: Path, text: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="write nothing; exit 1 with a diff if README.md differs")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 with a diff if a page differs")
     args = p.parse_args(argv)
     try:
-        want = expected()
+        wants = expected_pages()
     except PlaceholderError as e:
         print(f"readme_numbers: error: {e}", file=sys.stderr)
         return 2
-    readme = ROOT / README
-    have = readme.read_text() if readme.exists() else ""
+    templates = dict((page, tpl) for tpl, page in pages())
+    stale = []
+    for page, want in wants.items():
+        path = ROOT / page
+        have = path.read_text() if path.exists() else ""
+        if have == want:
+            continue
+        stale.append(page)
+        if args.check:
+            sys.stdout.write(diff(have, want, page, templates[page]))
+        else:
+            write_atomic(path, want)
+            print(f"readme_numbers: wrote {page}")
     if args.check:
-        if have != want:
-            sys.stdout.write(diff(have, want))
-            print(f"readme_numbers: {README} differs from {TEMPLATE} + the result files; edit {TEMPLATE} "
-                  f"and run `python scripts/readme_numbers.py`", file=sys.stderr)
-            return 1
-        print(f"readme_numbers: {README} is up to date")
-        return 0
-    if have != want:
-        write_atomic(readme, want)
-        print(f"readme_numbers: wrote {README}")
-    else:
-        print(f"readme_numbers: {README} already up to date")
+        bad = 0
+        if stale:
+            print(f"readme_numbers: {', '.join(stale)} differ(s) from the template(s) + the result files; edit "
+                  f"the template ({', '.join(templates[s] for s in stale)}) and run `python scripts/readme_numbers.py`",
+                  file=sys.stderr)
+            bad = 1
+        for page in orphans():
+            print(f"readme_numbers: {page} has no template {page[:-len('.md')]}.in.md (every page is generated)",
+                  file=sys.stderr)
+            bad = 1
+        if not bad:
+            print(f"readme_numbers: {', '.join(wants)} up to date")
+        return bad
+    for page in orphans():
+        print(f"readme_numbers: warning: {page} has no template {page[:-len('.md')]}.in.md", file=sys.stderr)
+    if not stale:
+        print(f"readme_numbers: {', '.join(wants)} already up to date")
     return 0
 
 

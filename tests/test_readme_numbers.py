@@ -1,5 +1,6 @@
-"""README.md is what README.in.md and the committed result files give (scripts/readme_numbers.py), and
-the placeholder parser fails clearly: the placeholder, its line and the file are named.
+"""README.md and every docs/NAME.md are what their templates (README.in.md, docs/NAME.in.md) and the committed
+result files give (scripts/readme_numbers.py), and the placeholder parser fails clearly: the placeholder, its
+line and the file are named.
 
 No torch, no training: the script and bench/findings_table.py are stdlib only.
 """
@@ -30,6 +31,19 @@ def test_readme_is_generated_from_the_template_and_the_result_files():
     have = (ROOT / "README.md").read_text()
     assert have == want, ("README.md differs from README.in.md + bench/results (edit README.in.md, then run "
                           "`python scripts/readme_numbers.py`):\n" + rn.diff(have, want)[:6000])
+
+
+def test_every_docs_page_is_generated_from_its_template_and_the_result_files():
+    pages = rn.pages(ROOT)
+    docs = [page for _, page in pages if page.startswith("docs/")]
+    assert docs, "no docs/NAME.in.md template"
+    assert rn.orphans(ROOT) == [], "a docs/NAME.md without its docs/NAME.in.md is not generated"
+    want = rn.expected_pages(ROOT)
+    assert want["README.md"] == rn.expected(ROOT)
+    for tpl, page in pages:
+        have = (ROOT / page).read_text() if (ROOT / page).exists() else ""
+        assert have == want[page], (f"{page} differs from {tpl} + bench/results (edit {tpl}, then run "
+                                    f"`python scripts/readme_numbers.py`):\n" + rn.diff(have, want[page], page, tpl)[:6000])
 
 
 def test_every_alias_names_a_committed_json_file():
@@ -169,6 +183,75 @@ def test_check_exits_1_with_a_diff_and_write_is_atomic(tmp_path, monkeypatch, ca
     (tmp_path / "README.in.md").write_text("{{d:nope}}\n")
     assert rn.main(["--check"]) == 2
     assert "README.in.md:1: {{d:nope}}: key 'nope' not found" in capsys.readouterr().err
+
+
+def test_keys_others_sum_and_lacking(r, tmp_path):
+    assert r("{{keys:d:separation}}") == "`forget_acc`, `mia_acc`, `cka_neg.L4`"
+    assert r("{{keys:d:flags}}") == "`avx2`, `fma`"
+    assert r("{{others:d:separation}}") == "2"
+    assert r("{{sum:d:runs/*/t:.0f}} {{sum:d:rows/*/x:.1f}}") == "180 8.0"
+    assert r("{{lacking:git_dirty}}") == "none"  # no bench/results/ under this root
+    res = tmp_path / "bench" / "results"
+    (res / "runs" / "a").mkdir(parents=True)
+    (res / "x.json").write_text(json.dumps({"machine": {"git_sha": "abc", "git_dirty": False}}))
+    (res / "runs" / "a" / "results.json").write_text(json.dumps({"provenance": {"git_commit": None}}))
+    (res / "runs" / "a" / "config.json").write_text("{}")  # a run's config: not a result file
+    assert r("{{lacking:git_dirty}}") == "`runs/a/results.json`"
+    assert r("{{lacking:git_commit,git_sha}}") == "`runs/a/results.json`"  # a null value does not count
+    assert r("{{lacking:git_commit,git_sha,git_dirty}}") == "`runs/a/results.json`"
+    assert r("{{lacking:cpu_model}}") == "`runs/a/results.json`, `x.json`"
+    assert "write {{lacking:KEY[,KEY...]}}" in _err(r, "{{lacking:}}")
+
+
+def test_check_covers_docs_and_refuses_a_page_without_a_template(tmp_path, monkeypatch, capsys):
+    (tmp_path / "d.json").write_text(json.dumps(DATA))
+    (tmp_path / "README.in.md").write_text("# x\n")
+    (tmp_path / "README.md").write_text("# x\n")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.in.md").write_text("{{d:name}} [up](../README.md)\n")
+    (docs / "a.md").write_text("Intel [up](../README.md)\n")
+    monkeypatch.setattr(rn, "ROOT", tmp_path)
+    monkeypatch.setattr(rn, "ALIASES", {"d": "d.json"})
+    assert rn.pages() == [("README.in.md", "README.md"), ("docs/a.in.md", "docs/a.md")]
+    assert rn.main(["--check"]) == 1
+    io = capsys.readouterr()
+    assert "docs/a.md (committed)" in io.out and "-Intel" in io.out and "+AMD EPYC" in io.out
+    assert "docs/a.md" in io.err and "docs/a.in.md" in io.err
+    assert rn.main([]) == 0
+    assert (docs / "a.md").read_text() == "AMD EPYC [up](../README.md)\n"
+    assert rn.main(["--check"]) == 0
+    (docs / "b.md").write_text("written by hand\n")
+    assert rn.main(["--check"]) == 1
+    assert "docs/b.md has no template docs/b.in.md" in capsys.readouterr().err
+    (docs / "b.md").unlink()
+    (docs / "a.in.md").write_text("ok\n{{d:nope}}\n")
+    assert rn.main(["--check"]) == 2
+    assert "docs/a.in.md:2: {{d:nope}}: key 'nope' not found" in capsys.readouterr().err
+
+
+def test_default_run_printout_is_what_the_cli_prints(capsys):
+    """The README's default-run block: bench/findings_table.run_printout formats a results.json as
+    `cnr-fast unlearn` prints it at its end (cli/unlearn.py's _print_table): on the committed default run and on
+    a hand-made result with a missing value."""
+    from bench.findings_table import run_printout
+    from cnr_fast.cli.unlearn import _print_table
+
+    hand = {"method": "cnr", "dataset": "mnist5k", "arch": "resnet18", "width": 0.125, "forget_classes": [2],
+            "seed": 0, "precision": "fp32", "audit": {"settings": {"deepest_tap": "L4"}},
+            "metrics": {"original": {"forget_acc": 0.98, "retain_acc": 0.5, "probe_acc": {"L4": 1.0}, "mia_acc": 0.56,
+                                     "nn_purity": 0.9},
+                        "unlearned": {"forget_acc": 0.0, "retain_acc": None, "probe_acc": {}, "mia_acc": 0.5,
+                                      "nn_purity": 0.9}},
+            "verdict": {"models": {"unlearned": {"sentence": "unlearned: with the retrained model on 1 of 1"}}},
+            "timings_s": {"detect": 1.25, "total": 742.47}}
+    committed = json.loads((ROOT / "bench/results/runs/default_mnist5k/results.json").read_text())
+    for r in (hand, committed):
+        capsys.readouterr()
+        _print_table(r, Path("runs/default"), quiet=False)
+        printed = capsys.readouterr().out.strip("\n").splitlines()
+        assert run_printout(r).splitlines() == ["```", *printed, "```"]
+    assert "  unlearned      0.0000          -          -     0.5000     0.9000" in run_printout(hand).splitlines()
 
 
 def test_attacks_table_cells_come_from_the_file():
