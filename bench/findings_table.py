@@ -217,33 +217,11 @@ def run_table(r: dict) -> str:
 
 
 def run_printout(r: dict, out: str = "runs/default") -> str:
-    """What `cnr-fast unlearn --out OUT` prints at its end (cli/unlearn.py's _print_table), from its results.json:
-    the header line, forget / retain accuracy (and the deepest probe, MIA and purity when audited) of the
-    original, unlearned and retrained models, the verdict's sentence, the stage times; as a code block."""
-    m = r["metrics"]
-    deep = (r.get("audit") or {}).get("settings", {}).get("deepest_tap")
-    rows = [("model", "forget_acc", "retain_acc") + ((f"probe[{deep}]", "mia_acc", "nn_purity") if deep else ())]
+    """What `cnr-fast unlearn --out OUT` prints at its end (experiments/unlearn.summary_lines), from its
+    results.json, as a code block."""
+    from cnr_fast.experiments.unlearn import summary_lines
 
-    def f(v):
-        return "-" if v is None else f"{v:.4f}"
-
-    for name in ("original", "unlearned", "retrained"):
-        if name not in m:
-            continue
-        row = (name, f(m[name].get("forget_acc")), f(m[name].get("retain_acc")))
-        if deep:
-            row += (f(m[name].get("probe_acc", {}).get(deep)), f(m[name].get("mia_acc")), f(m[name].get("nn_purity")))
-        rows.append(row)
-    arch = f"{r['arch']} (width {r['width']:g})" if r.get("width") is not None else r["arch"]
-    lines = [f"{r['method']} on {r['dataset']} / {arch}, forget {r['forget_classes']}, seed {r['seed']}"
-             + (f", {r['precision']}" if "precision" in r else "")]
-    lines += [f"  {row[0]:<10}" + "".join(f" {c:>10}" for c in row[1:]) for row in rows]
-    v = (r.get("verdict") or {}).get("models", {}).get("unlearned")
-    if v:
-        lines.append(f"  verdict: {v['sentence']}")
-    lines.append("  time (s): " + ", ".join(f"{k} {t:.1f}" for k, t in r["timings_s"].items()))
-    lines.append(f"  run directory: {out}")
-    return "```\n" + "\n".join(lines) + "\n```"
+    return "\n".join(["```", *summary_lines(r, out), "```"])
 
 
 GLANCE_KEYS = (("forget_acc", "forget acc"), ("retain_acc", "retain acc"), ("cka_neg.L4", "CKA_neg L4"),

@@ -14,8 +14,8 @@ from ..data import class_table
 from ..errors import UserError
 from ..experiments import methods as M
 from ..experiments.runner import begin_provenance
-from ..experiments.unlearn import AUDIT_LEVELS, AuditPlan, unlearn_run
-from ..models import LogitMask, arch_label
+from ..experiments.unlearn import AUDIT_LEVELS, AuditPlan, summary_lines, unlearn_run
+from ..models import LogitMask
 from ..references import load_original
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
@@ -187,30 +187,7 @@ def _run(args, method, ds, device, out, original, orig_path, cache_hit, key, sta
 
 
 def _print_table(results: dict, out: Path, quiet: bool) -> None:
-    m = results["metrics"]
-    deep = (results.get("audit") or {}).get("settings", {}).get("deepest_tap")
-    rows = [("model", "forget_acc", "retain_acc") + ((f"probe[{deep}]", "mia_acc", "nn_purity") if deep else ())]
-    for name in ("original", "unlearned", "retrained"):
-        if name not in m:
-            continue
-        row = (name, _f(m[name].get("forget_acc")), _f(m[name].get("retain_acc")))
-        if deep:
-            row += (_f(m[name].get("probe_acc", {}).get(deep)), _f(m[name].get("mia_acc")), _f(m[name].get("nn_purity")))
-        rows.append(row)
-    t = results["timings_s"]
-    print(f"\n{results['method']} on {results['dataset']} / {arch_label(results['arch'], results['width'])}, "
-          f"forget {results['forget_classes']}, seed {results['seed']}, {results['precision']}")
-    for r in rows:
-        print(f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]))
-    v = (results.get("verdict") or {}).get("models", {}).get("unlearned")
-    if v:
-        print(f"  verdict: {v['sentence']}")
-    print("  time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    print(f"  run directory: {out}")
-
-
-def _f(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+    print("\n" + "\n".join(summary_lines(results, out)))
 
 
 def add_audit_args(p: argparse.ArgumentParser) -> None:

@@ -163,6 +163,35 @@ def _audit(method, cfg, ds, device, state, plan: AuditPlan, original, model, ref
     return result
 
 
+def summary_lines(results: dict, out) -> list[str]:
+    """What `cnr-fast unlearn` prints at its end, from its results dict: the header, forget / retain accuracy
+    (and the deepest probe, MIA and purity when audited) of the original, unlearned and retrained models, the
+    verdict's sentence, the stage times and the run directory."""
+    from ..models import arch_label
+
+    def f(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    m = results["metrics"]
+    deep = (results.get("audit") or {}).get("settings", {}).get("deepest_tap")
+    rows = [("model", "forget_acc", "retain_acc") + ((f"probe[{deep}]", "mia_acc", "nn_purity") if deep else ())]
+    for name in ("original", "unlearned", "retrained"):
+        if name in m:
+            row = (name, f(m[name].get("forget_acc")), f(m[name].get("retain_acc")))
+            if deep:
+                row += (f(m[name].get("probe_acc", {}).get(deep)), f(m[name].get("mia_acc")), f(m[name].get("nn_purity")))
+            rows.append(row)
+    lines = [f"{results['method']} on {results['dataset']} / {arch_label(results['arch'], results['width'])}, "
+             f"forget {results['forget_classes']}, seed {results['seed']}, {results['precision']}"]
+    lines += [f"  {r[0]:<10}" + "".join(f" {c:>10}" for c in r[1:]) for r in rows]
+    v = (results.get("verdict") or {}).get("models", {}).get("unlearned")
+    if v:
+        lines.append(f"  verdict: {v['sentence']}")
+    lines.append("  time (s): " + ", ".join(f"{k} {t:.1f}" for k, t in results["timings_s"].items()))
+    lines.append(f"  run directory: {out}")
+    return lines
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
