@@ -10,9 +10,13 @@ pinned at the registration's commit; this file only chooses which seeds run now.
     python bench/prereg_sessions.py setup              # the pinned worktree (/work/prereg) + the finished seeds
     python bench/prereg_sessions.py run 3 4            # those seeds, one process each, in the background
     python bench/prereg_sessions.py save               # finished seeds -> main's committed tree
+    python bench/prereg_sessions.py pack 0 1           # unfinished seeds' resume state (weights) -> carry/
 
-A seed that is not finished when the session ends starts over in a later one (its resume state holds model
-weights and is not committed); DEVIATIONS.md names each restart.
+A seed that is not finished when the session ends either starts over in a later one, or, when `pack` kept
+its resume state (OUT.state/, the shared reference cache) under carry/ (tar.gz, committed), continues
+there: `setup` unpacks it (stop the seed's process first: SIGSTOP or kill; its entries are written
+atomically, so what is on disk is a consistent set of finished entries). DEVIATIONS.md names each restart
+and each seed continued on another machine. carry/ is removed from the tree once the run is done.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PINNED = "9c0236b"  # bench/preregistration.md's commit
 WORKTREE = "/work/prereg"
 KEPT = os.path.join(MAIN, "bench", "results", "runs", "prereg10_mnist5k", "seeds")
+CARRY = os.path.join(MAIN, "bench", "results", "runs", "prereg10_mnist5k", "carry")
 SKIP = (".pt", ".pth", ".npz", ".npy")  # weights and arrays stay out of git
 
 
@@ -60,6 +65,10 @@ def setup() -> int:
     os.makedirs(P.WORK, exist_ok=True)
     if not os.path.lexists(link):
         os.symlink(P.WORK, link)
+    for name in sorted(os.listdir(CARRY)) if os.path.isdir(CARRY) else []:  # state carried from a session
+        if name.endswith(".tar.gz") and not os.path.exists(os.path.join(P.WORK, name[:-len(".tar.gz")])):
+            subprocess.check_call(["tar", "-xzf", os.path.join(CARRY, name), "-C", P.WORK])
+            print(f"unpacked {name}")
     for name in sorted(os.listdir(KEPT)) if os.path.isdir(KEPT) else []:
         dst = os.path.join(P.WORK, name)
         if not os.path.exists(os.path.join(dst, "compare.json")):
@@ -94,12 +103,27 @@ def save() -> int:
     return 0
 
 
+def pack(seeds: list[int]) -> int:
+    """The resume state of unfinished seeds, and the reference cache, as tar.gz under carry/ (to commit)."""
+    P = pinned()
+    os.makedirs(CARRY, exist_ok=True)
+    names = [f"s{s}.state" for s in seeds if not P.done(s) and os.path.isdir(P.seed_dir(s) + ".state")]
+    for name in names + ["cache"]:
+        out = os.path.join(CARRY, name + ".tar.gz")
+        subprocess.check_call(["tar", "--exclude=.*.tmp", "-czf", out + ".tmp", "-C", P.WORK, name])
+        os.replace(out + ".tmp", out)
+        print(f"packed {name}: {os.path.getsize(out) / 1e6:.1f} MB")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("setup", "run", "save"))
+    p.add_argument("what", choices=("setup", "run", "save", "pack"))
     p.add_argument("seeds", nargs="*", type=int)
     a = p.parse_args(argv)
-    return {"setup": setup, "save": save}[a.what]() if a.what != "run" else run(a.seeds)
+    if a.what in ("run", "pack"):
+        return {"run": run, "pack": pack}[a.what](a.seeds)
+    return {"setup": setup, "save": save}[a.what]()
 
 
 if __name__ == "__main__":
