@@ -133,7 +133,10 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
         log(f"warning: the {role} model cnr-fast trained is weak: {'; '.join(problems)}; every number below is "
             "about a model that barely learned (raise --train-epochs or check --lr)", quiet)
     elif problems:
-        msg = f"the {role} model is not fed as it was trained: {'; '.join(problems)}. Likely: {CAUSES}"
+        if len(problems) == 1 and absent and found.get("forget_accuracy", 0.0) > limit:  # the classes, not the input
+            msg = f"the {role} model does not fit this run: {problems[0]}"
+        else:
+            msg = f"the {role} model is not fed as it was trained: {'; '.join(problems)}. Likely: {CAUSES}"
         if not force:
             raise UserError(msg + "; --force runs anyway")
         print(f"cnr-fast: warning (--force): {msg}", file=sys.stderr, flush=True)

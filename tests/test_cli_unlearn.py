@@ -230,3 +230,15 @@ def test_one_unlearn_resolves_its_method_once(tmp_path, cache, monkeypatch):
     assert r["method"] == "cnr-raw" and r["audit"]["ulira"]["method"] == "cnr-raw"
     assert json.loads((out / "config.json").read_text())["synth"]["latent_opt"] is False  # the control's change
     assert looked_up == ["cnr-raw"]
+
+
+def test_reference_flags_with_the_audit_off_are_named_not_read(tmp_path, cache, capsys):
+    """--retrained PATH / --null PATH are read by the audit alone: with --audit off the log says they are not
+    loaded or checked (the file here is not even a checkpoint)."""
+    ref = tmp_path / "not_a_checkpoint.pt"
+    ref.write_text("never read")
+    out = tmp_path / "lm"
+    assert _run(["--out", str(out), "--method", "lm", *DIGITS, "--train-epochs", "1", "--audit", "off",
+                 "--retrained", str(ref), "--null", str(ref)], cache) == 0
+    err = capsys.readouterr().err
+    assert "note: --retrained and --null are read by the audit alone; with --audit off they are not loaded" in err

@@ -16,6 +16,7 @@ from ..experiments import methods as M
 from ..experiments.runner import begin_provenance
 from ..experiments.unlearn import AUDIT_LEVELS, AuditPlan, summary_lines, unlearn_run
 from ..models import LogitMask
+from ..progress import log
 from ..references import load_original
 from ..resume import kill_point, weights_digest
 from ..runs import check_out_dir, load_checkpoint, save_checkpoint, staged_dir, write_run_files
@@ -104,6 +105,10 @@ def run(args) -> int:
     note_flags_not_taken(args, [method], quiet)
     note_compile(args, quiet)
     note_klom_pairs(args.ulira_pairs, quiet)
+    given = [f for f, v in (("--retrained", args.retrained not in (None, "auto", "off")), ("--null", args.null)) if v]
+    if args.audit == "off" and given:  # read by the audit alone: not loaded, not checked
+        log(f"note: {' and '.join(given)} are read by the audit alone; with --audit off they are not loaded or "
+            "checked", quiet)
     out = Path(args.out or f"runs/{cfg.method}-{ds.name.replace('/', '_').replace(':', '_')}-"
                f"{time.strftime('%Y%m%d-%H%M%S')}")
     check_out_dir(out)
