@@ -2,7 +2,7 @@
 result files give (scripts/readme_numbers.py), and the placeholder parser fails clearly: the placeholder, its
 line and the file are named.
 
-No torch, no training: the script and bench/findings_table.py are stdlib only.
+No training: the script is stdlib only; bench/findings_table.py reads cnr_fast's stats and the unlearn summary formatter (so torch is imported).
 """
 
 from __future__ import annotations
