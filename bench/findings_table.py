@@ -11,6 +11,7 @@ docs/*.in.md); run alone, this prints one:
     python -m bench.findings_table multiclass bench/results/runs/multiclass_mnist5k/multiclass.json
     python -m bench.findings_table continual bench/results/runs/continual_mnist5k/continual.json
     python -m bench.findings_table glance bench/results/runs/compare_mnist5k/compare.json   # README's table
+    python -m bench.findings_table prereg_full bench/results/prereg10_analysis.json         # every registered contrast
     python -m bench.findings_table run bench/results/runs/default_mnist5k/results.json      # what unlearn printed
     python -m bench.findings_table measures bench/results/runs/default_mnist5k/results.json # every audit measure
 
@@ -176,9 +177,11 @@ def verdict_table(r: dict) -> str:
     seed by audit/verdict.py's margin rule) on which it stands with the retrained model, between the two
     references, with the original, or past either; mean [95% interval] over seeds."""
     v = r["verdict"]
-    out = ["| method | " + " | ".join(h for _, h in VERDICT_ZONES) + " |", "|" + "---|" * (len(VERDICT_ZONES) + 1)]
+    out = ["| method | damaged seeds | " + " | ".join(h for _, h in VERDICT_ZONES) + " |",
+           "|" + "---|" * (len(VERDICT_ZONES) + 2)]
     for m, d in v["methods"].items():
-        out.append(f"| {m} | " + " | ".join(ci_cell(d["shares"].get(z)) for z, _ in VERDICT_ZONES) + " |")
+        damaged = f"{d['damaged_seeds']} of {d['seeds']}" if "damaged_seeds" in d else "-"
+        out.append(f"| {m} | {damaged} | " + " | ".join(ci_cell(d["shares"].get(z)) for z, _ in VERDICT_ZONES) + " |")
     return "\n".join(out)
 
 
@@ -304,9 +307,103 @@ def continual_table(r: dict) -> str:
     return "\n".join(out)
 
 
+PREREG_LABELS = {"forget_acc": "forget acc", "retain_acc": "retain acc", "cka_neg.L4": "CKA_neg L4",
+                 "fewshot_probe_acc.1": "1-shot probe", "fewshot_probe_acc.5": "5-shot probe",
+                 "gradcam_overlap": "Grad-CAM overlap", "ulira_excess": "U-LiRA AUC excess",
+                 "klom_excess": "KLOM excess"}
+
+
+def _reading(row: dict) -> str:
+    """A registered contrast's reading, short: decided (a dagger where the sensitivity correction, Holm over
+    every primary contrast, does not decide it), open with the seeds it would need, or no practical difference."""
+    text = row["reading"]
+    if text.startswith("decided"):
+        return "decided" if row.get("decided_all", True) else "decided\u2020"
+    if text.startswith("open: about "):
+        return f"open ({text.split()[2]} seeds)"
+    return text
+
+
+def _diff_cell(row: dict, digits: int) -> str:
+    ci = row.get("ci95")
+    d = f"{row['difference']:+.{digits}f}"
+    if ci is not None and _finite(ci[0]) and _finite(ci[1]) and ci[0] != ci[1]:
+        d += f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]"
+    return d
+
+
+def _digits(key: str) -> int:
+    return 1 if key.startswith("klom") else 3
+
+
+def prereg_summary(a: dict) -> str:
+    """The registered analysis (bench/prereg10.py analyse), per primary measure: the seeds it has, its family
+    (contrasts tested, Holm per measure) and how many contrasts each reading got."""
+    out = ["| measure | seeds | contrasts | decided | decided over all | open | no practical difference | dropped |",
+           "|" + "---|" * 8]
+    for key in a["primary"]:
+        t = a["measures"][key]
+        rows = t["rows"]
+        if not rows:
+            out.append(f"| {PREREG_LABELS.get(key, key)} | 0 | 0 | - | - | - | - | {t.get('note', '-')} |")
+            continue
+        dec = [r for r in rows if r["reading"].startswith("decided")]
+        out.append(f"| {PREREG_LABELS.get(key, key)} | {len(t['seeds'])} | {t['family_size']} | {len(dec)} | "
+                   f"{sum(1 for r in dec if r.get('decided_all', True))} | "
+                   f"{sum(1 for r in rows if r['reading'].startswith('open'))} | "
+                   f"{sum(1 for r in rows if r['reading'] == 'no practical difference')} | "
+                   f"{', '.join(t.get('dropped', [])) or '-'} |")
+    return "\n".join(out)
+
+
+def _prereg_matrix(a: dict, versus_retrained: bool) -> str:
+    keys = [k for k in a["primary"] if a["measures"][k]["rows"]]
+    pick = (lambda r: r["a"] if r["b"] == "retrained" else None) if versus_retrained else \
+        (lambda r: r["b"] if r["a"] == "cnr" and r["b"] != "retrained" else None)
+    cells = {}
+    for k in keys:
+        for r in a["measures"][k]["rows"]:
+            m = pick(r)
+            if m is not None:
+                cells[(m, k)] = f"{_diff_cell(r, _digits(k))} {_reading(r)}"
+    methods = [m for m in a["methods"] if any((m, k) in cells for k in keys)]
+    head = ["method - retrained" if versus_retrained else "cnr - method"] + [PREREG_LABELS.get(k, k) for k in keys]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        out.append(f"| {m} | " + " | ".join(cells.get((m, k), "-") for k in keys) + " |")
+    return "\n".join(out)
+
+
+def prereg_vs_retrained(a: dict) -> str:
+    """Question 1 of the registration: each method minus the retrained model, per primary measure: mean
+    difference over seeds [95% interval] and the reading under Holm per measure."""
+    return _prereg_matrix(a, versus_retrained=True)
+
+
+def prereg_vs_cnr(a: dict) -> str:
+    """Question 2: CNR minus each other method, per primary measure, as prereg_vs_retrained."""
+    return _prereg_matrix(a, versus_retrained=False)
+
+
+def prereg_full(a: dict) -> str:
+    """Every registered contrast: mean difference, 95% interval, p, Holm p per measure and over all, reading."""
+    out = ["| measure | contrast | difference | 95% interval | p | Holm p (measure) | Holm p (all) | reading |",
+           "|" + "---|" * 8]
+    for key in a["primary"]:
+        dg = _digits(key)
+        for r in a["measures"][key]["rows"]:
+            ci = r.get("ci95")
+            ci_s = f"[{ci[0]:+.{dg}f}, {ci[1]:+.{dg}f}]" if ci is not None else "-"
+            out.append(f"| {PREREG_LABELS.get(key, key)} | {r['a']} - {r['b']} | {r['difference']:+.{dg}f} | {ci_s} | "
+                       f"{p_cell(r['p'])} | {p_cell(r['p_holm'])} | {p_cell(r.get('p_holm_all'))} | {r['reading']} |")
+    return "\n".join(out)
+
+
 TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table, "attacks": attacks_table,
           "verdict": verdict_table, "run": run_printout, "glance": glance_table, "measures": measures_table,
-          "ablate": ablate_table, "multiclass": multiclass_table, "continual": continual_table}
+          "ablate": ablate_table, "multiclass": multiclass_table, "continual": continual_table,
+          "prereg_summary": prereg_summary, "prereg_vs_retrained": prereg_vs_retrained, "prereg_vs_cnr": prereg_vs_cnr,
+          "prereg_full": prereg_full}
 
 
 if __name__ == "__main__":

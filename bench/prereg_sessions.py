@@ -103,9 +103,32 @@ def save() -> int:
     return 0
 
 
+def running(out_dir: str) -> list[int]:
+    """The pids of live, not stopped, processes whose command line writes to `out_dir` (`--out out_dir`)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("T", "t", "Z") and any(a == "--out" and b == out_dir for a, b in zip(argv, argv[1:])):
+            pids.append(int(pid))
+    return pids
+
+
 def pack(seeds: list[int]) -> int:
-    """The resume state of unfinished seeds, and the reference cache, as tar.gz under carry/ (to commit)."""
+    """The resume state of unfinished seeds, and the reference cache, as tar.gz under carry/ (to commit).
+    Refused while a seed's process still runs: what it writes after the pack would be missing from it."""
     P = pinned()
+    live = {s: running(P.seed_dir(s)) for s in seeds}
+    if any(live.values()):
+        print("prereg_sessions: still running: " + ", ".join(f"seed {s} (pid {' '.join(map(str, p))})"
+                                                          for s, p in live.items() if p)
+              + "; stop them first (kill -STOP PID), then pack", file=sys.stderr)
+        return 2
     os.makedirs(CARRY, exist_ok=True)
     names = [f"s{s}.state" for s in seeds if not P.done(s) and os.path.isdir(P.seed_dir(s) + ".state")]
     for name in names + ["cache"]:

@@ -67,3 +67,47 @@ def test_excess_measures_use_the_null_in_the_methods_place_on_the_seeds_that_hav
         for r in t["rows"]:
             if r["p"] is not None:
                 assert r["p_holm_all"] >= r["p_holm"] - 1e-15
+
+
+def test_findings_tables_show_every_registered_contrast_as_analysed(prereg):
+    """The findings tables (bench/findings_table.prereg_*) of an analysis: each cell's difference and interval
+    recomputed here from the per-seed values, its reading as the analysis gave it, every contrast in the full
+    table, the summary's counts; a measure no seed reports says so."""
+    import sys
+    sys.path.insert(0, ROOT)
+    from bench import findings_table as ft
+
+    res = _result(prereg, seeds=5)
+    out = prereg.analyse(res)
+    ps_ = res["per_seed"]
+
+    def cell(a, b, key, rows):
+        d = np.array([ps[a][key] - ps[b][key] for ps in rows])
+        half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+        return f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]"
+
+    vs_ret = ft.prereg_vs_retrained(out).splitlines()
+    assert vs_ret[0] == "| method - retrained | forget acc | U-LiRA AUC excess |"  # KLOM: no seed has it
+    assert [ln.split(" | ")[0] for ln in vs_ret[2:]] == ["| cnr", "| ssd", "| lm"]
+    ssd = vs_ret[3].split(" | ")
+    assert ssd[1] == cell("ssd", "retrained", "forget_acc", ps_) + " decided"
+    d = np.array([ps["ssd"]["ulira_auc"] - ps["ssd"]["ulira_null_auc"] for ps in ps_[:3]])  # 3 seeds, minus 0
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3)
+    assert ssd[2].startswith(f"{d.mean():+.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}] ")
+    vs_cnr = ft.prereg_vs_cnr(out).splitlines()
+    assert [ln.split(" | ")[0] for ln in vs_cnr[2:]] == ["| ssd", "| lm"]
+    assert vs_cnr[3].split(" | ")[1] == cell("cnr", "lm", "forget_acc", ps_) + " decided"
+    readings = {(r["a"], r["b"]): r["reading"] for r in out["measures"]["forget_acc"]["rows"]}
+    short = ft._reading({"reading": readings[("cnr", "retrained")], "decided_all": True})
+    assert vs_ret[2].split(" | ")[1].endswith(" " + short)
+    full = ft.prereg_full(out).splitlines()
+    assert len(full) - 2 == out["family_size_all"]
+    summary = ft.prereg_summary(out).splitlines()
+    fa = out["measures"]["forget_acc"]["rows"]
+    n_dec = sum(r["decided"] for r in fa)
+    assert summary[2].startswith(f"| forget acc | 5 | 5 | {n_dec} | ")
+    assert summary[-1].startswith("| KLOM excess | 0 | 0 |") and "no seed reports it" in summary[-1]
+    # the readings, short: the dagger marks a contrast decided per measure but not under Holm over all
+    assert ft._reading({"reading": "decided", "decided_all": False}) == "decided\u2020"
+    assert ft._reading({"reading": "open: about 14 seeds in all"}) == "open (14 seeds)"
+    assert ft._reading({"reading": "no practical difference"}) == "no practical difference"

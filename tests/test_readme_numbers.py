@@ -289,13 +289,14 @@ def test_verdict_table_cells_come_from_the_file():
 
     shares = {z: {"mean": i / 10, "ci_low": i / 10 - 0.05, "ci_high": i / 10 + 0.05}
               for i, (z, _) in enumerate(VERDICT_ZONES)}
-    r = {"verdict": {"methods": {"cnr": {"shares": shares}, "ssd": {"shares": {"with_retrained": {"mean": 1.0}}}}}}
+    r = {"verdict": {"methods": {"cnr": {"shares": shares, "damaged_seeds": 1, "seeds": 3},
+                                 "ssd": {"shares": {"with_retrained": {"mean": 1.0}}}}}}
     lines = verdict_table(r).splitlines()
-    assert lines[0] == ("| method | with the retrained | between | with the original | past the retrained "
+    assert lines[0] == ("| method | damaged seeds | with the retrained | between | with the original | past the retrained "
                         "| past the original |")
-    assert lines[2] == ("| cnr | 0.00 [-0.05, 0.05] | 0.10 [0.05, 0.15] | 0.20 [0.15, 0.25] | 0.30 [0.25, 0.35] "
+    assert lines[2] == ("| cnr | 1 of 3 | 0.00 [-0.05, 0.05] | 0.10 [0.05, 0.15] | 0.20 [0.15, 0.25] | 0.30 [0.25, 0.35] "
                         "| 0.40 [0.35, 0.45] |")
-    assert lines[3] == "| ssd | 1.00 | - | - | - | - |"
+    assert lines[3] == "| ssd | - | 1.00 | - | - | - | - |"  # a file from before damaged seeds were counted
 
 
 def test_committed_runs_said_to_share_originals_do():
