@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -86,7 +87,47 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """`obj` as strict JSON (RFC 8259): a number that is not finite (NaN: no value, e.g. no interval from one
+    seed; an infinity) is written as null, so jq, JavaScript and every other parser read the file;
+    `read_result_json` gives the per-seed values back as NaN."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def strict_json(obj):
+    """`obj` with arrays as lists (numpy, torch), paths as strings and every non-finite float as None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return strict_json(_json_default(obj))
+
+
+# the per-seed values a result is recomputed from (compare / ablate / the scenarios' merge, `cnr-fast power`):
+# numbers only, so a null in them is a value that was NaN when written
+PER_SEED_VALUES = ("per_seed", "per_seed_cka_null", "per_seed_times", "per_seed_reference_times")
+
+
+def read_result_json(path) -> dict:
+    """A result file (compare.json, results.json, ...) as written, with the nulls inside its per-seed values
+    (PER_SEED_VALUES, at any depth) read as NaN, the value they stood for. Files written before nulls (with
+    NaN literals) read the same. Raises OSError or ValueError (not JSON) as json.loads does."""
+    def nan(x):
+        if x is None:
+            return math.nan
+        if isinstance(x, dict):
+            return {k: nan(v) for k, v in x.items()}
+        return [nan(v) for v in x] if isinstance(x, list) else x
+
+    def walk(x):
+        if isinstance(x, dict):
+            return {k: nan(v) if k in PER_SEED_VALUES else walk(v) for k, v in x.items()}
+        return [walk(v) for v in x] if isinstance(x, list) else x
+
+    return walk(json.loads(Path(path).read_text()))
 
 
 def _json_default(o):

@@ -134,6 +134,35 @@ def test_merge_compare_and_multiclass_equal_one_run_over_all_seeds():
     assert m["runs"]["2,5"]["methods"] == both["methods"] and m["seeds"] == [0, 1, 2]
 
 
+def test_merge_reads_the_strict_files_compare_writes_with_a_missing_value(tmp_path):
+    """compare.json is strict JSON (a NaN per-seed value written as null); --merge's reading and merging of such
+    files (cli.running.merge_files) equals the merge of the results in memory, the NaN read back as NaN (its
+    measure is left out of the tests, not an error)."""
+    from cnr_fast.runs import atomic_write_json, strict_json
+
+    parts = [_fake_compare([0], [0.2]), _fake_compare([1, 2], [0.4, 0.3])]
+    parts[1]["per_seed"][0]["cnr"]["mia_acc"] = 0.5
+    parts[1]["per_seed"][1]["cnr"]["mia_acc"] = float("nan")
+    for ps in (parts[0]["per_seed"][0], parts[1]["per_seed"][0], parts[1]["per_seed"][1]):
+        ps["original"]["mia_acc"] = ps["retrained"]["mia_acc"] = 0.5
+        ps["lm"]["mia_acc"] = 0.5
+    parts[0]["per_seed"][0]["cnr"]["mia_acc"] = 0.5
+    files = []
+    for i, r in enumerate(parts):
+        atomic_write_json(tmp_path / f"c{i}.json", r)
+        files.append(str(tmp_path / f"c{i}.json"))
+        assert "NaN" not in (tmp_path / f"c{i}.json").read_text()
+    from cnr_fast.cli.running import merge_files
+
+    atomic_write_json(tmp_path / "m.json", merge_files(",".join(files), "compare.json", E.merge_results))
+    written = json.loads((tmp_path / "m.json").read_text(),
+                         parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    expect = strict_json(E.merge_results(parts))
+    for key in ("methods", "references", "separation", "seeds", "per_seed"):
+        assert written[key] == expect[key], key
+    assert written["per_seed"][2]["cnr"]["mia_acc"] is None
+
+
 def test_concat_seeds_merges_optional_lists_only_where_every_file_has_them():
     from cnr_fast.experiments.merge import concat_seeds
 

@@ -32,3 +32,39 @@ def test_cache_dir_respects_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert runs.cache_dir() == tmp_path / "cnr-fast"
     assert runs.cache_dir("/x/y") == runs.Path("/x/y")
+
+
+def test_json_outputs_are_strict_and_per_seed_nulls_read_back_as_nan(tmp_path):
+    """A result's non-finite numbers (NaN, infinities; numpy and torch ones too) are written as null, so a strict
+    parser (RFC 8259: no NaN) reads the file; read_result_json gives the per-seed values back as NaN and leaves
+    every other null as it is; a file written with NaN literals (before) reads the same."""
+    import json
+    import math
+
+    import numpy as np
+    import torch
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+
+    obj = {"ci_low": float("nan"), "inf": [float("inf"), -float("inf"), 1.5], "np": np.array([np.nan, 2.0]),
+           "f32": np.float32("nan"), "i64": np.int64(3), "t": torch.tensor([1.0, float("nan")]), "none": None,
+           "path": runs.Path("/a/b"), "per_seed": [{"cnr": {"mia_acc": float("nan"), "forget_acc": 0.25}}],
+           "rounds": [{"per_seed": [{"cnr": {"mia_acc": np.float64("nan")}}], "p": float("nan")}]}
+    p = tmp_path / "r.json"
+    runs.atomic_write_json(p, obj)
+    got = strict(p.read_text())
+    assert got == {"ci_low": None, "inf": [None, None, 1.5], "np": [None, 2.0], "f32": None, "i64": 3,
+                   "t": [1.0, None], "none": None, "path": "/a/b",
+                   "per_seed": [{"cnr": {"mia_acc": None, "forget_acc": 0.25}}],
+                   "rounds": [{"per_seed": [{"cnr": {"mia_acc": None}}], "p": None}]}
+    back = runs.read_result_json(p)
+    assert math.isnan(back["per_seed"][0]["cnr"]["mia_acc"]) and back["per_seed"][0]["cnr"]["forget_acc"] == 0.25
+    assert math.isnan(back["rounds"][0]["per_seed"][0]["cnr"]["mia_acc"])
+    assert back["ci_low"] is None and back["rounds"][0]["p"] is None and back["none"] is None
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"per_seed": [{"cnr": {"mia_acc": float("nan")}}], "x": 1}))  # NaN literal
+    assert "NaN" in old.read_text() and math.isnan(runs.read_result_json(old)["per_seed"][0]["cnr"]["mia_acc"])
+    with pytest.raises(TypeError, match="not JSON serialisable: object"):
+        runs.atomic_write_json(tmp_path / "bad.json", {"x": object()})
+    assert not (tmp_path / "bad.json").exists()

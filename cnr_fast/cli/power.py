@@ -17,7 +17,6 @@ unless --json is given.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import UserError
@@ -55,13 +54,14 @@ def _runs(d: dict, path: str) -> dict:
 def run(args) -> int:
     from ..experiments.compare import PAIRWISE_KEYS
     from ..experiments.stats import is_coordinate_bound, pairwise
+    from ..runs import read_result_json
 
     path = Path(args.result)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise UserError(f"{args.result!r} {what}; pass a compare.json file")
     try:
-        d = json.loads(path.read_text())
+        d = read_result_json(path)
     except (OSError, ValueError) as e:
         raise UserError(f"{args.result!r} is not readable JSON ({type(e).__name__}); pass the compare.json compare wrote")
     for flag, value in (("--alpha", args.alpha), ("--power", args.power)):

@@ -68,13 +68,12 @@ def describe_classes(ds: Dataset, most: int = 20) -> str:
 
 def merge_files(arg: str, what: str, merge) -> dict:
     """Read the comma list of JSON result files in `arg` and merge them with `merge` (a driver's merge)."""
-    import json
-    from pathlib import Path
+    from ..runs import read_result_json
 
     results = []
     for path in [p.strip() for p in arg.split(",") if p.strip()]:
         try:
-            results.append(json.loads(Path(path).read_text()))
+            results.append(read_result_json(path))
         except (OSError, ValueError) as e:
             raise UserError(f"--merge: cannot read {path!r} ({e}); pass {what} files") from None
     try:
