@@ -254,7 +254,7 @@ def build_workloads(args):
     from cnr_fast.cnr.reset import reset
     from cnr_fast.cnr.synthesize import SIGNS, gan_batch_size, optimise_latents, train_gan
     from cnr_fast.config import RunConfig
-    from cnr_fast.data import Split, load_dataset
+    from cnr_fast.data import load_dataset
     from cnr_fast.models import build_model
     from cnr_fast.train import train_classifier
 

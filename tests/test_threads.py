@@ -1,6 +1,5 @@
 """--threads N|auto (cnr_fast/threads.py), --reset-lr / --baseline-lr, and the choice in provenance."""
 
-import os
 import subprocess
 import sys
 import time
