@@ -349,10 +349,11 @@ def load_original(cfg: RunConfig, ds, device, cache, quiet=False):
 
 
 def _log_taps(model, quiet, named: bool = False) -> None:
-    """The taps of a model of another source, before any work on them (named: some came from --taps)."""
+    """The taps of a model of another source, before any work on them (named: some came from --taps or from
+    the --checkpoint's record)."""
     found = getattr(model, "cnr_fast_taps", None)
     if found:
-        how = ("as --taps names them, the rest found automatically" if named else
+        how = ("as named (--taps, or the taps the checkpoint records), the rest found automatically" if named else
                "found automatically; --taps L1=module.path,... overrides")
         log("taps: " + ", ".join(f"{n}={p} ({layout})" for n, (p, layout) in found.items())
             + f" ({how}; `cnr-fast taps` lists candidates)", quiet)

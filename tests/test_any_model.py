@@ -235,6 +235,55 @@ def test_user_builder_file_through_the_cli_and_taps_verb(tmp_path, capsys):
     assert meta["model_args"] == ["width=4"] and any(t.startswith("L4=") for t in meta["tap_paths"])
 
 
+def test_taps_a_checkpoint_records_are_every_models_taps_in_audit_and_a_second_unlearn(tmp_path, capsys):
+    """A user's model unlearned with its taps named (--taps L1=path,...): the checkpoint records them, and
+    `cnr-fast audit` of it against the user's plain state_dict taps both at those paths (before: the plain one
+    at the taps found automatically, so a tap of one model was compared with another layer of the other:
+    a crash, or a silent number where the shapes happened to agree); `unlearn --checkpoint` of that output
+    takes them too (and no --width it never asked for). Models tapped at other layers are refused in one line."""
+    from cnr_fast.audit import audit_models
+    from cnr_fast.models import taps as T
+
+    (tmp_path / "mine.py").write_text(USER_FILE)
+    spec = f"{tmp_path / 'mine.py'}:tiny"
+    ds = _data(16)
+    torch.manual_seed(0)
+    ns = {}
+    exec(USER_FILE, ns)  # the user's own builder and loop, outside cnr-fast
+    torch.save(plain_train(ns["tiny"](10, width=4), ds, epochs=3, channels=1).state_dict(), tmp_path / "plain.pt")
+    named = "L1=0,L2=3,L3=6,L4=9"  # the convolutions, not what would be found automatically
+    run = tmp_path / "run"
+    common = ["--model", spec, "--model-arg", "width=4", *TINY]
+    assert main(["unlearn", "--checkpoint", str(tmp_path / "plain.pt"), "--taps", named, "--method", "rl",
+                 "--baseline-epochs", "1", "--stabilize-epochs", "0", "--baseline-lr", "0.001", "--audit", "off",
+                 "--out", str(run), "--cache-dir", str(tmp_path / "c"), *common]) == 0
+    assert torch.load(run / "model.pt", weights_only=True)["meta"]["tap_paths"] == named.split(",")
+    audits = {}
+    for label, extra in (("recorded", []), ("named", ["--taps", named])):
+        out = tmp_path / f"audit_{label}"
+        assert main(["audit", "--checkpoint", str(run / "model.pt"), "--original", str(tmp_path / "plain.pt"),
+                     "--forget", "2", "--no-figures", "--no-relearn", "--out", str(out), *extra, *common]) == 0
+        audits[label] = json.loads((out / "results.json").read_text())["metrics"]
+    for model in ("original", "unlearned"):  # the default is the checkpoint's taps: the same numbers as naming them
+        for key in ("probe_acc", "cka_neg", "knn_acc"):
+            assert audits["recorded"][model][key] == audits["named"][model][key], (model, key)
+    assert main(["audit", "--checkpoint", str(run / "model.pt"), "--original", str(tmp_path / "plain.pt"),
+                 "--forget", "seven", "--out", str(tmp_path / "a3"), *common]) == 2
+    assert "forget class 'seven' is not a class of 'digits'" in capsys.readouterr().err
+    again = tmp_path / "again"
+    assert main(["unlearn", "--checkpoint", str(run / "model.pt"), "--method", "lm", "--audit", "off",
+                 "--out", str(again), "--cache-dir", str(tmp_path / "c"), *common]) == 0
+    assert json.loads((again / "config.json").read_text())["model"]["tap_paths"] == named.split(",")
+    # the safety net under every entry point: models tapped at other layers than the original
+    example = torch.zeros(2, 1, 16, 16)
+    a, b = ns["tiny"](10, width=4), ns["tiny"](10, width=4)
+    T.attach(a, example, T.parse_overrides(named.split(",")))
+    T.attach(b, example, T.parse_overrides(["L1=2", "L2=3", "L3=6", "L4=9"]))
+    with pytest.raises(cnr_fast.UserError, match=r"the unlearned model does not tap the layers the original does "
+                       r"\(L1 is '2' there, '0' in the original\);.* --taps L1=0,L2=3,L3=6,L4=9"):
+        audit_models({"original": a, "unlearned": b}, ds, [FORGET], device="cpu", quiet=True, figures=False)
+
+
 @pytest.mark.parametrize("args,words", [
     (["--model", "torchvision:resnet81"], "unknown torchvision classification model 'resnet81' (did you mean resnet18"),
     (["--model", "timm:no_such_net"], "unknown timm model 'no_such_net'"),

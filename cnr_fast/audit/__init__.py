@@ -117,6 +117,7 @@ def audit_models(
     classifier (inversion.py); several seconds per tap and model on a CPU.
     """
     models, independent = _check_models(models, ds, forget, original, retrained, null_model, independent)
+    _check_same_taps(models, original, taps)
     a = _audit_pass(models, ds, forget, device=device, original=original, retrained=retrained, taps=taps, seed=seed,
                     probe_train_size=probe_train_size, reduce=reduce, max_dim=max_dim, shots=shots, relearn=relearn,
                     relearn_steps=relearn_steps, selectivity_k=selectivity_k, cka_unbiased=cka_unbiased,
@@ -172,6 +173,29 @@ def _check_models(models, ds, forget, original, retrained, null_model, independe
     if independent is None:
         independent = [retrained] if retrained is not None else []
     return models, (set(independent) | ({NULL} & set(models))) - {original}
+
+
+def _check_same_taps(models, original, taps) -> None:
+    """Every model taps the same layers as the original (the audit compares each tap of a model with the same
+    tap of the original): a model whose taps resolve to other modules, or lack one, is refused, naming them."""
+    from ..models import LogitMask
+    from ..models.taps import tap_paths
+
+    def paths(m):
+        return tap_paths(m.model if isinstance(m, LogitMask) else m)
+
+    ref = paths(models[original])
+    wanted = [t for t in (taps if taps is not None else ref) if t in ref]
+    for name, m in models.items():
+        if name == original:
+            continue
+        have = paths(m)
+        off = [f"{t} is {have[t]!r} there, {ref[t]!r} in the original" if t in have else f"it has no {t}"
+               for t in wanted if have.get(t) != ref[t]]
+        if off:
+            raise UserError(f"the {name} model does not tap the layers the original does ({'; '.join(off)}); every "
+                            "model must be tapped at the same module paths: pass them, e.g. --taps "
+                            + ",".join(f"{t}={ref[t]}" for t in wanted) + " (taps= in Python)")
 
 
 def _audit_pass(models, ds, forget, *, device, original, retrained, taps, seed, probe_train_size, reduce, max_dim,

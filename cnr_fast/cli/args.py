@@ -143,6 +143,8 @@ def config_from_args(args) -> RunConfig:
     if taps is not None and any("=" in t for t in taps):  # L1=module.path,...: the taps and where they are
         updates.setdefault("model", {})["tap_paths"] = tuple(t for t in taps if "=" in t)
         updates.setdefault("detect", {})["taps"] = tuple(t.split("=", 1)[0] for t in taps)
+    elif getattr(args, "recorded_tap_paths", None):  # the --checkpoint's taps (unlearn), for every model of the run
+        updates.setdefault("model", {})["tap_paths"] = tuple(args.recorded_tap_paths)
     options: dict = {}
     for dest, val in vars(args).items():
         if dest.startswith(OPTION_DEST) and val is not None:

@@ -83,7 +83,8 @@ def add_parser(sub) -> None:
     p.add_argument("--data-root", default=None, help="folder holding a torchvision dataset (nothing is downloaded)")
     p.add_argument("--image-size", type=int, default=None, help="resize images to this side (as at training)")
     p.add_argument("--forget", default=None,
-                   help="forget class(es), comma-separated; default: the forget_classes the checkpoint records")
+                   help="forget class(es) by index (2, or 2,5) or by name (an image folder's class folder); default: "
+                        "the forget_classes the checkpoint records")
     p.add_argument("--model", "--arch", dest="arch", default=None,
                    help="model source of bare state_dicts: an own arch, torchvision:NAME, timm:NAME, FILE.py:FUNCTION "
                         "(cnr-fast checkpoints record it)")
@@ -92,7 +93,9 @@ def add_parser(sub) -> None:
     p.add_argument("--normalize", default="pm1", help="the model's input normalisation (see `cnr-fast unlearn --help`)")
     p.add_argument("--width", type=float, default=None, help="ResNet width of bare state_dicts (default 1.0)")
     p.add_argument("--taps", "--layers", dest="taps", default=None,
-                   help="taps to audit, comma-separated (default all the model has; --layers is the old name)")
+                   help="taps to audit, comma-separated names (L3,L4) or NAME=module.path as unlearn takes them "
+                        "(L1=block1,L4=head.norm), the same paths in every model; default: every tap the original "
+                        "has, at the module paths the --checkpoint records (--layers is the old name)")
     p.add_argument("--no-figures", action="store_true", help="skip t-SNE and Grad-CAM (faster)")
     p.add_argument("--no-relearn", action="store_true", help="skip the relearn attack")
     p.add_argument("--probe-train-size", type=int, default=2000, help="probe-train examples, at most (default 2000)")
@@ -105,16 +108,6 @@ def add_parser(sub) -> None:
     from .args import one_line_errors
 
     one_line_errors(p)
-
-
-def _int_list(text: str, flag: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated integers, e.g. {flag} 2 or {flag} 2,5; got {text!r}") from None
-    if not vals:
-        raise UserError(f"{flag} is empty; pass e.g. {flag} 2")
-    return vals
 
 
 FINGERPRINT_KEYS = ("dataset", "n_train", "n_test", "train_label_sum", "num_classes", "image_size", "in_channels")
@@ -141,16 +134,19 @@ def check_same_splits(meta: dict, ds, forget: list[int], path: str, role: str) -
 
 def run(args) -> int:
     from ..config import DataConfig
-    from ..data import load_dataset
+    from ..data import check_forget, load_dataset, resolve_forget
+    from .args import parse_forget
     from ..preflight import check_model
     from ..models import TAP_NAMES, check_taps, model_from_checkpoint
     from ..runs import atomic_write_json, check_out_dir, load_checkpoint, staged_dir
     from ..train import resolve_device
 
     given = args.taps is not None
-    taps = [s.strip() for s in (args.taps if given else ",".join(TAP_NAMES)).split(",") if s.strip()]
-    if not taps:
+    items = [s.strip() for s in (args.taps if given else ",".join(TAP_NAMES)).split(",") if s.strip()]
+    if not items:
         raise UserError(f"--taps is empty; pass some of {','.join(TAP_NAMES)}")
+    tap_paths = tuple(t for t in items if "=" in t)  # NAME=module.path: where each model's tap is
+    taps = [t.split("=", 1)[0] for t in items]
     check_taps(taps)
     if args.mia_shadows < 0:
         raise UserError("--mia-shadows must be >= 0")
@@ -165,8 +161,13 @@ def run(args) -> int:
         if path is not None and not Path(path).is_file():
             raise UserError(f"{flag} {path!r} does not exist; pass the path of a saved model")
     _, ck_meta = load_checkpoint(args.checkpoint)
+    names = None
     if args.forget is not None:
-        forget = _int_list(args.forget, "--forget")
+        forget = list(parse_forget(args.forget))
+        if not forget:
+            raise UserError("--forget is empty; pass e.g. --forget 2 (or a class name)")
+        if any(isinstance(c, str) for c in forget):
+            names, forget = forget, []  # resolved against the data's class names once it is loaded
     else:
         recorded = ck_meta.get("forget_classes")
         if recorded is None and args.retrained:
@@ -175,9 +176,15 @@ def run(args) -> int:
             raise UserError("the checkpoint does not record its forget classes; pass --forget C (e.g. --forget 2)")
         forget = [int(c) for c in recorded]
     ds = load_dataset(DataConfig(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
-                                 forget=tuple(forget)))
+                                 forget=tuple(forget)), check=names is None)
+    if names is not None:
+        forget = list(resolve_forget(names, ds))
+        check_forget(forget, ds)
     models, metas = {}, {}
-    source = {"model_args": tuple(args.model_args or ()), "normalize": args.normalize, "tap_paths": ()}
+    # every model taps the same layers: the --taps paths, else those the --checkpoint records (a cnr-fast
+    # checkpoint of a model whose taps were found or named; bare state_dicts are built the same way)
+    source = {"model_args": tuple(args.model_args or ()), "normalize": args.normalize,
+              "tap_paths": tap_paths or tuple(ck_meta.get("tap_paths", ()))}
     for name, path in (("original", args.original), ("unlearned", args.checkpoint), ("retrained", args.retrained)):
         if path is None:
             continue

@@ -289,7 +289,7 @@ def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None
     Returns (model in eval mode, meta). cnr-fast checkpoints carry arch / width / class count in
     their meta; a bare state_dict from another tool needs `arch` and `width` from the caller, and for
     a source other than cnr-fast's own, `source` (references.source_options: model_args, normalize,
-    tap_paths).
+    tap_paths). Taps: those the checkpoint records, each tap that `source["tap_paths"]` names moved there.
     A `logit_mask` entry in meta (LM baseline) wraps the model in LogitMask.
     """
     from ..runs import load_checkpoint
@@ -313,10 +313,13 @@ def model_from_checkpoint(path, ds, arch: str | None = None, width: float | None
                 f"{getattr(ds, key)}; pass the dataset (and --image-size) it was trained with"
             )
     given = source or {}
+    # the taps the checkpoint records, each one the caller names (--taps NAME=path) put where the caller says
+    taps = {**dict(t.partition("=")[::2] for t in meta.get("tap_paths", ())),
+            **dict(t.partition("=")[::2] for t in given.get("tap_paths", ()))}
     model = build_model(arch, ds.num_classes, ds.in_channels, ds.image_size, width, stem=meta.get("stem"),
                         model_args=meta.get("model_args", given.get("model_args", ())),
                         normalize=meta.get("normalize", given.get("normalize", "pm1")),
-                        tap_paths=meta.get("tap_paths", given.get("tap_paths", ())),
+                        tap_paths=tuple(f"{n}={p}" for n, p in taps.items()),
                         logits_from=meta.get("logits_from", given.get("logits_from")))
     load_model_state(model, state, meta, arch, ds.num_classes, str(path))
     if meta.get("logit_mask"):

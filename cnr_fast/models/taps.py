@@ -43,6 +43,12 @@ def tap_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: model.get_submodule(p) for n, (p, _layout) in paths.items()}
 
 
+def tap_paths(model: nn.Module) -> dict[str, str]:
+    """{tap name: the path of the tapped module in `model`}, however the taps were found or named."""
+    where = {id(m): p for p, m in model.named_modules()}
+    return {n: where.get(id(m), "?") for n, m in tap_modules(model).items()}
+
+
 def tap_layouts(model: nn.Module) -> dict[str, str]:
     paths = getattr(model, ATTR, None) or {}
     return {n: layout for n, (_p, layout) in paths.items()}
