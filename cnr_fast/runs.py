@@ -147,12 +147,17 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict) -> None:
 
 
 def _sniff(path: Path) -> str | None:
-    """What a file that is not a torch checkpoint looks like: "empty", "safetensors", "text" or None."""
+    """What a file that is not a readable torch checkpoint looks like: "empty", "truncated" (a zip archive,
+    torch.save's format, without the end record every complete one has), "safetensors", "text" or None."""
     with open(path, "rb") as fh:
         head = fh.read(4096)
+        if head[:2] == b"PK":  # torch's zip archive: its end-of-central-directory record is in the last 64 KiB
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - 65_557))
+            return None if b"PK\x05\x06" in fh.read() else "truncated"
     if not head:
         return "empty"
-    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive / legacy pickle
+    if head[:1] == b"\x80":  # legacy pickle
         return None
     if len(head) >= 10 and head[8:10] in (b'{"', b"{ ") and int.from_bytes(head[:8], "little") < 100_000_000:
         return "safetensors"  # 8-byte little-endian header length, then a JSON header
@@ -191,6 +196,9 @@ def load_checkpoint(path) -> tuple[dict, dict]:
         except Exception as e:
             raise UserError(f"checkpoint {str(path)!r} is a safetensors file that cannot be read "
                             f"({(str(e).splitlines() or [type(e).__name__])[0][:160]}); pass a complete file") from None
+    if kind == "truncated":
+        raise UserError(f"checkpoint {str(path)!r} cannot be read safely: it is truncated or corrupt (a zip archive "
+                        "without its end record); pass a complete checkpoint (copy or save it again)")
     if kind == "text":
         raise UserError(f"checkpoint {str(path)!r} cannot be read safely: it is a text file, not a torch "
                         "checkpoint; pass a checkpoint saved by cnr-fast or a state_dict saved with torch.save")

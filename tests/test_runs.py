@@ -68,3 +68,20 @@ def test_json_outputs_are_strict_and_per_seed_nulls_read_back_as_nan(tmp_path):
     with pytest.raises(TypeError, match="not JSON serialisable: object"):
         runs.atomic_write_json(tmp_path / "bad.json", {"x": object()})
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_a_checkpoint_cut_anywhere_is_named_truncated(tmp_path):
+    """torch.save's zip archive cut short at any length: one line saying it is truncated (torch's own error at
+    most lengths is '[Errno 22] Invalid argument'); the complete file loads."""
+    import torch
+
+    path = tmp_path / "full.pt"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Linear(8, 4)).state_dict(), path)
+    data = path.read_bytes()
+    state, meta = runs.load_checkpoint(path)
+    assert set(state) == {"0.weight", "0.bias", "1.weight", "1.bias"} and meta == {}
+    for n in (100, len(data) // 2, len(data) * 9 // 10, len(data) - 10):
+        cut = tmp_path / f"cut{n}.pt"
+        cut.write_bytes(data[:n])
+        with pytest.raises(runs.UserError, match="it is truncated or corrupt"):
+            runs.load_checkpoint(cut)
