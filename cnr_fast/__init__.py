@@ -13,24 +13,33 @@ __version__ = "0.1.0"
 
 def unlearn(model, data, forget, method="cnr", **kw):
     """Remove classes from any nn.Module classifier: see cnr_fast.api.unlearn."""
-    from .api import unlearn as _unlearn
+    from . import api
 
-    return _unlearn(model, data, forget, method, **kw)
+    try:
+        return api.unlearn(model, data, forget, method, **kw)
+    except UserError as e:  # the arguments named as this call takes them, not as CLI flags
+        raise api.in_python_terms(e) from None
 
 
 def audit_model(model, *, original, data, forget, **kw):
     """Audit an unlearned classifier against its original: see cnr_fast.api.audit_model.
     (Not `cnr_fast.audit`: that name is the audit subpackage.)"""
-    from .api import audit_model as _audit
+    from . import api
 
-    return _audit(model, original=original, data=data, forget=forget, **kw)
+    try:
+        return api.audit_model(model, original=original, data=data, forget=forget, **kw)
+    except UserError as e:
+        raise api.in_python_terms(e) from None
 
 
 def compare(build, data, forget, methods=None, **kw):
     """Compare unlearning methods on your own model, data and training recipe: see cnr_fast.api.compare."""
-    from .api import compare as _compare
+    from . import api
 
-    return _compare(build, data, forget, methods, **kw)
+    try:
+        return api.compare(build, data, forget, methods, **kw)
+    except UserError as e:
+        raise api.in_python_terms(e) from None
 
 
 __all__ = ["RunConfig", "UserError", "__version__", "audit_model", "compare", "unlearn"]

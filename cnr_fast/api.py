@@ -41,6 +41,25 @@ from .models import sources, taps as T
 VALUE_RANGES = ("auto", "pm1", "01")
 
 
+# error lines written for the command line, as a Python caller reads them (most specific first)
+PYTHON_TERMS = (
+    (" (logits_from= in Python)", ""), (" (force=True from Python)", ""), (" (taps= in Python)", ""),
+    ("--image-size: the size you trained at", "the images' size: the size you trained at"),
+    ("--logits-from INDEX|KEY", "logits_from=INDEX or KEY"), ("--logits-from", "logits_from="),
+    ("--normalize", "normalize="), ("--force", "force=True"), ("--expect-acc", "expect_acc"),
+    ("--taps L1=module.path,...", "taps={'L1': 'module.path', ...}"), ("--taps", "taps="),
+    ("--forget", "forget="),
+)
+
+
+def in_python_terms(e: UserError) -> UserError:
+    """`e` with the CLI flags it names as the keyword arguments of cnr_fast.unlearn / audit_model / compare."""
+    text = str(e)
+    for flag, arg in PYTHON_TERMS:
+        text = text.replace(flag, arg)
+    return UserError(text)
+
+
 def as_dataset(data, name: str = "user", val_fraction: float = 0.1, seed: int = 1, value_range: str = "auto") -> Dataset:
     """A cnr_fast Dataset from a Dataset, a dict of (x, y) tensors or a dict of torch Datasets.
     value_range: how float images are scaled: "auto" ([-1, 1], checked), "pm1" ([-1, 1], unchecked)
@@ -101,14 +120,31 @@ def _split(part, where: str, value_range: str = "auto") -> Split:
         x = x.float()
         if value_range == "auto":
             _check_range(x, where)
+        lo, hi = float(x.min()), float(x.max())
         if value_range == "01":
-            lo, hi = float(x.min()), float(x.max())
             if lo < -0.01 or hi > 1.01:
                 raise UserError(f"data[{where!r}] holds floats in [{lo:.2f}, {hi:.2f}], not [0, 1] as value_range='01' "
                                 "says; give the images before normalisation, the model's in normalize=")
             x = x * 2 - 1
-        x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        elif lo < -1.01 or hi > 1.01:  # "pm1": unchecked for the look of [0, 1], never silently clipped
+            raise UserError(f"data[{where!r}] holds floats in [{lo:.2f}, {hi:.2f}], not [-1, 1] as value_range='pm1' "
+                            "says; give the images before normalisation, the model's in normalize=")
+        q = ((x.clamp(-1, 1) + 1) * 127.5).round()
+        off = float((q / 127.5 - 1 - x.clamp(-1, 1)).abs().max()) if len(x) else 0.0
+        if off > 1e-4:
+            _say_quantised(where, off * (0.5 if value_range == "01" else 1.0))
+        x = q.to(torch.uint8)
     return Split(x.contiguous(), y)
+
+
+def _say_quantised(where: str, off: float) -> None:
+    """Float images finer than 8 bits: said once per split (cnr-fast keeps every dataset as uint8)."""
+    import warnings
+
+    warnings.warn(f"data[{where!r}]: float images are kept at 8 bits (256 levels per channel, as cnr-fast keeps every "
+                  f"dataset); yours are finer (rounded by up to {off:.4f} in their own units), so a prediction within that "
+                  "of a tie can differ from your pipeline's; give uint8 images to compare on exactly yours",
+                  UserWarning, stacklevel=4)
 
 
 def _check_range(x: torch.Tensor, where: str) -> None:
@@ -349,6 +385,12 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
                         build=build, train=train, data=data, prepare=prepared)
     result = run_compare(cfg, methods, seeds, device=device, ds=ds, quiet=quiet, recipe=recipe,
                          expect_acc=expect_acc, force=force)
+    # the model and data are the caller's: name them so, not by the config's defaults (cnr-fast's own
+    # ResNet and dataset, which built and loaded nothing here)
+    label = f"your build() ({getattr(build, '__qualname__', type(build).__name__)})"
+    result["arch"], result["width"] = label, None
+    result["config"]["model"].update(arch=label, width=None)
+    result["config"]["data"]["dataset"] = ds.name
     if out is not None:
         from .experiments.scenarios import get as get_scenario
         from .runs import check_out_dir, write_run_files

@@ -63,6 +63,9 @@ def test_compare_with_the_users_training_function():
     data = _data()
     r = cnr_fast.compare(build, data, forget=[3], methods=["lm", "rfs"], seeds=1, train=my_train, config=CFG, taps=TAPS)
     assert "my_train" in r["recipe"] and r["recipe_checks"][0]["ok"]
+    # the user's model and data named as such, not as the config's defaults (cnr-fast's ResNet, mnist5k)
+    assert r["arch"] == "your build() (build)" and r["width"] is None
+    assert r["config"]["model"]["arch"] == r["arch"] and r["config"]["data"]["dataset"] == r["dataset"] == "user"
     kinds = [c[0] for c in CALLS]
     assert kinds[0] == list(range(10)) and all(k == [c for c in range(10) if c != 3] for k in kinds[1:])
     assert len(CALLS) == 4  # original, retrained, null, RFS: every model by the user's recipe
@@ -110,7 +113,7 @@ def test_a_recipe_that_trains_badly_stops_before_any_method():
 
     with pytest.raises(UserError, match="lazy.*near chance.*as your pipeline does"):
         cnr_fast.compare(build, _data(), forget=[3], methods=["lm"], seeds=1, train=lazy, config=CFG, taps=TAPS)
-    with pytest.raises(UserError, match="far below the --expect-acc"):
+    with pytest.raises(UserError, match="far below the expect_acc"):
         cnr_fast.compare(build, _data(), forget=[3], methods=["lm"], seeds=1, train=lambda m, d, c, s: my_train(
             m, d, c, s, epochs=4), config=CFG, taps=TAPS, expect_acc=0.999)
 
@@ -208,6 +211,6 @@ def test_taps_cnr_reads_are_checked_before_any_training():
                              nn.Linear(16, 10))
 
     CALLS.clear()
-    with pytest.raises(UserError, match="the model has only .*L3 .no L4.; pass --taps"):
+    with pytest.raises(UserError, match="the model has only .*L3 .no L4.; pass taps="):
         cnr_fast.compare(shallow, _data(), forget=[3], methods=["cnr", "lm"], seeds=1, train=my_train, config=CFG)
     assert CALLS == []  # stopped before the user's function trained anything

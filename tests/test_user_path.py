@@ -252,3 +252,38 @@ def test_an_edited_builder_never_meets_the_old_builders_weights(tmp_path):
     before = reference_key("original", cfg, ds)
     src.write_text(body.format(act="Tanh"))
     assert reference_key("original", cfg, ds) != before
+
+
+def test_python_callers_read_python_terms_and_float_images_are_never_silently_changed():
+    """From Python: floats outside the range value_range states are refused (they were clipped to [-1, 1]
+    silently with 'pm1'); floats finer than the 8 bits cnr-fast keeps are said (a warning), floats on that grid
+    and uint8 are not; an error written with CLI flags names the call's keyword arguments instead."""
+    import warnings
+
+    from cnr_fast.api import as_dataset
+
+    torch.manual_seed(0)
+    x, y = torch.rand(60, 1, 8, 8), torch.arange(60) % 3
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, 2, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    wide = {"train": (x * 1.5, y), "test": (x * 1.5, y)}
+    with pytest.raises(UserError, match=r"holds floats in \[0.00, 1.50\], not \[-1, 1\] as value_range='pm1' says"):
+        cnr_fast.unlearn(model, wide, forget=[2], method="lm", value_range="pm1")
+    with pytest.warns(UserWarning, match=r"data\['train'\]: float images are kept at 8 bits .* up to 0\.00[12]"):
+        ds = as_dataset({"train": (x, y), "test": (x, y)}, value_range="01")
+    assert ds.train.x.dtype == torch.uint8
+    assert (ds.test.x.float() / 255 - x).abs().max() <= 0.5 / 255 + 1e-6  # the rounding the warning names
+    on_grid = (x * 255).round() / 255
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to say: on the 8-bit grid, or uint8
+        as_dataset({"train": (on_grid, y), "test": (on_grid, y)}, value_range="01")
+        as_dataset({"train": ((x * 255).to(torch.uint8), y), "test": ((x * 255).to(torch.uint8), y)})
+    with pytest.raises(UserError) as e:  # an untrained model: not fed as trained, the causes and the way on
+        cnr_fast.unlearn(model, {"train": (on_grid, y), "test": (on_grid, y)}, forget=[2], method="lm",
+                         value_range="01")
+    text = str(e.value)
+    assert not any(f in text for f in ("--normalize", "--force", "--image-size")), text
+    assert "normalize=" in text and "force=True" in text and "the images' size" in text, text
+    with pytest.raises(UserError, match=r"pass taps=\{'L1': 'module.path', ...\}"):  # no taps to find in it
+        cnr_fast.unlearn(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), {"train": (on_grid, y), "test": (on_grid, y)},
+                         forget=[2], method="lm", value_range="01")

@@ -212,8 +212,9 @@ class InputContract:
         self.mean = self.std = None
         if ms is not None:
             if len(ms[0]) not in (1, model_channels):
-                raise UserError(f"--normalize {normalize!r} gives {len(ms[0])} channel(s), the model takes "
-                                f"{model_channels}; give one value or {model_channels}")
+                raise UserError(f"--normalize {normalize!r} gives a mean and std for {len(ms[0])} channel(s), but the "
+                                f"model takes {model_channels}; give one mean/std for all channels or {model_channels} "
+                                "(MEAN/STD, comma-separated per channel), the ones your pipeline normalised with")
             self.mean = torch.tensor(ms[0]).view(1, -1, 1, 1)
             self.std = torch.tensor(ms[1]).view(1, -1, 1, 1)
 
