@@ -126,6 +126,16 @@ def check_model(model: nn.Module, ds, device, *, role: str = "original", classes
                             "should never have seen: was it retrained without another class? Check --forget against "
                             "the printed class table")
     found["problems"] = list(problems)
+    if bn is None and not own and expect_acc is None and role == "original" and not problems:
+        note = (f"the {role} model has no BatchNorm, so its inputs are checked by its accuracy alone: a wrong "
+                "normalisation or image size can pass as a weaker model; pass --expect-acc (expect_acc= in Python), "
+                "your own test accuracy, to stop on that")
+        if quiet:  # from Python, where progress lines are off by default: a warning the caller sees
+            import warnings
+
+            warnings.warn(note, UserWarning, stacklevel=3)
+        else:
+            log(f"note: {note}", quiet)
     log(f"{role}: test accuracy over {over} {acc:.3f}"
         + (f"; first BatchNorm {bn['layer']}: input {bn['z_mean']:.2f} running std off its mean, spread "
            f"{bn['std_ratio']:.2f}x" if bn else ""), quiet)

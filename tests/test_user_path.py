@@ -287,3 +287,29 @@ def test_python_callers_read_python_terms_and_float_images_are_never_silently_ch
     with pytest.raises(UserError, match=r"pass taps=\{'L1': 'module.path', ...\}"):  # no taps to find in it
         cnr_fast.unlearn(nn.Sequential(nn.Flatten(), nn.Linear(64, 3)), {"train": (on_grid, y), "test": (on_grid, y)},
                          forget=[2], method="lm", value_range="01")
+
+
+def test_a_model_without_batchnorm_is_said_to_be_checked_by_its_accuracy_alone():
+    """No BatchNorm: the input checks read only the accuracy, so a wrong normalisation can pass as a weaker model;
+    a warning says so and names expect_acc (which then stops a model fed otherwise than trained)."""
+    import warnings
+
+    torch.manual_seed(0)
+    y = torch.arange(300) % 3
+    x = (y.view(-1, 1, 1, 1).float() / 3 + 0.1 * torch.rand(300, 1, 8, 8)).clamp(0, 1)
+    x = (x * 255).round() / 255  # on the 8-bit grid: no rounding warning
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, 2, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    opt = torch.optim.Adam(model.parameters(), 0.02)
+    for _ in range(150):  # the user's loop, on [0, 1] images
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    assert (model(x).argmax(1) == y).float().mean() > 0.9
+    data = {"train": (x, y), "test": (x, y)}
+    with pytest.warns(UserWarning, match=r"has no BatchNorm, so its inputs are checked by its accuracy alone.*"
+                                         r"expect_acc= in Python"):
+        cnr_fast.unlearn(model, data, forget=[2], method="lm", value_range="01", normalize="0/1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # with expect_acc given there is nothing to say
+        cnr_fast.unlearn(model, data, forget=[2], method="lm", value_range="01", normalize="0/1", expect_acc=0.9)
