@@ -99,7 +99,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Tear the process group down once every rank has reached this point (a rank that destroys its group while
+    a peer still writes, as rank 0 does its outputs, can make gloo abort that peer at exit)."""
     if _STATE["on"]:
+        tdist.barrier()
         tdist.destroy_process_group()
         _STATE["on"] = False
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from ..audit.klom import NULL_MIN_HALF
-from .stats import PRACTICAL_SEEDS, SEPARATION_ALPHA, format_p, is_coordinate_bound
+from .stats import PRACTICAL_SEEDS, SEPARATION_ALPHA, finite, format_p, is_coordinate_bound
 
 # the validation accuracies the runner adds (not audit measures): after the test accuracies in every summary
 VALIDATION = ("val_forget_acc", "val_retain_acc")
@@ -22,11 +22,17 @@ def summary_keys(available) -> list[str]:
 
 
 def _cell(s: dict | None) -> str:
-    if s is None or not math.isfinite(s.get("mean", float("nan"))):
+    """'mean [low, high]' of a summary, in memory or read from a result file (whose missing values are null)."""
+    if s is None or not finite(s.get("mean")):
         return "-"
-    if not math.isfinite(s["ci_high"]):
+    if not (finite(s.get("ci_low")) and finite(s.get("ci_high"))):
         return f"{s['mean']:.3f}"
     return f"{s['mean']:.3f} [{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+
+def _num(v) -> float:
+    """A value to plot: NaN where there is none (null in a result file)."""
+    return v if finite(v) else float("nan")
 
 
 def originals_md(result: dict) -> list[str]:
@@ -332,9 +338,9 @@ def ablate_figures(result: dict) -> dict[str, bytes]:
         fig, axes = plt.subplots(1, 3, figsize=(10, 2.8))
         for ax, key in zip(axes, ("forget_acc", "retain_acc", "cka_neg.L4")):
             xs = [x for x, _ in pts]
-            ys = [t[v].get(key, {}).get("mean", float("nan")) for _, v in pts]
-            lo = [t[v].get(key, {}).get("ci_low", float("nan")) for _, v in pts]
-            hi = [t[v].get(key, {}).get("ci_high", float("nan")) for _, v in pts]
+            ys = [_num(t[v].get(key, {}).get("mean")) for _, v in pts]
+            lo = [_num(t[v].get(key, {}).get("ci_low")) for _, v in pts]
+            hi = [_num(t[v].get(key, {}).get("ci_high")) for _, v in pts]
             ax.plot(xs, ys, marker="o", label="CNR")
             if all(math.isfinite(v) for v in lo + hi):
                 ax.fill_between(xs, lo, hi, alpha=0.2)
@@ -386,13 +392,13 @@ def scenario_figure(result: dict, keys=("forget_acc", "retain_acc", "cka_neg.L4"
         xs = [x for x, _ in points]
         for n in ["retrained", "original", *names]:
             cells = [t.get(n, {}).get(key) or {} for _, t in points]
-            ys = [c.get("mean", float("nan")) for c in cells]
+            ys = [_num(c.get("mean")) for c in cells]
             if n in ("retrained", "original"):
                 ax.plot(xs, ys, ls="--", lw=1, color="k" if n == "retrained" else "0.6", label=n)
                 continue
             (line,) = ax.plot(xs, ys, marker="o", label=n)
-            lo = [c.get("ci_low", float("nan")) for c in cells]
-            hi = [c.get("ci_high", float("nan")) for c in cells]
+            lo = [_num(c.get("ci_low")) for c in cells]
+            hi = [_num(c.get("ci_high")) for c in cells]
             if all(math.isfinite(v) for v in lo + hi):
                 ax.fill_between(xs, lo, hi, alpha=0.15, color=line.get_color())
         ax.set_xticks(xs)

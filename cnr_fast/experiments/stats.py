@@ -273,10 +273,15 @@ def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int, 
     return out
 
 
+def finite(x) -> bool:
+    """A number with a value: not NaN / inf, and not the null a strict JSON file holds in its place."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _pct(s: dict, digits: int = 0) -> str:
     """"mean [low, high]" as percentages (digits=0) or as a proportion (digits > 0); the mean alone without bounds."""
     f = (lambda v: f"{100 * v:.0f}%") if digits == 0 else (lambda v: f"{v:.{digits}f}")
-    if not math.isfinite(s["ci_low"]):
+    if not (finite(s.get("ci_low")) and finite(s.get("ci_high"))):
         return f(s["mean"])
     g = (lambda v: f"{100 * v:.0f}") if digits == 0 else f
     return f"{f(s['mean'])} [{g(max(0.0, s['ci_low']))}, {g(min(1.0, s['ci_high']))}]"
