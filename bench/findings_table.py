@@ -21,22 +21,17 @@ Stdlib only (no torch): the README check runs it.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cnr_fast.experiments.stats import within_unit  # noqa: E402
+from cnr_fast.experiments.stats import finite as _finite, within_unit  # noqa: E402
 
 COMPARE_ROWS = ("forget_acc", "retain_acc", "val_forget_acc", "probe_acc.L4", "knn_acc.L4", "fewshot_probe_acc.5",
                 "relearn_acc.5", "mia_acc", "nn_purity", "cka_neg.L4", "cka_neg.L2", "cka_pos.L4")
 SEED_ROWS = (("forget_acc", "forget_acc"), ("retain_acc", "retain_acc"), ("probe[L4]", "probe_acc.L4"),
              ("mia_acc", "mia_acc"), ("nn_purity", "nn_purity"), ("cka_neg[L4]", "cka_neg.L4"))
 ABLATE_KEYS = ("forget_acc", "retain_acc", "val_forget_acc", "cka_neg.L4", "fewshot_probe_acc.5")
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def ci_cell(s, digits=2, always=True, key: str = "") -> str:

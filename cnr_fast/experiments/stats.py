@@ -39,6 +39,11 @@ def in_unit_range(key: str) -> bool:
     return any(p in UNIT_RANGE or p.endswith(("_acc", "_rate")) for p in re.split(r"[/.]", key))
 
 
+def finite(x) -> bool:
+    """A number with a value: not NaN / inf, and not the null a strict JSON file holds in its place."""
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def within_unit(s: dict, key: str) -> dict:
     """A {"mean", "ci_low", "ci_high", ...} summary with its interval intersected with [0, 1] where key's
     measure lies there (in_unit_range); otherwise s itself. Files written before the intersection was
@@ -46,7 +51,7 @@ def within_unit(s: dict, key: str) -> dict:
     if not (isinstance(s, dict) and in_unit_range(key)):
         return s
     lo, hi = s.get("ci_low"), s.get("ci_high")
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi)):
+    if not (finite(lo) and finite(hi)):
         return s
     return {**s, "ci_low": min(max(lo, 0.0), 1.0), "ci_high": max(min(hi, 1.0), 0.0),
             "interval": "t, within [0, 1]"}
@@ -271,11 +276,6 @@ def verdict_over_seeds(per_seed: list[dict], methods: list[str], n_forget: int, 
         out["methods"][m] = {"shares": summary, "damaged_seeds": damaged, "seeds": seen,
                              "retain_acc": share_summary(retain) if retain else None, "sentence": sentence}
     return out
-
-
-def finite(x) -> bool:
-    """A number with a value: not NaN / inf, and not the null a strict JSON file holds in its place."""
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _pct(s: dict, digits: int = 0) -> str:
