@@ -71,12 +71,13 @@ def _adopt_checkpoint_arch(args) -> None:
     """With --checkpoint and no --arch/--width, take them from the checkpoint's metadata; for a model source
     other than the own archs, also how it was built and where its taps are (for every model of the run)."""
     if args.checkpoint:
+        from ..config import ModelConfig
         from ..models import takes_width
 
         _, meta = load_checkpoint(args.checkpoint)
         if args.arch is None and meta.get("arch"):
             args.arch = meta["arch"]
-        if args.width is None and meta.get("width") is not None and takes_width(args.arch or "resnet18"):
+        if args.width is None and meta.get("width") is not None and takes_width(args.arch or ModelConfig.arch):
             args.width = float(meta["width"])
         for key in ("model_args", "normalize"):  # how a source other than the own archs was built
             if meta.get(key) and getattr(args, key, None) is None:
