@@ -380,6 +380,33 @@ def prereg_vs_cnr(a: dict) -> str:
     return _prereg_matrix(a, versus_retrained=False)
 
 
+def prereg_answers(a: dict) -> str:
+    """The registration's two questions answered measure by measure, from the readings alone: which methods are
+    decided to differ from the retrained model (question 1) and which CNR is decided to differ from (question 2),
+    each with the sign of the mean difference; the rest listed beside them as not decided (open or no practical
+    difference), since the registration reports those too."""
+    out = ["| measure | differ from retrained | not shown to differ from retrained | CNR differs from | "
+           "CNR not shown to differ from |", "|" + "---|" * 5]
+    for key in a["primary"]:
+        rows = a["measures"][key]["rows"]
+        if not rows:
+            continue
+        cells = [[], [], [], []]
+        for r in rows:
+            if r["b"] == "retrained":
+                col, name = 0, r["a"]
+            elif r["a"] == "cnr":
+                col, name = 2, r["b"]
+            else:
+                continue
+            if r["reading"].startswith("decided"):
+                cells[col].append(f"{name} ({'+' if r['difference'] > 0 else '-'})")
+            else:
+                cells[col + 1].append(name)
+        out.append(f"| {PREREG_LABELS.get(key, key)} | " + " | ".join(", ".join(c) or "none" for c in cells) + " |")
+    return "\n".join(out)
+
+
 def prereg_full(a: dict) -> str:
     """Every registered contrast: mean difference, 95% interval, p, Holm p per measure and over all, reading."""
     out = ["| measure | contrast | difference | 95% interval | p | Holm p (measure) | Holm p (all) | reading |",
@@ -398,7 +425,7 @@ TABLES = {"compare": compare_table, "choices": choices_table, "seed": seed_table
           "verdict": verdict_table, "run": run_printout, "glance": glance_table, "measures": measures_table,
           "ablate": ablate_table, "multiclass": multiclass_table, "continual": continual_table,
           "prereg_summary": prereg_summary, "prereg_vs_retrained": prereg_vs_retrained, "prereg_vs_cnr": prereg_vs_cnr,
-          "prereg_full": prereg_full}
+          "prereg_answers": prereg_answers, "prereg_full": prereg_full}
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def as_dataset(data, name: str = "user", val_fraction: float = 0.1, seed: int = 
     if value_range not in VALUE_RANGES:
         raise UserError(f"value_range={value_range!r}: choose one of {', '.join(VALUE_RANGES)}")
     if not isinstance(data, dict) or "train" not in data or "test" not in data:
-        raise UserError("data must be a cnr_fast Dataset or a dict with 'train' and 'test' (and 'val' where you "
+        missing = [k for k in ("train", "test") if k not in data] if isinstance(data, dict) else []
+        raise UserError((f"data has no {' and no '.join(repr(k) for k in missing)}; " if missing else "")
+                        + "data must be a cnr_fast Dataset or a dict with 'train' and 'test' (and 'val' where you "
                         "have one), each (x, y) tensors or a torch Dataset of (image, label)")
     unknown = sorted(set(data) - {"train", "val", "test"})
     if unknown:
@@ -108,7 +110,16 @@ def _split(part, where: str, value_range: str = "auto") -> Split:
         y = torch.as_tensor([int(b) for _, b in items])
     else:
         raise UserError(f"data[{where!r}] must be (x, y) tensors or a torch Dataset of (image, label)")
-    x, y = torch.as_tensor(x), torch.as_tensor(y).long()
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if y.ndim != 1:
+        raise UserError(f"data[{where!r}]: labels must be one class index per image, shape (N,); got shape "
+                        f"{tuple(y.shape)}" + (" (one-hot? give y.argmax(1))" if y.ndim == 2 else ""))
+    if y.is_floating_point() and len(y) and not bool((y == y.round()).all()):
+        raise UserError(f"data[{where!r}]: labels must be class indices (integers 0..C-1); got fractional values "
+                        f"such as {float(y[y != y.round()][0])}")
+    y = y.long()
+    if len(y) and int(y.min()) < 0:
+        raise UserError(f"data[{where!r}]: labels must be class indices 0..C-1; got {int(y.min())}")
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4 or len(x) != len(y):
@@ -182,8 +193,21 @@ def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str, l
         out = model.eval()(example)
     if out.ndim != 2 or out.shape[1] != ds.num_classes:
         raise UserError(f"the model returns {tuple(out.shape)} for a batch of 2 images; it must return (2, "
-                        f"{ds.num_classes}) logits, one per class of the data")
+                        f"{ds.num_classes}) logits, one per class of the data" + _empty_classes_hint(ds))
     return model
+
+
+def _empty_classes_hint(ds: Dataset) -> str:
+    """Where the data's labels leave classes without any example (labels 1..C make class 0 empty), the width it
+    asks of the model comes from its largest label: say so, since the model is often not what is wrong."""
+    seen = torch.cat([p.y for p in (ds.train, ds.val, ds.test) if p is not None]).unique().tolist()
+    empty = sorted(set(range(ds.num_classes)) - set(seen))
+    if not empty:
+        return ""
+    start = " (the labels start at 1: cnr-fast numbers classes from 0; give y - 1)" if empty[0] == 0 and min(seen) == 1 \
+        else ""
+    return (f"; the data counts {ds.num_classes} classes from its largest label {ds.num_classes - 1}, but class(es) "
+            f"{empty[:8]}{' ...' if len(empty) > 8 else ''} have no example in any split{start}")
 
 
 def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | None = None,

@@ -111,3 +111,39 @@ def test_findings_tables_show_every_registered_contrast_as_analysed(prereg):
     assert ft._reading({"reading": "decided", "decided_all": False}) == "decided\u2020"
     assert ft._reading({"reading": "open: about 14 seeds in all"}) == "open (14 seeds)"
     assert ft._reading({"reading": "no practical difference"}) == "no practical difference"
+
+
+def test_answers_table_lists_the_contrasts_holm_decides_by_hand(prereg):
+    """prereg_answers: per measure, the methods decided to differ (Holm per measure < 0.05, recomputed here with
+    scipy and Holm by hand), with the sign of the mean difference; every other contrast under 'not shown'."""
+    import sys
+    sys.path.insert(0, ROOT)
+    from bench import findings_table as ft
+
+    res = _result(prereg, seeds=5)
+    res["per_seed"][0]["lm"]["forget_acc"] = 0.9  # one contrast made noisy enough to stay undecided
+    out = prereg.analyse(res)
+    ps_ = res["per_seed"]
+    pairs = [("cnr", "retrained"), ("ssd", "retrained"), ("lm", "retrained"), ("cnr", "ssd"), ("cnr", "lm")]
+    diffs = {c: np.array([ps[c[0]]["forget_acc"] - ps[c[1]]["forget_acc"] for ps in ps_]) for c in pairs}
+    p = {c: stats.ttest_1samp(d, 0.0).pvalue for c, d in diffs.items()}
+    order = sorted(pairs, key=p.get)
+    holm = dict(zip(order, np.maximum.accumulate([min(1, (len(order) - i) * p[c]) for i, c in enumerate(order)])))
+    decided = {c for c in pairs if holm[c] < 0.05}
+    assert 0 < len(decided) < len(pairs)  # the fixture has both kinds
+    row = next(ln for ln in ft.prereg_answers(out).splitlines() if ln.startswith("| forget acc |"))
+    cells = [c.strip() for c in row.strip("|").split("|")][1:]
+
+    def names(cell):
+        return set() if cell == "none" else {n.strip() for n in cell.split(",")}
+
+    def want(vs_retrained, is_decided):
+        got = set()
+        for c in pairs:
+            if (c[1] == "retrained") == vs_retrained and (c in decided) == is_decided:
+                name = c[0] if vs_retrained else c[1]
+                got.add(f"{name} ({'+' if diffs[c].mean() > 0 else '-'})" if is_decided else name)
+        return got
+
+    assert names(cells[0]) == want(True, True) and names(cells[1]) == want(True, False)
+    assert names(cells[2]) == want(False, True) and names(cells[3]) == want(False, False)

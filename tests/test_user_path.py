@@ -313,3 +313,27 @@ def test_a_model_without_batchnorm_is_said_to_be_checked_by_its_accuracy_alone()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # with expect_acc given there is nothing to say
         cnr_fast.unlearn(model, data, forget=[2], method="lm", value_range="01", normalize="0/1", expect_acc=0.9)
+
+
+def test_labels_that_are_not_class_indices_are_named_with_the_fix():
+    """Labels 1..C (class 0 empty) used to be reported as a model of the wrong width; one-hot, fractional and
+    negative labels and a dict lacking 'test' are each named."""
+    from cnr_fast.api import as_dataset
+
+    torch.manual_seed(0)
+    x, y = torch.randint(0, 256, (60, 1, 8, 8), dtype=torch.uint8), torch.arange(60) % 3
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, 2, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    with pytest.raises(UserError, match=r"class\(es\) \[0\] have no example in any split \(the labels start at 1.*y - 1\)"):
+        cnr_fast.unlearn(model, {"train": (x, y + 1), "test": (x, y + 1)}, forget=[2], method="lm")
+    with pytest.raises(UserError, match=r"logits, one per class of the data$"):  # no empty class: no hint
+        cnr_fast.unlearn(nn.Sequential(*model[:-1], nn.Linear(8, 4)), {"train": (x, y), "test": (x, y)}, forget=[2],
+                         method="lm")
+    with pytest.raises(UserError, match=r"data\['train'\]: .*shape \(60, 3\) \(one-hot\? give y.argmax\(1\)\)"):
+        as_dataset({"train": (x, nn.functional.one_hot(y, 3)), "test": (x, y)})
+    with pytest.raises(UserError, match=r"data\['test'\]: .*fractional values such as 0.5"):
+        as_dataset({"train": (x, y), "test": (x, y.float() / 2)})
+    with pytest.raises(UserError, match=r"data\['train'\]: labels must be class indices 0..C-1; got -1"):
+        as_dataset({"train": (x, y - 1), "test": (x, y)})
+    with pytest.raises(UserError, match=r"^data has no 'test'; "):
+        as_dataset({"train": (x, y)})
