@@ -134,7 +134,7 @@ def check_same_splits(meta: dict, ds, forget: list[int], path: str, role: str) -
 
 def run(args) -> int:
     from ..config import DataConfig
-    from ..data import check_forget, load_dataset, resolve_forget
+    from ..data import load_dataset_forgetting
     from .args import parse_forget
     from ..preflight import check_model
     from ..models import TAP_NAMES, check_taps, model_from_checkpoint
@@ -175,11 +175,9 @@ def run(args) -> int:
         if recorded is None:
             raise UserError("the checkpoint does not record its forget classes; pass --forget C (e.g. --forget 2)")
         forget = [int(c) for c in recorded]
-    ds = load_dataset(DataConfig(dataset=args.dataset, data_root=args.data_root, image_size=args.image_size,
-                                 forget=tuple(forget)), check=names is None)
-    if names is not None:
-        forget = list(resolve_forget(names, ds))
-        check_forget(forget, ds)
+    ds, forget = load_dataset_forgetting(DataConfig(dataset=args.dataset, data_root=args.data_root,
+                                                    image_size=args.image_size, forget=tuple(forget)), names)
+    forget = list(forget)
     models, metas = {}, {}
     # every model taps the same layers: the --taps paths, else those the --checkpoint records (a cnr-fast
     # checkpoint of a model whose taps were found or named; bare state_dicts are built the same way)

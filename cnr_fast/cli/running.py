@@ -8,7 +8,7 @@ import sys
 import torch
 
 from ..config import RunConfig
-from ..data import Dataset, check_forget, class_table, load_dataset, named_classes, resolve_forget
+from ..data import Dataset, class_table, load_dataset, load_dataset_forgetting, named_classes
 from ..errors import UserError
 from ..models import vit_patch
 from ..progress import log
@@ -34,10 +34,9 @@ def prepare_run(cfg: RunConfig, quiet=False, forget_names=None) -> tuple[RunConf
         if not cpu_amp_allowed():  # warns once, says why; the run's config then records amp: false
             cfg = cfg.replace(amp=False)
     torch.manual_seed(cfg.seed)
-    ds = load_dataset(cfg.data, check=not forget_names)
+    ds, forget = load_dataset_forgetting(cfg.data, forget_names)
     if forget_names:
-        cfg = cfg.replace(data={"forget": resolve_forget(forget_names, ds)})
-        check_forget(cfg.data.forget, ds)
+        cfg = cfg.replace(data={"forget": forget})
     patch = vit_patch(cfg.model.arch)
     if patch and cfg.data.image_size is None and ds.image_size % patch:
         size = -(-ds.image_size // patch) * patch

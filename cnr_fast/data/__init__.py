@@ -233,6 +233,16 @@ def carve_validation(train: Split, fraction: float, seed: int = 1) -> tuple[Spli
     return Split(train.x[tr_t], train.y[tr_t]), Split(train.x[va_t], train.y[va_t])
 
 
+def load_dataset_forgetting(cfg, names=None) -> tuple[Dataset, tuple[int, ...]]:
+    """The dataset and its checked forget classes: cfg.forget, or `names` (class indices or names, as
+    resolve_forget reads them) resolved against the loaded data's class names."""
+    ds = load_dataset(cfg, check=not names)
+    forget = resolve_forget(names, ds) if names else tuple(cfg.forget)
+    if names:
+        check_forget(forget, ds)
+    return ds, forget
+
+
 def check_forget(forget, ds: Dataset) -> None:
     forget = list(forget)
     if not forget:
