@@ -2,7 +2,7 @@
 
 Nothing is asked of the model but being an `nn.Module` that maps (B, C, H, W) images to (B, classes)
 logits; its taps are found as for `--model` (models/taps.py) unless `taps={"L1": "module.path", ...}`
-names them. Data may be a `cnr_fast.data.Dataset`, a dict {"train": (x, y), "test": (x, y)} of
+names them (`taps=["L1", "L2", "L3"]`: those found taps only, as for a model with three stages). Data may be a `cnr_fast.data.Dataset`, a dict {"train": (x, y), "test": (x, y)} of
 tensors, or {"train": torch Dataset, "test": torch Dataset} yielding (image, label) (and "val" where
 a validation split of your own exists; else it is carved from train). uint8 images are taken as
 [0, 255]; float images as [-1, 1] (cnr-fast's convention), or as [0, 1] with `value_range="01"`
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import copy
 import io
+import re
+import warnings
 
 import torch
 import torch.nn as nn
@@ -54,7 +56,7 @@ PYTHON_TERMS = (
 
 def in_python_terms(e: UserError) -> UserError:
     """`e` with the CLI flags it names as the keyword arguments of cnr_fast.unlearn / audit_model / compare."""
-    text = str(e)
+    text = re.sub(r"--taps ((?:L\d,)*L\d)(?![\w=])", lambda m: f"taps={m.group(1).split(',')}", str(e))  # tap names
     for flag, arg in PYTHON_TERMS:
         text = text.replace(flag, arg)
     return UserError(text)
@@ -106,6 +108,9 @@ def _split(part, where: str, value_range: str = "auto") -> Split:
         x, y = part
     elif isinstance(part, torch.utils.data.Dataset):
         items = [part[i] for i in range(len(part))]
+        if items and not (isinstance(items[0], (tuple, list)) and len(items[0]) == 2):
+            raise UserError(f"data[{where!r}]: the Dataset's items must be (image, label) pairs; its first item is "
+                            f"{_describe_item(items[0])}: wrap it so __getitem__ returns (image, label)")
         x = torch.stack([torch.as_tensor(a) for a, _ in items])
         y = torch.as_tensor([int(b) for _, b in items])
     else:
@@ -126,6 +131,9 @@ def _split(part, where: str, value_range: str = "auto") -> Split:
         raise UserError(f"data[{where!r}]: images must be (N, C, H, W) (or (N, H, W)) with one label each; got "
                         f"{tuple(x.shape)} images and {len(y)} labels")
     if x.shape[-1] != x.shape[-2]:
+        if x.shape[-1] in (1, 3, 4) and x.shape[1] == x.shape[2]:
+            raise UserError(f"data[{where!r}]: images must be (N, C, H, W); got {tuple(x.shape)}, which looks like "
+                            "channels last (N, H, W, C): give x.permute(0, 3, 1, 2)")
         raise UserError(f"data[{where!r}]: images must be square (H = W); got {tuple(x.shape[-2:])}: resize them")
     if x.dtype != torch.uint8:  # floats -> the uint8 cnr-fast keeps (it feeds models x / 127.5 - 1)
         x = x.float()
@@ -146,6 +154,14 @@ def _split(part, where: str, value_range: str = "auto") -> Split:
             _say_quantised(where, off * (0.5 if value_range == "01" else 1.0))
         x = q.to(torch.uint8)
     return Split(x.contiguous(), y)
+
+
+def _describe_item(item) -> str:
+    if isinstance(item, dict):
+        return f"a dict with keys {sorted(map(str, item))}"
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of {len(item)}"
+    return f"a {type(item).__name__}"
 
 
 def _say_quantised(where: str, off: float) -> None:
@@ -169,6 +185,29 @@ def _check_range(x: torch.Tensor, where: str) -> None:
         raise UserError(f"data[{where!r}] holds floats in [{lo:.2f}, {hi:.2f}], which reads as [0, 1] (ToTensor()'s), "
                         "not cnr-fast's [-1, 1]; pass value_range='01' (or x * 2 - 1), or value_range='pm1' if they "
                         "are [-1, 1] images with no pixel below mid-grey")
+
+
+def _tap_arg(taps) -> tuple[dict[str, str], tuple[str, ...] | None]:
+    """taps= read as the CLI reads --taps: {"L1": "module.path", ...}, or tap names (["L1", "L2", "L3"], for a model
+    with fewer stages than L1..L4) and NAME=module.path strings. Returns (where the named taps are, which taps the
+    run uses: None leaves the method's default)."""
+    if taps is None:
+        return {}, None
+    if isinstance(taps, dict):
+        items = [f"{k}={v}" for k, v in taps.items()]
+    elif isinstance(taps, str):
+        items = [t.strip() for t in taps.split(",") if t.strip()]
+    elif isinstance(taps, (list, tuple)) and all(isinstance(t, str) for t in taps):
+        items = [t.strip() for t in taps]
+    else:
+        raise UserError(f"taps={taps!r}: give {{'L1': 'module.path', ...}} or tap names such as ['L1', 'L2', 'L3']")
+    if not items:
+        raise UserError("taps= is empty; give tap names such as ['L1', 'L2', 'L3'] or {'L1': 'module.path', ...}")
+    from .models import check_taps
+
+    names = tuple(t.split("=", 1)[0] for t in items)
+    check_taps(names)
+    return T.parse_overrides([t for t in items if "=" in t]), names
 
 
 def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str, logits_from=None) -> nn.Module:
@@ -210,7 +249,7 @@ def _empty_classes_hint(ds: Dataset) -> str:
             f"{empty[:8]}{' ...' if len(empty) > 8 else ''} have no example in any split{start}")
 
 
-def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | None = None,
+def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | list | None = None,
             config: RunConfig | None = None, device: str = "cpu", normalize: str = "pm1", quiet: bool = True,
             value_range: str = "auto", logits_from=None, expect_acc: float | None = None, force: bool = False):
     """Remove the classes `forget` from `model` with `method` (any registered: `cnr-fast ls`).
@@ -236,21 +275,37 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | No
     if is_from_scratch(method):
         raise UserError(f"{method} trains a new model from scratch, which needs a way to build one: run it on the CLI "
                         "with --model SOURCE (torchvision:NAME, timm:NAME, FILE.py:FUNCTION), or train it yourself")
+    paths, names = _tap_arg(taps)
+    if names:  # as --taps does on the CLI: the taps named are the ones the method uses
+        cfg = cfg.replace(detect={"taps": names})
     ds = as_dataset(data, val_fraction=cfg.data.val_fraction, value_range=value_range)
+    carved = isinstance(data, dict) and "val" not in data and ds.val is not None
     cfg = cfg.replace(data={"forget": forget_classes(forget, ds)})
-    original = _prepare(model, ds, taps, normalize, logits_from).to(device)
+    original = _prepare(model, ds, paths, normalize, logits_from).to(device)
     from .preflight import check_model
 
     checks = {"original": check_model(original, ds, device, forget=list(cfg.data.forget), expect_acc=expect_acc,
                                       force=force, quiet=quiet)}
     out, info, timings, files = unlearn_model(method, original, ds, cfg, device=device, quiet=quiet)
+    if carved and _chose_on_validation(info):
+        warnings.warn(f"data has no 'val': {method}'s setting was chosen on a validation split carved from "
+                      "data['train'], which your model was trained on, so its accuracies there are in-sample and the "
+                      "choice can damage the model on test; pass data['val'] held out from training",
+                      UserWarning, stacklevel=3)
     extra = {}
     if "synthetic.pt" in files:  # CNR's counterfactual images, in [-1, 1] with the data's channels
         extra["synthetic_images"] = torch.load(io.BytesIO(files["synthetic.pt"]), weights_only=True)
-    return _bare(model, out, device), {**info, "timings_s": timings, "preflight": checks, **extra}
+    return _bare(model, out, device, logits_from), {**info, "timings_s": timings, "preflight": checks, **extra}
 
 
-def _bare(user_model: nn.Module, unlearned: nn.Module, device) -> nn.Module:
+def _chose_on_validation(info) -> bool:
+    """Whether a method's info records a choice on validation (tuning.select_on_validation), at any depth."""
+    if isinstance(info, dict):
+        return "chosen_on_validation" in info or any(_chose_on_validation(v) for v in info.values())
+    return isinstance(info, (list, tuple)) and any(_chose_on_validation(v) for v in info)
+
+
+def _bare(user_model: nn.Module, unlearned: nn.Module, device, logits_from=None) -> nn.Module:
     """The user's own model object, copied, holding the unlearned weights: no input-contract or logits
     hook of cnr-fast's, so it takes the user's inputs as the original did. Logit masking stays a wrapper."""
     from .models import LogitMask
@@ -259,11 +314,11 @@ def _bare(user_model: nn.Module, unlearned: nn.Module, device) -> nn.Module:
     bare = copy.deepcopy(user_model)
     bare.load_state_dict(inner.state_dict())
     bare = bare.to(device).eval()
-    return LogitMask(bare, unlearned.forget_classes()) if isinstance(unlearned, LogitMask) else bare
+    return LogitMask(bare, unlearned.forget_classes(), logits_from) if isinstance(unlearned, LogitMask) else bare
 
 
 def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retrained: nn.Module | None = None,
-                null: nn.Module | None = None, taps: dict | None = None, device: str = "cpu", normalize: str = "pm1",
+                null: nn.Module | None = None, taps: dict | list | None = None, device: str = "cpu", normalize: str = "pm1",
                 quiet: bool = True, value_range: str = "auto", logits_from=None, force: bool = False, **kw) -> dict:
     """The audit of `model` against `original` (and a model retrained without `forget`, when given):
     the JSON view of audit.audit_models (metrics per model, definitions). Taps are found on the
@@ -273,6 +328,7 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
 
     from .preflight import check_model
 
+    taps, tap_names = _tap_arg(taps)
     ds = as_dataset(data, value_range=value_range)
     forget = list(forget_classes(forget, ds))
     orig = _prepare(original, ds, taps, normalize, logits_from).to(device)
@@ -288,7 +344,7 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
         models["retrained"] = prepared(retrained)
         check_model(models["retrained"], ds, device, role="retrained", classes=retain, absent=forget,
                     force=force, quiet=quiet)
-    names = list(T.tap_modules(orig))
+    names = list(tap_names or T.tap_modules(orig))
     if null is not None:
         if retrained is None:
             raise ValueError("null needs retrained: the verdict judges against the spread between the two")
@@ -331,7 +387,7 @@ def _per_seed(given, what: str) -> dict:
 
 
 def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, originals=None, references=None,
-            config: RunConfig | None = None, device: str = "cpu", normalize: str = "pm1", taps: dict | None = None,
+            config: RunConfig | None = None, device: str = "cpu", normalize: str = "pm1", taps: dict | list | None = None,
             value_range: str = "auto", logits_from=None, expect_acc: float | None = None, force: bool = False,
             quiet: bool = True, out: str | None = None) -> dict:
     """Every method in `methods` (default: compare's) over `seeds` seeds on your model, data and recipe.
@@ -353,6 +409,9 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
     from .references import Recipe, own_loop
 
     cfg = validate(config or RunConfig())
+    taps, tap_names = _tap_arg(taps)
+    if tap_names:  # as --taps does on the CLI
+        cfg = cfg.replace(detect={"taps": tap_names})
     methods = list(methods) if methods is not None else list(M.names(default_only=True))
     M.check_names(methods)
     if train is not None and not callable(train):

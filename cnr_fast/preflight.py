@@ -37,7 +37,8 @@ from .progress import log
 # fresh-eyes trial, issue 27): the limits sit well inside that and well outside the as-trained readings.
 Z_LIMIT = 0.3  # median over channels of |batch mean - running mean| / running std
 SCALE_LIMIT = 1.3  # batch std / running std outside [1/1.3, 1.3] (median over channels)
-CAUSES = ("the input normalisation (--normalize: the mean/std your pipeline's Normalize used, or pm1), "
+CAUSES = ("the input normalisation (--normalize: the mean/std your pipeline's Normalize used, 0/1 for [0, 1] "
+          "inputs with no Normalize, or pm1), "
           "the image size (--image-size: the size you trained at), the channels, or the class mapping "
           "(the printed class table)")
 

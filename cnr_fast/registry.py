@@ -44,7 +44,9 @@ class Registry(dict):
         """The entry of `name`; an unknown name is a UserError naming the closest ones."""
         if name in self:
             return self[name]
-        close = difflib.get_close_matches(name, list(self), n=3)
+        lower = {k.lower(): k for k in self}
+        close = ([lower[name.lower()]] if isinstance(name, str) and name.lower() in lower else
+                 difflib.get_close_matches(name, list(self), n=3))
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise UserError(f"unknown {self.kind} {name!r}{hint}; choose one of {', '.join(self)}")
 

@@ -175,7 +175,8 @@ class Taps:
         layouts = tap_layouts(getattr(self.model, "model", self.model))
         missing = [n for n in self.names if n not in mods]
         if missing:
-            raise UserError(f"the model has no tap(s) {missing} (it has {', '.join(mods)}); pass --taps with those, "
+            raise UserError(f"the model has no tap(s) {missing} (it has {', '.join(mods)}); pass --taps "
+                            f"{','.join(n for n in self.names if n in mods) or ','.join(mods)} to use those, "
                             "or name modules with --taps L1=module.path,...")
         for name in self.names:
             self._handles.append(mods[name].register_forward_hook(self._hook(name, layouts.get(name))))
@@ -244,9 +245,9 @@ class LogitMask(nn.Module):
     Hidden states are the wrapped model's, untouched on purpose; taps delegate to it.
     """
 
-    def __init__(self, model: nn.Module, forget):
+    def __init__(self, model: nn.Module, forget, logits_from=None):
         super().__init__()
-        self.model = model
+        self.model, self.logits_from = model, logits_from  # where a tuple / dict output holds the logits
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]  # the classifier's last layer
         self.register_buffer("forget_mask", torch.zeros(head.out_features, dtype=torch.bool))
         self.forget_mask[list(forget)] = True
@@ -260,7 +261,7 @@ class LogitMask(nn.Module):
     def forward(self, x):
         out = self.model(x)
         if not isinstance(out, torch.Tensor):  # a user's model returning a tuple / dict: its logits by the rule
-            out = sources.pick_logits(out, None, self.forget_mask.numel())
+            out = sources.pick_logits(out, self.logits_from, self.forget_mask.numel())
         return out.masked_fill(self.forget_mask, float("-inf"))
 
 

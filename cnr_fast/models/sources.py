@@ -300,6 +300,12 @@ def apply_logits_rule(model: nn.Module, example: torch.Tensor, where: str | None
         out = model.eval()(example)
     if isinstance(out, torch.Tensor) and where is None:
         return None
+    if where is None and num_classes is not None and isinstance(out, (tuple, list)):
+        fits = [i for i, o in enumerate(out) if isinstance(o, torch.Tensor) and o.ndim == 2 and o.shape[1] == num_classes]
+        if len(fits) > 1:  # an embedding as wide as the classes would be taken for the logits, silently
+            raise UserError(f"the model {spec + ' ' if spec else ''}returns {describe_output(out)}: the tensors at "
+                            f"{', '.join(map(str, fits))} all have one column per class ({num_classes}), so which are "
+                            "the logits is not known; pass --logits-from INDEX (logits_from= in Python)")
     got = pick_logits(out, where, num_classes)
     where_text = f"at {where!r}" if where is not None else "by the default rule"
     if got is None:
