@@ -256,7 +256,8 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | li
 
     Returns (unlearned model, info). The unlearned model is a copy of `model` (its own class, no hook
     of cnr-fast's on it) holding the unlearned weights: feed it as you fed the original. info holds the
-    method's log, "timings_s", "preflight" (the input checks, preflight.py) and, for CNR and its
+    method's log, "test" (forget and retain accuracy on data["test"] of the original and the returned model),
+    "timings_s", "preflight" (the input checks, preflight.py) and, for CNR and its
     controls, "synthetic_images" (what the reset was fed, in [-1, 1]). `config` gives every other
     setting (defaults: the paper's, as the CLI's). `model` is never modified.
 
@@ -287,6 +288,10 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | li
     checks = {"original": check_model(original, ds, device, forget=list(cfg.data.forget), expect_acc=expect_acc,
                                       force=force, quiet=quiet)}
     out, info, timings, files = unlearn_model(method, original, ds, cfg, device=device, quiet=quiet)
+    from .train import forget_retain_accuracy
+
+    test = {"unlearned": forget_retain_accuracy(out, ds.test, cfg.data.forget, device=device),
+            "original": forget_retain_accuracy(original, ds.test, cfg.data.forget, device=device)}
     if carved and _chose_on_validation(info):
         warnings.warn(f"data has no 'val': {method}'s setting was chosen on a validation split carved from "
                       "data['train'], which your model was trained on, so its accuracies there are in-sample and the "
@@ -295,7 +300,8 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | li
     extra = {}
     if "synthetic.pt" in files:  # CNR's counterfactual images, in [-1, 1] with the data's channels
         extra["synthetic_images"] = torch.load(io.BytesIO(files["synthetic.pt"]), weights_only=True)
-    return _bare(model, out, device, logits_from), {**info, "timings_s": timings, "preflight": checks, **extra}
+    return _bare(model, out, device, logits_from), {**info, "test": test, "timings_s": timings, "preflight": checks,
+                                                    **extra}
 
 
 def _chose_on_validation(info) -> bool:
@@ -324,10 +330,19 @@ def audit_model(model: nn.Module, *, original: nn.Module, data, forget, retraine
     the JSON view of audit.audit_models (metrics per model, definitions). Taps are found on the
     original and read at the same module paths of every model. null: a second model retrained without
     `forget`, independently of `retrained`: with it the result carries the "verdict" (audit/verdict.py)."""
+    import difflib
+    import inspect
+
     from .audit import audit_models, json_view
 
     from .preflight import check_model
 
+    known = [n for n, p in inspect.signature(audit_models).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    for k in kw:  # before any work: a misspelt keyword would else pass silently until the audit runs
+        if k not in known:
+            close = difflib.get_close_matches(k, known + list(inspect.signature(audit_model).parameters), n=1)
+            raise TypeError(f"audit_model() got an unexpected keyword argument {k!r}"
+                            + (f" (did you mean {close[0]}?)" if close else ""))
     taps, tap_names = _tap_arg(taps)
     ds = as_dataset(data, value_range=value_range)
     forget = list(forget_classes(forget, ds))

@@ -87,6 +87,12 @@ def test_the_users_own_accuracies_through_the_python_api(user):
     own = U.evaluate(model, user["root"] / "data" / "test", 7)
     assert own["retain_acc"] == pytest.approx(report["metrics"]["unlearned"]["retain_acc"], abs=0.01)
     assert own["forget_acc"] == 0.0
+    for name, m in (("unlearned", model), ("original", user["models"]["original"])):  # info["test"]: the user's own
+        mine = U.evaluate(m, user["root"] / "data" / "test", 7)
+        for acc in ("forget_acc", "retain_acc"):
+            assert info["test"][name][acc] == pytest.approx(mine[acc], abs=0.01), (name, acc)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'normalise' \(did you mean normalize\?\)"):
+        cnr_fast.audit_model(model, original=user["models"]["original"], data=data, forget=[7], normalise="imagenet")
     assert type(getattr(model, "model", model)) is type(user["models"]["original"])
     assert not getattr(model, "model", model)._forward_pre_hooks
 
