@@ -85,6 +85,7 @@ def as_dataset(data, name: str = "user", val_fraction: float = 0.1, seed: int = 
     check_test_classes(ds)
     if ds.val is None and val_fraction > 0:
         ds.train, ds.val = carve_validation(ds.train, val_fraction, seed)
+        ds.val_carved = True
     return ds
 
 
@@ -280,7 +281,6 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | li
     if names:  # as --taps does on the CLI: the taps named are the ones the method uses
         cfg = cfg.replace(detect={"taps": names})
     ds = as_dataset(data, val_fraction=cfg.data.val_fraction, value_range=value_range)
-    carved = isinstance(data, dict) and "val" not in data and ds.val is not None
     cfg = cfg.replace(data={"forget": forget_classes(forget, ds)})
     original = _prepare(model, ds, paths, normalize, logits_from).to(device)
     from .preflight import check_model
@@ -292,23 +292,16 @@ def unlearn(model: nn.Module, data, forget, method: str = "cnr", taps: dict | li
 
     test = {"unlearned": forget_retain_accuracy(out, ds.test, cfg.data.forget, device=device),
             "original": forget_retain_accuracy(original, ds.test, cfg.data.forget, device=device)}
-    if carved and _chose_on_validation(info):
-        warnings.warn(f"data has no 'val': {method}'s setting was chosen on a validation split carved from "
-                      "data['train'], which your model was trained on, so its accuracies there are in-sample and the "
-                      "choice can damage the model on test; pass data['val'] held out from training",
-                      UserWarning, stacklevel=3)
+    from .experiments.unlearn import carved_validation_warning
+
+    carved = carved_validation_warning(ds, method, info, own_original=False)
+    if carved:
+        warnings.warn(carved, UserWarning, stacklevel=3)
     extra = {}
     if "synthetic.pt" in files:  # CNR's counterfactual images, in [-1, 1] with the data's channels
         extra["synthetic_images"] = torch.load(io.BytesIO(files["synthetic.pt"]), weights_only=True)
     return _bare(model, out, device, logits_from), {**info, "test": test, "timings_s": timings, "preflight": checks,
                                                     **extra}
-
-
-def _chose_on_validation(info) -> bool:
-    """Whether a method's info records a choice on validation (tuning.select_on_validation), at any depth."""
-    if isinstance(info, dict):
-        return "chosen_on_validation" in info or any(_chose_on_validation(v) for v in info.values())
-    return isinstance(info, (list, tuple)) and any(_chose_on_validation(v) for v in info)
 
 
 def _bare(user_model: nn.Module, unlearned: nn.Module, device, logits_from=None) -> nn.Module:

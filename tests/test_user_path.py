@@ -450,8 +450,8 @@ def test_a_choice_on_validation_carved_from_the_models_training_data_is_said():
     model = nn.Sequential(nn.Conv2d(1, 4, 3, 2, 1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 8, 3, 2, 1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
     cheap = RunConfig().replace(baseline={"epochs": 1, "stabilize_epochs": 1})
-    with pytest.warns(UserWarning, match=r"data has no 'val': rl's setting was chosen on a validation split carved "
-                                         r"from data\['train'\].*pass data\['val'\] held out from training"):
+    with pytest.warns(UserWarning, match=r"rl's setting was chosen on a validation split carved from the training "
+                                         r"images, which your model was trained on.*data\['val'\] in Python"):
         _, info = cnr_fast.unlearn(model, {"train": (x, y), "test": (x, y)}, forget=[2], method="rl", config=cheap,
                                    force=True)
     assert "chosen_on_validation" in json.dumps(info)
@@ -461,3 +461,26 @@ def test_a_choice_on_validation_carved_from_the_models_training_data_is_said():
         cnr_fast.unlearn(model, {"train": (x, y), "val": (x[:30], y[:30]), "test": (x, y)}, forget=[2], method="rl",
                          config=cheap, force=True)
         cnr_fast.unlearn(model, {"train": (x, y), "test": (x, y)}, forget=[2], method="lm", force=True)
+
+
+def test_the_cli_knows_a_carved_validation_split_from_a_given_one(user):
+    """unlearn_run warns (and records in results.json) when a model trained outside cnr-fast had its setting
+    chosen on a validation split carved from the training images: the data loaders say which split that is."""
+    from cnr_fast.config import DataConfig
+    from cnr_fast.data import load_dataset
+    from cnr_fast.experiments.unlearn import carved_validation_warning
+
+    chose = {"chosen_on_validation": "lr=0.01", "validation": {}}
+    carved = load_dataset(DataConfig(dataset=f"imagefolder:{user['root'] / 'data'}", forget=(FORGET,)))
+    assert carved.val_carved  # train/ and test/ only
+    assert "carved from the training images" in carved_validation_warning(carved, "rl", chose, own_original=False)
+    assert carved_validation_warning(carved, "rl", chose, own_original=True) is None  # cnr-fast held it out
+    assert carved_validation_warning(carved, "lm", {}, own_original=False) is None  # nothing chosen
+    assert carved_validation_warning(carved, "cnr", {"reset": chose}, own_original=False)  # CNR's choice, in its reset
+    import shutil
+    val_root = user["root"] / "with_val"
+    if not val_root.exists():
+        shutil.copytree(user["root"] / "data", val_root)
+        shutil.copytree(user["root"] / "data" / "test", val_root / "val")
+    given = load_dataset(DataConfig(dataset=f"imagefolder:{val_root}", forget=(FORGET,)))
+    assert not given.val_carved and carved_validation_warning(given, "rl", chose, own_original=False) is None

@@ -44,6 +44,7 @@ class Dataset:
     num_classes: int
     class_names: list[str]
     val: Split | None = None  # carved from train by load_dataset (DataConfig.val_fraction) unless given
+    val_carved: bool = False  # val is a share of the images given as train (not a split of the user's own)
     notes: list = field(default_factory=list)  # what loading decided that the user should read (printed)
 
     @property
@@ -162,6 +163,7 @@ def load_dataset(cfg, check: bool = True) -> Dataset:
         raise UserError(f"val_fraction {frac} is outside [0, 0.5); pass a share of the training split such as 0.1")
     if frac > 0 and ds.val is None:
         ds.train, ds.val = carve_validation(ds.train, frac)
+        ds.val_carved = True
     if getattr(cfg, "test_dir", None) and not name.startswith("imagefolder:"):
         raise UserError(f"--test-dir is for an imagefolder: dataset, not {name!r}; drop it")
     check_test_classes(ds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import sys
 import time
 
 import torch
@@ -51,6 +52,17 @@ class UnlearnRun:
     audit: dict | None  # the audit's full result (figures included), None with the audit off
 
 
+def carved_validation_warning(ds: Dataset, method: str, info: dict, own_original: bool) -> str | None:
+    """A model trained outside cnr-fast was most likely trained on every image given as train, so a validation
+    split carved from them is in-sample for it: a setting chosen there can damage the model on test. The
+    warning to give where that happened (a method chose on validation); None otherwise."""
+    if own_original or not ds.val_carved or M.validation_choice(info) is None:
+        return None
+    return (f"{method}'s setting was chosen on a validation split carved from the training images, which your model "
+            "was trained on, so its accuracies there are in-sample and the choice can damage the model on test; "
+            "give a validation split held out from your training (a val/ folder; data['val'] in Python)")
+
+
 def unlearn_run(method: M.Prepared, original, ds: Dataset, *, device, state, plan: AuditPlan = AuditPlan(),
                 orig_path="", cache_hit=False, own_original=True, expect_acc=None, force=False, quiet=False,
                 t_start=None, started=None) -> UnlearnRun:
@@ -79,6 +91,9 @@ def unlearn_run(method: M.Prepared, original, ds: Dataset, *, device, state, pla
     acc_new.update(val_accuracy(model, ds, forget, device, amp=cfg.amp))
     log(f"unlearned ({method.name}): forget acc {acc_new['forget_acc']:.3f}, retain acc {acc_new['retain_acc']:.3f}",
         quiet)
+    warnings = [w for w in (carved_validation_warning(ds, method.name, info, own_original),) if w]
+    for w in warnings:  # printed even with --quiet
+        print(f"cnr-fast: warning: {w}", file=sys.stderr, flush=True)
 
     meta = {**model_meta(cfg.model.arch, cfg.model.width, ds, model, **source_options(cfg)), "kind": "unlearned",
             "method": method.name, "forget_classes": forget, "seed": cfg.seed, "original_checkpoint": str(orig_path),
@@ -113,6 +128,7 @@ def unlearn_run(method: M.Prepared, original, ds: Dataset, *, device, state, pla
         "validation_choice": M.validation_choice(info),
         "details": _jsonable(info),
         "classes": class_table(ds), "preflight": checks,
+        **({"warnings": warnings} if warnings else {}),
     }
     if audit_result is not None:
         from ..audit import json_view
