@@ -2,9 +2,10 @@
 
 Nothing is asked of the model but being an `nn.Module` that maps (B, C, H, W) images to (B, classes)
 logits; its taps are found as for `--model` (models/taps.py) unless `taps={"L1": "module.path", ...}`
-names them (`taps=["L1", "L2", "L3"]`: those found taps only, as for a model with three stages). Data may be a `cnr_fast.data.Dataset`, a dict {"train": (x, y), "test": (x, y)} of
-tensors, or {"train": torch Dataset, "test": torch Dataset} yielding (image, label) (and "val" where
-a validation split of your own exists; else it is carved from train). uint8 images are taken as
+names them (`taps=["L1", "L2", "L3"]`: those found taps only, as for a model with three stages). Data
+may be a `cnr_fast.data.Dataset`, a dict {"train": (x, y), "test": (x, y)} of tensors, or {"train": torch
+Dataset, "test": torch Dataset} yielding (image, label) (and "val" where a validation split of your own
+exists; else it is carved from train, which a choice made on it warns of). uint8 images are taken as
 [0, 255]; float images as [-1, 1] (cnr-fast's convention), or as [0, 1] with `value_range="01"`
 (what `ToTensor()` gives). The images go in before any normalisation: the model's own goes in
 `normalize=` ("imagenet", or "MEAN/STD"), applied in front of the model. Float images that look
@@ -167,8 +168,6 @@ def _describe_item(item) -> str:
 
 def _say_quantised(where: str, off: float) -> None:
     """Float images finer than 8 bits: said once per split (cnr-fast keeps every dataset as uint8)."""
-    import warnings
-
     warnings.warn(f"data[{where!r}]: float images are kept at 8 bits (256 levels per channel, as cnr-fast keeps every "
                   f"dataset); yours are finer (rounded by up to {off:.4f} in their own units), so a prediction within that "
                   "of a tie can differ from your pipeline's; give uint8 images to compare on exactly yours",
