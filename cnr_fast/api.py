@@ -120,7 +120,8 @@ def _split(part, where: str, value_range: str = "auto") -> Split:
     x, y = torch.as_tensor(x), torch.as_tensor(y)
     if y.ndim != 1:
         raise UserError(f"data[{where!r}]: labels must be one class index per image, shape (N,); got shape "
-                        f"{tuple(y.shape)}" + (" (one-hot? give y.argmax(1))" if y.ndim == 2 else ""))
+                        f"{tuple(y.shape)}" + ("" if y.ndim != 2 else ": give y.flatten()" if y.shape[1] == 1
+                                               else " (one-hot? give y.argmax(1))"))
     if y.is_floating_point() and len(y) and not bool((y == y.round()).all()):
         raise UserError(f"data[{where!r}]: labels must be class indices (integers 0..C-1); got fractional values "
                         f"such as {float(y[y != y.round()][0])}")

@@ -337,6 +337,8 @@ def test_labels_that_are_not_class_indices_are_named_with_the_fix():
                          method="lm")
     with pytest.raises(UserError, match=r"data\['train'\]: .*shape \(60, 3\) \(one-hot\? give y.argmax\(1\)\)"):
         as_dataset({"train": (x, nn.functional.one_hot(y, 3)), "test": (x, y)})
+    with pytest.raises(UserError, match=r"data\['test'\]: .*got shape \(60, 1\): give y.flatten\(\)$"):
+        as_dataset({"train": (x, y), "test": (x, y[:, None])})
     with pytest.raises(UserError, match=r"data\['test'\]: .*fractional values such as 0.5"):
         as_dataset({"train": (x, y), "test": (x, y.float() / 2)})
     with pytest.raises(UserError, match=r"data\['train'\]: labels must be class indices 0..C-1; got -1"):
