@@ -434,6 +434,11 @@ def compare(build, data, forget, methods=None, seeds: int = 3, *, train=None, or
     cfg = cfg.replace(data={"forget": forget_classes(forget, ds)})
     orig = {cfg.seed + i if isinstance(originals, (list, tuple)) else i: m
             for i, m in _per_seed(originals, "originals").items()}
+    if orig and ds.val_carved:  # the given originals were most likely trained on every image of data["train"]
+        from .data import in_sample_validation
+
+        warnings.warn(in_sample_validation("originals given and data has no 'val': each method's setting will be"),
+                      UserWarning, stacklevel=3)
     refs = {cfg.seed + i if isinstance(references, (list, tuple)) else i: pair
             for i, pair in _per_seed(references, "references").items()}
     for seed, pair in refs.items():

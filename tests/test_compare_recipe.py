@@ -105,6 +105,10 @@ def test_compare_with_the_users_checkpoints():
             pred = model(xt).argmax(1)
         keep = yt != 3
         assert r["per_seed"][0][name]["retain_acc"] == pytest.approx(float((pred[keep] == yt[keep]).float().mean()))
+    # without a 'val' of the user's, validation would be carved from the images the given originals trained on
+    with pytest.warns(UserWarning, match=r"originals given and data has no 'val'.*data\['val'\] in Python"):
+        cnr_fast.compare(build, {k: v for k, v in data.items() if k != "val"}, forget=[3], methods=["lm"], seeds=1,
+                         originals=[orig], references=[refs], config=CFG, taps=TAPS)
 
 
 def test_a_recipe_that_trains_badly_stops_before_any_method():
@@ -147,7 +151,7 @@ def train(model, data, classes, seed):
 '''
 
 
-def test_cli_compare_with_a_train_script_and_given_checkpoints(tmp_path):
+def test_cli_compare_with_a_train_script_and_given_checkpoints(tmp_path, capsys):
     import importlib.util
     import json
 
@@ -185,7 +189,10 @@ def test_cli_compare_with_a_train_script_and_given_checkpoints(tmp_path):
     # trained on noise: near chance, stopped before any method
     assert main(base + given + ["--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b" / "compare.json").exists()
+    capsys.readouterr()
     assert main(base + given + ["--force", "--out", str(tmp_path / "b")]) == 0
+    # digits has no validation split of its own: carved from the training images the given originals saw
+    assert "with --originals, each method's setting will be chosen on a validation split carved" in capsys.readouterr().err
     r = json.loads((tmp_path / "b" / "compare.json").read_text())
     assert r["per_seed_originals"][0]["weights_sha256"] == weights_digest(mine)
     assert r["recipe"].startswith("your checkpoints (--originals") and not r["recipe_checks"][0]["ok"]

@@ -10,6 +10,7 @@ The driver is `cnr_fast.experiments.compare`; this verb only parses flags and wr
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -120,6 +121,11 @@ def cli_recipe(args, cfg, ds, device, quiet):
                         "another recipe than your originals would judge them by a different standard): give both, or "
                         "--train-script to train what is not given")
     seeds = [cfg.seed] if args.fixed_original else [cfg.seed + i for i in range(args.seeds)]
+    if args.originals and ds.val_carved:  # printed even with --quiet
+        from ..data import in_sample_validation
+
+        print("cnr-fast: warning: " + in_sample_validation("with --originals, each method's setting will be"),
+              file=sys.stderr, flush=True)
     if args.originals:
         _check_folder("--originals", args.originals, ("seed{}.pt",), seeds, bool(args.train_script))
     if args.references:

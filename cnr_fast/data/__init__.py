@@ -235,6 +235,14 @@ def carve_validation(train: Split, fraction: float, seed: int = 1) -> tuple[Spli
     return Split(train.x[tr_t], train.y[tr_t]), Split(train.x[va_t], train.y[va_t])
 
 
+def in_sample_validation(what: str) -> str:
+    """The warning where a validation split carved from the training images (Dataset.val_carved) chooses a
+    setting for a model trained outside cnr-fast, which most likely saw every one of those images."""
+    return (f"{what} chosen on a validation split carved from the training images, which your model was trained "
+            "on, so its accuracies there are in-sample and the choice can damage the model on test; give a "
+            "validation split held out from your training (a val/ folder; data['val'] in Python)")
+
+
 def load_dataset_forgetting(cfg, names=None) -> tuple[Dataset, tuple[int, ...]]:
     """The dataset and its checked forget classes: cfg.forget, or `names` (class indices or names, as
     resolve_forget reads them) resolved against the loaded data's class names."""

@@ -18,7 +18,7 @@ import time
 import torch
 
 from ..audit.verdict import NULL
-from ..data import Dataset, class_table
+from ..data import Dataset, class_table, in_sample_validation
 from ..errors import UserError
 from ..models import LogitMask, model_from_checkpoint, model_meta, takes_width
 from ..preflight import check_model
@@ -58,9 +58,7 @@ def carved_validation_warning(ds: Dataset, method: str, info: dict, own_original
     warning to give where that happened (a method chose on validation); None otherwise."""
     if own_original or not ds.val_carved or M.validation_choice(info) is None:
         return None
-    return (f"{method}'s setting was chosen on a validation split carved from the training images, which your model "
-            "was trained on, so its accuracies there are in-sample and the choice can damage the model on test; "
-            "give a validation split held out from your training (a val/ folder; data['val'] in Python)")
+    return in_sample_validation(f"{method}'s setting was")
 
 
 def unlearn_run(method: M.Prepared, original, ds: Dataset, *, device, state, plan: AuditPlan = AuditPlan(),
