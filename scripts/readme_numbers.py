@@ -78,6 +78,8 @@ ALIASES = {
     "thr": "bench/results/threads_cpu.json",
     "pfc": "bench/results/preflight_calibration.json",
     "ddp": "bench/results/ddp_cpu.json",
+    "p10": "bench/results/runs/prereg10_mnist5k/compare.json",
+    "pre": "bench/results/prereg10_analysis.json",
     "agree": "bench/results/ddp_agree_cpu.json",
     "costm": "bench/results/cost_model.json",
     "roof": "bench/results/roofline_sm90.json",
@@ -252,7 +254,14 @@ def _tables():
             "attacks_verdict": ("att", ft.verdict_table),
             "ablate": ("abl", ft.ablate_table),
             "multiclass": ("multi", ft.multiclass_table),
-            "continual": ("cont", ft.continual_table)}
+            "continual": ("cont", ft.continual_table),
+            "prereg_summary": ("pre", ft.prereg_summary),
+            "prereg_answers": ("pre", ft.prereg_answers),
+            "prereg_vs_retrained": ("pre", ft.prereg_vs_retrained),
+            "prereg_vs_cnr": ("pre", ft.prereg_vs_cnr),
+            "prereg_full": ("pre", ft.prereg_full),
+            "prereg_choices": ("p10", ft.choices_table),
+            "prereg_verdict": ("p10", ft.verdict_table)}
 
 
 RESERVED = {"table", "count", "lacking", *HELPERS}
