@@ -486,3 +486,30 @@ def test_the_cli_knows_a_carved_validation_split_from_a_given_one(user):
         shutil.copytree(user["root"] / "data" / "test", val_root / "val")
     given = load_dataset(DataConfig(dataset=f"imagefolder:{val_root}", forget=(FORGET,)))
     assert not given.val_carved and carved_validation_warning(given, "rl", chose, own_original=False) is None
+
+
+def test_a_number_that_is_also_a_class_name_is_not_guessed(tmp_path, capsys):
+    """Class folders named 1..4: `--forget 2` was read as index 2, the folder '3', without a word. Now it is
+    refused with both readings spelled out, and name:N picks the folder named N."""
+    from PIL import Image
+
+    from cnr_fast.cli.args import parse_forget
+    from cnr_fast.config import DataConfig
+    from cnr_fast.data import load_dataset_forgetting
+
+    for split in ("train", "test"):
+        for c in range(1, 5):
+            d = tmp_path / "data" / split / str(c)
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(((torch.rand(8, 8) * 255).to(torch.uint8)).numpy()).save(d / f"{i}.png")
+    cfg = DataConfig(dataset=f"imagefolder:{tmp_path / 'data'}", forget=(2,))
+    with pytest.raises(UserError, match=r"--forget 2 is ambiguous: class index 2 is the class named '3', and a class "
+                                        r"is named '2' \(index 1\); pass --forget name:3 for index 2, or --forget "
+                                        r"name:2 for the class named '2'"):
+        load_dataset_forgetting(cfg, None)
+    assert parse_forget("name:2,name:3") == ("2", "3")
+    assert load_dataset_forgetting(cfg, list(parse_forget("name:2")))[1] == (1,)
+    assert load_dataset_forgetting(cfg, None, typed=False)[1] == (2,)  # an index a checkpoint recorded
+    cfg4 = DataConfig(dataset=f"imagefolder:{tmp_path / 'data'}", forget=(0,))  # no class is named '0'
+    assert load_dataset_forgetting(cfg4, None)[1] == (0,)

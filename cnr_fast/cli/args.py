@@ -13,9 +13,11 @@ from ..models.sources import LOGITS_HELP, NORMALIZE_HELP
 
 
 def parse_forget(text: str) -> tuple:
-    """Class indices (2 or 2,5) or class names (cat or cat,dog; an image folder's folder names)."""
+    """Class indices (2 or 2,5) or class names (cat or cat,dog; an image folder's folder names); name:2 is the
+    class named "2" (a folder named by a number)."""
     vals = tuple(v.strip() for v in str(text).split(",") if v.strip() != "")
-    return tuple(int(v) if v.lstrip("-").isdigit() else v for v in vals)
+    return tuple(v[len("name:"):] if v.startswith("name:") else int(v) if v.lstrip("-").isdigit() else v
+                 for v in vals)
 
 
 SEARCH = "search"  # --reset-lr / --baseline-lr: choose on validation (the config's null)
@@ -42,7 +44,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image-size", type=int, help="resize images to this many pixels a side")
     g.add_argument("--forget", type=parse_forget,
                    help="forget class(es) by index (2, or 2,5; default 2) or by name (an image folder's class "
-                        "folder: cat or cat,dog); the mapping is printed before any work")
+                        "folder: cat or cat,dog; name:2 for a folder named 2); the mapping is printed before any work")
     g.add_argument("--test-dir", help="imagefolder: a test split kept elsewhere (one sub-folder per class, the "
                                       "training folder's classes)")
     g.add_argument("--test-fraction", type=float,

@@ -176,7 +176,8 @@ def run(args) -> int:
             raise UserError("the checkpoint does not record its forget classes; pass --forget C (e.g. --forget 2)")
         forget = [int(c) for c in recorded]
     ds, forget = load_dataset_forgetting(DataConfig(dataset=args.dataset, data_root=args.data_root,
-                                                    image_size=args.image_size, forget=tuple(forget)), names)
+                                                    image_size=args.image_size, forget=tuple(forget)), names,
+                                           typed=args.forget is not None)
     forget = list(forget)
     models, metas = {}, {}
     # every model taps the same layers: the --taps paths, else those the --checkpoint records (a cnr-fast

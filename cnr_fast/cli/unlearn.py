@@ -194,6 +194,10 @@ def _run(args, method, ds, device, out, original, orig_path, cache_hit, key, sta
     state.remove()  # the run directory is complete: its state is no longer needed
     dist.barrier()
     _print_table(results, out, quiet=False)
+    if run.meta.get("logit_mask"):  # printed even with --quiet: the weights alone are the original's
+        print(f"cnr-fast unlearn: note: {out / 'model.pt'} holds the original's weights unchanged; logit masking is "
+              f"meta['logit_mask'] = {run.meta['logit_mask']}: set those logits to -inf after your forward (cnr-fast "
+              "audit applies it)", file=sys.stderr, flush=True)
     return 0
 
 

@@ -243,10 +243,17 @@ def in_sample_validation(what: str) -> str:
             "validation split held out from your training (a val/ folder; data['val'] in Python)")
 
 
-def load_dataset_forgetting(cfg, names=None) -> tuple[Dataset, tuple[int, ...]]:
+def load_dataset_forgetting(cfg, names=None, typed: bool = True) -> tuple[Dataset, tuple[int, ...]]:
     """The dataset and its checked forget classes: cfg.forget, or `names` (class indices or names, as
-    resolve_forget reads them) resolved against the loaded data's class names."""
+    resolve_forget reads them) resolved against the loaded data's class names. typed: the indices were typed
+    on the command line (not read from a checkpoint), so one that could be meant as a class name is refused."""
     ds = load_dataset(cfg, check=not names)
+    for c in (names or cfg.forget) if typed else ():  # an index where the classes are named by other numbers: say which is meant
+        if isinstance(c, int) and 0 <= c < ds.num_classes and str(c) in ds.class_names \
+                and ds.class_names[c] != str(c):
+            raise UserError(f"--forget {c} is ambiguous: class index {c} is the class named {ds.class_names[c]!r}, and "
+                            f"a class is named {str(c)!r} (index {ds.class_names.index(str(c))}); pass --forget "
+                            f"name:{ds.class_names[c]} for index {c}, or --forget name:{c} for the class named {str(c)!r}")
     forget = resolve_forget(names, ds) if names else tuple(cfg.forget)
     if names:
         check_forget(forget, ds)
