@@ -513,3 +513,22 @@ def test_a_number_that_is_also_a_class_name_is_not_guessed(tmp_path, capsys):
     assert load_dataset_forgetting(cfg, None, typed=False)[1] == (2,)  # an index a checkpoint recorded
     cfg4 = DataConfig(dataset=f"imagefolder:{tmp_path / 'data'}", forget=(0,))  # no class is named '0'
     assert load_dataset_forgetting(cfg4, None)[1] == (0,)
+
+
+def test_a_retrained_reference_much_weaker_than_the_original_is_said():
+    """A README-only trial: the automatic references (cnr-fast's short loop) reached retain 0.59 against the
+    original's 0.83 on the user's data and the verdict judged against them without a word."""
+    from cnr_fast.config import DataConfig
+    from cnr_fast.data import load_dataset
+    from cnr_fast.experiments.unlearn import weak_reference_warning
+
+    ds = load_dataset(DataConfig(dataset="digits", forget=(2,)))
+    n = int((ds.test.y != 2).sum())
+    edge = max(0.05, 2 / n ** 0.5)
+    text = weak_reference_warning({"original": {"retain_acc": 0.83}, "retrained": {"retain_acc": 0.59}}, ds, [2])
+    assert "retain accuracy 0.590 against the original's 0.830" in text and "--retrained / --null" in text
+    assert weak_reference_warning({"original": {"retain_acc": 0.9}, "retrained": {"retain_acc": 0.9 - edge + 1e-3}},
+                                  ds, [2]) is None
+    assert weak_reference_warning({"original": {"retain_acc": 0.9}, "retrained": {"retain_acc": 0.9 - edge - 1e-3}},
+                                  ds, [2]) is not None
+    assert weak_reference_warning({"original": {"retain_acc": 0.9}}, ds, [2]) is None  # no reference audited

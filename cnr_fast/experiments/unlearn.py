@@ -61,6 +61,21 @@ def carved_validation_warning(ds: Dataset, method: str, info: dict, own_original
     return in_sample_validation(f"{method}'s setting was")
 
 
+def weak_reference_warning(metrics: dict, ds: Dataset, forget) -> str | None:
+    """The retrained reference is the standard every measure is judged against: one whose retain accuracy is
+    well below the original's (more than max(0.05, 2/sqrt(N)) on the N retain test examples) was not trained
+    as the original was, and the verdict then judges against a weak model. The warning; None otherwise."""
+    ret, orig = metrics.get("retrained", {}).get("retain_acc"), metrics.get("original", {}).get("retain_acc")
+    if ret is None or orig is None:
+        return None
+    n = int((~torch.isin(ds.test.y, torch.as_tensor(list(forget)))).sum())
+    if orig - ret <= max(0.05, 2 / max(n, 1) ** 0.5):
+        return None
+    return (f"the retrained reference reaches retain accuracy {ret:.3f} against the original's {orig:.3f}: it was not "
+            "trained as well as the original, so the verdict judges against a weak model; pass --retrained / --null "
+            "trained by your own recipe, or more --train-epochs for the automatic ones")
+
+
 def unlearn_run(method: M.Prepared, original, ds: Dataset, *, device, state, plan: AuditPlan = AuditPlan(),
                 orig_path="", cache_hit=False, own_original=True, expect_acc=None, force=False, quiet=False,
                 t_start=None, started=None) -> UnlearnRun:
@@ -108,6 +123,10 @@ def unlearn_run(method: M.Prepared, original, ds: Dataset, *, device, state, pla
 
         for name, m in json_view(audit_result)["metrics"].items():
             metrics[name] = {**m, **metrics.get(name, {})}
+        weak = weak_reference_warning(metrics, ds, forget)
+        if weak:
+            print(f"cnr-fast: warning: {weak}", file=sys.stderr, flush=True)
+            warnings.append(weak)
     timings["total"] = time.perf_counter() - t_start
 
     results = {
