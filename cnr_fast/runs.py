@@ -229,8 +229,13 @@ def load_checkpoint(path) -> tuple[dict, dict]:
         return obj["state_dict"], dict(obj.get("meta") or {})
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, {}
+    inner = [k for k, v in obj.items() if isinstance(v, dict) and v and all(isinstance(t, torch.Tensor)
+                                                                            for t in v.values())] \
+        if isinstance(obj, dict) else []
+    hint = (f"; its weights look to be under {inner[0]!r}: save that entry alone (torch.save(ckpt[{inner[0]!r}], "
+            "path)) and pass that file") if inner else ""
     raise UserError(
-        f"checkpoint {str(path)!r} holds no state_dict; pass a checkpoint saved by cnr-fast or a plain state_dict"
+        f"checkpoint {str(path)!r} holds no state_dict{hint or '; pass a checkpoint saved by cnr-fast or a plain state_dict'}"
     )
 
 

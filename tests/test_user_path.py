@@ -532,3 +532,23 @@ def test_a_retrained_reference_much_weaker_than_the_original_is_said():
     assert weak_reference_warning({"original": {"retain_acc": 0.9}, "retrained": {"retain_acc": 0.9 - edge - 1e-3}},
                                   ds, [2]) is not None
     assert weak_reference_warning({"original": {"retain_acc": 0.9}}, ds, [2]) is None  # no reference audited
+
+
+def test_checkpoints_saved_the_usual_other_ways_are_named_with_the_fix(tmp_path):
+    """A README-only trial: a DataParallel state_dict ('module.' keys) was told to pass another --model; a
+    {"model": state_dict} file was told it holds no state_dict, without the key that holds one."""
+    from cnr_fast.models import load_model_state
+    from cnr_fast.runs import load_checkpoint
+
+    model = ThreeStages()
+    wrapped = {f"module.{k}": v for k, v in model.state_dict().items()}
+    with pytest.raises(UserError, match=r"every key prefixed 'module.' \(saved from a DataParallel / DDP wrapper\); "
+                                        r"re-save the inner model's weights \(torch.save\(model.module.state_dict\(\)"):
+        load_model_state(ThreeStages(), wrapped, {}, "mine", 4, "dp.pt")
+    torch.save({"model": model.state_dict(), "epoch": 3}, tmp_path / "ck.pt")
+    with pytest.raises(UserError, match=r"holds no state_dict; its weights look to be under 'model': save that entry "
+                                        r"alone \(torch.save\(ckpt\['model'\], path\)\)"):
+        load_checkpoint(tmp_path / "ck.pt")
+    torch.save({"epoch": 3}, tmp_path / "none.pt")
+    with pytest.raises(UserError, match=r"holds no state_dict; pass a checkpoint saved by cnr-fast or a plain"):
+        load_checkpoint(tmp_path / "none.pt")
