@@ -248,7 +248,8 @@ def load_dataset_forgetting(cfg, names=None, typed: bool = True) -> tuple[Datase
     resolve_forget reads them) resolved against the loaded data's class names. typed: the indices were typed
     on the command line (not read from a checkpoint), so one that could be meant as a class name is refused."""
     ds = load_dataset(cfg, check=not names)
-    for c in (names or cfg.forget) if typed else ():  # an index where the classes are named by other numbers: say which is meant
+    # an index where the classes are named by other numbers (folders 1..5): say which reading is meant
+    for c in (names or cfg.forget) if typed else ():
         if isinstance(c, int) and 0 <= c < ds.num_classes and str(c) in ds.class_names \
                 and ds.class_names[c] != str(c):
             raise UserError(f"--forget {c} is ambiguous: class index {c} is the class named {ds.class_names[c]!r}, and "

@@ -224,7 +224,8 @@ def load_model_state(model: nn.Module, state: dict, meta: dict, arch: str, num_c
     if shapes:
         k = shapes[0]
         parts.append(f"{k} has shape {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}")
-    if parts and state and all(k.startswith("module.") for k in state) and {k[len("module."):] for k in state} == set(own):
+    if parts and state and all(k.startswith("module.") for k in state) \
+            and {k[len("module."):] for k in state} == set(own):
         raise UserError(
             f"checkpoint {path!r} has every key prefixed 'module.' (saved from a DataParallel / DDP wrapper); "
             "re-save the inner model's weights (torch.save(model.module.state_dict(), path)) and pass that file"
