@@ -206,9 +206,9 @@ def _tap_arg(taps) -> tuple[dict[str, str], tuple[str, ...] | None]:
         raise UserError("taps= is empty; give tap names such as ['L1', 'L2', 'L3'] or {'L1': 'module.path', ...}")
     from .models import check_taps
 
-    names = tuple(t.split("=", 1)[0] for t in items)
+    paths, names = T.split_items(items)
     check_taps(names)
-    return T.parse_overrides([t for t in items if "=" in t]), names
+    return T.parse_overrides(paths), names
 
 
 def _prepare(model: nn.Module, ds: Dataset, taps: dict | None, normalize: str, logits_from=None) -> nn.Module:

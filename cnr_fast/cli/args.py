@@ -143,8 +143,9 @@ def config_from_args(args) -> RunConfig:
         updates.setdefault("baseline", {})["epochs"] = args.reset_epochs
     taps = getattr(args, "taps", None)
     if taps is not None and any("=" in t for t in taps):  # L1=module.path,...: the taps and where they are
-        updates.setdefault("model", {})["tap_paths"] = tuple(t for t in taps if "=" in t)
-        updates.setdefault("detect", {})["taps"] = tuple(t.split("=", 1)[0] for t in taps)
+        from ..models.taps import split_items
+
+        updates.setdefault("model", {})["tap_paths"], updates.setdefault("detect", {})["taps"] = split_items(taps)
     elif getattr(args, "recorded_tap_paths", None):  # the --checkpoint's taps (unlearn), for every model of the run
         updates.setdefault("model", {})["tap_paths"] = tuple(args.recorded_tap_paths)
     options: dict = {}

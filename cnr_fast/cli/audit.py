@@ -138,6 +138,7 @@ def run(args) -> int:
     from .args import parse_forget
     from ..preflight import check_model
     from ..models import TAP_NAMES, check_taps, model_from_checkpoint
+    from ..models.taps import split_items
     from ..runs import atomic_write_json, check_out_dir, load_checkpoint, staged_dir
     from ..train import resolve_device
 
@@ -145,8 +146,8 @@ def run(args) -> int:
     items = [s.strip() for s in (args.taps if given else ",".join(TAP_NAMES)).split(",") if s.strip()]
     if not items:
         raise UserError(f"--taps is empty; pass some of {','.join(TAP_NAMES)}")
-    tap_paths = tuple(t for t in items if "=" in t)  # NAME=module.path: where each model's tap is
-    taps = [t.split("=", 1)[0] for t in items]
+    tap_paths, tap_names = split_items(items)  # NAME=module.path: where each model's tap is
+    taps = list(tap_names)
     check_taps(taps)
     if args.mia_shadows < 0:
         raise UserError("--mia-shadows must be >= 0")

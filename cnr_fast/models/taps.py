@@ -197,6 +197,11 @@ def _off_trunk(path: str, shape, shapes, mods) -> bool:
                and (len(shapes[u]) != 4 or shapes[u][2:] != shape[2:]) for u in ups)
 
 
+def split_items(items) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--taps items (a tap name, or NAME=module.path) -> (the NAME=module.path items, every item's tap name)."""
+    return tuple(t for t in items if "=" in t), tuple(t.split("=", 1)[0] for t in items)
+
+
 def parse_overrides(text_items) -> dict[str, str]:
     """("L1=layer1", "L4=layer4") -> {"L1": "layer1", "L4": "layer4"}."""
     out = {}
